@@ -1,0 +1,55 @@
+//! Stream-level error conditions (RFC 6120 §4.9.3) and their XML.
+
+use super::ns;
+
+/// The stream errors Gatehouse sends. Each one ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamErrorCondition {
+    BadFormat,
+    Conflict,
+    ConnectionTimeout,
+    HostUnknown,
+    InternalServerError,
+    InvalidNamespace,
+    NotAuthorized,
+    NotWellFormed,
+    PolicyViolation,
+    ResourceConstraint,
+    RestrictedXml,
+    SystemShutdown,
+    UnsupportedStanzaType,
+    UnsupportedVersion,
+}
+
+impl StreamErrorCondition {
+    /// The condition's element name.
+    pub fn as_str(self) -> &'static str {
+        use StreamErrorCondition::*;
+        match self {
+            BadFormat => "bad-format",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            HostUnknown => "host-unknown",
+            InternalServerError => "internal-server-error",
+            InvalidNamespace => "invalid-namespace",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SystemShutdown => "system-shutdown",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+        }
+    }
+
+    /// `<stream:error>` with this condition. It uses the `stream` prefix
+    /// that every stream header Gatehouse sends declares.
+    pub fn to_xml(self) -> String {
+        format!(
+            "<stream:error><{} xmlns='{}'/></stream:error>",
+            self.as_str(),
+            ns::STREAM_ERRORS
+        )
+    }
+}
