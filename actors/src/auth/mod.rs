@@ -1,0 +1,112 @@
+//! Authentication: the commands Gatehouse asks a backend, the typed errors a
+//! session classifies, and the bounded pool that runs them.
+//!
+//! This module owns the external-auth wire protocols and the worker pool. It
+//! must not know about XMPP: sessions turn a [`AuthError`] into a SASL
+//! condition themselves.
+
+mod external;
+mod pool;
+
+pub use external::{request_line, ExternalBackend, ExternalConfig, Protocol};
+pub use pool::{describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory};
+
+use std::fmt;
+
+/// A password on its way to the backend. It has no `Display`, and its
+/// `Debug` is masked, so it cannot end up in a log line or an error text by
+/// accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Password(secret.into())
+    }
+
+    /// The secret itself, for the one place that writes it to a backend.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// One question for the backend. Every command answers yes or no.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthCommand {
+    /// Is this the user's password?
+    Auth {
+        user: String,
+        host: String,
+        password: Password,
+    },
+    /// Does this user exist?
+    IsUser { user: String, host: String },
+    /// Change the user's password.
+    SetPass {
+        user: String,
+        host: String,
+        password: Password,
+    },
+    /// Create the user (ejabberd protocol only: `tryregister`).
+    TryRegister {
+        user: String,
+        host: String,
+        password: Password,
+    },
+    /// Remove the user (ejabberd protocol only: `removeuser`).
+    RemoveUser { user: String, host: String },
+}
+
+impl AuthCommand {
+    /// The command's name on the wire, also used as a metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthCommand::Auth { .. } => "auth",
+            AuthCommand::IsUser { .. } => "isuser",
+            AuthCommand::SetPass { .. } => "setpass",
+            AuthCommand::TryRegister { .. } => "tryregister",
+            AuthCommand::RemoveUser { .. } => "removeuser",
+        }
+    }
+}
+
+/// Why a command got no yes-or-no answer. Every variant but
+/// [`AuthError::InvalidRequest`] is temporary: the user may retry, and
+/// nothing about the credentials was learned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Every worker is busy and the wait queue is full.
+    #[error("auth queue is full")]
+    QueueFull,
+    /// The request waited in the queue longer than the queue timeout.
+    #[error("auth request waited too long for a free worker")]
+    QueueTimeout,
+    /// The worker took longer than the request timeout to answer.
+    #[error("auth backend did not answer in time")]
+    Timeout,
+    /// The worker failed while serving the request: it exited, closed its
+    /// output or answered something that is not a valid reply.
+    #[error("auth backend failed: {0}")]
+    BackendFailed(String),
+    /// The request cannot be expressed in the backend's protocol (a NUL, CR
+    /// or LF, a `:` in the user or host, or too long). It was never sent.
+    #[error("request refused before sending: {0}")]
+    InvalidRequest(&'static str),
+    /// The pool is shutting down.
+    #[error("auth pool is shut down")]
+    ShutDown,
+}
+
+impl AuthError {
+    /// True when a retry may succeed: the backend was not asked, or did not
+    /// answer. Only an invalid request is permanent.
+    pub fn is_temporary(&self) -> bool {
+        !matches!(self, AuthError::InvalidRequest(_))
+    }
+}

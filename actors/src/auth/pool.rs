@@ -1,0 +1,511 @@
+//! The AuthPool actor: admission, a bounded FIFO queue, dispatch to idle
+//! workers, and the pool metrics. It is the same for every backend kind;
+//! what a worker is (a child process, later an HTTP client slot) is behind
+//! the [`WorkerFactory`] and [`Worker`] traits.
+//!
+//! Backpressure is enforced outside the actor's mailbox: actix's `do_send`
+//! ignores mailbox bounds, so [`PoolHandle::call`] counts the requests it
+//! has admitted (in service or queued) and refuses one more than
+//! `workers + queue` at once, without touching the actor.
+//!
+//! It must not know a backend's wire protocol.
+
+use super::{AuthCommand, AuthError};
+use actix::prelude::*;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Restart backoff after a worker failed: doubles from the first value to
+/// the second, and is reset by a good answer.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// Why a worker could not answer a request. Either way it is restarted.
+#[derive(Debug)]
+pub enum WorkerFailure {
+    /// It did not answer within the request timeout.
+    Timeout,
+    /// It exited, closed its output, or answered something invalid. The
+    /// text says which; it never contains the request.
+    Broken(String),
+}
+
+/// One worker: serves one request at a time.
+pub trait Worker: Send + 'static {
+    /// Serves one request. An `Err` means the worker must be replaced.
+    fn serve(&mut self, command: &AuthCommand)
+        -> impl Future<Output = Result<bool, String>> + Send;
+    /// Resolves if the worker breaks while idle (a process that exits or
+    /// writes unsolicited output); pending forever otherwise. Must be
+    /// cancel-safe.
+    fn broken(&mut self) -> impl Future<Output = String> + Send;
+    /// Ends the worker and waits until it is gone.
+    fn stop(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Starts workers of one kind.
+pub trait WorkerFactory: Send + Sync + 'static {
+    type Worker: Worker;
+    /// Starts a new worker.
+    fn start(&self) -> impl Future<Output = std::io::Result<Self::Worker>> + Send;
+    /// What to call the worker in logs (e.g. the program name).
+    fn describe(&self) -> String;
+}
+
+/// Settings of one pool, independent of the backend kind.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// The `backend` label on every metric.
+    pub backend: &'static str,
+    /// Workers, each serving one request at a time.
+    pub workers: usize,
+    /// Requests that may wait for a free worker.
+    pub queue: usize,
+    /// How long a worker may take to answer before it is replaced.
+    pub timeout: Duration,
+    /// How long a request may wait in the queue.
+    pub queue_timeout: Duration,
+}
+
+/// Checks a command before it is admitted: a request the backend's protocol
+/// cannot carry is refused without being queued.
+pub type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), &'static str> + Send + Sync>;
+
+/// A request on its way to a worker.
+struct Job {
+    command: AuthCommand,
+    reply: oneshot::Sender<Result<bool, AuthError>>,
+    enqueued: Instant,
+}
+
+/// A cheap, cloneable handle used by sessions on every arbiter.
+#[derive(Clone)]
+pub struct PoolHandle {
+    addr: Addr<AuthPool>,
+    backend: &'static str,
+    /// Requests admitted and not yet answered (in service or queued).
+    admitted: Arc<AtomicUsize>,
+    /// `workers + queue`: more admitted requests than this are refused.
+    capacity: usize,
+    /// Longest time a caller can wait: queue timeout plus request timeout,
+    /// plus a margin for the actor's own scheduling.
+    deadline: Duration,
+    validate: Validator,
+    /// Ends every worker task on shutdown.
+    stop: CancellationToken,
+    /// The worker tasks, awaited on shutdown.
+    workers: TaskTracker,
+}
+
+/// Gives the admission slot back however the call ends (even if the
+/// caller's future is dropped).
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl PoolHandle {
+    /// Starts the pool actor and one task per worker on the current actix
+    /// arbiter.
+    pub fn start<F: WorkerFactory>(
+        config: PoolConfig,
+        factory: F,
+        validate: Validator,
+    ) -> PoolHandle {
+        let backend = config.backend;
+        let addr = AuthPool {
+            backend,
+            queue: VecDeque::new(),
+            queue_capacity: config.queue,
+            queue_timeout: config.queue_timeout,
+            idle: VecDeque::new(),
+            next_job: 0,
+            shut_down: false,
+        }
+        .start();
+        metrics::gauge!("gatehouse_auth_queue_depth", "backend" => backend).set(0.0);
+        metrics::gauge!("gatehouse_auth_busy_workers", "backend" => backend).increment(0.0);
+        metrics::gauge!("gatehouse_auth_workers", "backend" => backend).increment(0.0);
+        let stop = CancellationToken::new();
+        let workers = TaskTracker::new();
+        let factory = Arc::new(factory);
+        for _ in 0..config.workers {
+            let slot = Slot {
+                factory: factory.clone(),
+                pool: addr.clone(),
+                backend,
+                timeout: config.timeout,
+                stop: stop.clone(),
+            };
+            actix_rt::spawn(workers.track_future(slot.run()));
+        }
+        workers.close();
+        PoolHandle {
+            addr,
+            backend,
+            admitted: Arc::new(AtomicUsize::new(0)),
+            capacity: config.workers + config.queue,
+            deadline: config.queue_timeout + config.timeout + Duration::from_secs(1),
+            validate,
+            stop,
+            workers,
+        }
+    }
+
+    /// The `backend` metric label.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Asks the backend. `Ok` is its yes or no; every error but
+    /// `InvalidRequest` is temporary. Never waits longer than the queue
+    /// timeout plus the request timeout.
+    pub async fn call(&self, command: AuthCommand) -> Result<bool, AuthError> {
+        if let Err(why) = (self.validate)(&command) {
+            self.rejected("invalid_request");
+            return Err(AuthError::InvalidRequest(why));
+        }
+        if self.stop.is_cancelled() {
+            self.rejected("shut_down");
+            return Err(AuthError::ShutDown);
+        }
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.rejected("queue_full");
+            return Err(AuthError::QueueFull);
+        }
+        let _admission = Admission(self.admitted.clone());
+        let (reply, answer) = oneshot::channel();
+        self.addr.do_send(Submit(Job {
+            command,
+            reply,
+            enqueued: Instant::now(),
+        }));
+        match tokio::time::timeout(self.deadline, answer).await {
+            Ok(Ok(result)) => result,
+            // The pool dropped the request: it is shutting down.
+            Ok(Err(_)) => Err(AuthError::ShutDown),
+            Err(_) => Err(AuthError::Timeout),
+        }
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        metrics::counter!("gatehouse_auth_rejected_total", "backend" => self.backend, "reason" => reason).increment(1);
+    }
+
+    /// Refuses new calls, fails queued ones, ends every worker and waits
+    /// until each is gone.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let _ = self.addr.send(Shutdown).await;
+        self.workers.wait().await;
+    }
+}
+
+/// The queue and the idle workers.
+pub struct AuthPool {
+    backend: &'static str,
+    /// Waiting requests, oldest first, with the id their expiry timer uses.
+    queue: VecDeque<(u64, Job)>,
+    queue_capacity: usize,
+    queue_timeout: Duration,
+    /// Idle workers, each waiting on its own channel for one job.
+    idle: VecDeque<oneshot::Sender<Job>>,
+    next_job: u64,
+    shut_down: bool,
+}
+
+impl Actor for AuthPool {
+    type Context = Context<Self>;
+}
+
+impl AuthPool {
+    fn set_queue_gauge(&self) {
+        metrics::gauge!("gatehouse_auth_queue_depth", "backend" => self.backend)
+            .set(self.queue.len() as f64);
+    }
+
+    /// Hands `job` to an idle worker; gives it back if none is left.
+    fn dispatch(&mut self, mut job: Job) -> Result<(), Job> {
+        while let Some(worker) = self.idle.pop_front() {
+            let waited = job.enqueued.elapsed().as_secs_f64();
+            match worker.send(job) {
+                Ok(()) => {
+                    metrics::histogram!("gatehouse_auth_wait_seconds", "backend" => self.backend)
+                        .record(waited);
+                    return Ok(());
+                }
+                // That worker broke while idle: try the next.
+                Err(back) => job = back,
+            }
+        }
+        Err(job)
+    }
+
+    fn reject(&self, job: Job, error: AuthError, reason: &'static str) {
+        metrics::counter!("gatehouse_auth_rejected_total", "backend" => self.backend, "reason" => reason).increment(1);
+        let _ = job.reply.send(Err(error));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Submit(Job);
+
+impl Handler<Submit> for AuthPool {
+    type Result = ();
+
+    fn handle(&mut self, Submit(job): Submit, ctx: &mut Self::Context) {
+        if self.shut_down {
+            return self.reject(job, AuthError::ShutDown, "shut_down");
+        }
+        let Err(job) = self.dispatch(job) else {
+            return;
+        };
+        if self.queue.len() >= self.queue_capacity {
+            // Admission counting makes this rare: it happens while workers
+            // are down and their share of the capacity is not.
+            return self.reject(job, AuthError::QueueFull, "queue_full");
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        self.queue.push_back((id, job));
+        self.set_queue_gauge();
+        ctx.run_later(self.queue_timeout, move |pool, _| {
+            if let Some(pos) = pool.queue.iter().position(|(queued, _)| *queued == id) {
+                let (_, job) = pool.queue.remove(pos).expect("position is in range");
+                pool.set_queue_gauge();
+                pool.reject(job, AuthError::QueueTimeout, "queue_timeout");
+            }
+        });
+    }
+}
+
+/// A worker is idle and waits for a job on `0`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Ready(oneshot::Sender<Job>);
+
+impl Handler<Ready> for AuthPool {
+    type Result = ();
+
+    fn handle(&mut self, Ready(worker): Ready, _: &mut Self::Context) {
+        if self.shut_down {
+            return;
+        }
+        self.idle.push_back(worker);
+        while let Some((id, job)) = self.queue.pop_front() {
+            if job.reply.is_closed() {
+                continue; // the caller went away
+            }
+            if let Err(job) = self.dispatch(job) {
+                self.queue.push_front((id, job));
+                break;
+            }
+        }
+        self.set_queue_gauge();
+    }
+}
+
+/// A job a worker received but never started, because it broke first.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Requeue(Job);
+
+impl Handler<Requeue> for AuthPool {
+    type Result = ();
+
+    fn handle(&mut self, Requeue(job): Requeue, _: &mut Self::Context) {
+        if self.shut_down {
+            return self.reject(job, AuthError::ShutDown, "shut_down");
+        }
+        if let Err(job) = self.dispatch(job) {
+            // It already waited: it goes first. Its expiry timer is gone,
+            // so the caller's own deadline bounds it.
+            self.queue.push_front((u64::MAX, job));
+            self.set_queue_gauge();
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Shutdown;
+
+impl Handler<Shutdown> for AuthPool {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        self.shut_down = true;
+        self.idle.clear();
+        for (_, job) in std::mem::take(&mut self.queue) {
+            self.reject(job, AuthError::ShutDown, "shut_down");
+        }
+        self.set_queue_gauge();
+    }
+}
+
+/// One worker position in the pool: keeps a worker running, restarting it
+/// with backoff, and serves the jobs the pool hands it.
+struct Slot<F: WorkerFactory> {
+    factory: Arc<F>,
+    pool: Addr<AuthPool>,
+    backend: &'static str,
+    timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl<F: WorkerFactory> Slot<F> {
+    async fn run(self) {
+        let mut backoff = BACKOFF.0;
+        while !self.stop.is_cancelled() {
+            let worker = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                started = self.factory.start() => started,
+            };
+            let failure = match worker {
+                Ok(worker) => {
+                    metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend)
+                        .increment(1.0);
+                    let failure = self.serve(worker, &mut backoff).await;
+                    metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend)
+                        .decrement(1.0);
+                    match failure {
+                        Some(failure) => failure,
+                        None => return, // stopped
+                    }
+                }
+                Err(error) => format!("cannot start: {error}"),
+            };
+            tracing::warn!(
+                backend = self.backend,
+                worker = %self.factory.describe(),
+                reason = %failure,
+                retry_in = ?backoff,
+                "restarting auth worker"
+            );
+            metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => self.backend)
+                .increment(1);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF.1);
+        }
+    }
+
+    /// Serves jobs until the worker fails (returns why) or the pool stops
+    /// (returns `None`). The worker is stopped either way.
+    async fn serve(&self, mut worker: F::Worker, backoff: &mut Duration) -> Option<String> {
+        loop {
+            let (offer, mut take) = oneshot::channel();
+            self.pool.do_send(Ready(offer));
+            let job = tokio::select! {
+                _ = self.stop.cancelled() => None,
+                reason = worker.broken() => {
+                    // A job may have been handed over just now: give it back.
+                    if let Ok(job) = take.try_recv() {
+                        self.pool.do_send(Requeue(job));
+                    }
+                    worker.stop().await;
+                    return Some(reason);
+                }
+                job = &mut take => job.ok(),
+            };
+            let Some(job) = job else {
+                worker.stop().await;
+                return None;
+            };
+            let busy = metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend);
+            busy.increment(1.0);
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(self.timeout, worker.serve(&job.command)).await
+            {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(reason)) => Err(WorkerFailure::Broken(reason)),
+                Err(_) => Err(WorkerFailure::Timeout),
+            };
+            busy.decrement(1.0);
+            let result = match &outcome {
+                Ok(true) => "success",
+                Ok(false) => "failure",
+                Err(WorkerFailure::Broken(_)) => "error",
+                Err(WorkerFailure::Timeout) => "timeout",
+            };
+            metrics::histogram!("gatehouse_auth_request_duration_seconds", "backend" => self.backend, "result" => result)
+                .record(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(answer) => {
+                    *backoff = BACKOFF.0;
+                    let _ = job.reply.send(Ok(answer));
+                }
+                Err(failure) => {
+                    let (error, reason) = match failure {
+                        WorkerFailure::Timeout => {
+                            metrics::counter!("gatehouse_auth_timeouts_total", "backend" => self.backend).increment(1);
+                            (
+                                AuthError::Timeout,
+                                format!("no answer within {:?}", self.timeout),
+                            )
+                        }
+                        WorkerFailure::Broken(reason) => {
+                            (AuthError::BackendFailed(reason.clone()), reason)
+                        }
+                    };
+                    let _ = job.reply.send(Err(error));
+                    // Killing the worker also discards any late answer: the
+                    // next request goes to a fresh one.
+                    worker.stop().await;
+                    return Some(reason);
+                }
+            }
+        }
+    }
+}
+
+/// Help texts for the pool metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "gatehouse_auth_queue_depth",
+        "Auth requests waiting for a free worker"
+    );
+    describe_gauge!(
+        "gatehouse_auth_busy_workers",
+        "Auth workers serving a request"
+    );
+    describe_gauge!(
+        "gatehouse_auth_workers",
+        "Auth workers up (processes running)"
+    );
+    describe_histogram!(
+        "gatehouse_auth_wait_seconds",
+        Unit::Seconds,
+        "Time an auth request waited in the queue before a worker took it"
+    );
+    describe_histogram!(
+        "gatehouse_auth_request_duration_seconds",
+        Unit::Seconds,
+        "Time a worker took to answer, by result: success, failure, error, timeout"
+    );
+    describe_counter!(
+        "gatehouse_auth_rejected_total",
+        "Auth requests refused without an answer, by reason: queue_full, queue_timeout, invalid_request, shut_down"
+    );
+    describe_counter!(
+        "gatehouse_auth_timeouts_total",
+        "Auth requests a worker did not answer in time"
+    );
+    describe_counter!(
+        "gatehouse_auth_process_restarts_total",
+        "Auth workers restarted after they exited, hung, answered garbage or could not start"
+    );
+}
