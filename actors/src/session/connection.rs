@@ -1,0 +1,237 @@
+//! The I/O half of a client connection: one task per connection, on the
+//! same arbiter as its Session actor.
+//!
+//! It owns the socket (plain or TLS), the read buffer and the stream
+//! parser. It reads only while the session has no event in hand, so a
+//! client cannot flood the actor's mailbox, and it applies what the session
+//! decides about the stream (restart, STARTTLS, close) before reading on.
+//! It must not interpret stanzas: that is the Session's job.
+
+use super::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
+use crate::xmpp::StreamParser;
+use actix::Addr;
+use bytes::{Bytes, BytesMut};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+/// A client socket before or after STARTTLS.
+pub(crate) type Transport = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write to the client may block before it is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most bytes gathered from the outbound queue into one write.
+const MAX_WRITE_BATCH: usize = 64 * 1024;
+
+/// What the session hands the I/O task.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Bytes to write, in order.
+    Data(Bytes),
+    /// Write what is queued, then close the connection.
+    Close,
+}
+
+/// Everything one I/O task needs.
+pub(crate) struct Connection {
+    pub socket: Transport,
+    pub tls: Option<TlsAcceptor>,
+    pub session: Addr<Session>,
+    pub outbound: mpsc::Receiver<Outbound>,
+    pub parser: StreamParser,
+    /// Cancelled by the session to drop the connection at once (a client
+    /// too slow to read what it is sent).
+    pub kill: CancellationToken,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the loop ended; only for the debug log.
+#[derive(Debug)]
+enum End {
+    Eof,
+    Closed,
+    Killed,
+    Io(std::io::Error),
+    SessionGone,
+    TlsFailed,
+}
+
+impl Connection {
+    pub(crate) async fn run(self) {
+        let Connection {
+            socket,
+            tls,
+            session,
+            mut outbound,
+            mut parser,
+            kill,
+            shutdown,
+        } = self;
+        metrics::gauge!("gatehouse_connections").increment(1.0);
+        let (mut reader, mut writer) = tokio::io::split(socket);
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut pending: Option<Pin<Box<actix::dev::Request<Session, Inbound>>>> = None;
+        let mut shutdown_sent = false;
+        let end = loop {
+            if pending.is_none() {
+                match parser.next_event(&mut buf) {
+                    Ok(Some(event)) => {
+                        pending = Some(Box::pin(session.send(Inbound::Event(event))))
+                    }
+                    Ok(None) => {}
+                    Err(error) => pending = Some(Box::pin(session.send(Inbound::Invalid(error)))),
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = kill.cancelled() => break End::Killed,
+                _ = shutdown.cancelled(), if !shutdown_sent => {
+                    shutdown_sent = true;
+                    session.do_send(SystemShutdown);
+                }
+                item = outbound.recv() => match item {
+                    Some(Outbound::Data(first)) => {
+                        if let Err(e) = write_batch(&mut writer, first, &mut outbound, &kill).await {
+                            break e;
+                        }
+                    }
+                    Some(Outbound::Close) | None => {
+                        close(&mut writer, &mut outbound, &kill).await;
+                        break End::Closed;
+                    }
+                },
+                next = async { pending.as_mut().expect("guarded by the condition").await }, if pending.is_some() => {
+                    pending = None;
+                    match next {
+                        Ok(Next::Continue) => {}
+                        Ok(Next::Restart) => parser.reset(),
+                        Ok(Next::StartTls) => {
+                            // The client waits for <proceed/> before its
+                            // handshake, so nothing may be buffered yet.
+                            if let Err(e) = drain(&mut writer, &mut outbound, &kill).await {
+                                break e;
+                            }
+                            let Some(acceptor) = tls.as_ref().filter(|_| buf.is_empty()) else {
+                                break End::TlsFailed;
+                            };
+                            match upgrade(reader.unsplit(writer), acceptor).await {
+                                Some(secure) => (reader, writer) = tokio::io::split(secure),
+                                None => break End::TlsFailed,
+                            }
+                            parser.reset();
+                        }
+                        Ok(Next::Close) => {
+                            close(&mut writer, &mut outbound, &kill).await;
+                            break End::Closed;
+                        }
+                        Err(_) => break End::SessionGone,
+                    }
+                }
+                read = reader.read_buf(&mut buf), if pending.is_none() => match read {
+                    Ok(0) => break End::Eof,
+                    Ok(_) => {}
+                    Err(e) => break End::Io(e),
+                },
+            }
+        };
+        match &end {
+            End::Io(error) => tracing::debug!(%error, "connection ended by an I/O error"),
+            other => tracing::debug!(end = ?other, "connection ended"),
+        }
+        session.do_send(ConnectionLost);
+        metrics::gauge!("gatehouse_connections").decrement(1.0);
+    }
+}
+
+/// Writes `first` and whatever else is already queued, in one write.
+async fn write_batch(
+    writer: &mut WriteHalf<Transport>,
+    first: Bytes,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    kill: &CancellationToken,
+) -> Result<(), End> {
+    let mut batch = BytesMut::from(&first[..]);
+    let mut close_after = false;
+    while batch.len() < MAX_WRITE_BATCH {
+        match outbound.try_recv() {
+            Ok(Outbound::Data(more)) => batch.extend_from_slice(&more),
+            Ok(Outbound::Close) => {
+                close_after = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let write = async {
+        writer.write_all(&batch).await?;
+        writer.flush().await
+    };
+    tokio::select! {
+        _ = kill.cancelled() => return Err(End::Killed),
+        done = tokio::time::timeout(WRITE_TIMEOUT, write) => match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(End::Io(e)),
+            Err(_) => return Err(End::Io(std::io::ErrorKind::TimedOut.into())),
+        },
+    }
+    if close_after {
+        let _ = writer.shutdown().await;
+        return Err(End::Closed);
+    }
+    Ok(())
+}
+
+/// Writes everything queued so far.
+async fn drain(
+    writer: &mut WriteHalf<Transport>,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    kill: &CancellationToken,
+) -> Result<(), End> {
+    loop {
+        match outbound.try_recv() {
+            Ok(Outbound::Data(first)) => write_batch(writer, first, outbound, kill).await?,
+            Ok(Outbound::Close) => return Err(End::Closed),
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Writes what is queued (the closing stream error) and shuts the socket.
+async fn close(
+    writer: &mut WriteHalf<Transport>,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    kill: &CancellationToken,
+) {
+    if matches!(
+        drain(writer, outbound, kill).await,
+        Ok(()) | Err(End::Closed)
+    ) {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
+    }
+}
+
+async fn upgrade(socket: Transport, acceptor: &TlsAcceptor) -> Option<Transport> {
+    let Either::Left(tcp) = socket else {
+        return None;
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Either::Right(tls)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The Session actor: one per client connection, speaking the client side
+//! of RFC 6120/6121 — stream headers, STARTTLS, SASL PLAIN, resource
+//! binding and the server's own IQs — and handing addressed stanzas to the
+//! Router.
+//!
+//! It owns one connection's protocol state. It must not touch the socket
+//! (its I/O task in [`connection`] does) nor decide where other users'
+//! stanzas go (the Router does).
+
+mod connection;
+mod sasl;
+
+use crate::auth::{AuthCommand, AuthError, PoolHandle};
+use crate::router::{self, Router, ToSession};
+use crate::xmpp::stanza::{self, StanzaError};
+use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser};
+use actix::prelude::*;
+use bytes::Bytes;
+use connection::{Connection, Outbound};
+use jid::{FullJid, Jid};
+use minidom::Element;
+use sasl::PlainError;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Failed SASL attempts allowed on one stream before it is closed.
+const MAX_SASL_FAILURES: u32 = 3;
+
+/// Settings shared by every connection of the client listener.
+pub struct C2sSettings {
+    /// Domains served, lowercase. A stream to any other gets
+    /// `<host-unknown/>`.
+    pub hosts: Vec<String>,
+    /// Present when a certificate is configured: STARTTLS is offered.
+    pub tls: Option<TlsAcceptor>,
+    /// When true, SASL is offered only after STARTTLS.
+    pub require_tls: bool,
+    /// Largest top-level element accepted; larger ones end the stream with
+    /// `<policy-violation/>`.
+    pub max_stanza_bytes: usize,
+    /// A connection not authenticated within this time gets
+    /// `<connection-timeout/>`.
+    pub unauthenticated_timeout: Duration,
+    /// Stanzas queued towards a client before it counts as too slow and is
+    /// dropped.
+    pub max_outbound_queue: usize,
+}
+
+/// The shared services a session talks to.
+#[derive(Clone)]
+pub struct Services {
+    pub router: Addr<Router>,
+    pub auth: PoolHandle,
+    /// Tracks every connection's I/O task, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Starts a session and its I/O task on the current arbiter.
+pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let (out, outbound) = mpsc::channel(settings.max_outbound_queue);
+    let kill = CancellationToken::new();
+    let parser = StreamParser::new(settings.max_stanza_bytes);
+    let connection_tracker = services.connections.clone();
+    let shutdown = services.shutdown.clone();
+    let tls = settings.tls.clone();
+    let session = Session {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        peer,
+        settings,
+        services,
+        out,
+        kill: kill.clone(),
+        phase: Phase::AwaitHeader,
+        header_sent: false,
+        secure: false,
+        host: None,
+        user: None,
+        jid: None,
+        sasl_failures: 0,
+        closing: false,
+    }
+    .start();
+    let io = Connection {
+        socket: Either::Left(socket),
+        tls,
+        session,
+        outbound,
+        parser,
+        kill,
+        shutdown,
+    };
+    actix_rt::spawn(connection_tracker.track_future(io.run()));
+}
+
+/// Where the stream negotiation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a stream header (at first, after STARTTLS, after SASL).
+    AwaitHeader,
+    /// Header exchanged, not authenticated: STARTTLS and SASL allowed.
+    Negotiating,
+    /// An empty PLAIN `<auth/>` was answered with a challenge.
+    SaslChallenge,
+    /// Authenticated; waiting for the stream restart.
+    Authenticated,
+    /// Restarted after SASL; only resource binding is allowed.
+    AwaitBind,
+    /// A resource is bound; stanzas flow.
+    Bound,
+}
+
+/// One event from the I/O task. The answer says what it must do with the
+/// stream before it reads on.
+#[derive(Message)]
+#[rtype(result = "Next")]
+pub(crate) enum Inbound {
+    Event(StreamEvent),
+    Invalid(ParseError),
+}
+
+/// What the I/O task does after an [`Inbound`] event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub(crate) enum Next {
+    Continue,
+    /// Expect a new stream header with a fresh parser (after SASL success).
+    Restart,
+    /// Write what is queued (`<proceed/>`), then do the TLS handshake.
+    StartTls,
+    /// Write what is queued, then close.
+    Close,
+}
+
+/// The I/O task ended; the session ends with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ConnectionLost;
+
+/// The server is shutting down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SystemShutdown;
+
+pub struct Session {
+    /// Unique per connection; tells the Router this session apart from a
+    /// newer one bound to the same full JID.
+    id: u64,
+    /// For logs.
+    peer: SocketAddr,
+    settings: Arc<C2sSettings>,
+    services: Services,
+    /// To the I/O task; bounded by `max_outbound_queue`.
+    out: mpsc::Sender<Outbound>,
+    /// Drops the connection at once when `out` is full.
+    kill: CancellationToken,
+    phase: Phase,
+    /// Whether our stream header went out: a stream error needs one first.
+    header_sent: bool,
+    /// Whether STARTTLS has completed.
+    secure: bool,
+    /// The domain the client addressed, fixed by its first header.
+    host: Option<String>,
+    /// The authenticated localpart.
+    user: Option<String>,
+    /// The bound full JID.
+    jid: Option<FullJid>,
+    sasl_failures: u32,
+    /// Set once a stream error or close was sent: further input is ignored.
+    closing: bool,
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_later(self.settings.unauthenticated_timeout, |act, _| {
+            if act.user.is_none() {
+                act.stream_error(StreamErrorCondition::ConnectionTimeout);
+                act.close();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.kill.cancel();
+        if let Some(jid) = self.jid.take() {
+            self.services.router.do_send(router::Unbind {
+                jid,
+                session_id: self.id,
+            });
+        }
+    }
+}
+
+impl Handler<Inbound> for Session {
+    type Result = ResponseActFuture<Self, Next>;
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        if self.closing {
+            return ready(Next::Close);
+        }
+        match msg {
+            Inbound::Invalid(error) => {
+                tracing::debug!(peer = %self.peer, %error, "bad input");
+                ready(self.stream_error(error.condition()))
+            }
+            Inbound::Event(StreamEvent::Open(header)) => ready(self.stream_opened(header)),
+            Inbound::Event(StreamEvent::Close) => {
+                self.send_raw("</stream:stream>");
+                self.closing = true;
+                ready(Next::Close)
+            }
+            Inbound::Event(StreamEvent::Element(el)) => self.element(el, ctx),
+        }
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        match msg {
+            ToSession::Stanza(el) => self.send(&el),
+            ToSession::Replaced => {
+                // The newer session owns the JID now: do not unbind it.
+                self.jid = None;
+                self.stream_error(StreamErrorCondition::Conflict);
+                self.close();
+            }
+        }
+    }
+}
+
+impl Handler<SystemShutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: SystemShutdown, _: &mut Self::Context) {
+        if !self.closing {
+            self.stream_error(StreamErrorCondition::SystemShutdown);
+        }
+        self.close();
+    }
+}
+
+impl Handler<ConnectionLost> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ConnectionLost, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+fn ready(next: Next) -> ResponseActFuture<Session, Next> {
+    Box::pin(actix::fut::ready(next))
+}
+
+/// Outcome labels of `gatehouse_logins_total`.
+fn login_result(result: &Result<bool, AuthError>) -> &'static str {
+    match result {
+        Ok(true) => "success",
+        Ok(false) => "not_authorized",
+        Err(AuthError::InvalidRequest(_)) => "malformed",
+        Err(_) => "temporary_failure",
+    }
+}
+
+impl Session {
+    // ----- output -----
+
+    fn send_raw(&mut self, data: impl Into<Bytes>) {
+        if self.closing {
+            return;
+        }
+        match self.out.try_send(Outbound::Data(data.into())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
+                metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
+                self.closing = true;
+                self.kill.cancel();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.closing = true,
+        }
+    }
+
+    fn send(&mut self, el: &Element) {
+        self.send_raw(stanza::to_bytes(el));
+    }
+
+    /// Asks the I/O task to close after what is queued.
+    fn close(&mut self) {
+        self.closing = true;
+        // If the queue is full the connection is being killed anyway.
+        let _ = self.out.try_send(Outbound::Close);
+    }
+
+    fn send_header(&mut self, from: &str) {
+        let id: u64 = rand::random();
+        self.send_raw(format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' \
+             id='{id:016x}' from='{from}' version='1.0' xml:lang='en'>",
+            ns::CLIENT,
+            ns::STREAMS,
+        ));
+        self.header_sent = true;
+    }
+
+    /// Sends a stream error (and our header first if none went out yet)
+    /// and the stream end; the caller closes.
+    fn stream_error(&mut self, condition: StreamErrorCondition) -> Next {
+        if !self.header_sent {
+            let from = self
+                .host
+                .clone()
+                .unwrap_or_else(|| self.settings.hosts[0].clone());
+            self.send_header(&from);
+        }
+        tracing::debug!(peer = %self.peer, condition = condition.as_str(), "stream error");
+        self.send_raw(format!("{}</stream:stream>", condition.to_xml()));
+        self.closing = true;
+        Next::Close
+    }
+
+    // ----- stream negotiation -----
+
+    fn stream_opened(&mut self, header: StreamHeader) -> Next {
+        let to = header.to.as_deref().map(str::to_ascii_lowercase);
+        let host = match (&self.host, to) {
+            (None, Some(to)) if self.settings.hosts.contains(&to) => to,
+            (Some(host), Some(to)) if *host == to => to,
+            (Some(host), None) => host.clone(),
+            _ => return self.stream_error(StreamErrorCondition::HostUnknown),
+        };
+        self.host = Some(host.clone());
+        self.send_header(&host);
+        if !header
+            .version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("1."))
+        {
+            return self.stream_error(StreamErrorCondition::UnsupportedVersion);
+        }
+        self.phase = match self.phase {
+            Phase::Authenticated => Phase::AwaitBind,
+            _ => Phase::Negotiating,
+        };
+        let features = self.features();
+        let mut out = String::from("<stream:features>");
+        for f in &features {
+            out.push_str(std::str::from_utf8(&stanza::to_bytes(f)).expect("XML is UTF-8"));
+        }
+        out.push_str("</stream:features>");
+        self.send_raw(out);
+        Next::Continue
+    }
+
+    fn features(&self) -> Vec<Element> {
+        if self.phase == Phase::AwaitBind {
+            let mut session = Element::bare("session", ns::SESSION);
+            session.append_child(Element::bare("optional", ns::SESSION));
+            return vec![Element::bare("bind", ns::BIND), session];
+        }
+        let mut features = Vec::new();
+        if !self.secure && self.settings.tls.is_some() {
+            let mut starttls = Element::bare("starttls", ns::TLS);
+            if self.settings.require_tls {
+                starttls.append_child(Element::bare("required", ns::TLS));
+            }
+            features.push(starttls);
+        }
+        if self.secure || !self.settings.require_tls {
+            let mut mechanisms = Element::bare("mechanisms", ns::SASL);
+            mechanisms.append_child(
+                Element::builder("mechanism", ns::SASL)
+                    .append("PLAIN")
+                    .build(),
+            );
+            features.push(mechanisms);
+        }
+        features
+    }
+
+    fn element(&mut self, el: Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
+        match self.phase {
+            Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
+            Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::Bound => ready(self.stanza(el)),
+            Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
+                ready(self.stream_error(StreamErrorCondition::NotAuthorized))
+            }
+        }
+    }
+
+    fn negotiate(&mut self, el: Element) -> ResponseActFuture<Self, Next> {
+        let sasl_failure = |condition: &str| {
+            let mut failure = Element::bare("failure", ns::SASL);
+            failure.append_child(Element::bare(condition, ns::SASL));
+            failure
+        };
+        match (el.ns().as_str(), el.name()) {
+            (ns::TLS, "starttls") if !self.secure && self.settings.tls.is_some() => {
+                self.send(&Element::bare("proceed", ns::TLS));
+                self.secure = true;
+                self.phase = Phase::AwaitHeader;
+                ready(Next::StartTls)
+            }
+            (ns::TLS, "starttls") => {
+                self.send(&Element::bare("failure", ns::TLS));
+                self.send_raw("</stream:stream>");
+                self.closing = true;
+                ready(Next::Close)
+            }
+            (ns::SASL, "auth") if self.settings.require_tls && !self.secure => {
+                self.send(&sasl_failure("encryption-required"));
+                ready(Next::Continue)
+            }
+            (ns::SASL, "auth") if el.attr("mechanism") != Some("PLAIN") => {
+                ready(self.sasl_failed("invalid-mechanism"))
+            }
+            (ns::SASL, "auth") if el.text().is_empty() => {
+                self.phase = Phase::SaslChallenge;
+                self.send(&Element::bare("challenge", ns::SASL));
+                ready(Next::Continue)
+            }
+            (ns::SASL, "auth") => self.authenticate(&el.text()),
+            (ns::SASL, "response") if self.phase == Phase::SaslChallenge => {
+                self.authenticate(&el.text())
+            }
+            (ns::SASL, "abort") => {
+                self.phase = Phase::Negotiating;
+                self.send(&sasl_failure("aborted"));
+                ready(Next::Continue)
+            }
+            _ => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
+        }
+    }
+
+    fn authenticate(&mut self, payload: &str) -> ResponseActFuture<Self, Next> {
+        self.phase = Phase::Negotiating;
+        let host = self
+            .host
+            .clone()
+            .expect("a header was received before SASL");
+        let credentials = match sasl::parse_plain(payload, &host) {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                let condition = match error {
+                    PlainError::Malformed => "malformed-request",
+                    PlainError::InvalidAuthzid => "invalid-authzid",
+                    PlainError::InvalidUser => "not-authorized",
+                };
+                metrics::counter!("gatehouse_logins_total", "result" => "malformed").increment(1);
+                return ready(self.sasl_failed(condition));
+            }
+        };
+        let user = credentials.user;
+        let command = AuthCommand::Auth {
+            user: user.clone(),
+            host,
+            password: credentials.password,
+        };
+        let pool = self.services.auth.clone();
+        let started = Instant::now();
+        Box::pin(
+            async move { pool.call(command).await }
+                .into_actor(self)
+                .map(move |result, act, _| act.auth_done(user, result, started)),
+        )
+    }
+
+    fn auth_done(
+        &mut self,
+        user: String,
+        result: Result<bool, AuthError>,
+        started: Instant,
+    ) -> Next {
+        let label = login_result(&result);
+        metrics::counter!("gatehouse_logins_total", "result" => label).increment(1);
+        metrics::histogram!("gatehouse_login_duration_seconds", "result" => label)
+            .record(started.elapsed().as_secs_f64());
+        let host = self.host.as_deref().unwrap_or_default();
+        match result {
+            Ok(true) => {
+                tracing::info!(peer = %self.peer, user = %user, %host, "login");
+                self.user = Some(user);
+                self.phase = Phase::Authenticated;
+                self.send(&Element::bare("success", ns::SASL));
+                Next::Restart
+            }
+            Ok(false) => {
+                tracing::info!(peer = %self.peer, user = %user, %host, "login refused: not authorized");
+                self.sasl_failed("not-authorized")
+            }
+            Err(AuthError::InvalidRequest(why)) => {
+                tracing::info!(peer = %self.peer, user = %user, %host, reason = why, "login refused: credentials cannot be sent to the backend");
+                self.sasl_failed("not-authorized")
+            }
+            Err(error) => {
+                tracing::warn!(peer = %self.peer, user = %user, %host, %error, "login failed temporarily");
+                self.sasl_failed("temporary-auth-failure")
+            }
+        }
+    }
+
+    fn sasl_failed(&mut self, condition: &str) -> Next {
+        let mut failure = Element::bare("failure", ns::SASL);
+        failure.append_child(Element::bare(condition, ns::SASL));
+        self.send(&failure);
+        self.sasl_failures += 1;
+        if self.sasl_failures >= MAX_SASL_FAILURES {
+            self.send_raw("</stream:stream>");
+            self.closing = true;
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    // ----- after authentication -----
+
+    fn bind(&mut self, iq: &Element, ctx: &mut Context<Self>) -> Next {
+        let Some(bind) = iq
+            .get_child("bind", ns::BIND)
+            .filter(|_| iq.attr("type") == Some("set"))
+        else {
+            // Only binding is allowed before a resource is bound.
+            return self.stream_error(StreamErrorCondition::NotAuthorized);
+        };
+        let requested = bind
+            .get_child("resource", ns::BIND)
+            .map(|r| r.text())
+            .unwrap_or_default();
+        let resource = if requested.trim().is_empty() {
+            format!("{:016x}", rand::random::<u64>())
+        } else {
+            requested
+        };
+        let bare = format!(
+            "{}@{}",
+            self.user.as_deref().expect("authenticated"),
+            self.host.as_deref().expect("header received")
+        );
+        let Ok(jid) = FullJid::new(&format!("{bare}/{resource}")) else {
+            if let Some(reply) = stanza::error_reply(iq, StanzaError::BAD_REQUEST) {
+                self.send(&reply);
+            }
+            return Next::Continue;
+        };
+        self.services.router.do_send(router::Bind {
+            jid: jid.clone(),
+            session_id: self.id,
+            mailbox: ctx.address().recipient(),
+        });
+        let mut jid_el = Element::bare("jid", ns::BIND);
+        jid_el.append_text(jid.to_string());
+        let mut payload = Element::bare("bind", ns::BIND);
+        payload.append_child(jid_el);
+        self.send(&stanza::iq_result(iq, Some(payload)));
+        self.jid = Some(jid);
+        self.phase = Phase::Bound;
+        Next::Continue
+    }
+
+    /// A stanza from a bound client: stamp `from`, then answer it here (the
+    /// server's and the account's own IQs) or hand it to the Router.
+    fn stanza(&mut self, mut el: Element) -> Next {
+        if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
+            return self.stream_error(StreamErrorCondition::UnsupportedStanzaType);
+        }
+        let me = self.jid.clone().expect("bound");
+        stanza::set_attr(&mut el, "from", me.to_string());
+        let to = match el.attr("to").map(Jid::new) {
+            None => None,
+            Some(Ok(to)) => Some(to),
+            Some(Err(_)) => {
+                self.reply_error(&el, StanzaError::JID_MALFORMED);
+                return Next::Continue;
+            }
+        };
+        if let Some(to) = &to {
+            if !self
+                .settings
+                .hosts
+                .iter()
+                .any(|h| h == to.domain().as_str())
+            {
+                // No server-to-server links: other domains are unreachable.
+                if el.name() != "presence" {
+                    self.reply_error(&el, StanzaError::REMOTE_SERVER_NOT_FOUND);
+                }
+                return Next::Continue;
+            }
+        }
+        match (el.name(), to) {
+            // Presence without `to` is the resource's own availability.
+            ("presence", None) => {
+                self.services.router.do_send(router::Broadcast {
+                    from: me,
+                    presence: el,
+                });
+            }
+            // Messages without `to` go to the sender's own bare JID.
+            ("message", None) => {
+                let to = Jid::from(me.to_bare());
+                self.services.router.do_send(router::Route {
+                    from: me,
+                    to,
+                    stanza: el,
+                });
+            }
+            // IQs to the server, to no one, or to an account (a bare JID)
+            // are answered here.
+            (_, None) => self.server_iq(&el),
+            ("iq", Some(to)) if to.is_bare() => self.server_iq(&el),
+            // Stanzas to the bare domain: the server has no other services.
+            (_, Some(to)) if to.node().is_none() => {
+                self.reply_error(&el, StanzaError::SERVICE_UNAVAILABLE)
+            }
+            (_, Some(to)) => self.services.router.do_send(router::Route {
+                from: me,
+                to,
+                stanza: el,
+            }),
+        }
+        Next::Continue
+    }
+
+    fn reply_error(&mut self, el: &Element, error: StanzaError) {
+        if let Some(reply) = stanza::error_reply(el, error) {
+            self.send(&reply);
+        }
+    }
+
+    /// IQs the server answers itself: ping, disco#info, the legacy session
+    /// IQ. Anything else gets `<service-unavailable/>`.
+    fn server_iq(&mut self, iq: &Element) {
+        if !stanza::is_iq_request(iq) {
+            return;
+        }
+        let Some(payload) = iq.children().next() else {
+            return self.reply_error(iq, StanzaError::BAD_REQUEST);
+        };
+        let get = iq.attr("type") == Some("get");
+        let to_server = iq.attr("to").is_none_or(|to| !to.contains('@'));
+        let answer = match (payload.ns().as_str(), payload.name(), get) {
+            (ns::PING, "ping", true) => Some(None),
+            (ns::SESSION, "session", false) => Some(None),
+            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => {
+                Some(Some(server_disco_info()))
+            }
+            (ns::DISCO_ITEMS, "query", true) if to_server => {
+                Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
+            }
+            (ns::BIND, "bind", false) => return self.reply_error(iq, StanzaError::NOT_ALLOWED),
+            _ => None,
+        };
+        match answer {
+            Some(payload) => {
+                let reply = stanza::iq_result(iq, payload);
+                self.send(&reply);
+            }
+            None => self.reply_error(iq, StanzaError::SERVICE_UNAVAILABLE),
+        }
+    }
+}
+
+/// The server's XEP-0030 identity and features.
+fn server_disco_info() -> Element {
+    let mut query = Element::bare("query", ns::DISCO_INFO);
+    query.append_child(stanza::element(
+        "identity",
+        ns::DISCO_INFO,
+        &[
+            ("category", "server"),
+            ("type", "im"),
+            ("name", "Gatehouse"),
+        ],
+    ));
+    for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING] {
+        query.append_child(stanza::element(
+            "feature",
+            ns::DISCO_INFO,
+            &[("var", feature)],
+        ));
+    }
+    query
+}
