@@ -1,0 +1,848 @@
+//! The configuration file: its TOML format, defaults, path resolution and
+//! validation.
+//!
+//! Owns: the `Config` types; parsing with errors that name the file,
+//! `line:column` and the dotted key; validation that reports every problem at
+//! once; and resolving relative paths against the config file's directory.
+//!
+//! Must not touch: sockets, child processes, TLS setup or anything else that
+//! runs the server. The only I/O here is reading the config file and checking
+//! that the files it names exist (and, for TLS, contain PEM items); turning
+//! them into listeners, pools and TLS acceptors is the caller's job.
+//!
+//! Secrets: no field is secret yet, so the structs derive `Debug`. When one
+//! arrives (e.g. HTTP Basic credentials), give it a wrapper type whose `Debug`
+//! prints `***`, so that `{:?}` of a whole `Config` stays safe to log.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufReader};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+/// Below 4096 bytes ordinary stanzas (a vCard, a roster push) stop fitting.
+/// RFC 6120 §13.12 asks for at least 10000 in production; smaller limits are
+/// allowed so tests can provoke the limit cheaply.
+const STANZA_BYTES: RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
+/// `listen(2)` takes an `int`; Linux caps it at `somaxconn` anyway.
+const BACKLOG: RangeInclusive<u32> = 1..=65_535;
+/// Zero would disconnect a client on its first stanza; the upper bound keeps
+/// one slow client from holding an unbounded amount of memory.
+const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
+const PROCESSES: RangeInclusive<usize> = 1..=1024;
+/// Zero means "never wait": refuse a login at once when all processes are busy.
+const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
+/// Longer than this is a typo (`5h` for `5s`), and far-future deadlines
+/// behave badly in timers.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The XMPP domains this server answers for (Prosody's `VirtualHost`s);
+    /// a stream opened to any other domain is refused.
+    pub hosts: Vec<String>,
+    /// The client listener. Required, because its TLS settings must be a
+    /// conscious choice.
+    pub c2s: C2sConfig,
+    /// The metrics/health listener. Optional: its default is loopback only.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Where passwords are checked.
+    pub auth: AuthConfig,
+}
+
+/// `[c2s]`: the client-to-server listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct C2sConfig {
+    /// Address and port clients connect to.
+    #[serde(default = "default_c2s_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain offered in STARTTLS. Relative paths are resolved
+    /// from the config file's directory.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`. Relative paths are resolved from the
+    /// config file's directory.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse authentication before STARTTLS, so passwords never cross the
+    /// network in clear text (SASL PLAIN sends them verbatim).
+    #[serde(default = "default_true")]
+    pub require_tls: bool,
+    /// Largest stanza a client may send; a bigger one ends the stream with
+    /// `<policy-violation/>` before it is buffered whole.
+    #[serde(default = "default_max_stanza_bytes")]
+    pub max_stanza_bytes: usize,
+    /// Kernel accept queue length: how many connections may wait for
+    /// `accept()` during a reconnect storm before the kernel drops SYNs.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// A connection not authenticated by then gets `<connection-timeout/>`,
+    /// so idle or stuck sockets cannot pile up.
+    #[serde(default = "default_unauthenticated_timeout", with = "humantime_serde")]
+    pub unauthenticated_timeout: Duration,
+    /// Stanzas queued to a slow client before it is disconnected, so one
+    /// slow reader cannot make the server buffer without bound.
+    #[serde(default = "default_max_outbound_queue")]
+    pub max_outbound_queue: usize,
+}
+
+/// `[http]`: the listener for `/metrics` and `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port of the HTTP listener; loopback by default because
+    /// metrics are not meant for the public.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+/// `[auth]`: which backend checks passwords, and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The backend in use. Explicit, so a config never silently falls back
+    /// to a backend the operator did not choose.
+    pub backend: AuthBackendKind,
+    /// Settings of the `external` backend; required when it is selected.
+    #[serde(default)]
+    pub external: Option<ExternalAuthConfig>,
+}
+
+/// The kinds of authentication backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthBackendKind {
+    /// A pool of long-running child processes (`[auth.external]`).
+    External,
+}
+
+/// `[auth.external]`: the pool of external authentication processes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthConfig {
+    /// The program to run: a string is a single program path (not split,
+    /// no shell); an array is an argv. A relative program path containing
+    /// `/` is resolved from the config file's directory; a bare name is
+    /// looked up in `PATH`.
+    pub command: CommandLine,
+    /// Wire protocol the program speaks: Prosody's line-based one or
+    /// ejabberd's length-prefixed one, so existing scripts work unchanged.
+    #[serde(default)]
+    pub protocol: ExternalProtocol,
+    /// Number of processes; each has one request in flight, so this bounds
+    /// concurrent password checks.
+    #[serde(default = "default_processes")]
+    pub processes: usize,
+    /// Requests that may wait for a free process; beyond it a login is
+    /// refused at once with a retryable error instead of queueing forever.
+    #[serde(default = "default_auth_queue")]
+    pub queue: usize,
+    /// How long one process may take to answer before it is killed and
+    /// restarted and the login fails as a temporary error.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a request may wait in the queue for a free process.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+/// Wire protocols of external authentication programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalProtocol {
+    /// Prosody's `mod_auth_external`: `auth:USER:HOST:PASS\n` → `1`/`0`.
+    #[default]
+    Generic,
+    /// ejabberd's `extauth`: 2-byte big-endian length prefix both ways.
+    Ejabberd,
+}
+
+/// A program and its arguments. Deserializes from a string (the program
+/// alone) or from an array of strings (an argv).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<String>);
+
+impl CommandLine {
+    /// The program followed by its arguments.
+    pub fn argv(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandLine {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommandVisitor;
+
+        impl<'de> Visitor<'de> for CommandVisitor {
+            type Value = CommandLine;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a program path or an array of strings (program and arguments)")
+            }
+
+            fn visit_str<E: de::Error>(self, program: &str) -> Result<CommandLine, E> {
+                Ok(CommandLine(vec![program.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommandLine, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                Ok(CommandLine(argv))
+            }
+        }
+
+        deserializer.deserialize_any(CommandVisitor)
+    }
+}
+
+fn default_c2s_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5222))
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5280))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_stanza_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+
+fn default_unauthenticated_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_outbound_queue() -> usize {
+    1024
+}
+
+fn default_processes() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(*PROCESSES.start(), *PROCESSES.end())
+}
+
+fn default_auth_queue() -> usize {
+    1024
+}
+
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key of the offending setting, e.g. `auth.external.processes`.
+    pub key: String,
+    /// What is wrong with it, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded. `Display` names the file and the
+/// key, one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// The file is not valid TOML or does not fit the schema (unknown key,
+    /// wrong type, missing key…). TOML parsing stops at the first one.
+    #[error("{}", syntax_line(path, *position, key.as_deref(), message))]
+    Syntax {
+        path: PathBuf,
+        /// 1-based line and column, when toml knows where.
+        position: Option<(usize, usize)>,
+        /// Dotted key the error is about, when it could be determined.
+        key: Option<String>,
+        message: String,
+    },
+    /// The file parsed, but values are wrong.
+    #[error("{}", problem_lines(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn syntax_line(
+    path: &Path,
+    position: Option<(usize, usize)>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let mut line = path.display().to_string();
+    if let Some((row, column)) = position {
+        line.push_str(&format!(":{row}:{column}"));
+    }
+    if let Some(key) = key {
+        line.push_str(&format!(": {key}"));
+    }
+    line.push_str(&format!(": {message}"));
+    line
+}
+
+fn problem_lines(path: &Path, problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("{}: {problem}", path.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`. Relative paths inside
+    /// it are resolved from `path`'s directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `origin`: errors name
+    /// `origin`, and relative paths are resolved from its directory.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|error| syntax_error(origin, text, &error))?;
+        config.resolve_paths(&base_dir(origin));
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem with the values, not just the first. Paths are checked
+    /// as they are (relative ones against the current directory); `load` and
+    /// `parse` resolve them first.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Problems::default();
+        validate_hosts(&self.hosts, &mut problems);
+        self.c2s.validate(&mut problems);
+        if listeners_conflict(self.c2s.listen, self.http.listen) {
+            problems.add(
+                "http.listen",
+                format!(
+                    "{} clashes with c2s.listen = {}: both would bind port {}",
+                    self.http.listen,
+                    self.c2s.listen,
+                    self.http.listen.port()
+                ),
+            );
+        }
+        match self.auth.backend {
+            AuthBackendKind::External => match &self.auth.external {
+                Some(external) => external.validate(&mut problems),
+                None => problems.add(
+                    "auth.external",
+                    "missing: auth.backend = \"external\" needs an [auth.external] section",
+                ),
+            },
+        }
+        problems.0
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for path in [&mut self.c2s.tls_cert, &mut self.c2s.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(external) = &mut self.auth.external {
+            if let Some(program) = external.command.0.first_mut() {
+                if program.contains('/') && Path::new(program).is_relative() {
+                    // A directory that is not UTF-8 leaves the path relative
+                    // to the working directory; validation then reports it
+                    // if it does not exist there.
+                    if let Ok(resolved) = base.join(&*program).into_os_string().into_string() {
+                        *program = resolved;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Absolute directory of the config file, so resolved paths survive a
+/// change of working directory (e.g. of a child process).
+fn base_dir(origin: &Path) -> PathBuf {
+    let dir = match origin.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn range<T: PartialOrd + fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        range: RangeInclusive<T>,
+    ) {
+        if !range.contains(&value) {
+            self.add(
+                key,
+                format!(
+                    "must be between {} and {} (got {value})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: Duration) {
+        if value.is_zero() {
+            self.add(key, "must be greater than 0");
+        } else if value > MAX_DURATION {
+            self.add(
+                key,
+                format!(
+                    "must be at most {} (got {})",
+                    humantime::format_duration(MAX_DURATION),
+                    humantime::format_duration(value)
+                ),
+            );
+        }
+    }
+}
+
+fn validate_hosts(hosts: &[String], problems: &mut Problems) {
+    if hosts.is_empty() {
+        problems.add("hosts", "must list at least one domain");
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        if let Some(why) = domain_problem(host) {
+            problems.add("hosts", format!("{host:?} is not a valid domain: {why}"));
+        } else if hosts[..i].contains(host) {
+            problems.add("hosts", format!("{host:?} is listed more than once"));
+        }
+    }
+}
+
+/// Why `domain` is not a lowercase DNS name (or IPv4 address), if it is not.
+/// Uppercase is refused rather than folded, so that the names in the config
+/// are exactly the names that appear in JIDs, logs and metrics.
+fn domain_problem(domain: &str) -> Option<String> {
+    if domain.is_empty() {
+        return Some("it is empty".into());
+    }
+    if domain.len() > 253 {
+        return Some("it is longer than 253 bytes".into());
+    }
+    if !domain.is_ascii() {
+        return Some("it is not ASCII; write an internationalised name in its xn-- form".into());
+    }
+    if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("it contains uppercase letters; write it in lowercase".into());
+    }
+    if domain.ends_with('.') {
+        return Some("it must not end with a dot".into());
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Some("it has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > 63 {
+            return Some(format!("label {label:?} is longer than 63 bytes"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Some(format!(
+                "it contains {c:?}; only a-z, 0-9, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    None
+}
+
+/// Two listeners clash when they would bind the same port on overlapping
+/// addresses. Port 0 asks the kernel for a free port, so it never clashes.
+fn listeners_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl C2sConfig {
+    fn validate(&self, problems: &mut Problems) {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(why) = check_pem(cert, PemKind::Certificate) {
+                    problems.add("c2s.tls_cert", why);
+                }
+                if let Err(why) = check_pem(key, PemKind::PrivateKey) {
+                    problems.add("c2s.tls_key", why);
+                }
+            }
+            (Some(_), None) => problems.add("c2s.tls_key", "must be set when c2s.tls_cert is"),
+            (None, Some(_)) => problems.add("c2s.tls_cert", "must be set when c2s.tls_key is"),
+            (None, None) if self.require_tls => problems.add(
+                "c2s.tls_cert",
+                "c2s.tls_cert and c2s.tls_key are required when c2s.require_tls = true \
+                 (or set c2s.require_tls = false to allow logins without TLS)",
+            ),
+            (None, None) => {}
+        }
+        problems.range("c2s.max_stanza_bytes", self.max_stanza_bytes, STANZA_BYTES);
+        problems.range("c2s.backlog", self.backlog, BACKLOG);
+        problems.duration("c2s.unauthenticated_timeout", self.unauthenticated_timeout);
+        problems.range(
+            "c2s.max_outbound_queue",
+            self.max_outbound_queue,
+            OUTBOUND_QUEUE,
+        );
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// Checks that `path` is a readable PEM file holding at least one item of
+/// `kind`. Whether the pair matches is left to the TLS setup at startup.
+fn check_pem(path: &Path, kind: PemKind) -> Result<(), String> {
+    let shown = path.display();
+    let file = fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut reader = BufReader::new(file);
+    let found = match kind {
+        PemKind::Certificate => {
+            let mut count = 0;
+            for cert in rustls_pemfile::certs(&mut reader) {
+                cert.map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
+                count += 1;
+            }
+            count > 0
+        }
+        PemKind::PrivateKey => rustls_pemfile::private_key(&mut reader)
+            .map_err(|e| format!("{shown} is not valid PEM: {e}"))?
+            .is_some(),
+    };
+    match (found, kind) {
+        (true, _) => Ok(()),
+        (false, PemKind::Certificate) => Err(format!("{shown} contains no PEM CERTIFICATE")),
+        (false, PemKind::PrivateKey) => Err(format!(
+            "{shown} contains no PEM private key (PKCS#8, PKCS#1 or SEC1)"
+        )),
+    }
+}
+
+impl ExternalAuthConfig {
+    fn validate(&self, problems: &mut Problems) {
+        match self.command.argv().first() {
+            None => problems.add("auth.external.command", "must not be empty"),
+            Some(program) if program.is_empty() => {
+                problems.add("auth.external.command", "the program must not be empty")
+            }
+            Some(program) => {
+                if let Err(why) = check_program(program) {
+                    problems.add("auth.external.command", why);
+                }
+            }
+        }
+        problems.range("auth.external.processes", self.processes, PROCESSES);
+        problems.range("auth.external.queue", self.queue, AUTH_QUEUE);
+        problems.duration("auth.external.timeout", self.timeout);
+        problems.duration("auth.external.queue_timeout", self.queue_timeout);
+    }
+}
+
+/// Checks that `program` can be executed: a path must name an executable
+/// file; a bare name must be found in `PATH`, as the spawn will look it up.
+fn check_program(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        let metadata = fs::metadata(program).map_err(|e| format!("cannot run {program}: {e}"))?;
+        if !metadata.is_file() {
+            return Err(format!("cannot run {program}: not a file"));
+        }
+        if metadata.permissions().mode() & 0o111 == 0 {
+            return Err(format!("cannot run {program}: not executable (chmod +x)"));
+        }
+        return Ok(());
+    }
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{program:?} is not an executable found in PATH"))
+    }
+}
+
+/// Turns a toml/serde error into one that names the file, `line:column` and
+/// the dotted key. toml's own message names the offending field but not the
+/// table it is in, so the key path is recovered from the error's span.
+fn syntax_error(origin: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim_end().to_owned();
+    let span = error.span();
+    let position = span.as_ref().map(|span| line_column(text, span.start));
+    let key = span.and_then(|span| key_at(text, span));
+    let key = match missing_field(&message) {
+        // The span of a missing field is the table that lacks it.
+        Some(missing) => Some(match key {
+            Some(table) => format!("{table}.{missing}"),
+            None => missing.to_owned(),
+        }),
+        // A syntax error (or a duplicate key) leaves nothing parsed to find
+        // the span in; read the key off the offending line instead.
+        None => key.or_else(|| position.and_then(|(line, _)| key_on_line(text, line))),
+    };
+    let mut message = message;
+    if message == "invalid socket address syntax" {
+        message.push_str(
+            ": expected IP:PORT, e.g. 127.0.0.1:5222 or [::]:5222 (host names are not resolved)",
+        );
+    }
+    ConfigError::Syntax {
+        path: origin.to_owned(),
+        position,
+        key,
+        message,
+    }
+}
+
+/// Dotted key assigned on 1-based `line` of `text` (`key = …` under the last
+/// `[table]` header before it), or the table a header line opens.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let current = lines.get(line.checked_sub(1)?)?.trim();
+    if let Some(table) = table_header(current) {
+        return Some(table.to_owned());
+    }
+    let (key, _) = current.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .find_map(|previous| table_header(previous.trim()));
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// The name in a `[table]` or `[[array]]` header line.
+fn table_header(line: &str) -> Option<&str> {
+    let inner = line.strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let (name, _) = inner.split_once(']')?;
+    Some(name.trim())
+}
+
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split_once('`').map(|(field, _)| field)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(text, offset);
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn floor_char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// Dotted key of the innermost key or value that covers `span` in `text`.
+fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let (document, _) = DeTable::parse_recoverable(text);
+    find_in_table(document.get_ref(), &span, "")
+}
+
+fn find_in_table(
+    table: &DeTable<'_>,
+    span: &std::ops::Range<usize>,
+    prefix: &str,
+) -> Option<String> {
+    // A table's span need not cover its entries (headers can be anywhere),
+    // so children are searched first and a covering table is the fallback.
+    let mut covering = None;
+    for (key, value) in table.iter() {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if covers(&key.span(), span) {
+            return Some(path);
+        }
+        if let Some(found) = find_in_value(value.get_ref(), span, &path) {
+            return Some(found);
+        }
+        if covering.is_none() && covers(&value.span(), span) {
+            covering = Some(path);
+        }
+    }
+    covering
+}
+
+fn find_in_value(value: &DeValue<'_>, span: &std::ops::Range<usize>, path: &str) -> Option<String> {
+    match value {
+        DeValue::Table(table) => find_in_table(table, span, path),
+        DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let path = format!("{path}[{i}]");
+            find_in_value(item.get_ref(), span, &path)
+                .or_else(|| covers(&item.span(), span).then_some(path))
+        }),
+        _ => None,
+    }
+}
+
+fn covers(outer: &std::ops::Range<usize>, inner: &std::ops::Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end && outer.start < outer.end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        for ok in [
+            "localhost",
+            "example.com",
+            "a-b.example",
+            "127.0.0.1",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(domain_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "Example.com",
+            "a..b",
+            ".a",
+            "a.",
+            "-a.b",
+            "a_b",
+            "a b",
+            "bücher.example",
+            "[::1]",
+        ] {
+            assert!(domain_problem(bad).is_some(), "{bad}");
+        }
+        assert!(domain_problem(&"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn listener_conflicts() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listeners_conflict(
+            addr("127.0.0.1:5222"),
+            addr("127.0.0.1:5222")
+        ));
+        assert!(listeners_conflict(
+            addr("0.0.0.0:5222"),
+            addr("127.0.0.1:5222")
+        ));
+        assert!(!listeners_conflict(
+            addr("127.0.0.1:0"),
+            addr("127.0.0.1:0")
+        ));
+        assert!(!listeners_conflict(
+            addr("127.0.0.1:5222"),
+            addr("127.0.0.2:5222")
+        ));
+        assert!(!listeners_conflict(
+            addr("127.0.0.1:5222"),
+            addr("127.0.0.1:5280")
+        ));
+    }
+
+    #[test]
+    fn line_columns() {
+        assert_eq!(line_column("abc", 0), (1, 1));
+        assert_eq!(line_column("a\nbé c", 6), (2, 4));
+        assert_eq!(line_column("a\n", 99), (2, 1));
+    }
+
+    #[test]
+    fn key_paths_from_spans() {
+        let text = "hosts = [\"a\", 1]\n[auth.external]\nprocesses = \"x\"\n";
+        let at = |needle: &str| {
+            let start = text.find(needle).unwrap();
+            key_at(text, start..start + needle.len())
+        };
+        assert_eq!(at("1").as_deref(), Some("hosts[1]"));
+        assert_eq!(at("processes").as_deref(), Some("auth.external.processes"));
+        assert_eq!(at("\"x\"").as_deref(), Some("auth.external.processes"));
+    }
+}

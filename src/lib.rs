@@ -1,0 +1,192 @@
+//! Gatehouse, the application: configuration, listeners, the operator HTTP
+//! endpoints, and the wiring and shutdown of the actors that live in
+//! `gatehouse_actors`.
+//!
+//! [`run`] is the whole server; `main` only parses the command line. Tests
+//! call [`Server::bind`] to learn the bound addresses, then
+//! [`Server::run`].
+
+pub mod config;
+pub mod signal;
+
+mod c2s;
+mod http;
+mod telemetry;
+
+use actix::{Actor, Arbiter};
+use config::{AuthBackendKind, Config, ExternalProtocol};
+use gatehouse_actors::auth::{ExternalConfig, PoolHandle, Protocol};
+use gatehouse_actors::router::Router;
+use gatehouse_actors::session::{C2sSettings, Services};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for clients to receive `<system-shutdown/>`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("HTTP listener: {0}")]
+    Http(std::io::Error),
+}
+
+/// Runs the server until `shutdown` resolves. Must be called inside an
+/// actix System.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+/// A started server: listeners bound, actors running.
+pub struct Server {
+    c2s_addr: SocketAddr,
+    http_addr: SocketAddr,
+    /// Session arbiters, one per core; stopped last.
+    arbiters: Arc<Vec<Arbiter>>,
+    /// Cancelled to start the shutdown; every connection watches it.
+    shutdown: CancellationToken,
+    /// Every connection's I/O task, awaited during shutdown.
+    connections: TaskTracker,
+    auth: PoolHandle,
+    http: actix_web::dev::ServerHandle,
+}
+
+impl Server {
+    /// Binds both listeners and starts the actors.
+    pub async fn bind(config: Config) -> Result<Server, RunError> {
+        raise_open_files_limit();
+        let metrics = telemetry::handle();
+        let tls = match (&config.c2s.tls_cert, &config.c2s.tls_key) {
+            (Some(cert), Some(key)) => Some(c2s::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = c2s::bind(config.c2s.listen, config.c2s.backlog)?;
+        let c2s_addr = listener.local_addr().map_err(|source| RunError::Bind {
+            addr: config.c2s.listen,
+            source,
+        })?;
+        let http_listener =
+            std::net::TcpListener::bind(config.http.listen).map_err(|source| RunError::Bind {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = http_listener.local_addr().map_err(RunError::Http)?;
+        let http_server = http::start(http_listener, metrics).map_err(RunError::Http)?;
+        let http = http_server.handle();
+        actix_rt::spawn(http_server);
+
+        let auth = match config.auth.backend {
+            AuthBackendKind::External => {
+                let external = config
+                    .auth
+                    .external
+                    .as_ref()
+                    .expect("validated: [auth.external] is present");
+                PoolHandle::start_external(ExternalConfig {
+                    command: external.command.0.clone(),
+                    protocol: match external.protocol {
+                        ExternalProtocol::Generic => Protocol::Generic,
+                        ExternalProtocol::Ejabberd => Protocol::Ejabberd,
+                    },
+                    processes: external.processes,
+                    queue: external.queue,
+                    timeout: external.timeout,
+                    queue_timeout: external.queue_timeout,
+                })
+            }
+        };
+
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
+        let shutdown = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let services = Services {
+            router: Router::default().start(),
+            auth: auth.clone(),
+            connections: connections.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let settings = Arc::new(C2sSettings {
+            hosts: config
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            tls,
+            require_tls: config.c2s.require_tls,
+            max_stanza_bytes: config.c2s.max_stanza_bytes,
+            unauthenticated_timeout: config.c2s.unauthenticated_timeout,
+            max_outbound_queue: config.c2s.max_outbound_queue,
+        });
+        actix_rt::spawn(c2s::accept_loop(
+            listener,
+            arbiters.clone(),
+            settings,
+            services,
+        ));
+        tracing::info!(c2s = %c2s_addr, http = %http_addr, "Gatehouse is listening");
+        Ok(Server {
+            c2s_addr,
+            http_addr,
+            arbiters,
+            shutdown,
+            connections,
+            auth,
+            http,
+        })
+    }
+
+    /// The bound client listener address (useful with port 0).
+    pub fn c2s_addr(&self) -> SocketAddr {
+        self.c2s_addr
+    }
+
+    /// The bound HTTP listener address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stop
+    /// accepting, send every client `<system-shutdown/>`, end every auth
+    /// process, stop the HTTP listener and the arbiters.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        shutdown.await;
+        tracing::info!("shutting down");
+        self.shutdown.cancel();
+        self.connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        self.auth.shutdown().await;
+        self.http.stop(true).await;
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A login storm needs one descriptor per client: raise the soft limit to
+/// the hard limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}

@@ -1,0 +1,88 @@
+//! The `gatehouse` command line: parse arguments, load the config, start
+//! logging and run the server (or only check the config).
+//!
+//! Owns: argument parsing, exit codes and the logging setup.
+//! Must not touch: anything the server does; that is `gatehouse::run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// An XMPP server whose users, rosters and rooms live in another application.
+#[derive(Parser)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    /// Run the server with this config file.
+    #[arg(short, long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a config file: print `FILE: ok` (exit 0) or every problem (exit 1).
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::CheckConfig { file }), _) => check_config(&file),
+        (None, Some(config)) => serve(&config),
+        (None, None) => unreachable!("clap requires --config without a subcommand"),
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(file: &Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(config = %file.display(), "starting gatehouse {}", env!("CARGO_PKG_VERSION"));
+    let result = actix_rt::System::new()
+        .block_on(gatehouse::run(config, gatehouse::signal::shutdown_signal()));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gatehouse: {error}");
+            ExitCode::from(1)
+        }
+    }
+}

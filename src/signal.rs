@@ -1,0 +1,39 @@
+//! The shutdown trigger: a future that resolves on SIGTERM or SIGINT.
+//!
+//! Owns: installing the signal handlers and logging which signal arrived.
+//! Must not touch: what shutting down means (closing listeners, draining
+//! sessions, stopping auth processes); that is `run`'s job.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Resolves on the first SIGTERM or SIGINT. Must be polled inside a Tokio
+/// runtime (e.g. an actix `System`); the handlers are installed on first poll.
+///
+/// If a handler cannot be installed, the error is logged and only the other
+/// signal is awaited: the server keeps running rather than stopping at once.
+pub async fn shutdown_signal() {
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM");
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT");
+    tokio::select! {
+        () = recv(&mut terminate) => tracing::info!("received SIGTERM, shutting down"),
+        () = recv(&mut interrupt) => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+fn install(kind: SignalKind, name: &str) -> Option<Signal> {
+    signal(kind)
+        .inspect_err(|error| tracing::error!(%error, "cannot install a {name} handler"))
+        .ok()
+}
+
+/// Waits for the next delivery of `signal`; forever if it is not installed.
+async fn recv(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            // `None` would mean the handler was torn down, which cannot
+            // happen while we hold it; treat it like a delivery anyway.
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}

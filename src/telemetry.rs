@@ -1,0 +1,68 @@
+//! The Prometheus recorder behind `/metrics`: installed once per process,
+//! with explicit histogram buckets (without them every histogram would
+//! render as a summary) and a periodic upkeep task.
+//!
+//! It owns how metrics are exported, not which ones exist: each component
+//! records and describes its own.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Buckets for every `*_seconds` histogram: from half a millisecond (an
+/// admitted or refused auth call on loopback) to the 5 s default timeouts
+/// and beyond.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often the recorder drains histogram samples into buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The process-wide recorder. Several servers in one process (tests) share
+/// it; the first call installs it and starts its upkeep thread.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("bucket list is non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            })
+            .expect("spawning the metrics upkeep thread");
+        describe();
+        handle
+    })
+}
+
+/// Help texts of the metrics this crate and the sessions record.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "gatehouse_logins_total",
+        "SASL logins by result: success, not_authorized, temporary_failure, malformed"
+    );
+    describe_histogram!(
+        "gatehouse_login_duration_seconds",
+        Unit::Seconds,
+        "Time from a SASL auth request to its answer, by result"
+    );
+    describe_gauge!(
+        "gatehouse_sessions",
+        "Bound client resources (online sessions)"
+    );
+    describe_gauge!("gatehouse_connections", "Open client TCP connections");
+    describe_counter!(
+        "gatehouse_slow_client_disconnects_total",
+        "Connections dropped because the client did not read what it was sent"
+    );
+    gatehouse_actors::auth::describe_metrics();
+}
