@@ -1,0 +1,212 @@
+//! Logins through the real server against real external auth processes
+//! (tests/fixtures/auth.py), over real TCP, for both protocols.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn external(protocol: &str, extra: &str) -> String {
+    config(&format!(
+        r#"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "{}", "--protocol", "{protocol}" {extra}]
+protocol = "{protocol}"
+processes = 2
+queue = 16
+timeout = "1s"
+"#,
+        fixture("auth.py")
+    ))
+}
+
+async fn try_login(server: &TestServer, user: &str, password: &str) -> Result<(), String> {
+    let mut client = Client::connect(server.c2s).await;
+    client.open("localhost").await;
+    client.auth(user, password).await
+}
+
+#[actix_rt::test]
+async fn right_and_wrong_passwords_both_protocols() {
+    for protocol in ["generic", "ejabberd"] {
+        let server = TestServer::start(&external(protocol, ""));
+        assert_eq!(
+            try_login(&server, "alice", "wonderland").await,
+            Ok(()),
+            "{protocol}"
+        );
+        assert_eq!(
+            try_login(&server, "alice", "wrong").await,
+            Err("not-authorized".into()),
+            "{protocol}"
+        );
+        assert_eq!(
+            try_login(&server, "nobody", "x").await,
+            Err("not-authorized".into()),
+            "{protocol}"
+        );
+        // Passwords may contain ':' (they are last on the request line).
+        assert_eq!(
+            try_login(&server, "colon", "pa:ss:word").await,
+            Ok(()),
+            "{protocol}"
+        );
+        // The authcid is normalised (nodeprep) before it is sent.
+        assert_eq!(
+            try_login(&server, "Alice", "wonderland").await,
+            Ok(()),
+            "{protocol}"
+        );
+        let scrape = server.metrics().await;
+        assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 3.0);
+        assert!(
+            sample(
+                &scrape,
+                r#"gatehouse_logins_total{result="not_authorized"}"#
+            ) >= 2.0
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_password_with_a_newline_never_reaches_the_process() {
+    let dir = tempdir();
+    let record = dir.join("requests.log");
+    for protocol in ["generic", "ejabberd"] {
+        let server = TestServer::start(&external(
+            protocol,
+            &format!(r#", "--record", "{}""#, record.display()),
+        ));
+        for bad in ["wonder\nland", "wonder\rland", "wonderland\n1"] {
+            assert_eq!(
+                try_login(&server, "alice", bad).await,
+                Err("not-authorized".into())
+            );
+        }
+        // The next login still works, and is the only request recorded.
+        assert_eq!(try_login(&server, "alice", "wonderland").await, Ok(()));
+        let scrape = server.metrics().await;
+        assert!(sample(&scrape, r#"gatehouse_logins_total{result="malformed"}"#) >= 3.0);
+    }
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(recorded.lines().count(), 2, "{recorded}");
+    assert!(
+        !recorded.contains("land\\n") && !recorded.contains("\\r"),
+        "{recorded}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_broken_process_is_a_temporary_failure_and_is_restarted() {
+    for protocol in ["generic", "ejabberd"] {
+        let server = TestServer::start(&external(protocol, r#", "--late", "2""#));
+        for user in ["crash", "hang", "garbage", "late"] {
+            let before = sample(
+                &server.metrics().await,
+                r#"gatehouse_auth_process_restarts_total{backend="external"}"#,
+            );
+            assert_eq!(
+                try_login(&server, user, "x").await,
+                Err("temporary-auth-failure".into()),
+                "{protocol} {user}"
+            );
+            // The next logins are answered correctly, by a fresh process:
+            // a late "1" must never be taken as their answer.
+            for _ in 0..3 {
+                assert_eq!(
+                    try_login(&server, "alice", "nope").await,
+                    Err("not-authorized".into()),
+                    "{protocol} after {user}"
+                );
+                assert_eq!(
+                    try_login(&server, "alice", "wonderland").await,
+                    Ok(()),
+                    "{protocol} after {user}"
+                );
+            }
+            let scrape = server.metrics().await;
+            let after = sample(
+                &scrape,
+                r#"gatehouse_auth_process_restarts_total{backend="external"}"#,
+            );
+            assert!(
+                after > before,
+                "{protocol} {user}: restart counted ({before} -> {after})"
+            );
+            assert!(
+                sample(
+                    &scrape,
+                    r#"gatehouse_logins_total{result="temporary_failure"}"#
+                ) >= 1.0,
+                "{scrape}"
+            );
+        }
+        let scrape = server.metrics().await;
+        assert!(
+            sample(
+                &scrape,
+                r#"gatehouse_auth_timeouts_total{backend="external"}"#
+            ) >= 2.0
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_burst_beyond_the_queue_is_refused_at_once() {
+    // Two processes answering in 300 ms and a queue of 2: of 20 concurrent
+    // logins, 4 can be admitted; the rest are refused immediately.
+    let server = TestServer::start(&config(&format!(
+        r#"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "{}", "--delay", "0.3"]
+processes = 2
+queue = 2
+timeout = "5s"
+"#,
+        fixture("auth.py")
+    )));
+    // Warm up: let both processes start.
+    assert_eq!(try_login(&server, "alice", "wonderland").await, Ok(()));
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(server.c2s).await;
+        c.open("localhost").await;
+        clients.push(c);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = c.auth("alice", "wonderland").await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (result, took) = t.await.unwrap();
+        match result {
+            Ok(()) => admitted += 1,
+            Err(condition) => {
+                assert_eq!(condition, "temporary-auth-failure");
+                assert!(took < Duration::from_millis(250), "refusal took {took:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(admitted >= 4, "admitted {admitted}");
+    assert!(refused >= 10, "refused {refused}");
+    let scrape = server.metrics().await;
+    assert!(
+        sample(
+            &scrape,
+            r#"gatehouse_auth_rejected_total{backend="external",reason="queue_full"}"#
+        ) >= refused as f64
+    );
+}

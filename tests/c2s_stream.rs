@@ -1,0 +1,367 @@
+//! Stream negotiation, routing between clients, and bad input, against the
+//! real server over real TCP.
+
+mod common;
+
+use common::*;
+use gatehouse_actors::xmpp::StreamEvent;
+
+fn server() -> TestServer {
+    TestServer::start(&config(&fixture_auth("")))
+}
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// Sends raw input after a valid header and returns the stream error.
+async fn error_for(server: &TestServer, input: &[u8]) -> String {
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    c.send_bytes(input).await;
+    c.stream_error().await
+}
+
+#[actix_rt::test]
+async fn bad_xml_ends_the_stream_with_the_right_error() {
+    let server = server();
+    let cases: &[(&[u8], &str)] = &[
+        (b"<message><body>x</iq>", "not-well-formed"),
+        (b"<message a='1' a='2'/>", "not-well-formed"),
+        (b"<message><body>\x01</body></message>", "not-well-formed"),
+        (
+            b"<message><body>\xff\xfe</body></message>",
+            "not-well-formed",
+        ),
+        (b"<message><body>&xxe;</body></message>", "restricted-xml"),
+        (b"<?php echo 1; ?>", "restricted-xml"),
+        (b"<!-- hello -->", "restricted-xml"),
+        (b"<foo xmlns='urn:x'/>", "not-authorized"),
+        (b"hello", "bad-format"),
+    ];
+    for (input, condition) in cases {
+        assert_eq!(
+            &error_for(&server, input).await,
+            condition,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // A DTD before the stream header.
+    let mut c = Client::connect(server.c2s).await;
+    c.send("<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY x 'y'>]><stream:stream/>")
+        .await;
+    assert_eq!(c.stream_error().await, "restricted-xml");
+    // Nothing else was harmed: a normal login still works.
+    let (_c, jid) = Client::login(server.c2s, "alice", "wonderland", "ok").await;
+    assert_eq!(jid, "alice@localhost/ok");
+}
+
+#[actix_rt::test]
+async fn an_oversized_stanza_is_a_policy_violation() {
+    let server = TestServer::start(&config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmax_stanza_bytes = 4096",
+    ));
+    let big = format!(
+        "<message to='bob@localhost'><body>{}</body></message>",
+        "x".repeat(5000)
+    );
+    assert_eq!(error_for(&server, big.as_bytes()).await, "policy-violation");
+    // The same after login, and with a giant attribute.
+    let (mut c, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    c.send(&format!("<message id='{}'/>", "y".repeat(100_000)))
+        .await;
+    assert_eq!(c.stream_error().await, "policy-violation");
+    // Stanzas under the limit, and long runs of keep-alive whitespace, pass.
+    let (mut c, _) = Client::login(server.c2s, "alice", "wonderland", "r2").await;
+    c.send(&" ".repeat(10_000)).await;
+    c.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(c.element().await.attr("type"), Some("result"));
+}
+
+#[actix_rt::test]
+async fn stream_header_checks() {
+    let server = server();
+    let mut c = Client::connect(server.c2s).await;
+    c.send(&HEADER.replace("to='localhost'", "to='elsewhere.example'"))
+        .await;
+    assert_eq!(c.stream_error().await, "host-unknown");
+    let mut c = Client::connect(server.c2s).await;
+    c.send(&HEADER.replace("localhost' version='1.0'", "localhost' version='0.9'"))
+        .await;
+    assert_eq!(c.stream_error().await, "unsupported-version");
+    let mut c = Client::connect(server.c2s).await;
+    c.send("<stream xmlns='jabber:client'>").await;
+    assert_eq!(c.stream_error().await, "invalid-namespace");
+    // Features before auth: PLAIN only (TLS not configured here).
+    let mut c = Client::connect(server.c2s).await;
+    let features = c.open("localhost").await;
+    let mechanisms = features.get_child("mechanisms", SASL).expect("mechanisms");
+    let names: Vec<String> = mechanisms.children().map(|m| m.text()).collect();
+    assert_eq!(names, ["PLAIN"]);
+    // A stanza before authentication.
+    c.send("<message to='bob@localhost'><body>hi</body></message>")
+        .await;
+    assert_eq!(c.stream_error().await, "not-authorized");
+}
+
+#[actix_rt::test]
+async fn sasl_edge_cases() {
+    let server = server();
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    c.send(&format!("<auth xmlns='{SASL}' mechanism='DIGEST-MD5'/>"))
+        .await;
+    assert!(c.element().await.has_child("invalid-mechanism", SASL));
+    c.send(&format!(
+        "<auth xmlns='{SASL}' mechanism='PLAIN'>!!notbase64</auth>"
+    ))
+    .await;
+    assert!(c.element().await.has_child("malformed-request", SASL));
+    // authzid naming someone else.
+    use base64::Engine;
+    let other = base64::engine::general_purpose::STANDARD.encode("bob\0alice\0wonderland");
+    c.send(&format!(
+        "<auth xmlns='{SASL}' mechanism='PLAIN'>{other}</auth>"
+    ))
+    .await;
+    assert!(c.element().await.has_child("invalid-authzid", SASL));
+    // Three failures end the stream.
+    assert_eq!(c.next().await, Some(StreamEvent::Close));
+
+    // Empty initial response: challenge, then response.
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    c.send(&format!("<auth xmlns='{SASL}' mechanism='PLAIN'/>"))
+        .await;
+    assert!(c.element().await.is("challenge", SASL));
+    let creds =
+        base64::engine::general_purpose::STANDARD.encode("alice@localhost\0alice\0wonderland");
+    c.send(&format!("<response xmlns='{SASL}'>{creds}</response>"))
+        .await;
+    assert!(c.element().await.is("success", SASL));
+    let features = c.open("localhost").await;
+    assert!(features.has_child("bind", "urn:ietf:params:xml:ns:xmpp-bind"));
+}
+
+#[actix_rt::test]
+async fn unauthenticated_clients_time_out() {
+    let server = TestServer::start(&config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nunauthenticated_timeout = \"1s\"",
+    ));
+    let mut idle = Client::connect(server.c2s).await;
+    assert_eq!(idle.stream_error().await, "connection-timeout");
+    let mut opened = Client::connect(server.c2s).await;
+    opened.open("localhost").await;
+    assert_eq!(opened.stream_error().await, "connection-timeout");
+    // An authenticated session is not affected.
+    let (mut c, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    c.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(c.element().await.attr("type"), Some("result"));
+}
+
+#[actix_rt::test]
+async fn server_iqs() {
+    let server = server();
+    let (mut c, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    c.send("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        .await;
+    assert_eq!(c.element().await.attr("type"), Some("result"));
+    c.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let pong = c.element().await;
+    assert_eq!(
+        (pong.attr("type"), pong.attr("id"), pong.attr("from")),
+        (Some("result"), Some("p"), Some("localhost"))
+    );
+    c.send("<iq type='get' id='d' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let info = c.element().await;
+    let query = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .expect("disco result");
+    let identity = query
+        .get_child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(
+        (identity.attr("category"), identity.attr("type")),
+        (Some("server"), Some("im"))
+    );
+    assert!(query
+        .children()
+        .any(|f| f.attr("var") == Some("urn:xmpp:ping")));
+    c.send("<iq type='get' id='u'><query xmlns='urn:example:unknown'/></iq>")
+        .await;
+    let err = c.element().await;
+    assert_eq!(err.attr("type"), Some("error"));
+    assert!(err
+        .get_child("error", CLIENT)
+        .unwrap()
+        .has_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+}
+
+fn condition(el: &minidom::Element) -> String {
+    el.get_child("error", CLIENT)
+        .and_then(|e| e.children().next())
+        .map(|c| c.name().to_owned())
+        .unwrap_or_default()
+}
+
+#[actix_rt::test]
+async fn messages_presence_and_iqs_between_users() {
+    let server = server();
+    let (mut alice, alice_jid) = Client::login(server.c2s, "alice", "wonderland", "phone").await;
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "laptop").await;
+    // Bob is bound but not available: a message to his bare JID has no
+    // available resource and bounces; to his full JID it is delivered.
+    alice
+        .send("<message to='bob@localhost' type='chat' id='m0'><body>offline?</body></message>")
+        .await;
+    assert_eq!(condition(&alice.element().await), "service-unavailable");
+    alice
+        .send(&format!(
+            "<message to='{bob_jid}' type='chat' id='m1'><body>hi bob</body></message>"
+        ))
+        .await;
+    let got = bob.element().await;
+    assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
+    assert_eq!(got.get_child("body", CLIENT).unwrap().text(), "hi bob");
+    // After initial presence, the bare JID reaches him.
+    bob.send("<presence/>").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    alice.send("<message to='bob@localhost' type='chat' from='forged@localhost/x'><body>bare</body></message>").await;
+    let got = bob.element().await;
+    assert_eq!(
+        got.attr("from"),
+        Some(alice_jid.as_str()),
+        "from is stamped by the server"
+    );
+    // IQs between online users are routed both ways.
+    bob.send(&format!(
+        "<iq type='get' id='q1' to='{alice_jid}'><query xmlns='jabber:iq:version'/></iq>"
+    ))
+    .await;
+    let iq = alice.element().await;
+    assert_eq!(
+        (iq.attr("from"), iq.attr("id")),
+        (Some(bob_jid.as_str()), Some("q1"))
+    );
+    alice
+        .send(&format!("<iq type='result' id='q1' to='{bob_jid}'/>"))
+        .await;
+    assert_eq!(bob.element().await.attr("type"), Some("result"));
+    // Offline full JIDs: IQ gets service-unavailable.
+    alice
+        .send("<iq type='get' id='q2' to='carol@localhost/x'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(condition(&alice.element().await), "service-unavailable");
+    // A message to a user who is offline bounces too (no offline storage).
+    alice
+        .send("<message to='carol@localhost' type='chat' id='m2'><body>?</body></message>")
+        .await;
+    assert_eq!(condition(&alice.element().await), "service-unavailable");
+    // Other domains are unreachable; malformed JIDs are refused.
+    alice
+        .send("<message to='x@elsewhere.example' id='m3'><body>?</body></message>")
+        .await;
+    assert_eq!(condition(&alice.element().await), "remote-server-not-found");
+    alice
+        .send("<message to='a@b@c' id='m4'><body>?</body></message>")
+        .await;
+    assert_eq!(condition(&alice.element().await), "jid-malformed");
+}
+
+#[actix_rt::test]
+async fn own_resources_share_presence_and_priority_picks_the_target() {
+    let server = server();
+    let (mut phone, phone_jid) = Client::login(server.c2s, "alice", "wonderland", "phone").await;
+    let (mut desk, desk_jid) = Client::login(server.c2s, "alice", "wonderland", "desk").await;
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "b").await;
+    phone
+        .send("<presence><priority>1</priority></presence>")
+        .await;
+    // The desk is not available yet, so it does not get the phone's presence.
+    desk.send("<presence><priority>5</priority></presence>")
+        .await;
+    // The phone learns of the desk; the desk learns of the phone.
+    let p = phone.element().await;
+    assert_eq!(
+        (p.name(), p.attr("from")),
+        ("presence", Some(desk_jid.as_str()))
+    );
+    let p = desk.element().await;
+    assert_eq!(
+        (p.name(), p.attr("from")),
+        ("presence", Some(phone_jid.as_str()))
+    );
+    // A message to the bare JID goes to the highest priority only.
+    bob.send("<message to='alice@localhost' type='chat'><body>hi</body></message>")
+        .await;
+    assert_eq!(
+        desk.element()
+            .await
+            .get_child("body", CLIENT)
+            .unwrap()
+            .text(),
+        "hi"
+    );
+    desk.send("<presence type='unavailable'/>").await;
+    let p = phone.element().await;
+    assert_eq!(
+        (p.attr("type"), p.attr("from")),
+        (Some("unavailable"), Some(desk_jid.as_str()))
+    );
+    bob.send("<message to='alice@localhost' type='chat'><body>again</body></message>")
+        .await;
+    assert_eq!(
+        phone
+            .element()
+            .await
+            .get_child("body", CLIENT)
+            .unwrap()
+            .text(),
+        "again"
+    );
+    // A lost connection is broadcast as unavailable.
+    desk.send("<presence/>").await;
+    let _ = phone.element().await;
+    let _ = desk.element().await;
+    drop(desk);
+    let p = phone.element().await;
+    assert_eq!(
+        (p.attr("type"), p.attr("from")),
+        (Some("unavailable"), Some(desk_jid.as_str()))
+    );
+}
+
+#[actix_rt::test]
+async fn binding_an_online_full_jid_replaces_the_older_session() {
+    let server = server();
+    let (mut old, jid) = Client::login(server.c2s, "alice", "wonderland", "same").await;
+    let (mut new, jid2) = Client::login(server.c2s, "alice", "wonderland", "same").await;
+    assert_eq!(jid, jid2);
+    assert_eq!(old.stream_error().await, "conflict");
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "b").await;
+    bob.send(&format!(
+        "<message to='{jid}'><body>to the new one</body></message>"
+    ))
+    .await;
+    assert_eq!(
+        new.element()
+            .await
+            .get_child("body", CLIENT)
+            .unwrap()
+            .text(),
+        "to the new one"
+    );
+    // A generated resource when none is asked for.
+    let (_c, generated) = Client::login(server.c2s, "alice", "wonderland", "").await;
+    assert!(
+        generated.starts_with("alice@localhost/") && generated.len() > "alice@localhost/".len()
+    );
+    let scrape = server.metrics().await;
+    assert!(sample(&scrape, "gatehouse_sessions") >= 3.0, "{scrape}");
+}

@@ -1,0 +1,310 @@
+//! Shared by the integration tests: a real Gatehouse on port 0 in its own
+//! actix System thread, and a raw XMPP client over a real TCP socket.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use base64::Engine;
+use bytes::BytesMut;
+use gatehouse::config::Config;
+use gatehouse_actors::xmpp::{StreamEvent, StreamParser};
+use minidom::Element;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const STREAMS: &str = "http://etherx.jabber.org/streams";
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const CLIENT: &str = "jabber:client";
+
+/// How long a test waits for one thing from the server.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The workspace root, for fixture paths.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture auth program under tests/fixtures.
+pub fn fixture(name: &str) -> String {
+    root()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn tempdir() -> PathBuf {
+    use std::hash::{BuildHasher, RandomState};
+    let unique = RandomState::new().hash_one(std::time::SystemTime::now());
+    let dir =
+        std::env::temp_dir().join(format!("gatehouse-test-{}-{unique:x}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The external auth section for the fixture backend.
+pub fn fixture_auth(args: &str) -> String {
+    format!(
+        r#"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "{}" {args}]
+processes = 2
+"#,
+        fixture("auth.py")
+    )
+}
+
+/// A running server; dropping it shuts it down and waits.
+pub struct TestServer {
+    pub c2s: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server from TOML text; listeners should use port 0.
+    pub fn start(toml: &str) -> TestServer {
+        let config = Config::parse(toml, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = gatehouse::Server::bind(config)
+                    .await
+                    .expect("server starts");
+                addr_tx
+                    .send((server.c2s_addr(), server.http_addr()))
+                    .unwrap();
+                server
+                    .run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .expect("clean shutdown");
+            });
+        });
+        let (c2s, http) = addr_rx.recv_timeout(PATIENCE).expect("server bound");
+        TestServer {
+            c2s,
+            http,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts down and waits until the server thread has finished.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("server thread");
+        }
+    }
+
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a raw socket; returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of one sample line in a Prometheus scrape, e.g.
+/// `gatehouse_logins_total{result="success"}`; 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A config for tests: plain TCP allowed, listeners on port 0.
+pub fn config(auth_section: &str) -> String {
+    format!(
+        r#"
+hosts = ["localhost"]
+[c2s]
+listen = "127.0.0.1:0"
+require_tls = false
+[http]
+listen = "127.0.0.1:0"
+{auth_section}
+"#
+    )
+}
+
+/// A raw XMPP client over a real socket.
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    parser: StreamParser,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+            parser: StreamParser::new(1 << 20),
+        }
+    }
+
+    pub async fn send(&mut self, data: &str) {
+        self.stream.write_all(data.as_bytes()).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, data: &[u8]) {
+        self.stream.write_all(data).await.expect("write");
+    }
+
+    /// The next stream-level event from the server; `None` on EOF.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        loop {
+            if let Some(ev) = self
+                .parser
+                .next_event(&mut self.buf)
+                .expect("server sends valid XML")
+            {
+                return Some(ev);
+            }
+            let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server answered in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next top-level element; panics on anything else.
+    pub async fn element(&mut self) -> Element {
+        match self.next().await {
+            Some(StreamEvent::Element(el)) => el,
+            other => panic!("expected an element, got {other:?}"),
+        }
+    }
+
+    /// Sends a stream header and returns the features.
+    pub async fn open(&mut self, host: &str) -> Element {
+        self.parser.reset();
+        self.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='{STREAMS}' to='{host}' version='1.0'>"
+        ))
+        .await;
+        match self.next().await {
+            Some(StreamEvent::Open(_)) => {}
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        let features = self.element().await;
+        assert!(features.is("features", STREAMS), "{features:?}");
+        features
+    }
+
+    /// SASL PLAIN; returns `Ok(())` or the failure condition.
+    pub async fn auth(&mut self, user: &str, password: &str) -> Result<(), String> {
+        let payload =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='{SASL}' mechanism='PLAIN'>{payload}</auth>"
+        ))
+        .await;
+        let answer = self.element().await;
+        if answer.is("success", SASL) {
+            return Ok(());
+        }
+        assert!(answer.is("failure", SASL), "{answer:?}");
+        Err(answer
+            .children()
+            .next()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default())
+    }
+
+    /// Opens, authenticates, restarts and binds; returns the full JID.
+    pub async fn login(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> (Client, String) {
+        let mut client = Client::connect(addr).await;
+        client.open("localhost").await;
+        client.auth(user, password).await.expect("login succeeds");
+        client.open("localhost").await;
+        let jid = client.bind(resource).await;
+        (client, jid)
+    }
+
+    pub async fn bind(&mut self, resource: &str) -> String {
+        self.send(&format!(
+            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>{resource}</resource></bind></iq>"
+        ))
+        .await;
+        let reply = self.element().await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+        reply
+            .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+            .and_then(|b| b.get_child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
+            .map(|j| j.text())
+            .expect("bound JID")
+    }
+
+    /// Reads until a stream error; returns its condition, then expects the
+    /// stream end and EOF.
+    pub async fn stream_error(&mut self) -> String {
+        loop {
+            match self.next().await {
+                Some(StreamEvent::Element(el)) if el.is("error", STREAMS) => {
+                    let condition = el
+                        .children()
+                        .next()
+                        .map(|c| c.name().to_owned())
+                        .unwrap_or_default();
+                    assert_eq!(self.next().await, Some(StreamEvent::Close));
+                    assert_eq!(
+                        self.next().await,
+                        None,
+                        "connection closed after the stream error"
+                    );
+                    return condition;
+                }
+                Some(StreamEvent::Open(_)) | Some(StreamEvent::Element(_)) => continue,
+                other => panic!("expected a stream error, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Config file tests: every file under tests/config_test/valid must load,
+//! every file under tests/config_test/invalid must be rejected with an error
+//! naming the file and the key given in its first line (`# expect: KEY`).
+//! Also checks defaults, path resolution, the demo config, and the
+//! `gatehouse check-config` command.
+//!
+//! Owns: nothing but these fixtures; must not start a server.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gatehouse::config::{AuthBackendKind, Config, ConfigError, ExternalProtocol};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/config_test");
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(Path::new(FIXTURES).join(kind))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn every_valid_file_loads() {
+    let files = fixtures("valid");
+    assert!(files.len() >= 8, "{files:?}");
+    for file in files {
+        if let Err(error) = Config::load(&file) {
+            panic!("{} should be valid:\n{error}", file.display());
+        }
+    }
+}
+
+#[test]
+fn every_invalid_file_names_its_file_and_key() {
+    let files = fixtures("invalid");
+    assert!(files.len() >= 40, "{files:?}");
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        let key = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: KEY`", file.display()))
+            .trim();
+        let error = match Config::load(&file) {
+            Ok(_) => panic!("{} should be invalid", file.display()),
+            Err(error) => error.to_string(),
+        };
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(error.contains(name), "{name}: file not named in: {error}");
+        assert!(
+            error.contains(&format!(": {key}: ")) || error.contains(&format!(": {key}[")),
+            "{name}: key `{key}` not named in: {error}"
+        );
+        assert_eq!(
+            error.lines().count(),
+            1,
+            "{name}: more than one problem: {error}"
+        );
+    }
+}
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let config = Config::load(&fixture("valid/minimal.toml")).unwrap();
+    assert_eq!(config.hosts, ["localhost"]);
+    let c2s = &config.c2s;
+    assert_eq!(c2s.listen, addr("127.0.0.1:5222"));
+    assert!(c2s.require_tls);
+    assert_eq!(c2s.max_stanza_bytes, 262_144);
+    assert_eq!(c2s.backlog, 1024);
+    assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(30));
+    assert_eq!(c2s.max_outbound_queue, 1024);
+    assert_eq!(config.http.listen, addr("127.0.0.1:5280"));
+    assert_eq!(config.auth.backend, AuthBackendKind::External);
+    let external = config.auth.external.unwrap();
+    assert_eq!(external.protocol, ExternalProtocol::Generic);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(external.processes, cpus.min(1024));
+    assert_eq!(external.queue, 1024);
+    assert_eq!(external.timeout, Duration::from_secs(5));
+    assert_eq!(external.queue_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn relative_paths_are_resolved_from_the_config_directory() {
+    let config = Config::load(&fixture("valid/minimal.toml")).unwrap();
+    let cert = config.c2s.tls_cert.unwrap();
+    let key = config.c2s.tls_key.unwrap();
+    let program = PathBuf::from(&config.auth.external.unwrap().command.argv()[0]);
+    for (path, expected) in [
+        (cert, "localhost.crt"),
+        (key, "localhost.key"),
+        (program, "auth.sh"),
+    ] {
+        assert!(path.is_absolute(), "{}", path.display());
+        assert_eq!(
+            fs::canonicalize(&path).unwrap(),
+            fs::canonicalize(fixture(expected)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn bare_program_names_and_arguments_are_left_alone() {
+    let config = Config::load(&fixture("valid/ejabberd_argv.toml")).unwrap();
+    let external = config.auth.external.unwrap();
+    assert_eq!(external.command.argv(), ["sh", "../auth.sh"]);
+    assert_eq!(external.protocol, ExternalProtocol::Ejabberd);
+    assert_eq!(external.processes, 4);
+}
+
+#[test]
+fn full_file_sets_every_key() {
+    let config = Config::load(&fixture("valid/full.toml")).unwrap();
+    assert_eq!(config.hosts, ["example.com", "chat.example.com"]);
+    let c2s = &config.c2s;
+    assert_eq!(c2s.listen, addr("0.0.0.0:5223"));
+    assert!(c2s.require_tls);
+    assert_eq!(c2s.max_stanza_bytes, 65_536);
+    assert_eq!(c2s.backlog, 4096);
+    assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(90));
+    assert_eq!(c2s.max_outbound_queue, 500);
+    assert_eq!(config.http.listen, addr("127.0.0.1:9090"));
+    let external = config.auth.external.unwrap();
+    assert_eq!(external.command.argv()[1], "--verbose");
+    assert_eq!(external.processes, 16);
+    assert_eq!(external.queue, 2000);
+    assert_eq!(external.timeout, Duration::from_secs(2));
+    assert_eq!(external.queue_timeout, Duration::from_millis(750));
+}
+
+#[test]
+fn queue_zero_and_plaintext_are_accepted() {
+    let config = Config::load(&fixture("valid/queue_zero.toml")).unwrap();
+    assert_eq!(config.auth.external.unwrap().queue, 0);
+    let config = Config::load(&fixture("valid/plaintext_without_certs.toml")).unwrap();
+    assert!(!config.c2s.require_tls);
+    assert_eq!(config.c2s.tls_cert, None);
+}
+
+#[test]
+fn every_problem_is_reported_one_per_line() {
+    let origin = fixture("invalid/several.toml");
+    let text = r#"
+        hosts = []
+        [c2s]
+        require_tls = false
+        backlog = 0
+        [auth]
+        backend = "external"
+        [auth.external]
+        command = []
+        processes = 0
+        timeout = "0s"
+    "#;
+    let error = Config::parse(text, &origin).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else {
+        panic!("not a validation error: {error}");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "hosts",
+            "c2s.backlog",
+            "auth.external.command",
+            "auth.external.processes",
+            "auth.external.timeout"
+        ]
+    );
+    let text = error.to_string();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with(&format!("{}: ", origin.display())),
+            "{line}"
+        );
+    }
+    assert!(text.contains("auth.external.processes: must be between 1 and 1024"));
+}
+
+#[test]
+fn parse_errors_name_origin_line_and_column() {
+    let origin = Path::new("/etc/gatehouse/gatehouse.toml");
+    let text =
+        "hosts = [\"localhost\"]\n[c2s]\nrequire_tls = false\n[auth]\nbackend = \"external\"\n\
+                [auth.external]\ncommand = \"sh\"\nprocesses = \"many\"\n";
+    let error = Config::parse(text, origin).unwrap_err().to_string();
+    assert!(
+        error.starts_with(
+            "/etc/gatehouse/gatehouse.toml:8:13: auth.external.processes: invalid type"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let path = fixture("no-such-file.toml");
+    let error = Config::load(&path).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(error.to_string().contains("no-such-file.toml"), "{error}");
+}
+
+#[test]
+fn demo_config_is_valid_once_the_demo_program_is_built() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gatehouse.toml");
+    match Config::load(&path) {
+        Ok(config) => {
+            assert_eq!(config.hosts, ["localhost"]);
+            assert_eq!(config.auth.external.unwrap().processes, 2);
+        }
+        // `cargo test` does not build the release binary the demo runs.
+        Err(ConfigError::Invalid { problems, .. }) => {
+            for problem in problems {
+                assert_eq!(problem.key, "auth.external.command", "{problem}");
+                assert!(problem.message.contains("gatehouse-demo-auth"), "{problem}");
+            }
+        }
+        Err(error) => panic!("{error}"),
+    }
+}
+
+fn gatehouse(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let file = fixture("valid/full.toml");
+    let file = file.to_str().unwrap();
+    let (code, stdout, _) = gatehouse(&["check-config", file]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout, format!("{file}: ok\n"));
+}
+
+#[test]
+fn check_config_rejects_an_invalid_file() {
+    let file = fixture("invalid/processes_zero.toml");
+    let file = file.to_str().unwrap();
+    let (code, stdout, _) = gatehouse(&["check-config", file]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stdout,
+        format!("{file}: auth.external.processes: must be between 1 and 1024 (got 0)\n")
+    );
+}
+
+#[test]
+fn serving_an_invalid_config_exits_2() {
+    let file = fixture("invalid/misspelled_key.toml");
+    let (code, _, stderr) = gatehouse(&["--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("auth.external.procesess"), "{stderr}");
+}

@@ -1,0 +1,102 @@
+//! `/metrics` after real logins: every required series is exported, the
+//! histograms have buckets, and `promtool check metrics` (Debian package
+//! `prometheus`) reports nothing.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[actix_rt::test]
+async fn metrics_after_logins_pass_promtool() {
+    let server = TestServer::start(&config(&fixture_auth("")));
+    let (_alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    assert_eq!(c.auth("alice", "wrong").await, Err("not-authorized".into()));
+    assert_eq!(
+        c.auth("crash", "x").await,
+        Err("temporary-auth-failure".into())
+    );
+    assert_eq!(
+        c.auth("alice", "new\nline").await,
+        Err("not-authorized".into())
+    );
+
+    let scrape = server.metrics().await;
+    for name in [
+        "gatehouse_auth_queue_depth",
+        "gatehouse_auth_busy_workers",
+        "gatehouse_auth_workers",
+        "gatehouse_auth_process_restarts_total",
+        "gatehouse_auth_rejected_total",
+        "gatehouse_logins_total",
+        "gatehouse_sessions",
+        "gatehouse_connections",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{scrape}"
+        );
+    }
+    for histogram in [
+        "gatehouse_auth_wait_seconds",
+        "gatehouse_auth_request_duration_seconds",
+        "gatehouse_login_duration_seconds",
+    ] {
+        assert!(
+            scrape.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} is not a histogram:\n{scrape}"
+        );
+        assert!(
+            scrape.contains(&format!("{histogram}_bucket{{")),
+            "{histogram} has no buckets"
+        );
+    }
+    for line in scrape.lines().filter(|l| l.starts_with("gatehouse_auth")) {
+        assert!(
+            line.contains("backend=\"external\""),
+            "auth metric without backend label: {line}"
+        );
+    }
+    for result in [
+        "success",
+        "not_authorized",
+        "temporary_failure",
+        "malformed",
+    ] {
+        assert!(
+            sample(
+                &scrape,
+                &format!("gatehouse_logins_total{{result=\"{result}\"}}")
+            ) >= 1.0,
+            "{result}"
+        );
+    }
+    assert!(!scrape.contains("wonderland"), "a password in /metrics");
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{scrape}"
+    );
+}
