@@ -427,13 +427,22 @@ impl<F: WorkerFactory> Slot<F> {
             let busy = metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend);
             busy.increment(1.0);
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(self.timeout, worker.serve(&job.command)).await
-            {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(reason)) => Err(WorkerFailure::Broken(reason)),
-                Err(_) => Err(WorkerFailure::Timeout),
+            let served = tokio::select! {
+                _ = self.stop.cancelled() => None,
+                served = tokio::time::timeout(self.timeout, worker.serve(&job.command)) => Some(served),
             };
             busy.decrement(1.0);
+            let outcome = match served {
+                // Shutting down: do not wait for a slow answer.
+                None => {
+                    let _ = job.reply.send(Err(AuthError::ShutDown));
+                    worker.stop().await;
+                    return None;
+                }
+                Some(Ok(Ok(answer))) => Ok(answer),
+                Some(Ok(Err(reason))) => Err(WorkerFailure::Broken(reason)),
+                Some(Err(_)) => Err(WorkerFailure::Timeout),
+            };
             let result = match &outcome {
                 Ok(true) => "success",
                 Ok(false) => "failure",
