@@ -177,7 +177,6 @@ impl Server {
         for arbiter in self.arbiters.iter() {
             arbiter.stop();
         }
-        tracing::info!("stopped");
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gatehouse::config::Config;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// An XMPP server whose users, rosters and rooms live in another application.
@@ -64,6 +65,7 @@ fn serve(file: &Path) -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match Config::load(file) {
         Ok(config) => config,
