@@ -9,13 +9,14 @@
 pub mod config;
 pub mod signal;
 
+pub mod auth;
 mod c2s;
 mod http;
 mod telemetry;
 
 use actix::{Actor, Arbiter};
-use config::{AuthBackendKind, Config, ExternalProtocol};
-use gatehouse_actors::auth::{ExternalConfig, PoolHandle, Protocol};
+use config::Config;
+use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
 use std::future::Future;
@@ -41,6 +42,8 @@ pub enum RunError {
     Tls { path: PathBuf, reason: String },
     #[error("HTTP listener: {0}")]
     Http(std::io::Error),
+    #[error("auth backend: {0}")]
+    Auth(String),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -59,7 +62,7 @@ pub struct Server {
     shutdown: CancellationToken,
     /// Every connection's I/O task, awaited during shutdown.
     connections: TaskTracker,
-    auth: PoolHandle,
+    auth: Authenticator,
     http: actix_web::dev::ServerHandle,
 }
 
@@ -87,26 +90,7 @@ impl Server {
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
-        let auth = match config.auth.backend {
-            AuthBackendKind::External => {
-                let external = config
-                    .auth
-                    .external
-                    .as_ref()
-                    .expect("validated: [auth.external] is present");
-                PoolHandle::start_external(ExternalConfig {
-                    command: external.command.0.clone(),
-                    protocol: match external.protocol {
-                        ExternalProtocol::Generic => Protocol::Generic,
-                        ExternalProtocol::Ejabberd => Protocol::Ejabberd,
-                    },
-                    processes: external.processes,
-                    queue: external.queue,
-                    timeout: external.timeout,
-                    queue_timeout: external.queue_timeout,
-                })
-            }
-        };
+        let auth = auth::start(&config.auth)?;
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
