@@ -4,71 +4,20 @@
 mod common;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::path::Path;
-
-/// Writes a CA certificate and a `localhost` certificate signed by it;
-/// returns (ca, cert, key) paths.
-fn make_certificates(dir: &Path) -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Gatehouse test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
-    (
-        write("ca.pem", ca_cert.pem()),
-        write("cert.pem", leaf.pem()),
-        write("key.pem", leaf_key.serialize_pem()),
-    )
-}
 
 #[actix_rt::test]
 async fn slixmpp_chats_over_starttls_and_pings() {
-    let dir = tempdir();
-    let (ca, cert, key) = make_certificates(&dir);
-    let toml = config(&fixture_auth("")).replace(
-        "require_tls = false",
-        &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
-    );
+    let (toml, ca) = tls_config(&fixture_auth(""));
     let server = TestServer::start(&toml);
     let port = server.c2s.port().to_string();
-    let output = tokio::process::Command::new("python3")
-        .arg(root().join("tests/interop/slix_chat.py"))
-        .args(["--port", &port, "--ca", &ca])
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("interop ok"), "{stdout}");
+    interop("slix_chat.py", &["--port", &port, "--ca", &ca]).await;
     let scrape = server.metrics().await;
     assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 2.0);
 }
 
 #[actix_rt::test]
 async fn no_plain_before_tls_when_tls_is_required() {
-    let dir = tempdir();
-    let (_, cert, key) = make_certificates(&dir);
-    let toml = config(&fixture_auth("")).replace(
-        "require_tls = false",
-        &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
-    );
+    let (toml, _) = tls_config(&fixture_auth(""));
     let server = TestServer::start(&toml);
     let mut c = Client::connect(server.c2s).await;
     let features = c.open("localhost").await;
