@@ -143,7 +143,7 @@ impl PoolHandle {
             queue_capacity: config.queue,
             queue_timeout: config.queue_timeout,
             idle: VecDeque::new(),
-            next_job: 0,
+            expiry: None,
             shut_down: false,
         }
         .start();
@@ -230,17 +230,17 @@ impl PoolHandle {
 pub struct AuthPool {
     /// The `backend` label on the pool's metrics.
     backend: &'static str,
-    /// Waiting requests, oldest first, each with the id its expiry timer
-    /// looks it up by.
-    queue: VecDeque<(u64, Job)>,
+    /// Waiting requests, oldest first.
+    queue: VecDeque<Job>,
     /// The most requests [`AuthPool::queue`] may hold.
     queue_capacity: usize,
     /// How long a request may wait before it fails with `QueueTimeout`.
     queue_timeout: Duration,
     /// Idle workers, each waiting on its own channel for one job.
     idle: VecDeque<oneshot::Sender<Job>>,
-    /// The id the next queued request gets.
-    next_job: u64,
+    /// The one timer that fails the queue's oldest request when its time
+    /// is up: a timer per request would be polled on every message.
+    expiry: Option<SpawnHandle>,
     /// Set by [`Shutdown`]: nothing is queued or dispatched any more.
     shut_down: bool,
 }
@@ -276,37 +276,52 @@ impl AuthPool {
         Some(job)
     }
 
-    /// Queues a job that found no idle worker, at the back (a new request)
-    /// or at the front (one that already waited), with a timer that fails
-    /// it once it has waited `queue_timeout` in all.
+    /// Queues a job that found no idle worker: at the back (a new request)
+    /// or at the front (one that already waited).
     fn enqueue(&mut self, job: Job, front: bool, ctx: &mut Context<Self>) {
-        let Some(left) = self.queue_timeout.checked_sub(job.enqueued.elapsed()) else {
-            return self.reject(job, AuthError::QueueTimeout, "queue_timeout");
-        };
-        if !front && self.queue.len() >= self.queue_capacity {
+        if front {
+            self.queue.push_front(job);
+            // The front changed: its deadline may come sooner.
+            return self.expire(ctx);
+        }
+        if self.queue.len() >= self.queue_capacity {
             // Callers that went away still hold a place: free them first.
-            self.queue.retain(|(_, queued)| !queued.reply.is_closed());
+            self.queue.retain(|queued| !queued.reply.is_closed());
             if self.queue.len() >= self.queue_capacity {
                 // Admission counting makes this rare: it happens while
                 // workers are down and their share of the capacity is not.
                 return self.reject(job, AuthError::QueueFull, "queue_full");
             }
         }
-        let id = self.next_job;
-        self.next_job += 1;
-        if front {
-            self.queue.push_front((id, job));
-        } else {
-            self.queue.push_back((id, job));
+        self.queue.push_back(job);
+        self.set_queue_gauge();
+        if self.expiry.is_none() {
+            self.expire(ctx);
+        }
+    }
+
+    /// Fails every queued request that has waited `queue_timeout`, oldest
+    /// first, and sets the timer for the next one.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        while let Some(oldest) = self.queue.front() {
+            match self.queue_timeout.checked_sub(oldest.enqueued.elapsed()) {
+                Some(left) if !left.is_zero() => {
+                    self.expiry = Some(ctx.run_later(left, |pool, ctx| {
+                        pool.expiry = None;
+                        pool.expire(ctx);
+                    }));
+                    break;
+                }
+                _ => {
+                    let job = self.queue.pop_front().expect("the queue has a front");
+                    self.reject(job, AuthError::QueueTimeout, "queue_timeout");
+                }
+            }
         }
         self.set_queue_gauge();
-        ctx.run_later(left, move |pool, _| {
-            if let Some(pos) = pool.queue.iter().position(|(queued, _)| *queued == id) {
-                let (_, job) = pool.queue.remove(pos).expect("position is in range");
-                pool.set_queue_gauge();
-                pool.reject(job, AuthError::QueueTimeout, "queue_timeout");
-            }
-        });
     }
 
     fn reject(&self, job: Job, error: AuthError, reason: &'static str) {
@@ -347,15 +362,15 @@ impl Handler<Ready> for AuthPool {
         // Workers that broke while idle left their channel behind.
         self.idle.retain(|idle| !idle.is_closed());
         self.idle.push_back(worker);
-        while let Some((id, job)) = self.queue.pop_front() {
-            // Its timer may not have fired yet: a request never leaves the
+        while let Some(job) = self.queue.pop_front() {
+            // The timer may not have fired yet: a request never leaves the
             // queue for a worker after its time is up.
             if job.enqueued.elapsed() >= self.queue_timeout {
                 self.reject(job, AuthError::QueueTimeout, "queue_timeout");
                 continue;
             }
             if let Some(job) = self.dispatch(job) {
-                self.queue.push_front((id, job));
+                self.queue.push_front(job);
                 break;
             }
         }
@@ -393,7 +408,7 @@ impl Handler<Shutdown> for AuthPool {
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
         self.shut_down = true;
         self.idle.clear();
-        for (_, job) in std::mem::take(&mut self.queue) {
+        for job in std::mem::take(&mut self.queue) {
             self.reject(job, AuthError::ShutDown, "shut_down");
         }
         self.set_queue_gauge();
