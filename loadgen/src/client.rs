@@ -1,0 +1,342 @@
+//! One virtual client: connect → stream → [STARTTLS] → SASL PLAIN → bind →
+//! roster get → initial presence → close, against any XMPP server.
+//!
+//! Replies are recognised by cheap substring scans, not parsed as XML, so
+//! the generator spends far less CPU per login than the server it drives.
+
+use base64::Engine;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::TlsConnector;
+
+/// How one login ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Success,
+    NotAuthorized,
+    TemporaryAuthFailure,
+    OtherFailure,
+    ConnectionRefused,
+    ConnectionReset,
+    Timeout,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::NotAuthorized => "not-authorized",
+            Outcome::TemporaryAuthFailure => "temporary-auth-failure",
+            Outcome::OtherFailure => "other-failure",
+            Outcome::ConnectionRefused => "connection-refused",
+            Outcome::ConnectionReset => "connection-reset",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// What every virtual client needs.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub domain: String,
+    /// Present when STARTTLS is used (certificates are not verified: this
+    /// is a load tool for servers on loopback).
+    pub tls: Option<TlsConnector>,
+    /// Per-login limit (connect to roster answer; holding is not limited).
+    pub timeout: Duration,
+}
+
+/// A TLS connector that accepts any certificate.
+pub fn insecure_tls() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Why a step did not complete.
+enum Stop {
+    Outcome(Outcome),
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Self {
+        Stop::Outcome(match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Outcome::ConnectionRefused,
+            std::io::ErrorKind::TimedOut => Outcome::Timeout,
+            _ => Outcome::ConnectionReset,
+        })
+    }
+}
+
+/// A connection with a read buffer scanned for markers.
+struct Conn<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn send(&mut self, data: &str) -> Result<(), Stop> {
+        self.stream.write_all(data.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Reads until one of `markers` appears; returns its index and the
+    /// bytes read up to the end of the marker (which leave the buffer).
+    async fn until(&mut self, markers: &[&str]) -> Result<(usize, Vec<u8>), Stop> {
+        loop {
+            let found = markers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| find(&self.buf, m.as_bytes()).map(|at| (at, i, m.len())))
+                .min();
+            if let Some((at, i, len)) = found {
+                return Ok((i, self.buf.drain(..at + len).collect()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(Stop::Outcome(Outcome::ConnectionReset));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn open(&mut self, domain: &str) -> Result<(), Stop> {
+        self.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+        ))
+        .await?;
+        match self
+            .until(&[
+                "</stream:features>",
+                "<stream:features/>",
+                "</stream:error>",
+            ])
+            .await?
+        {
+            (2, _) => Err(Stop::Outcome(Outcome::OtherFailure)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Keeps a logged-in session open.
+pub struct Hold {
+    /// Told once the login phase succeeded.
+    pub up: tokio::sync::oneshot::Sender<()>,
+    /// The session closes when this turns `true`.
+    pub release: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One login, timed from connect to the roster answer. With `hold`, the
+/// session then stays open until released (the outcome turns into a reset
+/// if the server drops it meanwhile).
+pub async fn login(
+    target: &Target,
+    user: &str,
+    password: &str,
+    hold: Option<Hold>,
+) -> (Outcome, Duration) {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + target.timeout;
+    let mut took = None;
+    let outcome = match run(target, user, password, deadline, hold, started, &mut took).await {
+        Ok(()) => Outcome::Success,
+        Err(Stop::Outcome(outcome)) => outcome,
+    };
+    (outcome, took.unwrap_or_else(|| started.elapsed()))
+}
+
+/// Runs `step` unless the login deadline passes first.
+async fn by<T>(
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, Stop>>,
+) -> Result<T, Stop> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or(Err(Stop::Outcome(Outcome::Timeout)))
+}
+
+async fn run(
+    target: &Target,
+    user: &str,
+    password: &str,
+    deadline: tokio::time::Instant,
+    hold: Option<Hold>,
+    started: Instant,
+    took: &mut Option<Duration>,
+) -> Result<(), Stop> {
+    let tcp = by(deadline, async {
+        Ok(TcpStream::connect(target.addr).await?)
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let plain = Conn {
+        stream: tcp,
+        buf: Vec::new(),
+    };
+    match &target.tls {
+        None => session(plain, target, user, password, deadline, hold, started, took).await,
+        Some(connector) => {
+            let tls = by(deadline, starttls(plain, connector, &target.domain)).await?;
+            session(tls, target, user, password, deadline, hold, started, took).await
+        }
+    }
+}
+
+async fn starttls(
+    mut plain: Conn<TcpStream>,
+    connector: &TlsConnector,
+    domain: &str,
+) -> Result<Conn<tokio_rustls::client::TlsStream<TcpStream>>, Stop> {
+    plain.open(domain).await?;
+    plain
+        .send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await?;
+    if plain.until(&["<proceed", "<failure"]).await?.0 != 0 {
+        return Err(Stop::Outcome(Outcome::OtherFailure));
+    }
+    let name = ServerName::try_from(domain.to_owned())
+        .map_err(|_| Stop::Outcome(Outcome::OtherFailure))?;
+    let tls = connector.connect(name, plain.stream).await?;
+    Ok(Conn {
+        stream: tls,
+        buf: Vec::new(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    target: &Target,
+    user: &str,
+    password: &str,
+    deadline: tokio::time::Instant,
+    hold: Option<Hold>,
+    started: Instant,
+    took: &mut Option<Duration>,
+) -> Result<(), Stop> {
+    by(
+        deadline,
+        login_steps(&mut conn, &target.domain, user, password),
+    )
+    .await?;
+    *took = Some(started.elapsed());
+    if let Some(Hold { up, mut release }) = hold {
+        let _ = up.send(());
+        let mut scratch = [0u8; 1024];
+        loop {
+            tokio::select! {
+                changed = release.changed() => if changed.is_err() || *release.borrow() { break },
+                n = conn.stream.read(&mut scratch) => if n.unwrap_or(0) == 0 {
+                    return Err(Stop::Outcome(Outcome::ConnectionReset));
+                },
+            }
+        }
+    }
+    conn.send("</stream:stream>").await?;
+    let _ = conn.stream.shutdown().await;
+    Ok(())
+}
+
+async fn login_steps<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    domain: &str,
+    user: &str,
+    password: &str,
+) -> Result<(), Stop> {
+    conn.open(domain).await?;
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    conn.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+    ))
+    .await?;
+    let (answer, text) = conn
+        .until(&["<success", "</failure>", "</stream:error>"])
+        .await?;
+    if answer != 0 {
+        return Err(Stop::Outcome(
+            if find(&text, b"<not-authorized").is_some() {
+                Outcome::NotAuthorized
+            } else if find(&text, b"<temporary-auth-failure").is_some() {
+                Outcome::TemporaryAuthFailure
+            } else {
+                Outcome::OtherFailure
+            },
+        ));
+    }
+    conn.open(domain).await?;
+    conn.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await?;
+    conn.until(&["bind1"]).await?;
+    conn.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+        .await?;
+    conn.until(&["roster1"]).await?;
+    Ok(())
+}
