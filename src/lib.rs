@@ -16,6 +16,7 @@ mod telemetry;
 use actix::{Actor, Arbiter};
 use config::{AuthBackendKind, Config, ExternalProtocol};
 use gatehouse_actors::auth::{ExternalConfig, PoolHandle, Protocol};
+use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
 use std::future::Future;
@@ -41,6 +42,8 @@ pub enum RunError {
     Tls { path: PathBuf, reason: String },
     #[error("HTTP listener: {0}")]
     Http(std::io::Error),
+    #[error("roster: {0}")]
+    Roster(#[from] RosterError),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -83,7 +86,43 @@ impl Server {
                 source,
             })?;
         let http_addr = http_listener.local_addr().map_err(RunError::Http)?;
-        let http_server = http::start(http_listener, metrics).map_err(RunError::Http)?;
+        let hosts: Vec<String> = config
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let router = Router::default().start();
+        let roster = match &config.roster {
+            Some(roster) => Some(
+                RosterCache::new(
+                    RosterSettings {
+                        url: RosterUrl::parse(&roster.url).expect("validated: roster.url"),
+                        hosts: hosts.clone(),
+                        capacity: roster.cache_capacity,
+                        ttl: roster.ttl,
+                        timeout: roster.timeout,
+                        max_in_flight: roster.max_in_flight,
+                        authorization: roster
+                            .authorization_header
+                            .as_ref()
+                            .map(|h| h.expose().to_owned()),
+                    },
+                    router.clone(),
+                )?
+                .start(),
+            ),
+            None => None,
+        };
+        let roster_admin = roster.clone().map(|cache| {
+            let admin = config.roster_admin.clone().unwrap_or_default();
+            http::RosterAdmin {
+                cache,
+                token: admin.token.map(|t| t.expose().to_owned()),
+                max_body_bytes: admin.max_body_bytes,
+            }
+        });
+        let http_server =
+            http::start(http_listener, metrics, roster_admin).map_err(RunError::Http)?;
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
@@ -113,17 +152,14 @@ impl Server {
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let services = Services {
-            router: Router::default().start(),
+            router,
             auth: auth.clone(),
+            roster,
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
         let settings = Arc::new(C2sSettings {
-            hosts: config
-                .hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            hosts,
             tls,
             require_tls: config.c2s.require_tls,
             max_stanza_bytes: config.c2s.max_stanza_bytes,
