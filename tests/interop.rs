@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::backend::RosterBackend;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::Path;
@@ -34,15 +35,21 @@ fn make_certificates(dir: &Path) -> (String, String, String) {
     )
 }
 
-#[actix_rt::test]
-async fn slixmpp_chats_over_starttls_and_pings() {
+/// A server requiring STARTTLS with fresh certificates, configured with
+/// `auth_section` (and whatever follows it); returns it and the CA path.
+fn tls_server(auth_section: &str) -> (TestServer, String) {
     let dir = tempdir();
     let (ca, cert, key) = make_certificates(&dir);
-    let toml = config(&fixture_auth("")).replace(
+    let toml = config(auth_section).replace(
         "require_tls = false",
         &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
     );
-    let server = TestServer::start(&toml);
+    (TestServer::start(&toml), ca)
+}
+
+#[actix_rt::test]
+async fn slixmpp_chats_over_starttls_and_pings() {
+    let (server, ca) = tls_server(&fixture_auth(""));
     let port = server.c2s.port().to_string();
     let output = tokio::process::Command::new("python3")
         .arg(root().join("tests/interop/slix_chat.py"))
@@ -63,13 +70,7 @@ async fn slixmpp_chats_over_starttls_and_pings() {
 
 #[actix_rt::test]
 async fn no_plain_before_tls_when_tls_is_required() {
-    let dir = tempdir();
-    let (_, cert, key) = make_certificates(&dir);
-    let toml = config(&fixture_auth("")).replace(
-        "require_tls = false",
-        &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
-    );
-    let server = TestServer::start(&toml);
+    let (server, _) = tls_server(&fixture_auth(""));
     let mut c = Client::connect(server.c2s).await;
     let features = c.open("localhost").await;
     let starttls = features
@@ -84,4 +85,56 @@ async fn no_plain_before_tls_when_tls_is_required() {
         c.auth("alice", "wonderland").await,
         Err("encryption-required".into())
     );
+}
+
+#[actix_rt::test]
+async fn slixmpp_gets_its_roster_from_the_application_and_a_push_after_a_refresh() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let backend = RosterBackend::start();
+    backend.set(
+        "alice",
+        r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]}}"#,
+    );
+    let (server, ca) = tls_server(&roster_auth(&backend.url(), ""));
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root().join("tests/interop/slix_roster.py"))
+        .args(["--port", &server.c2s.port().to_string(), "--ca", &ca])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    while let Some(line) = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("slixmpp answered in time")
+        .unwrap()
+    {
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line == "roster ok" {
+            backend.set(
+                "alice",
+                r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]},
+                    "carol@localhost": {"name": "Carol"}}"#,
+            );
+            let response = reqwest::Client::new()
+                .post(format!("http://{}/roster_admin/refresh", server.http))
+                .body(r#"["alice"]"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+    }
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "slixmpp failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("push ok\ninterop ok"), "{stdout}");
+    assert_eq!(backend.requests("alice"), 2);
 }
