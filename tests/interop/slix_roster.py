@@ -10,12 +10,8 @@ asks the server to refresh it, and the roster push must add carol (named
 """
 import argparse
 import asyncio
-import ssl
-import sys
 
-import slixmpp
-
-TIMEOUT = 20
+from slix_common import TIMEOUT, client, finish, run, start
 
 
 async def main():
@@ -24,29 +20,15 @@ async def main():
     ap.add_argument("--ca", required=True)
     args = ap.parse_args()
 
-    alice = slixmpp.ClientXMPP("alice@localhost/slix", "wonderland")
-    alice.ssl_context = ssl.create_default_context(cafile=args.ca)
-    loop = asyncio.get_running_loop()
-    started = loop.create_future()
-    pushed = loop.create_future()
-
-    def on_start(_):
-        if not started.done():
-            started.set_result(True)
-
-    def on_fail(_):
-        if not started.done():
-            started.set_exception(RuntimeError("authentication failed"))
+    alice = client("alice@localhost/slix", "wonderland", args.ca)
+    pushed = asyncio.get_running_loop().create_future()
 
     def on_update(_):
         if alice.client_roster.has_jid("carol@localhost") and not pushed.done():
             pushed.set_result(True)
 
-    alice.add_event_handler("session_start", on_start)
-    alice.add_event_handler("failed_all_auth", on_fail)
     alice.add_event_handler("roster_update", on_update)
-    alice.connect("127.0.0.1", args.port)
-    await asyncio.wait_for(started, TIMEOUT)
+    await start(alice, args.port, presence=False)
 
     await alice.get_roster(timeout=TIMEOUT)
     roster = alice.client_roster
@@ -66,14 +48,8 @@ async def main():
         raise RuntimeError(f"carol is {carol['name']!r}, {carol['subscription']}")
     print("push ok", flush=True)
 
-    alice.disconnect()
-    await asyncio.sleep(0.2)
-    print("interop ok")
+    await finish(alice)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except Exception as e:  # report any failure as a test failure
-        print(f"interop failed: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main)
