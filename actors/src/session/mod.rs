@@ -93,6 +93,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         jid: None,
         sasl_failures: 0,
         roster_loaded: false,
+        held: None,
         closing: false,
     }
     .start();
@@ -183,6 +184,10 @@ pub struct Session {
     /// Whether the Router holds this user's roster on this session's behalf
     /// (after a roster get or an initial presence that fetched it).
     roster_loaded: bool,
+    /// Stanzas from the Router held back while a roster get waits for the
+    /// Router's answer, so that no roster push reaches the client before
+    /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
+    held: Option<Vec<Element>>,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
 }
@@ -241,7 +246,11 @@ impl Handler<ToSession> for Session {
             return;
         }
         match msg {
-            ToSession::Stanza(el) => self.send(&el),
+            ToSession::Stanza(el) => match &mut self.held {
+                Some(held) if held.len() < self.settings.max_outbound_queue => held.push(el),
+                Some(_) => self.too_slow(),
+                None => self.send(&el),
+            },
             ToSession::Replaced => {
                 // The newer session owns the JID now: do not unbind it.
                 self.jid = None;
@@ -294,14 +303,17 @@ impl Session {
         }
         match self.out.try_send(Outbound::Data(data.into())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
-                metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
-                self.closing = true;
-                self.kill.cancel();
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.too_slow(),
             Err(mpsc::error::TrySendError::Closed(_)) => self.closing = true,
         }
+    }
+
+    /// More is waiting for the client than `max_outbound_queue`: drop it.
+    fn too_slow(&mut self) {
+        tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
+        metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
+        self.closing = true;
+        self.kill.cancel();
     }
 
     fn send(&mut self, el: &Element) {
@@ -718,41 +730,52 @@ impl Session {
             .and_then(|q| q.attr("ver"))
             .map(str::to_owned);
         let user = self.user.clone().expect("authenticated");
-        let router = self.services.router.clone();
-        let session_id = self.id;
         Box::pin(
-            async move {
-                let roster = fetch_roster(&cache, user).await?;
-                // The Router may hold a newer roster (a refresh overtook
-                // this fetch); from now on this resource gets pushes.
-                let fallback = roster.clone();
-                let used = router.send(router::UseRoster {
-                    jid: me,
-                    session_id,
-                    roster,
-                });
-                Ok(used.await.unwrap_or(fallback))
-            }
-            .into_actor(self)
-            .map(move |result: Result<Arc<Roster>, RosterError>, act, _| {
-                match result {
-                    Ok(roster) => {
-                        act.roster_loaded = true;
-                        let current = client_ver.as_deref() == Some(roster.ver.as_str());
-                        let payload = (!current).then(|| roster.to_query());
-                        act.send(&stanza::iq_result(&iq, payload));
+            async move { fetch_roster(&cache, user).await }
+                .into_actor(self)
+                .then(move |fetched, act, _| {
+                    if fetched.is_ok() {
+                        act.held = Some(Vec::new());
                     }
-                    Err(error) => {
-                        tracing::warn!(peer = %act.peer, %error, "roster get failed");
-                        let condition = match error {
-                            RosterError::Timeout => StanzaError::REMOTE_SERVER_TIMEOUT,
-                            _ => StanzaError::INTERNAL_SERVER_ERROR,
-                        };
-                        act.reply_error(&iq, condition);
+                    let router = act.services.router.clone();
+                    let session_id = act.id;
+                    async move {
+                        let roster = fetched?;
+                        // The Router may hold a newer roster (a refresh
+                        // overtook this fetch); from now on this resource
+                        // gets pushes.
+                        let fallback = roster.clone();
+                        let used = router.send(router::UseRoster {
+                            jid: me,
+                            session_id,
+                            roster,
+                        });
+                        Ok(used.await.unwrap_or(fallback))
                     }
-                }
-                Next::Continue
-            }),
+                    .into_actor(act)
+                })
+                .map(move |result: Result<Arc<Roster>, RosterError>, act, _| {
+                    match result {
+                        Ok(roster) => {
+                            act.roster_loaded = true;
+                            let current = client_ver.as_deref() == Some(roster.ver.as_str());
+                            let payload = (!current).then(|| roster.to_query());
+                            act.send(&stanza::iq_result(&iq, payload));
+                        }
+                        Err(error) => {
+                            tracing::warn!(peer = %act.peer, %error, "roster get failed");
+                            let condition = match error {
+                                RosterError::Timeout => StanzaError::REMOTE_SERVER_TIMEOUT,
+                                _ => StanzaError::INTERNAL_SERVER_ERROR,
+                            };
+                            act.reply_error(&iq, condition);
+                        }
+                    }
+                    for el in act.held.take().unwrap_or_default() {
+                        act.send(&el);
+                    }
+                    Next::Continue
+                }),
         )
     }
 
