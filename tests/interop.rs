@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::backend::RosterBackend;
+use common::roster_service::RosterService;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::Path;
@@ -91,7 +91,7 @@ async fn no_plain_before_tls_when_tls_is_required() {
 async fn slixmpp_gets_its_roster_from_the_application_and_a_push_after_a_refresh() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set(
         "alice",
         r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]}}"#,

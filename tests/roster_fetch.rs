@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::backend::RosterBackend;
+use common::roster_service::RosterService;
 use common::*;
 use minidom::Element;
 
@@ -38,7 +38,7 @@ fn error_condition(answer: &Element) -> String {
 
 #[actix_rt::test]
 async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     for n in 0..50 {
         backend.set(
             &format!("user{n}"),
@@ -78,7 +78,7 @@ async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
 
 #[actix_rt::test]
 async fn roster_get_versions_read_only_and_errors() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set(
         "alice",
         r#"{
@@ -160,7 +160,7 @@ async fn roster_get_versions_read_only_and_errors() {
 
 #[actix_rt::test]
 async fn contacts_see_each_other_come_and_go() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {"name": "Bob"}}"#);
     backend.set("bob", r#"{"alice@localhost": {"name": "Alice"}}"#);
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));

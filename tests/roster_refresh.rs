@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::backend::RosterBackend;
+use common::roster_service::RosterService;
 use common::*;
 use minidom::Element;
 use serde_json::Value;
@@ -105,7 +105,7 @@ async fn online(server: &TestServer, user: &str, password: &str, resource: &str)
 
 #[actix_rt::test]
 async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set(
         "alice",
         r#"{"bob@localhost": {"name": "Bob"}, "carol@localhost": {}}"#,
@@ -188,7 +188,7 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
 
 #[actix_rt::test]
 async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
     backend.delay("alice", Duration::from_millis(800));
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
@@ -222,7 +222,7 @@ async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
 
 #[actix_rt::test]
 async fn refresh_bodies_get_their_status_codes() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     let server = TestServer::start(&config(&roster_auth(
         &backend.url(),
         "[roster_admin]\nmax_body_bytes = 200000",
@@ -270,7 +270,7 @@ async fn refresh_bodies_get_their_status_codes() {
 
 #[actix_rt::test]
 async fn ten_thousand_usernames_are_refreshed_at_once() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
@@ -296,7 +296,7 @@ async fn ten_thousand_usernames_are_refreshed_at_once() {
 
 #[actix_rt::test]
 async fn the_bearer_token_is_enforced_when_set() {
-    let backend = RosterBackend::start();
+    let backend = RosterService::start();
     let server = TestServer::start(&config(&roster_auth(
         &backend.url(),
         "[roster_admin]\ntoken = \"s3cret\"",

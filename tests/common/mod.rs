@@ -2,7 +2,7 @@
 //! actix System thread, and a raw XMPP client over a real TCP socket.
 #![allow(dead_code)] // each test binary uses a different part of this
 
-pub mod backend;
+pub mod roster_service;
 
 use base64::Engine;
 use bytes::BytesMut;

@@ -20,7 +20,7 @@ pub struct BackendState {
     delays: Mutex<HashMap<String, Duration>>,
 }
 
-pub struct RosterBackend {
+pub struct RosterService {
     pub addr: SocketAddr,
     state: Arc<BackendState>,
     handle: actix_web::dev::ServerHandle,
@@ -45,8 +45,8 @@ async fn contacts(user: web::Path<String>, state: web::Data<Arc<BackendState>>) 
         .body(body.unwrap_or_else(|| "{}".into()))
 }
 
-impl RosterBackend {
-    pub fn start() -> RosterBackend {
+impl RosterService {
+    pub fn start() -> RosterService {
         let state = Arc::new(BackendState::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = state.clone();
@@ -69,7 +69,7 @@ impl RosterBackend {
             });
         });
         let (addr, handle) = rx.recv().unwrap();
-        RosterBackend {
+        RosterService {
             addr,
             state,
             handle,
@@ -109,7 +109,7 @@ impl RosterBackend {
     }
 }
 
-impl Drop for RosterBackend {
+impl Drop for RosterService {
     fn drop(&mut self) {
         // Stopping needs the server's own runtime; this thread has none.
         let handle = self.handle.clone();
