@@ -115,6 +115,13 @@ impl Server {
         };
         let roster_admin = roster.clone().map(|cache| {
             let admin = config.roster_admin.clone().unwrap_or_default();
+            if admin.token.is_none() && !http_addr.ip().is_loopback() {
+                tracing::warn!(
+                    http = %http_addr,
+                    "/roster_admin/refresh is reachable beyond loopback without a token; \
+                     set roster_admin.token"
+                );
+            }
             http::RosterAdmin {
                 cache,
                 token: admin.token.map(|t| t.expose().to_owned()),

@@ -214,3 +214,24 @@ async fn contacts_see_each_other_come_and_go() {
     assert_eq!(backend.requests("alice"), 1);
     assert_eq!(backend.requests("bob"), 1);
 }
+
+#[actix_rt::test]
+async fn without_a_roster_service_the_roster_is_empty_and_read_only() {
+    let server = TestServer::start(&config(&fixture_auth("")));
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    c.auth("alice", "wonderland").await.unwrap();
+    let features = c.open("localhost").await;
+    assert!(
+        !features.has_child("ver", "urn:xmpp:features:rosterver"),
+        "no versioning without rosters: {features:?}"
+    );
+    c.bind("r").await;
+    let answer = c.roster(None).await;
+    assert_eq!(answer.attr("type"), Some("result"));
+    let query = answer.get_child("query", ROSTER).expect("a roster query");
+    assert_eq!(query.children().count(), 0);
+    c.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>")
+        .await;
+    assert_eq!(error_condition(&c.element().await), "not-allowed");
+}
