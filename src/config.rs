@@ -10,9 +10,9 @@
 //! that the files it names exist (and, for TLS, contain PEM items); turning
 //! them into listeners, pools and TLS acceptors is the caller's job.
 //!
-//! Secrets (`roster.authorization_header`, `roster_admin.token`) are
-//! [`Secret`]s, whose `Debug` prints `***`, so that `{:?}` of a whole
-//! `Config` stays safe to log.
+//! Secrets (`auth.http.credentials`, `roster.authorization_header`,
+//! `roster_admin.token`) are [`Secret`]s, whose `Debug` prints `***`, so
+//! that `{:?}` of a whole `Config` stays safe to log.
 
 use std::fmt;
 use std::fs;
@@ -39,10 +39,12 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 const PROCESSES: RangeInclusive<usize> = 1..=1024;
 /// Zero means "never wait": refuse a login at once when all processes are busy.
 const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
-/// Rosters kept in memory; the upper bound catches a misplaced digit.
-const ROSTER_CACHE_CAPACITY: RangeInclusive<u64> = 1..=100_000_000;
-/// Concurrent roster fetches; beyond this the application is the problem.
-const ROSTER_IN_FLIGHT: RangeInclusive<usize> = 1..=10_000;
+/// Concurrent requests to an HTTP backend (the auth API, the roster
+/// service); beyond this the application is the problem.
+const MAX_IN_FLIGHT: RangeInclusive<usize> = 1..=4096;
+/// Entries of a cache (auth results, rosters); the upper bound catches a
+/// misplaced digit.
+const CACHE_CAPACITY: RangeInclusive<u64> = 1..=100_000_000;
 /// A refresh body: `[]` is the smallest; 64 MiB is millions of usernames.
 const REFRESH_BODY_BYTES: RangeInclusive<usize> = 2..=64 * 1024 * 1024;
 /// Longer than this is a typo (`5h` for `5s`), and far-future deadlines
@@ -125,24 +127,6 @@ impl Default for RosterAdminConfig {
     }
 }
 
-/// A secret string: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that must send or compare it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 /// `[c2s]`: the client-to-server listener.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +192,102 @@ pub struct AuthConfig {
     /// Settings of the `external` backend; required when it is selected.
     #[serde(default)]
     pub external: Option<ExternalAuthConfig>,
+    /// Settings of the `http` backend; required when it is selected.
+    #[serde(default)]
+    pub http: Option<HttpAuthConfig>,
+    /// The optional cache of successful password checks.
+    #[serde(default)]
+    pub cache: AuthCacheConfig,
+    /// Offer XEP-0077 in-band registration (through the backend's
+    /// `register` / `tryregister`). Off by default: most deployments create
+    /// accounts in their application.
+    #[serde(default)]
+    pub allow_registration: bool,
+    /// Let logged-in users change their password (XEP-0077, through
+    /// `set_password` / `setpass`).
+    #[serde(default = "default_true")]
+    pub allow_password_change: bool,
+    /// Let logged-in users remove their account (XEP-0077, through
+    /// `remove_user` / `removeuser`). Off by default.
+    #[serde(default)]
+    pub allow_account_removal: bool,
+}
+
+/// `[auth.http]`: Prosody's mod_auth_http protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// Base URL; requests go to `URL/check_password` and so on.
+    pub url: String,
+    /// `user:password` sent as HTTP Basic credentials, if the API wants them.
+    #[serde(default)]
+    pub credentials: Option<Secret>,
+    /// Requests in flight at once; it also bounds the connections opened.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Requests that may wait for a free slot; beyond it a login is refused
+    /// at once with a retryable error.
+    #[serde(default = "default_auth_queue")]
+    pub queue: usize,
+    /// How long one request may take.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a request may wait in the queue.
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// PEM file of extra CA certificates to trust (a private CA); the
+    /// system's roots are trusted too.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_max_in_flight() -> usize {
+    64
+}
+
+/// `[auth.cache]`: remember successful checks for a short time.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthCacheConfig {
+    /// Off by default: every login asks the backend.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a successful check is remembered.
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most entries kept.
+    #[serde(default = "default_cache_capacity")]
+    pub capacity: u64,
+}
+
+impl Default for AuthCacheConfig {
+    fn default() -> Self {
+        AuthCacheConfig {
+            enabled: false,
+            ttl: default_cache_ttl(),
+            capacity: default_cache_capacity(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+
+/// A secret from the config: its `Debug` is masked, so it never reaches a
+/// log line.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 /// The kinds of authentication backend.
@@ -216,6 +296,8 @@ pub struct AuthConfig {
 pub enum AuthBackendKind {
     /// A pool of long-running child processes (`[auth.external]`).
     External,
+    /// An HTTP API (`[auth.http]`).
+    Http,
 }
 
 /// `[auth.external]`: the pool of external authentication processes.
@@ -482,6 +564,21 @@ impl Config {
                     "missing: auth.backend = \"external\" needs an [auth.external] section",
                 ),
             },
+            AuthBackendKind::Http => match &self.auth.http {
+                Some(http) => http.validate(&mut problems),
+                None => problems.add(
+                    "auth.http",
+                    "missing: auth.backend = \"http\" needs an [auth.http] section",
+                ),
+            },
+        }
+        if self.auth.cache.enabled {
+            problems.duration("auth.cache.ttl", self.auth.cache.ttl);
+            problems.range(
+                "auth.cache.capacity",
+                self.auth.cache.capacity,
+                CACHE_CAPACITY,
+            );
         }
         match (&self.roster, &self.roster_admin) {
             (Some(roster), admin) => {
@@ -500,9 +597,15 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        let ca_file = self
+            .auth
+            .http
+            .as_mut()
+            .and_then(|http| http.ca_file.as_mut());
         for path in [&mut self.c2s.tls_cert, &mut self.c2s.tls_key]
             .into_iter()
             .flatten()
+            .chain(ca_file)
         {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(&*path);
@@ -706,6 +809,50 @@ fn check_pem(path: &Path, kind: PemKind) -> Result<(), String> {
     }
 }
 
+impl HttpAuthConfig {
+    fn validate(&self, problems: &mut Problems) {
+        match url::Url::parse(&self.url) {
+            Err(e) => problems.add("auth.http.url", format!("not a URL: {e}")),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                problems.add("auth.http.url", "must be an http:// or https:// URL")
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => problems.add(
+                "auth.http.url",
+                "must not have a query or fragment: the method name is appended to its path",
+            ),
+            Ok(_) => {}
+        }
+        if let Some(credentials) = &self.credentials {
+            if !credentials.0.contains(':') {
+                problems.add("auth.http.credentials", "must be \"user:password\"");
+            }
+        }
+        problems.range("auth.http.max_in_flight", self.max_in_flight, MAX_IN_FLIGHT);
+        problems.range("auth.http.queue", self.queue, AUTH_QUEUE);
+        problems.duration("auth.http.timeout", self.timeout);
+        problems.duration("auth.http.queue_timeout", self.queue_timeout);
+        if let Some(ca) = &self.ca_file {
+            match fs::read(ca) {
+                Err(e) => problems.add(
+                    "auth.http.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                ),
+                Ok(pem) => {
+                    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+                        .filter(Result::is_ok)
+                        .count();
+                    if certificates == 0 {
+                        problems.add(
+                            "auth.http.ca_file",
+                            format!("{}: no certificate in the file", ca.display()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl ExternalAuthConfig {
     fn validate(&self, problems: &mut Problems) {
         match self.command.argv().first() {
@@ -731,16 +878,12 @@ impl RosterConfig {
         if let Err(why) = gatehouse_actors::roster::RosterUrl::parse(&self.url) {
             problems.add("roster.url", why.to_string());
         }
-        problems.range(
-            "roster.cache_capacity",
-            self.cache_capacity,
-            ROSTER_CACHE_CAPACITY,
-        );
+        problems.range("roster.cache_capacity", self.cache_capacity, CACHE_CAPACITY);
         problems.duration("roster.ttl", self.ttl);
         problems.duration("roster.timeout", self.timeout);
-        problems.range("roster.max_in_flight", self.max_in_flight, ROSTER_IN_FLIGHT);
+        problems.range("roster.max_in_flight", self.max_in_flight, MAX_IN_FLIGHT);
         if let Some(header) = &self.authorization_header {
-            let value = header.expose();
+            let value = header.0.as_str();
             if value.trim().is_empty()
                 || !value
                     .bytes()
@@ -758,7 +901,7 @@ impl RosterConfig {
 impl RosterAdminConfig {
     fn validate(&self, problems: &mut Problems) {
         if let Some(token) = &self.token {
-            let token = token.expose();
+            let token = token.0.as_str();
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 problems.add(
                     "roster_admin.token",

@@ -9,13 +9,14 @@
 pub mod config;
 pub mod signal;
 
+pub mod auth;
 mod c2s;
 mod http;
 mod telemetry;
 
 use actix::{Actor, Arbiter};
-use config::{AuthBackendKind, Config, ExternalProtocol};
-use gatehouse_actors::auth::{ExternalConfig, PoolHandle, Protocol};
+use config::Config;
+use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
@@ -42,6 +43,8 @@ pub enum RunError {
     Tls { path: PathBuf, reason: String },
     #[error("HTTP listener: {0}")]
     Http(std::io::Error),
+    #[error("auth backend: {0}")]
+    Auth(String),
     #[error("roster: {0}")]
     Roster(#[from] RosterError),
 }
@@ -62,7 +65,7 @@ pub struct Server {
     shutdown: CancellationToken,
     /// Every connection's I/O task, awaited during shutdown.
     connections: TaskTracker,
-    auth: PoolHandle,
+    auth: Authenticator,
     http: actix_web::dev::ServerHandle,
 }
 
@@ -102,10 +105,7 @@ impl Server {
                         ttl: roster.ttl,
                         timeout: roster.timeout,
                         max_in_flight: roster.max_in_flight,
-                        authorization: roster
-                            .authorization_header
-                            .as_ref()
-                            .map(|h| h.expose().to_owned()),
+                        authorization: roster.authorization_header.as_ref().map(|h| h.0.clone()),
                     },
                     router.clone(),
                 )?
@@ -124,7 +124,7 @@ impl Server {
             }
             http::RosterAdmin {
                 cache,
-                token: admin.token.map(|t| t.expose().to_owned()),
+                token: admin.token.map(|t| t.0),
                 max_body_bytes: admin.max_body_bytes,
             }
         });
@@ -133,26 +133,7 @@ impl Server {
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
-        let auth = match config.auth.backend {
-            AuthBackendKind::External => {
-                let external = config
-                    .auth
-                    .external
-                    .as_ref()
-                    .expect("validated: [auth.external] is present");
-                PoolHandle::start_external(ExternalConfig {
-                    command: external.command.0.clone(),
-                    protocol: match external.protocol {
-                        ExternalProtocol::Generic => Protocol::Generic,
-                        ExternalProtocol::Ejabberd => Protocol::Ejabberd,
-                    },
-                    processes: external.processes,
-                    queue: external.queue,
-                    timeout: external.timeout,
-                    queue_timeout: external.queue_timeout,
-                })
-            }
-        };
+        let auth = auth::start(&config.auth)?;
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
@@ -220,7 +201,6 @@ impl Server {
         for arbiter in self.arbiters.iter() {
             arbiter.stop();
         }
-        tracing::info!("stopped");
         Ok(())
     }
 }

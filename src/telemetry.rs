@@ -64,6 +64,18 @@ fn describe() {
         "gatehouse_slow_client_disconnects_total",
         "Connections dropped because the client did not read what it was sent"
     );
+    describe_counter!(
+        "gatehouse_auth_cache_hits_total",
+        "Password checks answered by the result cache"
+    );
+    describe_counter!(
+        "gatehouse_auth_cache_misses_total",
+        "Password checks the result cache could not answer"
+    );
+    describe_counter!(
+        "gatehouse_account_operations_total",
+        "XEP-0077 account operations by operation and result"
+    );
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
 }

@@ -291,9 +291,9 @@ fn roster_sections_load_with_defaults_and_hide_their_secrets() {
     assert_eq!(roster.timeout, Duration::from_secs(2));
     assert_eq!(roster.max_in_flight, 8);
     let header = roster.authorization_header.as_ref().unwrap();
-    assert_eq!(header.expose(), "Bearer s3cret");
+    assert_eq!(header.0, "Bearer s3cret");
     let admin = config.roster_admin.as_ref().unwrap();
-    assert_eq!(admin.token.as_ref().unwrap().expose(), "t0ken");
+    assert_eq!(admin.token.as_ref().unwrap().0, "t0ken");
     assert_eq!(admin.max_body_bytes, 65_536);
     let debug = format!("{config:?}");
     assert!(

@@ -5,72 +5,21 @@ mod common;
 
 use common::roster_service::RosterService;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::path::Path;
-
-/// Writes a CA certificate and a `localhost` certificate signed by it;
-/// returns (ca, cert, key) paths.
-fn make_certificates(dir: &Path) -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Gatehouse test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
-    (
-        write("ca.pem", ca_cert.pem()),
-        write("cert.pem", leaf.pem()),
-        write("key.pem", leaf_key.serialize_pem()),
-    )
-}
-
-/// A server requiring STARTTLS with fresh certificates, configured with
-/// `auth_section` (and whatever follows it); returns it and the CA path.
-fn tls_server(auth_section: &str) -> (TestServer, String) {
-    let dir = tempdir();
-    let (ca, cert, key) = make_certificates(&dir);
-    let toml = config(auth_section).replace(
-        "require_tls = false",
-        &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
-    );
-    (TestServer::start(&toml), ca)
-}
 
 #[actix_rt::test]
 async fn slixmpp_chats_over_starttls_and_pings() {
-    let (server, ca) = tls_server(&fixture_auth(""));
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let server = TestServer::start(&toml);
     let port = server.c2s.port().to_string();
-    let output = tokio::process::Command::new("python3")
-        .arg(root().join("tests/interop/slix_chat.py"))
-        .args(["--port", &port, "--ca", &ca])
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("interop ok"), "{stdout}");
+    interop("slix_chat.py", &["--port", &port, "--ca", &ca]).await;
     let scrape = server.metrics().await;
     assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 2.0);
 }
 
 #[actix_rt::test]
 async fn no_plain_before_tls_when_tls_is_required() {
-    let (server, _) = tls_server(&fixture_auth(""));
+    let (toml, _) = tls_config(&fixture_auth(""));
+    let server = TestServer::start(&toml);
     let mut c = Client::connect(server.c2s).await;
     let features = c.open("localhost").await;
     let starttls = features
@@ -96,7 +45,8 @@ async fn slixmpp_gets_its_roster_from_the_application_and_a_push_after_a_refresh
         "alice",
         r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]}}"#,
     );
-    let (server, ca) = tls_server(&roster_auth(&backend.url(), ""));
+    let (toml, ca) = tls_config(&roster_auth(&backend.url(), ""));
+    let server = TestServer::start(&toml);
     let mut child = tokio::process::Command::new("python3")
         .arg(root().join("tests/interop/slix_roster.py"))
         .args(["--port", &server.c2s.port().to_string(), "--ca", &ca])

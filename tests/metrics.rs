@@ -24,8 +24,7 @@ async fn metrics_after_logins_pass_promtool() {
         Err("not-authorized".into())
     );
 
-    let scrape = server.metrics().await;
-    for name in [
+    let required = [
         "gatehouse_auth_queue_depth",
         "gatehouse_auth_busy_workers",
         "gatehouse_auth_workers",
@@ -34,12 +33,14 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_logins_total",
         "gatehouse_sessions",
         "gatehouse_connections",
-    ] {
-        assert!(
-            scrape.lines().any(|l| l.starts_with(name)),
-            "{name} missing:\n{scrape}"
-        );
-    }
+    ];
+    let scrape = server
+        .metrics_when("every required metric", |scrape| {
+            required
+                .iter()
+                .all(|name| scrape.lines().any(|l| l.starts_with(name)))
+        })
+        .await;
     for histogram in [
         "gatehouse_auth_wait_seconds",
         "gatehouse_auth_request_duration_seconds",

@@ -83,9 +83,9 @@ async fn roster_get_versions_read_only_and_errors() {
         "alice",
         r#"{
             "bob@localhost": {"name": "Bob", "groups": ["Friends", "Work"]},
-            "carol@localhost": {"groups": {"Family": {}}},
+            "grace@localhost": {"groups": {"Family": {}}},
             "not a jid@@": {"name": "skipped"},
-            "dave@localhost": {"groups": [1, 2]}
+            "heidi@localhost": {"groups": [1, 2]}
         }"#,
     );
     backend.set("bob", "this is not JSON");
@@ -102,7 +102,7 @@ async fn roster_get_versions_read_only_and_errors() {
                 vec!["Friends".to_owned(), "Work".to_owned()]
             ),
             (
-                "carol@localhost".to_owned(),
+                "grace@localhost".to_owned(),
                 String::new(),
                 vec!["Family".to_owned()]
             ),
@@ -140,10 +140,10 @@ async fn roster_get_versions_read_only_and_errors() {
     assert_eq!(backend.requests("bob"), 2);
 
     // A service slower than the timeout.
-    backend.delay("carol", std::time::Duration::from_secs(3));
-    let (mut carol, _) = Client::login(server.c2s, "carol", "carol", "c").await;
+    backend.delay("grace", std::time::Duration::from_secs(3));
+    let (mut grace, _) = Client::login(server.c2s, "grace", "grace", "c").await;
     assert_eq!(
-        error_condition(&carol.roster(None).await),
+        error_condition(&grace.roster(None).await),
         "remote-server-timeout"
     );
 

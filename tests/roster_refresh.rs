@@ -108,15 +108,15 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
     let backend = RosterService::start();
     backend.set(
         "alice",
-        r#"{"bob@localhost": {"name": "Bob"}, "carol@localhost": {}}"#,
+        r#"{"bob@localhost": {"name": "Bob"}, "grace@localhost": {}}"#,
     );
-    for user in ["bob", "carol"] {
+    for user in ["bob", "grace"] {
         backend.set(user, r#"{"alice@localhost": {}}"#);
     }
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
     let mut bob = online(&server, "bob", "builder", "b").await;
-    let mut carol = online(&server, "carol", "carol", "c").await;
-    let mut dave = online(&server, "dave", "dave", "d").await;
+    let mut grace = online(&server, "grace", "grace", "c").await;
+    let mut heidi = online(&server, "heidi", "heidi", "d").await;
     // Alice's "quiet" resource neither asks for the roster nor is available.
     let (mut quiet, quiet_jid) = Client::login(server.c2s, "alice", "wonderland", "quiet").await;
     let mut asker = online(&server, "alice", "wonderland", "asker").await;
@@ -124,10 +124,10 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
         collect(&mut asker, 2).await,
         [
             "presence bob@localhost/b available",
-            "presence carol@localhost/c available"
+            "presence grace@localhost/c available"
         ]
     );
-    for contact in [&mut bob, &mut carol] {
+    for contact in [&mut bob, &mut grace] {
         assert_eq!(
             describe(&contact.element().await),
             "presence alice@localhost/asker available"
@@ -136,26 +136,26 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
 
     backend.set(
         "alice",
-        r#"{"bob@localhost": {"name": "Bobby", "groups": ["Friends"]}, "dave@localhost": {}}"#,
+        r#"{"bob@localhost": {"name": "Bobby", "groups": ["Friends"]}, "heidi@localhost": {}}"#,
     );
     assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
 
     assert_eq!(
         collect(&mut asker, 5).await,
         [
-            "presence carol@localhost/c unavailable",
-            "presence dave@localhost/d available",
+            "presence grace@localhost/c unavailable",
+            "presence heidi@localhost/d available",
             "push bob@localhost both name=Bobby groups=Friends",
-            "push carol@localhost remove name= groups=",
-            "push dave@localhost both name= groups=",
+            "push grace@localhost remove name= groups=",
+            "push heidi@localhost both name= groups=",
         ]
     );
     assert_eq!(
-        describe(&dave.element().await),
+        describe(&heidi.element().await),
         "presence alice@localhost/asker available"
     );
     assert_eq!(
-        describe(&carol.element().await),
+        describe(&grace.element().await),
         "presence alice@localhost/asker unavailable"
     );
     // Nothing else reached Bob (a rename is a push only) nor the quiet
@@ -202,7 +202,7 @@ async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
         assert!(tokio::time::Instant::now() < deadline, "no fetch started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    backend.set("alice", r#"{"carol@localhost": {}}"#);
+    backend.set("alice", r#"{"grace@localhost": {}}"#);
     assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
 
     let jids = |answer: Element| -> Vec<String> {
@@ -213,10 +213,10 @@ async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
             .map(|i| i.attr("jid").unwrap().to_owned())
             .collect()
     };
-    assert_eq!(jids(alice.element().await), ["carol@localhost"]);
+    assert_eq!(jids(alice.element().await), ["grace@localhost"]);
     // The new roster is the one cached.
     let (mut again, _) = Client::login(server.c2s, "alice", "wonderland", "b").await;
-    assert_eq!(jids(again.roster(None).await), ["carol@localhost"]);
+    assert_eq!(jids(again.roster(None).await), ["grace@localhost"]);
     assert_eq!(backend.requests("alice"), 2);
 }
 
@@ -278,7 +278,7 @@ async fn ten_thousand_usernames_are_refreshed_at_once() {
 
     let mut users: Vec<String> = (0..9999).map(|n| format!("user{n}")).collect();
     users.push("alice".into());
-    backend.set("alice", r#"{"carol@localhost": {}}"#);
+    backend.set("alice", r#"{"grace@localhost": {}}"#);
     let (status, body) = refresh(&server, &serde_json::to_string(&users).unwrap()).await;
     assert_eq!((status, body), (200, ok(10_000, 0)));
     // Only the online user was fetched again, and got the difference.
@@ -289,7 +289,7 @@ async fn ten_thousand_usernames_are_refreshed_at_once() {
         pushes,
         [
             "push bob@localhost remove name= groups=",
-            "push carol@localhost both name= groups="
+            "push grace@localhost both name= groups="
         ]
     );
 }

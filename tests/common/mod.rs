@@ -2,6 +2,7 @@
 //! actix System thread, and a raw XMPP client over a real TCP socket.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod backend;
 pub mod roster_service;
 
 use base64::Engine;
@@ -9,6 +10,7 @@ use bytes::BytesMut;
 use gatehouse::config::Config;
 use gatehouse_actors::xmpp::{StreamEvent, StreamParser};
 use minidom::Element;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +60,62 @@ processes = 2
 "#,
         fixture("auth.py")
     )
+}
+
+/// Writes a CA certificate and a `localhost` certificate signed by it;
+/// returns (ca, cert, key) paths.
+pub fn make_certificates(dir: &Path) -> (String, String, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Gatehouse test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", leaf.pem()),
+        write("key.pem", leaf_key.serialize_pem()),
+    )
+}
+
+/// A test config requiring STARTTLS with a fresh certificate; returns it
+/// and the CA file a client should trust.
+pub fn tls_config(auth_section: &str) -> (String, String) {
+    let dir = tempdir();
+    let (ca, cert, key) = make_certificates(&dir);
+    let toml = config(auth_section).replace(
+        "require_tls = false",
+        &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
+    );
+    (toml, ca)
+}
+
+/// Runs a slixmpp script from tests/interop and asserts it succeeded.
+pub async fn interop(script: &str, args: &[&str]) {
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/interop").join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("interop ok"), "{stdout}");
 }
 
 /// A running server; dropping it shuts it down and waits.
@@ -114,12 +172,35 @@ impl TestServer {
     pub async fn metrics(&self) -> String {
         http_get(self.http, "/metrics").await
     }
+
+    /// Scrapes until `ready` holds (metrics recorded just after a client
+    /// got its answer, such as a restart, may lag it); panics after
+    /// PATIENCE.
+    pub async fn metrics_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let scrape = self.metrics().await;
+            if ready(&scrape) {
+                return scrape;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{scrape}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Connects, opens a stream and tries SASL PLAIN; the failure condition
+/// on refusal.
+pub async fn try_login(server: &TestServer, user: &str, password: &str) -> Result<(), String> {
+    let mut client = Client::connect(server.c2s).await;
+    client.open("localhost").await;
+    client.auth(user, password).await
 }
 
 /// A minimal HTTP/1.0 GET over a raw socket; returns the body.

@@ -5,16 +5,17 @@
 //! It owns the bytes exchanged with a child process. It must not queue or
 //! schedule requests (the pool does) nor know about XMPP.
 
-use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory};
-use super::AuthCommand;
+use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure};
+use super::{AuthCommand, AuthError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::codec::{
-    Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec,
+    Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec, LinesCodec, LinesCodecError,
 };
 
 /// The longest request line in the generic protocol, without its `\n`.
@@ -34,13 +35,24 @@ pub enum Protocol {
     Ejabberd,
 }
 
+impl Protocol {
+    /// The longest request this protocol carries (without a line's `\n`).
+    fn max_request(self) -> usize {
+        match self {
+            Protocol::Generic => MAX_GENERIC_REQUEST,
+            Protocol::Ejabberd => MAX_EJABBERD_REQUEST,
+        }
+    }
+}
+
 /// Settings of an external-process pool.
 #[derive(Clone, Debug)]
 pub struct ExternalConfig {
-    /// The program and its arguments.
+    /// The program and its arguments; `command[0]` is the program.
     pub command: Vec<String>,
+    /// How requests and replies are framed on the program's pipes.
     pub protocol: Protocol,
-    /// Processes in the pool, each with one request in flight.
+    /// Processes in the pool, each with one request in flight (>= 1).
     pub processes: usize,
     /// Requests that may wait for a free process.
     pub queue: usize,
@@ -108,11 +120,7 @@ pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String,
     if line.bytes().any(|b| matches!(b, b'\0' | b'\r' | b'\n')) {
         return Err("NUL, CR or LF in the request");
     }
-    let limit = match protocol {
-        Protocol::Generic => MAX_GENERIC_REQUEST,
-        Protocol::Ejabberd => MAX_EJABBERD_REQUEST,
-    };
-    if line.len() > limit {
+    if line.len() > protocol.max_request() {
         return Err("request too long for the protocol");
     }
     Ok(line)
@@ -120,7 +128,9 @@ pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String,
 
 /// Starts auth processes.
 pub struct ExternalBackend {
+    /// The program and its arguments, spawned once per (re)start.
     command: Vec<String>,
+    /// The framing each new process speaks.
     protocol: Protocol,
 }
 
@@ -144,8 +154,8 @@ impl WorkerFactory for ExternalBackend {
         Ok(ExternalProcess {
             child,
             protocol: self.protocol,
-            requests: FramedWrite::new(stdin, RequestCodec::new(self.protocol)),
-            replies: FramedRead::new(stdout, ReplyCodec::new(self.protocol)),
+            requests: FramedWrite::new(stdin, Wire::requests(self.protocol)),
+            replies: FramedRead::new(stdout, Wire::replies(self.protocol)),
         })
     }
 
@@ -154,35 +164,63 @@ impl WorkerFactory for ExternalBackend {
     }
 }
 
+/// What a process said when nobody asked.
+const UNSOLICITED: &str = "the process wrote output without being asked";
+
 /// One running auth process.
 pub struct ExternalProcess {
     /// Killed (and reaped) on stop; killed on drop as a last resort.
     child: Child,
+    /// Checked again before writing, so nothing unsendable is ever written.
     protocol: Protocol,
-    requests: FramedWrite<ChildStdin, RequestCodec>,
-    replies: FramedRead<ChildStdout, ReplyCodec>,
+    /// The process's stdin, framing requests.
+    requests: FramedWrite<ChildStdin, Wire>,
+    /// The process's stdout, decoding replies.
+    replies: FramedRead<ChildStdout, Wire>,
 }
 
 impl Worker for ExternalProcess {
-    async fn serve(&mut self, command: &AuthCommand) -> Result<bool, String> {
+    const REPLACE_AFTER_TIMEOUT: bool = true;
+
+    async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
         // Validated before admission; checked again so nothing unsendable
         // can ever be written.
-        let line = request_line(command, self.protocol).map_err(str::to_owned)?;
-        self.requests
-            .send(line)
-            .await
-            .map_err(|e| format!("cannot write to the process: {}", e.kind()))?;
+        let line = request_line(command, self.protocol)
+            .map_err(|why| WorkerFailure::Failed(AuthError::InvalidRequest(why)))?;
+        // Bytes already read but never asked for would be taken as (part
+        // of) this request's reply.
+        if !self.replies.read_buffer().is_empty() {
+            return Err(WorkerFailure::Broken(UNSOLICITED.into()));
+        }
+        self.requests.send(line).await.map_err(|e| {
+            WorkerFailure::Broken(format!("cannot write to the process: {}", e.kind()))
+        })?;
         match self.replies.next().await {
             Some(Ok(answer)) => Ok(answer),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the process closed its output (exited?)".into()),
+            Some(Err(e)) => Err(WorkerFailure::Broken(e.to_string())),
+            None => Err(WorkerFailure::Broken(
+                "the process closed its output (exited?)".into(),
+            )),
         }
     }
 
     async fn broken(&mut self) -> String {
-        match self.replies.next().await {
-            None => "the process exited".into(),
-            Some(_) => "the process wrote output without being asked".into(),
+        if !self.replies.read_buffer().is_empty() {
+            return UNSOLICITED.into();
+        }
+        // While idle, any byte at all is unsolicited: read the pipe itself
+        // rather than wait for a whole reply.
+        let mut byte = [0; 1];
+        tokio::select! {
+            exited = self.child.wait() => match exited {
+                Ok(status) => format!("the process exited ({status})"),
+                Err(e) => format!("cannot wait for the process: {}", e.kind()),
+            },
+            read = self.replies.get_mut().read(&mut byte) => match read {
+                Ok(0) => "the process closed its output (exited?)".into(),
+                Ok(_) => UNSOLICITED.into(),
+                Err(e) => format!("cannot read from the process: {}", e.kind()),
+            },
         }
     }
 
@@ -192,96 +230,97 @@ impl Worker for ExternalProcess {
     }
 }
 
-/// Frames requests: a line (`LinesCodec` appends `\n`) or a u16 length
-/// prefix (`LengthDelimitedCodec`).
-enum RequestCodec {
-    Lines(LinesCodec),
-    Frames(LengthDelimitedCodec),
-}
-
-impl RequestCodec {
-    fn new(protocol: Protocol) -> Self {
-        match protocol {
-            Protocol::Generic => {
-                RequestCodec::Lines(LinesCodec::new_with_max_length(MAX_GENERIC_REQUEST))
-            }
-            Protocol::Ejabberd => RequestCodec::Frames(
-                LengthDelimitedCodec::builder()
-                    .length_field_length(2)
-                    .big_endian()
-                    .max_frame_length(MAX_EJABBERD_REQUEST)
-                    .new_codec(),
-            ),
-        }
-    }
-}
-
-impl Encoder<String> for RequestCodec {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, line: String, dst: &mut BytesMut) -> Result<(), Self::Error> {
-        match self {
-            RequestCodec::Lines(codec) => codec.encode(line, dst).map_err(std::io::Error::other),
-            RequestCodec::Frames(codec) => codec.encode(Bytes::from(line), dst),
-        }
-    }
-}
-
-/// Why a reply was not a valid answer.
+/// Why a reply was not a valid answer. The text never holds what the
+/// process wrote.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
-    #[error("invalid reply (not \"1\" or \"0\")")]
+    #[error("invalid reply (not a \"1\" or \"0\" answer)")]
     Garbage,
     #[error("cannot read from the process: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Decodes replies into yes or no.
-enum ReplyCodec {
+/// The framing on a process's pipes: lines (generic; `LinesCodec` appends
+/// the `\n` and strips a `\r`) or u16 big-endian length prefixes
+/// (ejabberd). One value frames one direction: it encodes requests or
+/// decodes replies, with that direction's length limit.
+enum Wire {
     Lines(LinesCodec),
     Frames(LengthDelimitedCodec),
 }
 
-impl ReplyCodec {
-    fn new(protocol: Protocol) -> Self {
+impl Wire {
+    fn new(protocol: Protocol, max_length: usize) -> Self {
         match protocol {
-            Protocol::Generic => ReplyCodec::Lines(LinesCodec::new_with_max_length(MAX_REPLY_LINE)),
-            Protocol::Ejabberd => ReplyCodec::Frames(
+            Protocol::Generic => Wire::Lines(LinesCodec::new_with_max_length(max_length)),
+            Protocol::Ejabberd => Wire::Frames(
                 LengthDelimitedCodec::builder()
                     .length_field_length(2)
                     .big_endian()
-                    .max_frame_length(2)
+                    .max_frame_length(max_length)
                     .new_codec(),
             ),
         }
     }
+
+    /// Writes requests, up to the protocol's request limit.
+    fn requests(protocol: Protocol) -> Self {
+        Wire::new(protocol, protocol.max_request())
+    }
+
+    /// Reads replies: a short line, or a 2-byte frame; anything longer is
+    /// refused by the codec without reading it all.
+    fn replies(protocol: Protocol) -> Self {
+        let max_length = match protocol {
+            Protocol::Generic => MAX_REPLY_LINE,
+            Protocol::Ejabberd => 2,
+        };
+        Wire::new(protocol, max_length)
+    }
 }
 
-impl Decoder for ReplyCodec {
+impl Encoder<String> for Wire {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, line: String, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        match self {
+            Wire::Lines(codec) => codec.encode(line, dst).map_err(std::io::Error::other),
+            Wire::Frames(codec) => codec.encode(Bytes::from(line), dst),
+        }
+    }
+}
+
+impl Decoder for Wire {
     type Item = bool;
     type Error = ReplyError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<bool>, ReplyError> {
-        match self {
-            // LinesCodec strips the `\n` and a trailing `\r`.
-            ReplyCodec::Lines(codec) => match codec.decode(src) {
-                Ok(None) => Ok(None),
-                Ok(Some(line)) if line == "1" => Ok(Some(true)),
-                Ok(Some(line)) if line == "0" => Ok(Some(false)),
-                Ok(Some(_)) => Err(ReplyError::Garbage),
-                Err(tokio_util::codec::LinesCodecError::Io(e)) => Err(e.into()),
-                Err(_) => Err(ReplyError::Garbage),
+        // Both codecs report an over-long or undecodable reply as
+        // `InvalidData`; a pipe never fails that way.
+        let garbage_or_io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::InvalidData => ReplyError::Garbage,
+            _ => ReplyError::Io(e),
+        };
+        let answer = match self {
+            Wire::Lines(codec) => match codec.decode(src) {
+                Ok(line) => line.map(|line| match line.as_str() {
+                    "1" => Ok(true),
+                    "0" => Ok(false),
+                    _ => Err(ReplyError::Garbage),
+                }),
+                Err(LinesCodecError::Io(e)) => return Err(garbage_or_io(e)),
+                Err(LinesCodecError::MaxLineLengthExceeded) => return Err(ReplyError::Garbage),
             },
-            ReplyCodec::Frames(codec) => match codec.decode(src) {
-                Ok(None) => Ok(None),
-                Ok(Some(frame)) if frame[..] == [0, 1] => Ok(Some(true)),
-                Ok(Some(frame)) if frame[..] == [0, 0] => Ok(Some(false)),
-                Ok(Some(_)) => Err(ReplyError::Garbage),
-                // A frame longer than 2 bytes is refused by the codec.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(ReplyError::Garbage),
-                Err(e) => Err(e.into()),
+            Wire::Frames(codec) => match codec.decode(src) {
+                Ok(frame) => frame.map(|frame| match frame[..] {
+                    [0, 1] => Ok(true),
+                    [0, 0] => Ok(false),
+                    _ => Err(ReplyError::Garbage),
+                }),
+                Err(e) => return Err(garbage_or_io(e)),
             },
-        }
+        };
+        answer.transpose()
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<bool>, ReplyError> {
@@ -347,29 +386,45 @@ mod tests {
         }
         assert!(request_line(&auth("al:ice", "h", "x"), g).is_err());
         assert!(request_line(&auth("alice", "[::1]", "x"), g).is_err());
-        let long = "x".repeat(MAX_GENERIC_REQUEST);
+        assert!(request_line(&auth("alice", "h", "x"), g).is_ok());
+        // `auth:alice:h:` is 13 bytes: the limits are on the whole line.
+        let fits = "x".repeat(MAX_GENERIC_REQUEST - 13);
+        assert_eq!(
+            request_line(&auth("alice", "h", &fits), g).unwrap().len(),
+            MAX_GENERIC_REQUEST
+        );
+        let long = "x".repeat(MAX_GENERIC_REQUEST - 12);
         assert!(request_line(&auth("alice", "h", &long), g).is_err());
         assert!(request_line(&auth("alice", "h", &long), Protocol::Ejabberd).is_ok());
-        let longer = "x".repeat(MAX_EJABBERD_REQUEST);
+        let fits = "x".repeat(MAX_EJABBERD_REQUEST - 13);
+        assert!(request_line(&auth("alice", "h", &fits), Protocol::Ejabberd).is_ok());
+        let longer = "x".repeat(MAX_EJABBERD_REQUEST - 12);
         assert!(request_line(&auth("alice", "h", &longer), Protocol::Ejabberd).is_err());
     }
 
     #[test]
     fn request_framing() {
         let mut out = BytesMut::new();
-        RequestCodec::new(Protocol::Generic)
+        Wire::requests(Protocol::Generic)
             .encode("auth:a:b:c".into(), &mut out)
             .unwrap();
         assert_eq!(&out[..], b"auth:a:b:c\n");
         let mut out = BytesMut::new();
-        RequestCodec::new(Protocol::Ejabberd)
+        Wire::requests(Protocol::Ejabberd)
             .encode("isuser:a:b".into(), &mut out)
             .unwrap();
         assert_eq!(&out[..], b"\x00\x0aisuser:a:b");
+        let mut out = BytesMut::new();
+        let long = format!("auth:a:b:{}", "p".repeat(300));
+        Wire::requests(Protocol::Ejabberd)
+            .encode(long.clone(), &mut out)
+            .unwrap();
+        assert_eq!(&out[..2], &[0x01, 0x35]);
+        assert_eq!(&out[2..], long.as_bytes());
     }
 
     fn decode_all(protocol: Protocol, input: &[u8]) -> Vec<Result<bool, String>> {
-        let mut codec = ReplyCodec::new(protocol);
+        let mut codec = Wire::replies(protocol);
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         loop {
@@ -391,6 +446,14 @@ mod tests {
             vec![Ok(true), Ok(false), Ok(true)]
         );
         assert!(decode_all(Protocol::Generic, b"yes\n")[0].is_err());
+        assert!(decode_all(Protocol::Generic, b"\n")[0].is_err());
+        assert!(decode_all(Protocol::Generic, b" 1\n")[0].is_err());
+        assert!(decode_all(Protocol::Generic, b"1\r\r\n")[0].is_err());
+        assert_eq!(
+            decode_all(Protocol::Generic, b"\xff\n"),
+            vec![Err(ReplyError::Garbage.to_string())],
+            "not UTF-8"
+        );
         assert!(decode_all(Protocol::Generic, b"11\n")[0].is_err());
         assert!(decode_all(Protocol::Generic, &[b'1'; 100])[0].is_err());
         assert!(
@@ -409,5 +472,12 @@ mod tests {
         assert!(decode_all(Protocol::Ejabberd, b"\x00\x02\x01\x01")[0].is_err());
         assert!(decode_all(Protocol::Ejabberd, b"\x00\x05hello")[0].is_err());
         assert!(decode_all(Protocol::Ejabberd, b"\x00\x01\x01")[0].is_err());
+        assert!(decode_all(Protocol::Ejabberd, b"\x00\x00")[0].is_err());
+        assert_eq!(
+            decode_all(Protocol::Ejabberd, b"\x00\x02\x00"),
+            vec![Err(ReplyError::Garbage.to_string())],
+            "a partial frame at EOF"
+        );
+        assert_eq!(decode_all(Protocol::Ejabberd, b""), vec![], "a clean EOF");
     }
 }

@@ -5,11 +5,19 @@
 //! must not know about XMPP: sessions turn a [`AuthError`] into a SASL
 //! condition themselves.
 
+mod authenticator;
+mod cache;
 mod external;
+mod http;
 mod pool;
 
+pub use authenticator::{Authenticator, Capabilities};
+pub use cache::{AuthCache, CacheKey, CachedUser};
 pub use external::{request_line, ExternalBackend, ExternalConfig, Protocol};
-pub use pool::{describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory};
+pub use http::{HttpBackend, HttpConfig};
+pub use pool::{
+    describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure,
+};
 
 use std::fmt;
 
@@ -64,6 +72,30 @@ pub enum AuthCommand {
 }
 
 impl AuthCommand {
+    /// The user, the host, and the password if the command carries one.
+    pub fn parts(&self) -> (&str, &str, Option<&Password>) {
+        match self {
+            AuthCommand::Auth {
+                user,
+                host,
+                password,
+            }
+            | AuthCommand::SetPass {
+                user,
+                host,
+                password,
+            }
+            | AuthCommand::TryRegister {
+                user,
+                host,
+                password,
+            } => (user, host, Some(password)),
+            AuthCommand::IsUser { user, host } | AuthCommand::RemoveUser { user, host } => {
+                (user, host, None)
+            }
+        }
+    }
+
     /// The command's name on the wire, also used as a metric label.
     pub fn name(&self) -> &'static str {
         match self {
@@ -101,12 +133,15 @@ pub enum AuthError {
     /// The pool is shutting down.
     #[error("auth pool is shut down")]
     ShutDown,
+    /// The backend does not implement this command (HTTP 501).
+    #[error("the auth backend does not support this")]
+    NotSupported,
 }
 
 impl AuthError {
     /// True when a retry may succeed: the backend was not asked, or did not
-    /// answer. Only an invalid request is permanent.
+    /// answer. An invalid request and an unsupported command are permanent.
     pub fn is_temporary(&self) -> bool {
-        !matches!(self, AuthError::InvalidRequest(_))
+        !matches!(self, AuthError::InvalidRequest(_) | AuthError::NotSupported)
     }
 }

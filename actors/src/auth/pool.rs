@@ -25,21 +25,30 @@ use tokio_util::task::TaskTracker;
 /// the second, and is reset by a good answer.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
-/// Why a worker could not answer a request. Either way it is restarted.
+/// Why a worker could not answer a request.
 #[derive(Debug)]
 pub enum WorkerFailure {
     /// It did not answer within the request timeout.
     Timeout,
-    /// It exited, closed its output, or answered something invalid. The
-    /// text says which; it never contains the request.
+    /// It exited, closed its output, or answered something invalid: it must
+    /// be replaced. The text says which; it never contains the request.
     Broken(String),
+    /// The request failed but the worker is fine (an HTTP 5xx, a refused
+    /// connection): the caller gets this error, the worker serves on.
+    Failed(AuthError),
 }
 
 /// One worker: serves one request at a time.
 pub trait Worker: Send + 'static {
-    /// Serves one request. An `Err` means the worker must be replaced.
-    fn serve(&mut self, command: &AuthCommand)
-        -> impl Future<Output = Result<bool, String>> + Send;
+    /// Whether a request that timed out leaves the worker unusable. True for
+    /// a process (a late answer would be read as the next reply); false for
+    /// an HTTP slot, whose abandoned request is simply dropped.
+    const REPLACE_AFTER_TIMEOUT: bool;
+    /// Serves one request.
+    fn serve(
+        &mut self,
+        command: &AuthCommand,
+    ) -> impl Future<Output = Result<bool, WorkerFailure>> + Send;
     /// Resolves if the worker breaks while idle (a process that exits or
     /// writes unsolicited output); pending forever otherwise. Must be
     /// cancel-safe.
@@ -78,15 +87,21 @@ pub type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), &'static str> + Send
 
 /// A request on its way to a worker.
 struct Job {
+    /// What to ask the worker.
     command: AuthCommand,
+    /// The caller's answer; closed when the caller went away, and then the
+    /// job is never dispatched.
     reply: oneshot::Sender<Result<bool, AuthError>>,
+    /// When it was admitted: its wait time, and its queue timeout.
     enqueued: Instant,
 }
 
 /// A cheap, cloneable handle used by sessions on every arbiter.
 #[derive(Clone)]
 pub struct PoolHandle {
+    /// The pool actor, which queues and dispatches.
     addr: Addr<AuthPool>,
+    /// The `backend` label on every metric.
     backend: &'static str,
     /// Requests admitted and not yet answered (in service or queued).
     admitted: Arc<AtomicUsize>,
@@ -95,6 +110,7 @@ pub struct PoolHandle {
     /// Longest time a caller can wait: queue timeout plus request timeout,
     /// plus a margin for the actor's own scheduling.
     deadline: Duration,
+    /// Refuses what the backend's protocol cannot carry, before admission.
     validate: Validator,
     /// Ends every worker task on shutdown.
     stop: CancellationToken,
@@ -212,14 +228,20 @@ impl PoolHandle {
 
 /// The queue and the idle workers.
 pub struct AuthPool {
+    /// The `backend` label on the pool's metrics.
     backend: &'static str,
-    /// Waiting requests, oldest first, with the id their expiry timer uses.
+    /// Waiting requests, oldest first, each with the id its expiry timer
+    /// looks it up by.
     queue: VecDeque<(u64, Job)>,
+    /// The most requests [`AuthPool::queue`] may hold.
     queue_capacity: usize,
+    /// How long a request may wait before it fails with `QueueTimeout`.
     queue_timeout: Duration,
     /// Idle workers, each waiting on its own channel for one job.
     idle: VecDeque<oneshot::Sender<Job>>,
+    /// The id the next queued request gets.
     next_job: u64,
+    /// Set by [`Shutdown`]: nothing is queued or dispatched any more.
     shut_down: bool,
 }
 
@@ -233,21 +255,58 @@ impl AuthPool {
             .set(self.queue.len() as f64);
     }
 
-    /// Hands `job` to an idle worker; gives it back if none is left.
-    fn dispatch(&mut self, mut job: Job) -> Result<(), Job> {
+    /// Hands `job` to an idle worker, or gives it back if none is idle. A
+    /// job whose caller went away is dropped instead: nobody waits for it.
+    fn dispatch(&mut self, mut job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            return None;
+        }
         while let Some(worker) = self.idle.pop_front() {
             let waited = job.enqueued.elapsed().as_secs_f64();
             match worker.send(job) {
                 Ok(()) => {
                     metrics::histogram!("gatehouse_auth_wait_seconds", "backend" => self.backend)
                         .record(waited);
-                    return Ok(());
+                    return None;
                 }
                 // That worker broke while idle: try the next.
                 Err(back) => job = back,
             }
         }
-        Err(job)
+        Some(job)
+    }
+
+    /// Queues a job that found no idle worker, at the back (a new request)
+    /// or at the front (one that already waited), with a timer that fails
+    /// it once it has waited `queue_timeout` in all.
+    fn enqueue(&mut self, job: Job, front: bool, ctx: &mut Context<Self>) {
+        let Some(left) = self.queue_timeout.checked_sub(job.enqueued.elapsed()) else {
+            return self.reject(job, AuthError::QueueTimeout, "queue_timeout");
+        };
+        if !front && self.queue.len() >= self.queue_capacity {
+            // Callers that went away still hold a place: free them first.
+            self.queue.retain(|(_, queued)| !queued.reply.is_closed());
+            if self.queue.len() >= self.queue_capacity {
+                // Admission counting makes this rare: it happens while
+                // workers are down and their share of the capacity is not.
+                return self.reject(job, AuthError::QueueFull, "queue_full");
+            }
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        if front {
+            self.queue.push_front((id, job));
+        } else {
+            self.queue.push_back((id, job));
+        }
+        self.set_queue_gauge();
+        ctx.run_later(left, move |pool, _| {
+            if let Some(pos) = pool.queue.iter().position(|(queued, _)| *queued == id) {
+                let (_, job) = pool.queue.remove(pos).expect("position is in range");
+                pool.set_queue_gauge();
+                pool.reject(job, AuthError::QueueTimeout, "queue_timeout");
+            }
+        });
     }
 
     fn reject(&self, job: Job, error: AuthError, reason: &'static str) {
@@ -267,25 +326,9 @@ impl Handler<Submit> for AuthPool {
         if self.shut_down {
             return self.reject(job, AuthError::ShutDown, "shut_down");
         }
-        let Err(job) = self.dispatch(job) else {
-            return;
-        };
-        if self.queue.len() >= self.queue_capacity {
-            // Admission counting makes this rare: it happens while workers
-            // are down and their share of the capacity is not.
-            return self.reject(job, AuthError::QueueFull, "queue_full");
+        if let Some(job) = self.dispatch(job) {
+            self.enqueue(job, false, ctx);
         }
-        let id = self.next_job;
-        self.next_job += 1;
-        self.queue.push_back((id, job));
-        self.set_queue_gauge();
-        ctx.run_later(self.queue_timeout, move |pool, _| {
-            if let Some(pos) = pool.queue.iter().position(|(queued, _)| *queued == id) {
-                let (_, job) = pool.queue.remove(pos).expect("position is in range");
-                pool.set_queue_gauge();
-                pool.reject(job, AuthError::QueueTimeout, "queue_timeout");
-            }
-        });
     }
 }
 
@@ -301,12 +344,17 @@ impl Handler<Ready> for AuthPool {
         if self.shut_down {
             return;
         }
+        // Workers that broke while idle left their channel behind.
+        self.idle.retain(|idle| !idle.is_closed());
         self.idle.push_back(worker);
         while let Some((id, job)) = self.queue.pop_front() {
-            if job.reply.is_closed() {
-                continue; // the caller went away
+            // Its timer may not have fired yet: a request never leaves the
+            // queue for a worker after its time is up.
+            if job.enqueued.elapsed() >= self.queue_timeout {
+                self.reject(job, AuthError::QueueTimeout, "queue_timeout");
+                continue;
             }
-            if let Err(job) = self.dispatch(job) {
+            if let Some(job) = self.dispatch(job) {
                 self.queue.push_front((id, job));
                 break;
             }
@@ -323,15 +371,14 @@ struct Requeue(Job);
 impl Handler<Requeue> for AuthPool {
     type Result = ();
 
-    fn handle(&mut self, Requeue(job): Requeue, _: &mut Self::Context) {
+    fn handle(&mut self, Requeue(job): Requeue, ctx: &mut Self::Context) {
         if self.shut_down {
             return self.reject(job, AuthError::ShutDown, "shut_down");
         }
-        if let Err(job) = self.dispatch(job) {
-            // It already waited: it goes first. Its expiry timer is gone,
-            // so the caller's own deadline bounds it.
-            self.queue.push_front((u64::MAX, job));
-            self.set_queue_gauge();
+        if let Some(job) = self.dispatch(job) {
+            // It already waited: it goes first, for what is left of its
+            // queue time.
+            self.enqueue(job, true, ctx);
         }
     }
 }
@@ -356,10 +403,15 @@ impl Handler<Shutdown> for AuthPool {
 /// One worker position in the pool: keeps a worker running, restarting it
 /// with backoff, and serves the jobs the pool hands it.
 struct Slot<F: WorkerFactory> {
+    /// Starts (and restarts) this slot's worker.
     factory: Arc<F>,
+    /// Where the slot reports itself idle and gets its jobs.
     pool: Addr<AuthPool>,
+    /// The `backend` label on the slot's metrics.
     backend: &'static str,
+    /// How long the worker may take to answer one request.
     timeout: Duration,
+    /// Cancelled by shutdown: the slot stops its worker and ends.
     stop: CancellationToken,
 }
 
@@ -409,9 +461,14 @@ impl<F: WorkerFactory> Slot<F> {
             let (offer, mut take) = oneshot::channel();
             self.pool.do_send(Ready(offer));
             let job = tokio::select! {
+                // A broken worker must not take a job that arrives with
+                // the news, and shutdown comes before either.
+                biased;
                 _ = self.stop.cancelled() => None,
                 reason = worker.broken() => {
-                    // A job may have been handed over just now: give it back.
+                    // No job can arrive any more; one that came just now
+                    // goes back to the pool.
+                    take.close();
                     if let Ok(job) = take.try_recv() {
                         self.pool.do_send(Requeue(job));
                     }
@@ -424,6 +481,9 @@ impl<F: WorkerFactory> Slot<F> {
                 worker.stop().await;
                 return None;
             };
+            if job.reply.is_closed() {
+                continue; // its caller went away on the way here
+            }
             let busy = metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend);
             busy.increment(1.0);
             let started = Instant::now();
@@ -439,42 +499,46 @@ impl<F: WorkerFactory> Slot<F> {
                     worker.stop().await;
                     return None;
                 }
-                Some(Ok(Ok(answer))) => Ok(answer),
-                Some(Ok(Err(reason))) => Err(WorkerFailure::Broken(reason)),
+                Some(Ok(outcome)) => outcome,
                 Some(Err(_)) => Err(WorkerFailure::Timeout),
             };
             let result = match &outcome {
                 Ok(true) => "success",
                 Ok(false) => "failure",
-                Err(WorkerFailure::Broken(_)) => "error",
                 Err(WorkerFailure::Timeout) => "timeout",
+                Err(_) => "error",
             };
             metrics::histogram!("gatehouse_auth_request_duration_seconds", "backend" => self.backend, "result" => result)
                 .record(started.elapsed().as_secs_f64());
-            match outcome {
+            let replace = match outcome {
                 Ok(answer) => {
                     *backoff = BACKOFF.0;
                     let _ = job.reply.send(Ok(answer));
+                    None
                 }
-                Err(failure) => {
-                    let (error, reason) = match failure {
-                        WorkerFailure::Timeout => {
-                            metrics::counter!("gatehouse_auth_timeouts_total", "backend" => self.backend).increment(1);
-                            (
-                                AuthError::Timeout,
-                                format!("no answer within {:?}", self.timeout),
-                            )
-                        }
-                        WorkerFailure::Broken(reason) => {
-                            (AuthError::BackendFailed(reason.clone()), reason)
-                        }
-                    };
+                Err(WorkerFailure::Failed(error)) => {
                     let _ = job.reply.send(Err(error));
-                    // Killing the worker also discards any late answer: the
-                    // next request goes to a fresh one.
-                    worker.stop().await;
-                    return Some(reason);
+                    None
                 }
+                Err(WorkerFailure::Timeout) => {
+                    metrics::counter!("gatehouse_auth_timeouts_total", "backend" => self.backend)
+                        .increment(1);
+                    let _ = job.reply.send(Err(AuthError::Timeout));
+                    F::Worker::REPLACE_AFTER_TIMEOUT
+                        .then(|| format!("no answer within {:?}", self.timeout))
+                }
+                Err(WorkerFailure::Broken(reason)) => {
+                    let _ = job
+                        .reply
+                        .send(Err(AuthError::BackendFailed(reason.clone())));
+                    Some(reason)
+                }
+            };
+            if let Some(reason) = replace {
+                // Killing the worker also discards any late answer: the
+                // next request goes to a fresh one.
+                worker.stop().await;
+                return Some(reason);
             }
         }
     }

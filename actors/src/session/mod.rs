@@ -7,10 +7,11 @@
 //! (its I/O task in [`connection`] does) nor decide where other users'
 //! stanzas go (the Router does).
 
+mod account;
 mod connection;
 mod sasl;
 
-use crate::auth::{AuthCommand, AuthError, PoolHandle};
+use crate::auth::{AuthError, Authenticator};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
@@ -59,7 +60,9 @@ pub struct C2sSettings {
 #[derive(Clone)]
 pub struct Services {
     pub router: Addr<Router>,
-    pub auth: PoolHandle,
+    /// The auth backend (pool and cache) and the account operations the
+    /// deployment allows.
+    pub auth: Authenticator,
     /// Where rosters come from; `None` when no roster service is configured
     /// (roster gets are then answered with an empty roster).
     pub roster: Option<Addr<RosterCache>>,
@@ -414,6 +417,9 @@ impl Session {
             );
             features.push(mechanisms);
         }
+        if self.registration_open() {
+            features.push(Element::bare("register", ns::REGISTER_FEATURE));
+        }
         features
     }
 
@@ -421,6 +427,7 @@ impl Session {
         match self.phase {
             Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
             Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::Bound if self.is_account_iq(&el) => self.account(el),
             Phase::Bound => self.stanza(el),
             Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
                 ready(self.stream_error(StreamErrorCondition::NotAuthorized))
@@ -435,6 +442,7 @@ impl Session {
             failure
         };
         match (el.ns().as_str(), el.name()) {
+            (ns::CLIENT, "iq") if self.registration_open() => self.register(el),
             (ns::TLS, "starttls") if !self.secure && self.settings.tls.is_some() => {
                 self.send(&Element::bare("proceed", ns::TLS));
                 self.secure = true;
@@ -491,15 +499,12 @@ impl Session {
             }
         };
         let user = credentials.user;
-        let command = AuthCommand::Auth {
-            user: user.clone(),
-            host,
-            password: credentials.password,
-        };
-        let pool = self.services.auth.clone();
+        let password = credentials.password;
+        let auth = self.services.auth.clone();
         let started = Instant::now();
+        let checked_user = user.clone();
         Box::pin(
-            async move { pool.call(command).await }
+            async move { auth.check_password(&checked_user, &host, password).await }
                 .into_actor(self)
                 .map(move |result, act, _| act.auth_done(user, result, started)),
         )
@@ -799,9 +804,9 @@ impl Session {
         let answer = match (payload.ns().as_str(), payload.name(), get) {
             (ns::PING, "ping", true) => Some(None),
             (ns::SESSION, "session", false) => Some(None),
-            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => {
-                Some(Some(server_disco_info()))
-            }
+            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => Some(
+                Some(server_disco_info(self.services.auth.capabilities().any())),
+            ),
             (ns::DISCO_ITEMS, "query", true) if to_server => {
                 Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
             }
@@ -833,8 +838,9 @@ async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Ros
         .unwrap_or(Err(RosterError::Stopped))
 }
 
-/// The server's XEP-0030 identity and features.
-fn server_disco_info() -> Element {
+/// The server's XEP-0030 identity and features; `register` when some
+/// XEP-0077 operation is offered.
+fn server_disco_info(register: bool) -> Element {
     let mut query = Element::bare("query", ns::DISCO_INFO);
     query.append_child(stanza::element(
         "identity",
@@ -845,7 +851,11 @@ fn server_disco_info() -> Element {
             ("name", "Gatehouse"),
         ],
     ));
-    for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING] {
+    let register = register.then_some(ns::REGISTER);
+    for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING]
+        .into_iter()
+        .chain(register)
+    {
         query.append_child(stanza::element(
             "feature",
             ns::DISCO_INFO,

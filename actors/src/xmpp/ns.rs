@@ -13,3 +13,5 @@ pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+pub const REGISTER: &str = "jabber:iq:register";
+pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";

@@ -95,6 +95,22 @@ impl StanzaError {
         kind: ErrorType::Wait,
         condition: "remote-server-timeout",
     };
+    pub const CONFLICT: StanzaError = StanzaError {
+        kind: ErrorType::Cancel,
+        condition: "conflict",
+    };
+    pub const NOT_ACCEPTABLE: StanzaError = StanzaError {
+        kind: ErrorType::Modify,
+        condition: "not-acceptable",
+    };
+    pub const NOT_AUTHORIZED: StanzaError = StanzaError {
+        kind: ErrorType::Auth,
+        condition: "not-authorized",
+    };
+    pub const RESOURCE_CONSTRAINT: StanzaError = StanzaError {
+        kind: ErrorType::Wait,
+        condition: "resource-constraint",
+    };
     pub const REMOTE_SERVER_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
         condition: "remote-server-not-found",

@@ -1,0 +1,154 @@
+//! The one thing sessions and the `gatehouse user` command talk to: a pool
+//! of some backend, the optional result cache in front of it, and what the
+//! deployment lets clients do (register, change password, remove account).
+//!
+//! It owns the order of cache and backend and the cache's invalidation. It
+//! must not speak a backend's protocol (the pool's workers do).
+
+use super::cache::AuthCache;
+use super::{AuthCommand, AuthError, Password, PoolHandle};
+use std::sync::Arc;
+
+/// Account operations a client may use: each only when the operator
+/// allowed it and the backend's protocol has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// XEP-0077 in-band registration.
+    pub register: bool,
+    /// XEP-0077 password change.
+    pub set_password: bool,
+    /// XEP-0077 account removal.
+    pub remove: bool,
+}
+
+impl Capabilities {
+    pub fn any(&self) -> bool {
+        self.register || self.set_password || self.remove
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    pool: PoolHandle,
+    cache: Option<Arc<AuthCache>>,
+    capabilities: Capabilities,
+}
+
+impl Authenticator {
+    pub fn new(pool: PoolHandle, cache: Option<AuthCache>, capabilities: Capabilities) -> Self {
+        Authenticator {
+            pool,
+            cache: cache.map(Arc::new),
+            capabilities,
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// The cache, when enabled.
+    pub fn cache(&self) -> Option<&AuthCache> {
+        self.cache.as_deref()
+    }
+
+    /// Is this the user's password? A cache hit answers without the backend.
+    pub async fn check_password(
+        &self,
+        user: &str,
+        host: &str,
+        password: Password,
+    ) -> Result<bool, AuthError> {
+        if let Some(cache) = &self.cache {
+            if cache.check(user, host, password.expose()) {
+                return Ok(true);
+            }
+        }
+        let remembered = self.cache.as_ref().map(|_| password.clone());
+        let answer = self
+            .pool
+            .call(AuthCommand::Auth {
+                user: user.to_owned(),
+                host: host.to_owned(),
+                password,
+            })
+            .await;
+        if let (Ok(true), Some(cache), Some(password)) = (&answer, &self.cache, remembered) {
+            cache.remember(user, host, password.expose());
+        }
+        answer
+    }
+
+    /// Does the user exist?
+    pub async fn user_exists(&self, user: &str, host: &str) -> Result<bool, AuthError> {
+        self.pool
+            .call(AuthCommand::IsUser {
+                user: user.to_owned(),
+                host: host.to_owned(),
+            })
+            .await
+    }
+
+    /// Creates the user; `Ok(false)` when it already exists.
+    pub async fn register(
+        &self,
+        user: &str,
+        host: &str,
+        password: Password,
+    ) -> Result<bool, AuthError> {
+        self.pool
+            .call(AuthCommand::TryRegister {
+                user: user.to_owned(),
+                host: host.to_owned(),
+                password,
+            })
+            .await
+    }
+
+    /// Changes the password; `Ok(false)` when the backend refused.
+    pub async fn set_password(
+        &self,
+        user: &str,
+        host: &str,
+        password: Password,
+    ) -> Result<bool, AuthError> {
+        self.change(AuthCommand::SetPass {
+            user: user.to_owned(),
+            host: host.to_owned(),
+            password,
+        })
+        .await
+    }
+
+    /// Removes the user; `Ok(false)` when the backend refused.
+    pub async fn remove_user(&self, user: &str, host: &str) -> Result<bool, AuthError> {
+        self.change(AuthCommand::RemoveUser {
+            user: user.to_owned(),
+            host: host.to_owned(),
+        })
+        .await
+    }
+
+    /// Runs a command that invalidates the user's cached credentials. They
+    /// are forgotten before and again after: a check that raced the change
+    /// may have put the old password back.
+    async fn change(&self, command: AuthCommand) -> Result<bool, AuthError> {
+        let (user, host, _) = command.parts();
+        let (user, host) = (user.to_owned(), host.to_owned());
+        self.forget(&user, &host);
+        let answer = self.pool.call(command).await;
+        self.forget(&user, &host);
+        answer
+    }
+
+    fn forget(&self, user: &str, host: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(user, host);
+        }
+    }
+
+    /// Ends the backend's workers.
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+}
