@@ -190,7 +190,9 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
 async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
     let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
-    backend.delay("alice", Duration::from_millis(800));
+    // Long enough that the refresh surely lands while the fetch is in
+    // flight, even on a loaded machine; later fetches are quick.
+    backend.delay("alice", Duration::from_secs(3));
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
     alice
@@ -203,6 +205,7 @@ async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     backend.set("alice", r#"{"grace@localhost": {}}"#);
+    backend.delay("alice", Duration::ZERO);
     assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
 
     let jids = |answer: Element| -> Vec<String> {
