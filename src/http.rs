@@ -78,9 +78,16 @@ impl RosterAdmin {
                     errors = report.errors,
                     "roster refresh"
                 );
+                // As in Prosody: "error" only when the operation failed
+                // completely.
+                let (status, message) = if report.updated == 0 && report.errors > 0 {
+                    ("error", "no roster could be updated")
+                } else {
+                    ("ok", "roster update complete")
+                };
                 HttpResponse::Ok().json(json!({
-                    "status": "ok",
-                    "message": "roster update complete",
+                    "status": status,
+                    "message": message,
                     "updated": report.updated,
                     "errors": report.errors,
                 }))

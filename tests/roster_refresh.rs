@@ -258,6 +258,12 @@ async fn refresh_bodies_get_their_status_codes() {
         refresh(&server, r#"["alice", "", "x@y", "bob", "alice"]"#).await,
         (200, ok(2, 2))
     );
+    let (status, body) = refresh(&server, r#"["", "x@y"]"#).await;
+    assert_eq!((status, &body["status"]), (200, &Value::from("error")));
+    assert_eq!(
+        (&body["updated"], &body["errors"]),
+        (&Value::from(0), &Value::from(2))
+    );
     assert_eq!(
         call(
             &server,

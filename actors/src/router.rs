@@ -67,9 +67,11 @@ pub struct Broadcast {
 #[derive(Message)]
 #[rtype(result = "Arc<Roster>")]
 pub struct UseRoster {
+    /// The resource that asked.
     pub jid: FullJid,
     /// The resource's session; a replaced session is not marked.
     pub session_id: u64,
+    /// The roster the session fetched for it.
     pub roster: Arc<Roster>,
 }
 
@@ -79,7 +81,9 @@ pub struct UseRoster {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RosterChanged {
+    /// Whose roster.
     pub user: BareJid,
+    /// The new roster, fetched after the refresh.
     pub roster: Arc<Roster>,
 }
 
@@ -88,6 +92,7 @@ pub struct RosterChanged {
 #[derive(Message)]
 #[rtype(result = "Vec<BareJid>")]
 pub struct LoadedRosters {
+    /// The users named in a refresh, on every served domain.
     pub jids: Vec<BareJid>,
 }
 

@@ -21,9 +21,13 @@ pub struct BackendState {
 }
 
 pub struct RosterService {
+    /// Where it listens (port 0 picked by the kernel).
     pub addr: SocketAddr,
+    /// Shared with the handlers.
     state: Arc<BackendState>,
+    /// Stops the server on drop.
     handle: actix_web::dev::ServerHandle,
+    /// The server's own System thread, joined on drop.
     thread: Option<std::thread::JoinHandle<()>>,
 }
 

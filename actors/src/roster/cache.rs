@@ -172,6 +172,7 @@ pub enum RosterError {
 #[derive(Message)]
 #[rtype(result = "Result<Arc<Roster>, RosterError>")]
 pub struct GetRoster {
+    /// The username (localpart), as `%s` in the URL.
     pub user: String,
 }
 
@@ -179,6 +180,7 @@ pub struct GetRoster {
 #[derive(Message)]
 #[rtype(result = "RefreshReport")]
 pub struct Refresh {
+    /// Usernames, as the application sent them.
     pub users: Vec<String>,
 }
 
@@ -199,6 +201,7 @@ struct Shared {
     /// One client for every fetch: its connection pool keeps connections to
     /// the application alive.
     client: reqwest::Client,
+    /// Where each user's roster is fetched from.
     url: RosterUrl,
     /// The `Authorization` header, marked sensitive.
     authorization: Option<HeaderValue>,
@@ -212,6 +215,8 @@ struct Shared {
 }
 
 pub struct RosterCache {
+    /// The cache and what fetches need, shared with the futures serving
+    /// lookups and refreshes concurrently.
     shared: Arc<Shared>,
     /// Told about new rosters of online users.
     router: Addr<Router>,
