@@ -16,6 +16,10 @@ async fn metrics_after_logins_pass_promtool() {
     let server = TestServer::start(&config(&roster_auth(&roster_service.url(), "")));
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
     assert_eq!(alice.roster(None).await.attr("type"), Some("result"));
+    assert_eq!(
+        sample(&server.metrics().await, "gatehouse_roster_cache_entries"),
+        1.0
+    );
     roster_service.set("alice", r#"{"heidi@localhost": {}}"#);
     let refreshed = reqwest::Client::new()
         .post(format!("http://{}/roster_admin/refresh", server.http))

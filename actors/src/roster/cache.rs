@@ -273,6 +273,14 @@ impl Shared {
         &self.generations[hash as usize % GENERATION_SLOTS]
     }
 
+    /// Updates `gatehouse_roster_cache_entries` after the cache changed
+    /// (a fetch, a refresh); moka counts lazily, so its pending work is
+    /// done first.
+    async fn count_entries(&self) {
+        self.cache.run_pending_tasks().await;
+        metrics::gauge!("gatehouse_roster_cache_entries").set(self.cache.entry_count() as f64);
+    }
+
     /// The roster of `user`: concurrent lookups share one fetch, a failed
     /// fetch is not cached, and a roster fetched before the latest refresh
     /// of `user` is never returned.
@@ -286,13 +294,12 @@ impl Shared {
                     self.fetch(user).await
                 })
                 .await;
-            metrics::counter!(if fetched {
-                "gatehouse_roster_cache_misses_total"
+            if fetched {
+                metrics::counter!("gatehouse_roster_cache_misses_total").increment(1);
+                self.count_entries().await;
             } else {
-                "gatehouse_roster_cache_hits_total"
-            })
-            .increment(1);
-            metrics::gauge!("gatehouse_roster_cache_entries").set(self.cache.entry_count() as f64);
+                metrics::counter!("gatehouse_roster_cache_hits_total").increment(1);
+            }
             let current = self.generation(user).load(Ordering::Acquire);
             match result {
                 Ok(roster) if roster.generation >= current => return Ok(roster),
@@ -437,7 +444,7 @@ async fn refresh(
             }
         }
     }
-    metrics::gauge!("gatehouse_roster_cache_entries").set(shared.cache.entry_count() as f64);
+    shared.count_entries().await;
     let usernames: HashMap<&BareJid, &str> = jids
         .iter()
         .flat_map(|(user, user_jids)| user_jids.iter().map(move |jid| (jid, user.as_str())))
