@@ -10,9 +10,9 @@
 //! that the files it names exist (and, for TLS, contain PEM items); turning
 //! them into listeners, pools and TLS acceptors is the caller's job.
 //!
-//! Secrets: no field is secret yet, so the structs derive `Debug`. When one
-//! arrives (e.g. HTTP Basic credentials), give it a wrapper type whose `Debug`
-//! prints `***`, so that `{:?}` of a whole `Config` stays safe to log.
+//! Secrets (`auth.http.credentials`, `roster.authorization_header`,
+//! `roster_admin.token`) are [`Secret`]s, whose `Debug` prints `***`, so
+//! that `{:?}` of a whole `Config` stays safe to log.
 
 use std::fmt;
 use std::fs;
@@ -39,10 +39,14 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 const PROCESSES: RangeInclusive<usize> = 1..=1024;
 /// Zero means "never wait": refuse a login at once when all processes are busy.
 const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
-/// Concurrent requests to the HTTP auth backend.
+/// Concurrent requests to an HTTP backend (the auth API, the roster
+/// service); beyond this the application is the problem.
 const MAX_IN_FLIGHT: RangeInclusive<usize> = 1..=4096;
-/// Entries of the auth result cache.
+/// Entries of a cache (auth results, rosters); the upper bound catches a
+/// misplaced digit.
 const CACHE_CAPACITY: RangeInclusive<u64> = 1..=100_000_000;
+/// A refresh body: `[]` is the smallest; 64 MiB is millions of usernames.
+const REFRESH_BODY_BYTES: RangeInclusive<usize> = 2..=64 * 1024 * 1024;
 /// Longer than this is a typo (`5h` for `5s`), and far-future deadlines
 /// behave badly in timers.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -62,6 +66,65 @@ pub struct Config {
     pub http: HttpConfig,
     /// Where passwords are checked.
     pub auth: AuthConfig,
+    /// Where rosters come from. Optional: without it every roster is empty
+    /// and presence reaches the user's own resources only.
+    #[serde(default)]
+    pub roster: Option<RosterConfig>,
+    /// The `/roster_admin/refresh` endpoint. Optional: its defaults apply
+    /// whenever `[roster]` is set.
+    #[serde(default)]
+    pub roster_admin: Option<RosterAdminConfig>,
+}
+
+/// `[roster]`: rosters fetched from the application over HTTP (Prosody's
+/// `mod_http_roster_admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterConfig {
+    /// URL of a user's roster; `%s` is replaced by the URL-encoded username
+    /// (Prosody's `http_roster_url`).
+    pub url: String,
+    /// Rosters kept in memory; the least used are dropped first.
+    #[serde(default = "default_roster_cache_capacity")]
+    pub cache_capacity: u64,
+    /// A cached roster is fetched again after this long: a backstop for a
+    /// refresh the application failed to send.
+    #[serde(default = "default_roster_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long one fetch may take before the client gets
+    /// `<remote-server-timeout/>`.
+    #[serde(default = "default_roster_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Fetches in flight at once, so a login storm cannot flood the
+    /// application.
+    #[serde(default = "default_roster_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Sent verbatim as the `Authorization` header of every fetch, e.g.
+    /// `"Bearer …"`, when the application requires one.
+    #[serde(default)]
+    pub authorization_header: Option<Secret>,
+}
+
+/// `[roster_admin]`: the refresh endpoint on the HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterAdminConfig {
+    /// When set, refreshes need `Authorization: Bearer TOKEN`, so that only
+    /// the application can trigger them.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Largest refresh body accepted; a bigger one gets 413.
+    #[serde(default = "default_refresh_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for RosterAdminConfig {
+    fn default() -> Self {
+        RosterAdminConfig {
+            token: None,
+            max_body_bytes: default_refresh_max_body_bytes(),
+        }
+    }
 }
 
 /// `[c2s]`: the client-to-server listener.
@@ -361,6 +424,26 @@ fn default_auth_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_roster_cache_capacity() -> u64 {
+    100_000
+}
+
+fn default_roster_ttl() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+fn default_roster_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_roster_max_in_flight() -> usize {
+    64
+}
+
+fn default_refresh_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -496,6 +579,19 @@ impl Config {
                 self.auth.cache.capacity,
                 CACHE_CAPACITY,
             );
+        }
+        match (&self.roster, &self.roster_admin) {
+            (Some(roster), admin) => {
+                roster.validate(&mut problems);
+                if let Some(admin) = admin {
+                    admin.validate(&mut problems);
+                }
+            }
+            (None, Some(_)) => problems.add(
+                "roster_admin",
+                "needs a [roster] section: there is nothing to refresh without one",
+            ),
+            (None, None) => {}
         }
         problems.0
     }
@@ -774,6 +870,50 @@ impl ExternalAuthConfig {
         problems.range("auth.external.queue", self.queue, AUTH_QUEUE);
         problems.duration("auth.external.timeout", self.timeout);
         problems.duration("auth.external.queue_timeout", self.queue_timeout);
+    }
+}
+
+impl RosterConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if let Err(why) = gatehouse_actors::roster::RosterUrl::parse(&self.url) {
+            problems.add("roster.url", why.to_string());
+        }
+        problems.range("roster.cache_capacity", self.cache_capacity, CACHE_CAPACITY);
+        problems.duration("roster.ttl", self.ttl);
+        problems.duration("roster.timeout", self.timeout);
+        problems.range("roster.max_in_flight", self.max_in_flight, MAX_IN_FLIGHT);
+        if let Some(header) = &self.authorization_header {
+            let value = header.0.as_str();
+            if value.trim().is_empty()
+                || !value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                problems.add(
+                    "roster.authorization_header",
+                    "must be a non-empty header value of printable ASCII (no line breaks)",
+                );
+            }
+        }
+    }
+}
+
+impl RosterAdminConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if let Some(token) = &self.token {
+            let token = token.0.as_str();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.add(
+                    "roster_admin.token",
+                    "must be non-empty printable ASCII without spaces",
+                );
+            }
+        }
+        problems.range(
+            "roster_admin.max_body_bytes",
+            self.max_body_bytes,
+            REFRESH_BODY_BYTES,
+        );
     }
 }
 

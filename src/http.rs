@@ -1,12 +1,29 @@
 //! The operator HTTP listener (`[http] listen`): `/metrics` in Prometheus
-//! text format and `/health`.
+//! text format, `/health`, and, when `[roster]` is configured, the
+//! application's roster refresh endpoint (`/roster_admin/refresh`, as in
+//! Prosody's `mod_http_roster_admin`).
 //!
-//! It owns the HTTP surface only; what the metrics say is recorded by the
-//! components themselves.
+//! It owns the HTTP surface only: the refresh is done by the RosterCache
+//! actor; what the metrics say is recorded by the components themselves.
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use gatehouse_actors::roster::{Refresh, RosterCache};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
 use std::net::TcpListener;
+
+/// What the refresh endpoint needs.
+#[derive(Clone)]
+pub struct RosterAdmin {
+    /// Does the refreshing.
+    pub cache: Addr<RosterCache>,
+    /// When set, the bearer token a request must carry.
+    pub token: Option<String>,
+    /// Largest body accepted; a bigger one gets 413.
+    pub max_body_bytes: usize,
+}
 
 async fn metrics(handle: web::Data<&'static PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
@@ -18,17 +35,151 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// A JSON `{"status":"error","message":…}` answer.
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "status": "error", "message": message }))
+}
+
+/// Compares without stopping at the first difference, so response times
+/// do not reveal how much of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl RosterAdmin {
+    /// A 401 answer, unless the request carries the configured bearer
+    /// token (or none is configured).
+    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
+        let token = self.token.as_ref()?;
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if same_secret(given.trim().as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Some(response)
+    }
+
+    async fn refresh(&self, users: Vec<String>) -> HttpResponse {
+        let requested = users.len();
+        match self.cache.send(Refresh { users }).await {
+            Ok(report) => {
+                tracing::info!(
+                    requested,
+                    updated = report.updated,
+                    errors = report.errors,
+                    "roster refresh"
+                );
+                // As in Prosody: "error" only when the operation failed
+                // completely.
+                let (status, message) = if report.updated == 0 && report.errors > 0 {
+                    ("error", "no roster could be updated")
+                } else {
+                    ("ok", "roster update complete")
+                };
+                HttpResponse::Ok().json(json!({
+                    "status": status,
+                    "message": message,
+                    "updated": report.updated,
+                    "errors": report.errors,
+                }))
+            }
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the roster cache is not running",
+            ),
+        }
+    }
+}
+
+/// `POST /roster_admin/refresh` with a JSON array of usernames.
+async fn refresh_many(
+    request: HttpRequest,
+    payload: web::Payload,
+    admin: web::Data<RosterAdmin>,
+) -> HttpResponse {
+    if let Some(response) = admin.refusal(&request) {
+        return response;
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {} bytes", admin.max_body_bytes),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > admin.max_body_bytes) {
+        return too_large();
+    }
+    let body = match payload.to_bytes_limited(admin.max_body_bytes).await {
+        Err(_) => return too_large(),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        }
+        Ok(Ok(body)) => body,
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing body: expected a JSON array of usernames",
+        );
+    }
+    match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(users) => admin.refresh(users).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body must be a JSON array of usernames (strings): {e}"),
+        ),
+    }
+}
+
+/// `GET /roster_admin/refresh/USER`: one user.
+async fn refresh_one(
+    request: HttpRequest,
+    user: web::Path<String>,
+    admin: web::Data<RosterAdmin>,
+) -> HttpResponse {
+    if let Some(response) = admin.refusal(&request) {
+        return response;
+    }
+    admin.refresh(vec![user.into_inner()]).await
+}
+
 /// Starts the HTTP server on an already bound listener. One worker is
-/// plenty: scrapes and health checks are rare and cheap.
+/// plenty: scrapes, health checks and refreshes are cheap (a refresh only
+/// hands the usernames to the RosterCache).
 pub fn start(
     listener: TcpListener,
     handle: &'static PrometheusHandle,
+    roster_admin: Option<RosterAdmin>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(web::Data::new(handle))
             .route("/metrics", web::get().to(metrics))
-            .route("/health", web::get().to(health))
+            .route("/health", web::get().to(health));
+        match &roster_admin {
+            Some(admin) => app
+                .app_data(web::Data::new(admin.clone()))
+                .route("/roster_admin/refresh", web::post().to(refresh_many))
+                .route("/roster_admin/refresh/{user}", web::get().to(refresh_one)),
+            None => app,
+        }
     })
     .workers(1)
     .disable_signals()
@@ -36,4 +187,17 @@ pub fn start(
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3creT"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
 }

@@ -17,6 +17,7 @@ mod telemetry;
 use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::auth::Authenticator;
+use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
 use std::future::Future;
@@ -44,6 +45,8 @@ pub enum RunError {
     Http(std::io::Error),
     #[error("auth backend: {0}")]
     Auth(String),
+    #[error("roster: {0}")]
+    Roster(#[from] RosterError),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -86,7 +89,47 @@ impl Server {
                 source,
             })?;
         let http_addr = http_listener.local_addr().map_err(RunError::Http)?;
-        let http_server = http::start(http_listener, metrics).map_err(RunError::Http)?;
+        let hosts: Vec<String> = config
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let router = Router::default().start();
+        let roster = match &config.roster {
+            Some(roster) => Some(
+                RosterCache::new(
+                    RosterSettings {
+                        url: RosterUrl::parse(&roster.url).expect("validated: roster.url"),
+                        hosts: hosts.clone(),
+                        capacity: roster.cache_capacity,
+                        ttl: roster.ttl,
+                        timeout: roster.timeout,
+                        max_in_flight: roster.max_in_flight,
+                        authorization: roster.authorization_header.as_ref().map(|h| h.0.clone()),
+                    },
+                    router.clone(),
+                )?
+                .start(),
+            ),
+            None => None,
+        };
+        let roster_admin = roster.clone().map(|cache| {
+            let admin = config.roster_admin.clone().unwrap_or_default();
+            if admin.token.is_none() && !http_addr.ip().is_loopback() {
+                tracing::warn!(
+                    http = %http_addr,
+                    "/roster_admin/refresh is reachable beyond loopback without a token; \
+                     set roster_admin.token"
+                );
+            }
+            http::RosterAdmin {
+                cache,
+                token: admin.token.map(|t| t.0),
+                max_body_bytes: admin.max_body_bytes,
+            }
+        });
+        let http_server =
+            http::start(http_listener, metrics, roster_admin).map_err(RunError::Http)?;
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
@@ -97,17 +140,14 @@ impl Server {
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let services = Services {
-            router: Router::default().start(),
+            router,
             auth: auth.clone(),
+            roster,
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
         let settings = Arc::new(C2sSettings {
-            hosts: config
-                .hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            hosts,
             tls,
             require_tls: config.c2s.require_tls,
             max_stanza_bytes: config.c2s.max_stanza_bytes,

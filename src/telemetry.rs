@@ -77,4 +77,5 @@ fn describe() {
         "XEP-0077 account operations by operation and result"
     );
     gatehouse_actors::auth::describe_metrics();
+    gatehouse_actors::roster::describe_metrics();
 }

@@ -277,3 +277,41 @@ fn serving_an_invalid_config_exits_2() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("auth.external.procesess"), "{stderr}");
 }
+
+#[test]
+fn roster_sections_load_with_defaults_and_hide_their_secrets() {
+    let config = Config::load(&fixture("valid/roster.toml")).unwrap();
+    let roster = config.roster.as_ref().unwrap();
+    assert_eq!(
+        roster.url,
+        "https://app.example.com/contacts/%s?format=json"
+    );
+    assert_eq!(roster.cache_capacity, 5000);
+    assert_eq!(roster.ttl, Duration::from_secs(600));
+    assert_eq!(roster.timeout, Duration::from_secs(2));
+    assert_eq!(roster.max_in_flight, 8);
+    let header = roster.authorization_header.as_ref().unwrap();
+    assert_eq!(header.0, "Bearer s3cret");
+    let admin = config.roster_admin.as_ref().unwrap();
+    assert_eq!(admin.token.as_ref().unwrap().0, "t0ken");
+    assert_eq!(admin.max_body_bytes, 65_536);
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("s3cret") && !debug.contains("t0ken"),
+        "{debug}"
+    );
+
+    let minimal = fs::read_to_string(fixture("valid/minimal.toml")).unwrap();
+    let config = Config::parse(&minimal, &fixture("valid/minimal.toml")).unwrap();
+    assert!(config.roster.is_none() && config.roster_admin.is_none());
+    let text = format!("{minimal}\n[roster]\nurl = \"http://app/%s\"\n");
+    let roster = Config::parse(&text, &fixture("valid/minimal.toml"))
+        .unwrap()
+        .roster
+        .unwrap();
+    assert_eq!(roster.cache_capacity, 100_000);
+    assert_eq!(roster.ttl, Duration::from_secs(3600));
+    assert_eq!(roster.timeout, Duration::from_secs(5));
+    assert_eq!(roster.max_in_flight, 64);
+    assert!(roster.authorization_header.is_none());
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::roster_service::RosterService;
 use common::*;
 
 #[actix_rt::test]
@@ -33,4 +34,57 @@ async fn no_plain_before_tls_when_tls_is_required() {
         c.auth("alice", "wonderland").await,
         Err("encryption-required".into())
     );
+}
+
+#[actix_rt::test]
+async fn slixmpp_gets_its_roster_from_the_application_and_a_push_after_a_refresh() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let backend = RosterService::start();
+    backend.set(
+        "alice",
+        r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]}}"#,
+    );
+    let (toml, ca) = tls_config(&roster_auth(&backend.url(), ""));
+    let server = TestServer::start(&toml);
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root().join("tests/interop/slix_roster.py"))
+        .args(["--port", &server.c2s.port().to_string(), "--ca", &ca])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    while let Some(line) = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("slixmpp answered in time")
+        .unwrap()
+    {
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line == "roster ok" {
+            backend.set(
+                "alice",
+                r#"{"bob@localhost": {"name": "Bob", "groups": ["Friends"]},
+                    "carol@localhost": {"name": "Carol"}}"#,
+            );
+            let response = reqwest::Client::new()
+                .post(format!("http://{}/roster_admin/refresh", server.http))
+                .body(r#"["alice"]"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+    }
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "slixmpp failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("push ok\ninterop ok"), "{stdout}");
+    assert_eq!(backend.requests("alice"), 2);
 }

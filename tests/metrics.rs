@@ -1,17 +1,38 @@
-//! `/metrics` after real logins: every required series is exported, the
-//! histograms have buckets, and `promtool check metrics` (Debian package
-//! `prometheus`) reports nothing.
+//! `/metrics` after real logins, roster fetches and a roster refresh: every
+//! required series is exported, the histograms have buckets, and `promtool
+//! check metrics` (Debian package `prometheus`) reports nothing.
 
 mod common;
 
+use common::roster_service::RosterService;
 use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 #[actix_rt::test]
 async fn metrics_after_logins_pass_promtool() {
-    let server = TestServer::start(&config(&fixture_auth("")));
-    let (_alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    let roster_service = RosterService::start();
+    roster_service.set("alice", r#"{"bob@localhost": {}, "not a jid": {}}"#);
+    let server = TestServer::start(&config(&roster_auth(&roster_service.url(), "")));
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    assert_eq!(alice.roster(None).await.attr("type"), Some("result"));
+    assert_eq!(
+        sample(&server.metrics().await, "gatehouse_roster_cache_entries"),
+        1.0
+    );
+    roster_service.set("alice", r#"{"heidi@localhost": {}}"#);
+    let refreshed = reqwest::Client::new()
+        .post(format!("http://{}/roster_admin/refresh", server.http))
+        .body(r#"["alice", "bob", ""]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status().as_u16(), 200);
+    // The pushes arrive once the refresh is done; the roster the refresh
+    // fetched is cached.
+    alice.element().await;
+    alice.element().await;
+    assert_eq!(alice.roster(None).await.attr("type"), Some("result"));
     let mut c = Client::connect(server.c2s).await;
     c.open("localhost").await;
     assert_eq!(c.auth("alice", "wrong").await, Err("not-authorized".into()));
@@ -33,6 +54,12 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_logins_total",
         "gatehouse_sessions",
         "gatehouse_connections",
+        "gatehouse_roster_cache_hits_total",
+        "gatehouse_roster_cache_misses_total",
+        "gatehouse_roster_cache_entries",
+        "gatehouse_roster_items_skipped_total",
+        "gatehouse_roster_refresh_users_total",
+        "gatehouse_roster_pushes_total",
     ];
     let scrape = server
         .metrics_when("every required metric", |scrape| {
@@ -45,6 +72,7 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_auth_wait_seconds",
         "gatehouse_auth_request_duration_seconds",
         "gatehouse_login_duration_seconds",
+        "gatehouse_roster_fetch_duration_seconds",
     ] {
         assert!(
             scrape.contains(&format!("# TYPE {histogram} histogram")),

@@ -2,15 +2,20 @@
 //! between them (RFC 6121 §8 for messages and presence, RFC 6120 §10 for
 //! IQs).
 //!
-//! It owns who is online and where a stanza addressed to a JID goes. It
-//! must not parse client input or answer IQs meant for the server: sessions
-//! hand it stanzas whose `from` they have already stamped.
+//! It owns who is online, the rosters of online users (which decide where
+//! their presence goes, RFC 6121 §4), roster pushes, and where a stanza
+//! addressed to a JID goes. It must not parse client input, answer IQs
+//! meant for the server or fetch rosters: sessions hand it stanzas whose
+//! `from` they have already stamped, and rosters fetched by the
+//! RosterCache.
 
+use crate::roster::{Change, Roster};
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What the router tells a session.
 #[derive(Message)]
@@ -44,12 +49,51 @@ pub struct Unbind {
 }
 
 /// Presence without a `to`: the resource's own availability, broadcast to
-/// the user's other available resources.
+/// the user's other available resources and to the available resources of
+/// the contacts in the user's roster.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Broadcast {
     pub from: FullJid,
     pub presence: Element,
+    /// The user's roster, when the session fetched it for this presence
+    /// (initial presence); otherwise the one the Router holds is used.
+    pub roster: Option<Arc<Roster>>,
+}
+
+/// A resource asked for its roster: it will receive roster pushes from now
+/// on. The answer is the roster to give it: `roster`, or a newer one the
+/// Router already holds.
+#[derive(Message)]
+#[rtype(result = "Arc<Roster>")]
+pub struct UseRoster {
+    /// The resource that asked.
+    pub jid: FullJid,
+    /// The resource's session; a replaced session is not marked.
+    pub session_id: u64,
+    /// The roster the session fetched for it.
+    pub roster: Arc<Roster>,
+}
+
+/// A user's roster changed (a refresh): push the difference to the
+/// resources that asked for the roster, and exchange presence with added
+/// and removed contacts.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RosterChanged {
+    /// Whose roster.
+    pub user: BareJid,
+    /// The new roster, fetched after the refresh.
+    pub roster: Arc<Roster>,
+}
+
+/// Which of these users have a roster loaded here (are online and fetched
+/// it): only their rosters need fetching again after a refresh.
+#[derive(Message)]
+#[rtype(result = "Vec<BareJid>")]
+pub struct LoadedRosters {
+    /// The users named in a refresh, on every served domain.
+    pub jids: Vec<BareJid>,
 }
 
 /// A stanza addressed to a local JID, with `from` stamped by the sender's
@@ -78,6 +122,9 @@ struct Resource {
     resource: String,
     session_id: u64,
     mailbox: Recipient<ToSession>,
+    /// Whether the resource asked for its roster (RFC 6121 §2.1.6: only
+    /// such "interested" resources receive roster pushes).
+    wants_roster: bool,
     /// The last available presence the resource broadcast; `None` until
     /// initial presence and after unavailable presence. Only available
     /// resources receive messages sent to the bare JID.
@@ -103,6 +150,10 @@ impl Resource {
 pub struct Router {
     /// Bound resources per user.
     users: HashMap<BareJid, Vec<Resource>>,
+    /// Rosters of online users, kept while the user has a bound resource.
+    rosters: HashMap<BareJid, Arc<Roster>>,
+    /// Numbers the `id`s of roster pushes.
+    pushes: u64,
 }
 
 impl Actor for Router {
@@ -127,6 +178,100 @@ impl Router {
     fn bounce(&self, from: &FullJid, stanza: &Element, error: StanzaError) {
         if let (Some(sender), Some(reply)) = (self.find(from), stanza::error_reply(stanza, error)) {
             sender.mailbox.do_send(ToSession::Stanza(reply));
+        }
+    }
+
+    /// The contacts in `user`'s roster, if the Router holds it.
+    fn contacts<'a>(&'a self, user: &'a BareJid) -> impl Iterator<Item = &'a BareJid> {
+        self.rosters
+            .get(user)
+            .into_iter()
+            .flat_map(|roster| roster.items.keys())
+            .filter(move |contact| *contact != user)
+    }
+
+    /// The current presence of every available resource of `user`, or,
+    /// with `leaving`, the unavailable presence each would send on leaving.
+    fn presences(&self, user: &BareJid, leaving: bool) -> Vec<Element> {
+        self.users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| match &r.presence {
+                Some(_) if leaving => FullJid::new(&format!("{user}/{}", r.resource))
+                    .ok()
+                    .map(|jid| unavailable_from(&jid)),
+                presence => presence.clone(),
+            })
+            .collect()
+    }
+
+    /// A resource's own presence: to the user's other available resources
+    /// and to every available resource of its contacts.
+    fn broadcast_presence(&self, user: &BareJid, except: Option<&str>, presence: &Element) {
+        self.to_available(user, except, presence);
+        for contact in self.contacts(user) {
+            self.to_available(contact, None, presence);
+        }
+    }
+
+    /// Makes `new` the roster of online `user` unless the Router holds a
+    /// newer one, and pushes what changed to the resources that asked for
+    /// the roster (but not to session `except`, which gets it whole).
+    /// Returns the roster now held.
+    fn apply_roster(
+        &mut self,
+        user: &BareJid,
+        new: Arc<Roster>,
+        except: Option<u64>,
+    ) -> Arc<Roster> {
+        if !self.users.contains_key(user) {
+            return new;
+        }
+        match self.rosters.get(user).cloned() {
+            Some(old) if old.generation > new.generation => return old,
+            Some(old) if old.ver != new.ver => {
+                self.rosters.insert(user.clone(), new.clone());
+                self.roster_changed(user, &old, &new, except);
+            }
+            _ => {
+                self.rosters.insert(user.clone(), new.clone());
+            }
+        }
+        new
+    }
+
+    /// Pushes each change to the interested resources of `user`, and
+    /// exchanges presence with added (available) and removed (unavailable)
+    /// contacts, both ways.
+    fn roster_changed(&mut self, user: &BareJid, old: &Roster, new: &Roster, except: Option<u64>) {
+        for change in old.diff(new) {
+            for r in self.users.get(user).into_iter().flatten() {
+                if !r.wants_roster || Some(r.session_id) == except {
+                    continue;
+                }
+                self.pushes += 1;
+                let to = format!("{user}/{}", r.resource);
+                let id = format!("push{}", self.pushes);
+                r.mailbox
+                    .do_send(ToSession::Stanza(change.push(&to, &id, &new.ver)));
+                metrics::counter!("gatehouse_roster_pushes_total").increment(1);
+            }
+            let contact = change.jid();
+            if contact == user {
+                continue;
+            }
+            let (mine, theirs) = match change {
+                Change::Added(..) => (self.presences(user, false), self.presences(contact, false)),
+                Change::Removed(_) => (self.presences(user, true), self.presences(contact, true)),
+                Change::Updated(..) => continue,
+            };
+            for presence in &mine {
+                self.to_available(contact, None, presence);
+            }
+            for presence in &theirs {
+                self.to_available(user, None, presence);
+            }
         }
     }
 
@@ -196,13 +341,14 @@ impl Handler<Bind> for Router {
             resource: resource.to_owned(),
             session_id: msg.session_id,
             mailbox: msg.mailbox,
+            wants_roster: false,
             presence: None,
         };
         if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
             let old = std::mem::replace(old, new);
             old.mailbox.do_send(ToSession::Replaced);
             if old.presence.is_some() {
-                self.to_available(
+                self.broadcast_presence(
                     &msg.jid.to_bare(),
                     Some(resource),
                     &unavailable_from(&msg.jid),
@@ -229,12 +375,14 @@ impl Handler<Unbind> for Router {
             return;
         };
         let gone = resources.swap_remove(pos);
-        if resources.is_empty() {
-            self.users.remove(&bare);
-        }
+        let last = resources.is_empty();
         Self::count_bound(-1.0);
         if gone.presence.is_some() {
-            self.to_available(&bare, None, &unavailable_from(&msg.jid));
+            self.broadcast_presence(&bare, None, &unavailable_from(&msg.jid));
+        }
+        if last {
+            self.users.remove(&bare);
+            self.rosters.remove(&bare);
         }
     }
 }
@@ -246,6 +394,9 @@ impl Handler<Broadcast> for Router {
         let bare = msg.from.to_bare();
         let resource = msg.from.resource().as_str();
         let available = msg.presence.attr("type").is_none();
+        if let Some(roster) = msg.roster {
+            self.apply_roster(&bare, roster, None);
+        }
         let Some(resources) = self.users.get_mut(&bare) else {
             return;
         };
@@ -256,15 +407,21 @@ impl Handler<Broadcast> for Router {
         me.presence = available.then(|| msg.presence.clone());
         let mailbox = me.mailbox.clone();
         // Own resources see each other like contacts (RFC 6121 §4.2.2): the
-        // others get this presence, and a newly available resource gets the
-        // others' current presence.
-        self.to_available(&bare, Some(resource), &msg.presence);
+        // others and the contacts get this presence, and a newly available
+        // resource gets the current presence of the others and of the
+        // contacts (§4.2.2's probes, answered from what the Router holds).
+        self.broadcast_presence(&bare, Some(resource), &msg.presence);
         if available && !was_available {
             for other in self.users.get(&bare).into_iter().flatten() {
                 if other.resource != resource {
                     if let Some(p) = &other.presence {
                         mailbox.do_send(ToSession::Stanza(p.clone()));
                     }
+                }
+            }
+            for contact in self.contacts(&bare) {
+                for p in self.presences(contact, false) {
+                    mailbox.do_send(ToSession::Stanza(p));
                 }
             }
         }
@@ -289,5 +446,45 @@ impl Handler<Route> for Router {
             },
             Err(bare) => self.route_to_bare(&msg, bare),
         }
+    }
+}
+
+impl Handler<UseRoster> for Router {
+    type Result = MessageResult<UseRoster>;
+
+    fn handle(&mut self, msg: UseRoster, _: &mut Self::Context) -> Self::Result {
+        let bare = msg.jid.to_bare();
+        let resource = msg.jid.resource().as_str();
+        let Some(me) = self
+            .users
+            .get_mut(&bare)
+            .and_then(|rs| rs.iter_mut().find(|r| r.resource == resource))
+            .filter(|r| r.session_id == msg.session_id)
+        else {
+            return MessageResult(msg.roster);
+        };
+        me.wants_roster = true;
+        MessageResult(self.apply_roster(&bare, msg.roster, Some(msg.session_id)))
+    }
+}
+
+impl Handler<RosterChanged> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: RosterChanged, _: &mut Self::Context) {
+        self.apply_roster(&msg.user, msg.roster, None);
+    }
+}
+
+impl Handler<LoadedRosters> for Router {
+    type Result = MessageResult<LoadedRosters>;
+
+    fn handle(&mut self, msg: LoadedRosters, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            msg.jids
+                .into_iter()
+                .filter(|jid| self.rosters.contains_key(jid))
+                .collect(),
+        )
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod backend;
+pub mod roster_service;
 
 use base64::Engine;
 use bytes::BytesMut;
@@ -246,6 +247,12 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// The auth fixture plus a `[roster]` section fetching from `url`, and any
+/// `extra` TOML after it.
+pub fn roster_auth(url: &str, extra: &str) -> String {
+    format!("{}\n[roster]\nurl = \"{url}\"\n{extra}\n", fixture_auth(""))
+}
+
 /// A raw XMPP client over a real socket.
 pub struct Client {
     stream: TcpStream,
@@ -348,6 +355,16 @@ impl Client {
         client.open("localhost").await;
         let jid = client.bind(resource).await;
         (client, jid)
+    }
+
+    /// Sends a roster get (with `ver` if given) and returns the answer.
+    pub async fn roster(&mut self, ver: Option<&str>) -> Element {
+        let ver = ver.map(|v| format!(" ver='{v}'")).unwrap_or_default();
+        self.send(&format!(
+            "<iq type='get' id='roster'><query xmlns='jabber:iq:roster'{ver}/></iq>"
+        ))
+        .await;
+        self.element().await
     }
 
     pub async fn bind(&mut self, resource: &str) -> String {

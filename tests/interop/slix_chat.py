@@ -8,41 +8,10 @@ reason otherwise.
 """
 import argparse
 import asyncio
-import ssl
-import sys
 
-import slixmpp
+from slix_common import TIMEOUT, client, finish, run, start
 
-TIMEOUT = 20
-
-
-def client(jid, password, ctx):
-    c = slixmpp.ClientXMPP(jid, password)
-    c.ssl_context = ctx
-    c.register_plugin("xep_0030")
-    c.register_plugin("xep_0199")
-    return c
-
-
-async def start(c, port):
-    ready = asyncio.get_running_loop().create_future()
-
-    def on_start(_):
-        c.send_presence()
-        if not ready.done():
-            ready.set_result(True)
-
-    def on_fail(_):
-        if not ready.done():
-            ready.set_exception(RuntimeError(f"{c.boundjid}: authentication failed"))
-
-    c.add_event_handler("session_start", on_start)
-    c.add_event_handler("failed_all_auth", on_fail)
-    c.connect("127.0.0.1", port)
-    await asyncio.wait_for(ready, TIMEOUT)
-    # After STARTTLS slixmpp's socket is the TLS object itself.
-    if not isinstance(c.socket, (ssl.SSLSocket, ssl.SSLObject)):
-        raise RuntimeError(f"{c.boundjid}: session is not encrypted")
+PLUGINS = ("xep_0030", "xep_0199")
 
 
 async def main():
@@ -50,9 +19,8 @@ async def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ca", required=True)
     args = ap.parse_args()
-    ctx = ssl.create_default_context(cafile=args.ca)
 
-    bob = client("bob@localhost/slix", "builder", ctx)
+    bob = client("bob@localhost/slix", "builder", args.ca, PLUGINS)
     got = asyncio.get_running_loop().create_future()
     bob.add_event_handler(
         "message",
@@ -60,7 +28,7 @@ async def main():
     )
     await start(bob, args.port)
 
-    alice = client("alice@localhost/slix", "wonderland", ctx)
+    alice = client("alice@localhost/slix", "wonderland", args.ca, PLUGINS)
     await start(alice, args.port)
     alice.send_message(mto="bob@localhost/slix", mbody="hello bob", mtype="chat")
     msg = await asyncio.wait_for(got, TIMEOUT)
@@ -70,15 +38,8 @@ async def main():
     rtt = await alice.plugin["xep_0199"].ping(jid="localhost", timeout=TIMEOUT)
     print(f"ping rtt {rtt:.4f}s")
 
-    for c in (alice, bob):
-        c.disconnect()
-    await asyncio.sleep(0.2)
-    print("interop ok")
+    await finish(alice, bob)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except Exception as e:  # report any failure as a test failure
-        print(f"interop failed: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main)

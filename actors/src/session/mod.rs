@@ -1,7 +1,7 @@
 //! The Session actor: one per client connection, speaking the client side
 //! of RFC 6120/6121 — stream headers, STARTTLS, SASL PLAIN, resource
-//! binding and the server's own IQs — and handing addressed stanzas to the
-//! Router.
+//! binding, the server's own IQs and the account's roster (read-only, from
+//! the RosterCache) — and handing addressed stanzas to the Router.
 //!
 //! It owns one connection's protocol state. It must not touch the socket
 //! (its I/O task in [`connection`] does) nor decide where other users'
@@ -12,6 +12,7 @@ mod connection;
 mod sasl;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser};
@@ -62,6 +63,9 @@ pub struct Services {
     /// The auth backend (pool and cache) and the account operations the
     /// deployment allows.
     pub auth: Authenticator,
+    /// Where rosters come from; `None` when no roster service is configured
+    /// (roster gets are then answered with an empty roster).
+    pub roster: Option<Addr<RosterCache>>,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -91,6 +95,8 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         user: None,
         jid: None,
         sasl_failures: 0,
+        roster_loaded: false,
+        held: None,
         closing: false,
     }
     .start();
@@ -178,6 +184,13 @@ pub struct Session {
     /// The bound full JID.
     jid: Option<FullJid>,
     sasl_failures: u32,
+    /// Whether the Router holds this user's roster on this session's behalf
+    /// (after a roster get or an initial presence that fetched it).
+    roster_loaded: bool,
+    /// Stanzas from the Router held back while a roster get waits for the
+    /// Router's answer, so that no roster push reaches the client before
+    /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
+    held: Option<Vec<Element>>,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
 }
@@ -236,7 +249,11 @@ impl Handler<ToSession> for Session {
             return;
         }
         match msg {
-            ToSession::Stanza(el) => self.send(&el),
+            ToSession::Stanza(el) => match &mut self.held {
+                Some(held) if held.len() < self.settings.max_outbound_queue => held.push(el),
+                Some(_) => self.too_slow(),
+                None => self.send(&el),
+            },
             ToSession::Replaced => {
                 // The newer session owns the JID now: do not unbind it.
                 self.jid = None;
@@ -289,14 +306,17 @@ impl Session {
         }
         match self.out.try_send(Outbound::Data(data.into())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
-                metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
-                self.closing = true;
-                self.kill.cancel();
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.too_slow(),
             Err(mpsc::error::TrySendError::Closed(_)) => self.closing = true,
         }
+    }
+
+    /// More is waiting for the client than `max_outbound_queue`: drop it.
+    fn too_slow(&mut self) {
+        tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
+        metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
+        self.closing = true;
+        self.kill.cancel();
     }
 
     fn send(&mut self, el: &Element) {
@@ -374,7 +394,11 @@ impl Session {
         if self.phase == Phase::AwaitBind {
             let mut session = Element::bare("session", ns::SESSION);
             session.append_child(Element::bare("optional", ns::SESSION));
-            return vec![Element::bare("bind", ns::BIND), session];
+            let mut features = vec![Element::bare("bind", ns::BIND), session];
+            if self.services.roster.is_some() {
+                features.push(Element::bare("ver", ns::ROSTER_VER));
+            }
+            return features;
         }
         let mut features = Vec::new();
         if !self.secure && self.settings.tls.is_some() {
@@ -404,7 +428,7 @@ impl Session {
             Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
             Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
             Phase::Bound if self.is_account_iq(&el) => self.account(el),
-            Phase::Bound => ready(self.stanza(el)),
+            Phase::Bound => self.stanza(el),
             Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
                 ready(self.stream_error(StreamErrorCondition::NotAuthorized))
             }
@@ -580,9 +604,9 @@ impl Session {
 
     /// A stanza from a bound client: stamp `from`, then answer it here (the
     /// server's and the account's own IQs) or hand it to the Router.
-    fn stanza(&mut self, mut el: Element) -> Next {
+    fn stanza(&mut self, mut el: Element) -> ResponseActFuture<Self, Next> {
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
-            return self.stream_error(StreamErrorCondition::UnsupportedStanzaType);
+            return ready(self.stream_error(StreamErrorCondition::UnsupportedStanzaType));
         }
         let me = self.jid.clone().expect("bound");
         stanza::set_attr(&mut el, "from", me.to_string());
@@ -591,7 +615,7 @@ impl Session {
             Some(Ok(to)) => Some(to),
             Some(Err(_)) => {
                 self.reply_error(&el, StanzaError::JID_MALFORMED);
-                return Next::Continue;
+                return ready(Next::Continue);
             }
         };
         if let Some(to) = &to {
@@ -605,17 +629,21 @@ impl Session {
                 if el.name() != "presence" {
                     self.reply_error(&el, StanzaError::REMOTE_SERVER_NOT_FOUND);
                 }
-                return Next::Continue;
+                return ready(Next::Continue);
             }
         }
+        let to_account = to
+            .as_ref()
+            .is_none_or(|to| to.try_as_full().err() == Some(&me.to_bare()));
+        if el.name() == "iq" && to_account && el.has_child("query", ns::ROSTER) {
+            return self.roster_iq(el, me);
+        }
         match (el.name(), to) {
+            // Rosters belong to the application: subscription requests and
+            // answers are dropped (Prosody's mod_block_subscriptions).
+            ("presence", _) if self.services.roster.is_some() && is_subscription(&el) => {}
             // Presence without `to` is the resource's own availability.
-            ("presence", None) => {
-                self.services.router.do_send(router::Broadcast {
-                    from: me,
-                    presence: el,
-                });
-            }
+            ("presence", None) => return self.own_presence(me, el),
             // Messages without `to` go to the sender's own bare JID.
             ("message", None) => {
                 let to = Jid::from(me.to_bare());
@@ -639,7 +667,121 @@ impl Session {
                 stanza: el,
             }),
         }
-        Next::Continue
+        ready(Next::Continue)
+    }
+
+    /// The resource's own presence, broadcast by the Router to the user's
+    /// resources and contacts. The first available presence fetches the
+    /// roster, unless a roster get already did: without it the Router would
+    /// not know the contacts. A failed fetch is logged and the presence
+    /// reaches the user's own resources only.
+    fn own_presence(&mut self, from: FullJid, presence: Element) -> ResponseActFuture<Self, Next> {
+        let initial = presence.attr("type").is_none() && !self.roster_loaded;
+        let cache = match &self.services.roster {
+            Some(cache) if initial => cache.clone(),
+            _ => {
+                self.services.router.do_send(router::Broadcast {
+                    from,
+                    presence,
+                    roster: None,
+                });
+                return ready(Next::Continue);
+            }
+        };
+        let user = self.user.clone().expect("authenticated");
+        Box::pin(
+            async move { fetch_roster(&cache, user).await }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    let roster = match result {
+                        Ok(roster) => {
+                            act.roster_loaded = true;
+                            Some(roster)
+                        }
+                        Err(error) => {
+                            tracing::warn!(jid = %from, %error, "no roster for initial presence");
+                            None
+                        }
+                    };
+                    act.services.router.do_send(router::Broadcast {
+                        from,
+                        presence,
+                        roster,
+                    });
+                    Next::Continue
+                }),
+        )
+    }
+
+    /// `jabber:iq:roster` for the account (RFC 6121 §2, XEP-0237): a get is
+    /// answered from the RosterCache, or with an empty result when the
+    /// client's `ver` is current; a set is `<not-allowed/>`, since rosters
+    /// belong to the application. Without a roster service the roster is
+    /// empty.
+    fn roster_iq(&mut self, iq: Element, me: FullJid) -> ResponseActFuture<Self, Next> {
+        if iq.attr("type") != Some("get") {
+            if stanza::is_iq_request(&iq) {
+                self.reply_error(&iq, StanzaError::NOT_ALLOWED);
+            }
+            return ready(Next::Continue);
+        }
+        let Some(cache) = self.services.roster.clone() else {
+            let reply = stanza::iq_result(&iq, Some(Element::bare("query", ns::ROSTER)));
+            self.send(&reply);
+            return ready(Next::Continue);
+        };
+        let client_ver = iq
+            .get_child("query", ns::ROSTER)
+            .and_then(|q| q.attr("ver"))
+            .map(str::to_owned);
+        let user = self.user.clone().expect("authenticated");
+        Box::pin(
+            async move { fetch_roster(&cache, user).await }
+                .into_actor(self)
+                .then(move |fetched, act, _| {
+                    if fetched.is_ok() {
+                        act.held = Some(Vec::new());
+                    }
+                    let router = act.services.router.clone();
+                    let session_id = act.id;
+                    async move {
+                        let roster = fetched?;
+                        // The Router may hold a newer roster (a refresh
+                        // overtook this fetch); from now on this resource
+                        // gets pushes.
+                        let fallback = roster.clone();
+                        let used = router.send(router::UseRoster {
+                            jid: me,
+                            session_id,
+                            roster,
+                        });
+                        Ok(used.await.unwrap_or(fallback))
+                    }
+                    .into_actor(act)
+                })
+                .map(move |result: Result<Arc<Roster>, RosterError>, act, _| {
+                    match result {
+                        Ok(roster) => {
+                            act.roster_loaded = true;
+                            let current = client_ver.as_deref() == Some(roster.ver.as_str());
+                            let payload = (!current).then(|| roster.to_query());
+                            act.send(&stanza::iq_result(&iq, payload));
+                        }
+                        Err(error) => {
+                            tracing::warn!(peer = %act.peer, %error, "roster get failed");
+                            let condition = match error {
+                                RosterError::Timeout => StanzaError::REMOTE_SERVER_TIMEOUT,
+                                _ => StanzaError::INTERNAL_SERVER_ERROR,
+                            };
+                            act.reply_error(&iq, condition);
+                        }
+                    }
+                    for el in act.held.take().unwrap_or_default() {
+                        act.send(&el);
+                    }
+                    Next::Continue
+                }),
+        )
     }
 
     fn reply_error(&mut self, el: &Element, error: StanzaError) {
@@ -679,6 +821,21 @@ impl Session {
             None => self.reply_error(iq, StanzaError::SERVICE_UNAVAILABLE),
         }
     }
+}
+
+/// Presence types that manage subscriptions (RFC 6121 §3).
+fn is_subscription(presence: &Element) -> bool {
+    matches!(
+        presence.attr("type"),
+        Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")
+    )
+}
+
+async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Roster>, RosterError> {
+    cache
+        .send(GetRoster { user })
+        .await
+        .unwrap_or(Err(RosterError::Stopped))
 }
 
 /// The server's XEP-0030 identity and features; `register` when some

@@ -11,5 +11,7 @@ pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const PING: &str = "urn:xmpp:ping";
 pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const ROSTER: &str = "jabber:iq:roster";
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";

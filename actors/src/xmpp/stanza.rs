@@ -85,6 +85,16 @@ impl StanzaError {
         kind: ErrorType::Cancel,
         condition: "not-allowed",
     };
+    /// Something on the server's side failed; a retry may work.
+    pub const INTERNAL_SERVER_ERROR: StanzaError = StanzaError {
+        kind: ErrorType::Wait,
+        condition: "internal-server-error",
+    };
+    /// A service the server depends on did not answer in time.
+    pub const REMOTE_SERVER_TIMEOUT: StanzaError = StanzaError {
+        kind: ErrorType::Wait,
+        condition: "remote-server-timeout",
+    };
     pub const CONFLICT: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
         condition: "conflict",

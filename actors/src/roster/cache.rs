@@ -1,0 +1,541 @@
+//! The RosterCache actor: fetches rosters from the application over HTTP
+//! and keeps them in a bounded, expiring cache; drops and re-fetches them
+//! when the application says they changed (`/roster_admin/refresh`).
+//!
+//! It owns the cache, the one shared HTTP client, the bound on concurrent
+//! fetches and the per-user generations that keep a refresh from being
+//! undone by a fetch that started before it. It must not talk to clients:
+//! rosters that changed for online users go to the Router, which pushes
+//! them.
+
+use super::{ParseError, Roster};
+use crate::router::{LoadedRosters, RosterChanged, Router};
+use actix::prelude::*;
+use futures_util::StreamExt;
+use jid::BareJid;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Largest roster body read from the application; a bigger one is an error
+/// rather than unbounded memory.
+const MAX_ROSTER_BYTES: usize = 16 * 1024 * 1024;
+/// Generation slots; users hash into them, so memory stays bounded however
+/// many users are refreshed. Two users sharing a slot only cost each other
+/// an occasional extra fetch.
+const GENERATION_SLOTS: usize = 4096;
+/// How often one lookup starts over because a refresh overtook its fetch.
+const MAX_ATTEMPTS: usize = 4;
+/// Everything but RFC 3986 unreserved characters is percent-encoded.
+const USERNAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Help texts of the roster metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "gatehouse_roster_cache_hits_total",
+        "Roster lookups served without starting a fetch (cached, or joined a fetch in flight)"
+    );
+    describe_counter!(
+        "gatehouse_roster_cache_misses_total",
+        "Roster lookups that started a fetch from the application"
+    );
+    describe_histogram!(
+        "gatehouse_roster_fetch_duration_seconds",
+        Unit::Seconds,
+        "Roster fetches from the application, by result: success, error, timeout"
+    );
+    describe_gauge!(
+        "gatehouse_roster_cache_entries",
+        "Rosters in the cache (approximate)"
+    );
+    describe_counter!(
+        "gatehouse_roster_refresh_users_total",
+        "Users named in roster refreshes, by result: dropped (offline), refetched, error"
+    );
+    describe_counter!(
+        "gatehouse_roster_pushes_total",
+        "Roster pushes sent to client resources"
+    );
+    describe_counter!(
+        "gatehouse_roster_items_skipped_total",
+        "Malformed contacts skipped in rosters from the application"
+    );
+}
+
+/// A roster URL template: `%s` is replaced by the URL-encoded username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterUrl(String);
+
+/// Why a roster URL template is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("must contain %s, where the username goes")]
+    MissingPlaceholder,
+    #[error("must be an http:// or https:// URL")]
+    Scheme,
+    #[error("is not a valid URL: {0}")]
+    Invalid(String),
+}
+
+impl RosterUrl {
+    pub fn parse(template: &str) -> Result<RosterUrl, UrlError> {
+        if !template.contains("%s") {
+            return Err(UrlError::MissingPlaceholder);
+        }
+        let url = reqwest::Url::parse(&template.replace("%s", "user"))
+            .map_err(|e| UrlError::Invalid(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UrlError::Scheme);
+        }
+        Ok(RosterUrl(template.to_owned()))
+    }
+
+    /// The URL of `user`'s roster.
+    fn for_user(&self, user: &str) -> String {
+        self.0.replace(
+            "%s",
+            &utf8_percent_encode(user, USERNAME_ESCAPES).to_string(),
+        )
+    }
+}
+
+/// Settings of the roster cache.
+#[derive(Clone)]
+pub struct RosterSettings {
+    /// Where rosters are fetched from.
+    pub url: RosterUrl,
+    /// The served domains: a refreshed username is online on any of them.
+    pub hosts: Vec<String>,
+    /// Rosters kept; the least used go first.
+    pub capacity: u64,
+    /// A cached roster is fetched again after this long, as a backstop for
+    /// a missed refresh.
+    pub ttl: Duration,
+    /// How long one fetch (including waiting for a free slot) may take.
+    pub timeout: Duration,
+    /// Fetches in flight at once, so a login storm cannot flood the
+    /// application.
+    pub max_in_flight: usize,
+    /// Sent as the `Authorization` header of every fetch, when set. Secret.
+    pub authorization: Option<String>,
+}
+
+impl fmt::Debug for RosterSettings {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("RosterSettings")
+            .field("url", &self.url)
+            .field("hosts", &self.hosts)
+            .field("capacity", &self.capacity)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("authorization", &self.authorization.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Why a roster could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RosterError {
+    #[error("the roster service did not answer within the timeout")]
+    Timeout,
+    #[error("roster request failed: {0}")]
+    Request(String),
+    #[error("the roster service answered HTTP {0}")]
+    Status(u16),
+    #[error("the roster is larger than {MAX_ROSTER_BYTES} bytes")]
+    TooLarge,
+    #[error("the roster service answered something that is not a roster: {0}")]
+    Malformed(#[from] ParseError),
+    #[error("the roster kept changing while it was fetched")]
+    Superseded,
+    #[error("the roster cache is not running")]
+    Stopped,
+    #[error("the roster HTTP client cannot be set up: {0}")]
+    Setup(String),
+}
+
+/// The roster of `user` (a username), from the cache or the application.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Roster>, RosterError>")]
+pub struct GetRoster {
+    /// The username (localpart), as `%s` in the URL.
+    pub user: String,
+}
+
+/// The application says these users' rosters changed.
+#[derive(Message)]
+#[rtype(result = "RefreshReport")]
+pub struct Refresh {
+    /// Usernames, as the application sent them.
+    pub users: Vec<String>,
+}
+
+/// The outcome of a [`Refresh`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Users whose roster was dropped, and re-fetched if they were online.
+    pub updated: usize,
+    /// Users whose new roster could not be fetched, or whose name is not a
+    /// valid username.
+    pub errors: usize,
+}
+
+/// What the actor's futures share.
+struct Shared {
+    /// Rosters by username.
+    cache: Cache<String, Arc<Roster>>,
+    /// One client for every fetch: its connection pool keeps connections to
+    /// the application alive.
+    client: reqwest::Client,
+    /// Where each user's roster is fetched from.
+    url: RosterUrl,
+    /// The `Authorization` header, marked sensitive.
+    authorization: Option<HeaderValue>,
+    /// Bounds fetches in flight.
+    permits: Semaphore,
+    /// Per fetch, waiting for a permit included.
+    timeout: Duration,
+    /// Bumped by every refresh of a user hashing to the slot; a fetch that
+    /// saw an older value must not be kept.
+    generations: Box<[AtomicU64]>,
+}
+
+pub struct RosterCache {
+    /// The cache and what fetches need, shared with the futures serving
+    /// lookups and refreshes concurrently.
+    shared: Arc<Shared>,
+    /// Told about new rosters of online users.
+    router: Addr<Router>,
+    /// The served domains, to turn refreshed usernames into JIDs.
+    hosts: Arc<[String]>,
+    /// Refetches in flight during one refresh.
+    max_in_flight: usize,
+}
+
+impl Actor for RosterCache {
+    type Context = Context<Self>;
+}
+
+impl RosterCache {
+    pub fn new(settings: RosterSettings, router: Addr<Router>) -> Result<RosterCache, RosterError> {
+        let authorization = settings
+            .authorization
+            .as_deref()
+            .map(|value| {
+                let mut value = HeaderValue::from_str(value)
+                    .map_err(|_| RosterError::Setup("invalid authorization header".into()))?;
+                value.set_sensitive(true);
+                Ok::<_, RosterError>(value)
+            })
+            .transpose()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.max_in_flight)
+            .build()
+            .map_err(|e| RosterError::Setup(e.to_string()))?;
+        let shared = Shared {
+            cache: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl)
+                .build(),
+            client,
+            url: settings.url,
+            authorization,
+            permits: Semaphore::new(settings.max_in_flight),
+            timeout: settings.timeout,
+            generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Ok(RosterCache {
+            shared: Arc::new(shared),
+            router,
+            hosts: settings.hosts.into(),
+            max_in_flight: settings.max_in_flight,
+        })
+    }
+}
+
+impl Shared {
+    fn generation(&self, user: &str) -> &AtomicU64 {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        &self.generations[hash as usize % GENERATION_SLOTS]
+    }
+
+    /// Updates `gatehouse_roster_cache_entries` after the cache changed
+    /// (a fetch, a refresh); moka counts lazily, so its pending work is
+    /// done first.
+    async fn count_entries(&self) {
+        self.cache.run_pending_tasks().await;
+        metrics::gauge!("gatehouse_roster_cache_entries").set(self.cache.entry_count() as f64);
+    }
+
+    /// The roster of `user`: concurrent lookups share one fetch, a failed
+    /// fetch is not cached, and a roster fetched before the latest refresh
+    /// of `user` is never returned.
+    async fn get(&self, user: &str) -> Result<Arc<Roster>, RosterError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut fetched = false;
+            let result = self
+                .cache
+                .try_get_with_by_ref(user, async {
+                    fetched = true;
+                    self.fetch(user).await
+                })
+                .await;
+            if fetched {
+                metrics::counter!("gatehouse_roster_cache_misses_total").increment(1);
+                self.count_entries().await;
+            } else {
+                metrics::counter!("gatehouse_roster_cache_hits_total").increment(1);
+            }
+            let current = self.generation(user).load(Ordering::Acquire);
+            match result {
+                Ok(roster) if roster.generation >= current => return Ok(roster),
+                // A refresh came between the fetch's last check and its
+                // insertion: remove what it inserted, unless newer already.
+                Ok(_) => {
+                    self.cache
+                        .entry_by_ref(user)
+                        .and_compute_with(|entry| async move {
+                            match entry {
+                                Some(e) if e.value().generation < current => Op::Remove,
+                                _ => Op::Nop,
+                            }
+                        })
+                        .await;
+                }
+                Err(error) if *error == RosterError::Superseded => {}
+                Err(error) => return Err((*error).clone()),
+            }
+        }
+        Err(RosterError::Superseded)
+    }
+
+    /// One fetch, timed and counted. Fails with `Superseded` when `user` was
+    /// refreshed meanwhile, so the old roster is never cached.
+    async fn fetch(&self, user: &str) -> Result<Arc<Roster>, RosterError> {
+        let generation = self.generation(user).load(Ordering::Acquire);
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.download(user))
+            .await
+            .unwrap_or(Err(RosterError::Timeout))
+            .and_then(|body| Ok(Roster::parse(&body, generation)?));
+        let label = match &result {
+            Ok(_) => "success",
+            Err(RosterError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!("gatehouse_roster_fetch_duration_seconds", "result" => label)
+            .record(started.elapsed().as_secs_f64());
+        let (roster, skipped) = result.inspect_err(|error| {
+            tracing::warn!(user, %error, "roster fetch failed");
+        })?;
+        if skipped > 0 {
+            tracing::warn!(user, skipped, "skipped malformed roster items");
+            metrics::counter!("gatehouse_roster_items_skipped_total").increment(skipped as u64);
+        }
+        if self.generation(user).load(Ordering::Acquire) != generation {
+            return Err(RosterError::Superseded);
+        }
+        Ok(Arc::new(roster))
+    }
+
+    /// The body of `user`'s roster, within [`MAX_ROSTER_BYTES`].
+    async fn download(&self, user: &str) -> Result<Vec<u8>, RosterError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| RosterError::Stopped)?;
+        let mut request = self
+            .client
+            .get(self.url.for_user(user))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| RosterError::Request(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(RosterError::Status(response.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| RosterError::Request(e.to_string()))?
+        {
+            if body.len() + chunk.len() > MAX_ROSTER_BYTES {
+                return Err(RosterError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+impl Handler<GetRoster> for RosterCache {
+    type Result = ResponseFuture<Result<Arc<Roster>, RosterError>>;
+
+    fn handle(&mut self, msg: GetRoster, _: &mut Self::Context) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.get(&msg.user).await })
+    }
+}
+
+impl Handler<Refresh> for RosterCache {
+    type Result = ResponseFuture<RefreshReport>;
+
+    fn handle(&mut self, msg: Refresh, _: &mut Self::Context) -> Self::Result {
+        let shared = self.shared.clone();
+        let router = self.router.clone();
+        let hosts = self.hosts.clone();
+        let max_in_flight = self.max_in_flight;
+        Box::pin(async move { refresh(shared, router, &hosts, msg.users, max_in_flight).await })
+    }
+}
+
+/// Drops every named user's roster, then re-fetches those whose roster the
+/// Router holds (online users that asked for it or sent presence) and hands
+/// the new ones to the Router.
+async fn refresh(
+    shared: Arc<Shared>,
+    router: Addr<Router>,
+    hosts: &[String],
+    users: Vec<String>,
+    max_in_flight: usize,
+) -> RefreshReport {
+    let mut errors = 0;
+    // Online JIDs per valid username; usernames named twice count once.
+    let mut jids: BTreeMap<String, Vec<BareJid>> = BTreeMap::new();
+    for user in users {
+        if jids.contains_key(&user) {
+            continue;
+        }
+        let user_jids: Option<Vec<BareJid>> = hosts
+            .iter()
+            .map(|host| BareJid::new(&format!("{user}@{host}")).ok())
+            .collect();
+        match user_jids {
+            Some(user_jids) if !user.is_empty() && !user.contains(['@', '/']) => {
+                // Bump before dropping: a fetch in flight then cannot be kept.
+                shared.generation(&user).fetch_add(1, Ordering::AcqRel);
+                shared.cache.invalidate(&user).await;
+                jids.insert(user, user_jids);
+            }
+            _ => {
+                metrics::counter!("gatehouse_roster_refresh_users_total", "result" => "error")
+                    .increment(1);
+                errors += 1;
+            }
+        }
+    }
+    shared.count_entries().await;
+    let usernames: HashMap<&BareJid, &str> = jids
+        .iter()
+        .flat_map(|(user, user_jids)| user_jids.iter().map(move |jid| (jid, user.as_str())))
+        .collect();
+    let loaded = router
+        .send(LoadedRosters {
+            jids: usernames.keys().map(|jid| (*jid).clone()).collect(),
+        })
+        .await
+        .unwrap_or_default();
+    let mut online: BTreeMap<&str, Vec<BareJid>> = BTreeMap::new();
+    for jid in loaded {
+        if let Some(user) = usernames.get(&jid) {
+            online.entry(user).or_default().push(jid);
+        }
+    }
+    let dropped = jids.len() - online.len();
+    metrics::counter!("gatehouse_roster_refresh_users_total", "result" => "dropped")
+        .increment(dropped as u64);
+    let refetched = futures_util::stream::iter(online)
+        .map(|(user, user_jids)| {
+            let shared = &shared;
+            let router = &router;
+            async move {
+                let roster = shared.get(user).await?;
+                for jid in user_jids {
+                    router.do_send(RosterChanged {
+                        user: jid,
+                        roster: roster.clone(),
+                    });
+                }
+                Ok::<(), RosterError>(())
+            }
+        })
+        .buffer_unordered(max_in_flight)
+        .collect::<Vec<_>>()
+        .await;
+    for result in &refetched {
+        let label = if result.is_ok() { "refetched" } else { "error" };
+        metrics::counter!("gatehouse_roster_refresh_users_total", "result" => label).increment(1);
+    }
+    let failed = refetched.iter().filter(|r| r.is_err()).count();
+    errors += failed;
+    RefreshReport {
+        updated: jids.len() - failed,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_percent_encoded() {
+        let url = RosterUrl::parse("http://app.example/contacts/%s?x=1").unwrap();
+        assert_eq!(
+            url.for_user("jo hn/é~a.b_c-d"),
+            "http://app.example/contacts/jo%20hn%2F%C3%A9~a.b_c-d?x=1"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert_eq!(
+            RosterUrl::parse("http://app.example/contacts"),
+            Err(UrlError::MissingPlaceholder)
+        );
+        assert_eq!(
+            RosterUrl::parse("ftp://app.example/%s"),
+            Err(UrlError::Scheme)
+        );
+        assert!(matches!(
+            RosterUrl::parse("not a url %s"),
+            Err(UrlError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_authorization_header_is_not_in_debug_output() {
+        let settings = RosterSettings {
+            url: RosterUrl::parse("http://a/%s").unwrap(),
+            hosts: vec!["x".into()],
+            capacity: 1,
+            ttl: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            authorization: Some("Bearer hunter2".into()),
+        };
+        let text = format!("{settings:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("***"), "{text}");
+    }
+}

@@ -1,0 +1,237 @@
+//! Rosters from the application (`[roster]`): roster gets served from the
+//! cache with one fetch per user however many log in at once, versions,
+//! read-only rosters, blocked subscriptions, fetch errors, and presence
+//! between contacts. Against the real server over TCP and a real HTTP
+//! roster service.
+
+mod common;
+
+use common::roster_service::RosterService;
+use common::*;
+use minidom::Element;
+
+const ROSTER: &str = "jabber:iq:roster";
+
+/// `(jid, name, groups)` of every item, in document order.
+fn items(answer: &Element) -> Vec<(String, String, Vec<String>)> {
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    answer
+        .get_child("query", ROSTER)
+        .expect("a roster query")
+        .children()
+        .map(|item| {
+            assert_eq!(item.attr("subscription"), Some("both"));
+            (
+                item.attr("jid").unwrap().to_owned(),
+                item.attr("name").unwrap_or_default().to_owned(),
+                item.children().map(|g| g.text()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn error_condition(answer: &Element) -> String {
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    let error = answer.get_child("error", CLIENT).expect("an error");
+    error.children().next().unwrap().name().to_owned()
+}
+
+#[actix_rt::test]
+async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
+    let backend = RosterService::start();
+    for n in 0..50 {
+        backend.set(
+            &format!("user{n}"),
+            &format!(
+                r#"{{"user{}@localhost": {{"name": "Next"}}}}"#,
+                (n + 1) % 50
+            ),
+        );
+        // Slow enough that many logins of one user overlap its fetch.
+        backend.delay(&format!("user{n}"), std::time::Duration::from_millis(200));
+    }
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "max_in_flight = 16")));
+    let logins = (0..500).map(|i| {
+        let addr = server.c2s;
+        async move {
+            let n = i % 50;
+            let (mut c, _) = Client::login(
+                addr,
+                &format!("user{n}"),
+                &format!("pass{n}"),
+                &format!("r{i}"),
+            )
+            .await;
+            let answer = c.roster(None).await;
+            let next = format!("user{}@localhost", (n + 1) % 50);
+            assert_eq!(items(&answer), [(next, "Next".to_owned(), vec![])]);
+            c
+        }
+    });
+    let clients = futures_util::future::join_all(logins).await;
+    assert_eq!(clients.len(), 500);
+    assert_eq!(backend.total_requests(), 50);
+    for n in 0..50 {
+        assert_eq!(backend.requests(&format!("user{n}")), 1, "user{n}");
+    }
+}
+
+#[actix_rt::test]
+async fn roster_get_versions_read_only_and_errors() {
+    let backend = RosterService::start();
+    backend.set(
+        "alice",
+        r#"{
+            "bob@localhost": {"name": "Bob", "groups": ["Friends", "Work"]},
+            "grace@localhost": {"groups": {"Family": {}}},
+            "not a jid@@": {"name": "skipped"},
+            "heidi@localhost": {"groups": [1, 2]}
+        }"#,
+    );
+    backend.set("bob", "this is not JSON");
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "timeout = \"500ms\"")));
+
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    let answer = alice.roster(None).await;
+    assert_eq!(
+        items(&answer),
+        [
+            (
+                "bob@localhost".to_owned(),
+                "Bob".to_owned(),
+                vec!["Friends".to_owned(), "Work".to_owned()]
+            ),
+            (
+                "grace@localhost".to_owned(),
+                String::new(),
+                vec!["Family".to_owned()]
+            ),
+        ]
+    );
+    let ver = answer
+        .get_child("query", ROSTER)
+        .and_then(|q| q.attr("ver"))
+        .expect("a version")
+        .to_owned();
+    // XEP-0237: the current version gets an empty result, an old one the
+    // whole roster.
+    let same = alice.roster(Some(&ver)).await;
+    assert_eq!(same.attr("type"), Some("result"));
+    assert!(same.children().next().is_none(), "{same:?}");
+    let old = alice.roster(Some("stale")).await;
+    assert_eq!(items(&old).len(), 2);
+    // Rosters belong to the application.
+    alice
+        .send(
+            "<iq type='set' id='s'><query xmlns='jabber:iq:roster'>\
+             <item jid='eve@localhost'/></query></iq>",
+        )
+        .await;
+    assert_eq!(error_condition(&alice.element().await), "not-allowed");
+
+    // A broken answer is an error, and is not cached.
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "b").await;
+    assert_eq!(
+        error_condition(&bob.roster(None).await),
+        "internal-server-error"
+    );
+    backend.set("bob", r#"{"alice@localhost": {}}"#);
+    assert_eq!(items(&bob.roster(None).await).len(), 1);
+    assert_eq!(backend.requests("bob"), 2);
+
+    // A service slower than the timeout.
+    backend.delay("grace", std::time::Duration::from_secs(3));
+    let (mut grace, _) = Client::login(server.c2s, "grace", "grace", "c").await;
+    assert_eq!(
+        error_condition(&grace.roster(None).await),
+        "remote-server-timeout"
+    );
+
+    let scrape = server.metrics().await;
+    assert!(sample(&scrape, "gatehouse_roster_items_skipped_total") >= 2.0);
+    assert!(sample(&scrape, "gatehouse_roster_cache_hits_total") >= 2.0);
+    assert!(
+        sample(
+            &scrape,
+            r#"gatehouse_roster_fetch_duration_seconds_count{result="timeout"}"#
+        ) >= 1.0
+    );
+}
+
+#[actix_rt::test]
+async fn contacts_see_each_other_come_and_go() {
+    let backend = RosterService::start();
+    backend.set("alice", r#"{"bob@localhost": {"name": "Bob"}}"#);
+    backend.set("bob", r#"{"alice@localhost": {"name": "Alice"}}"#);
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+
+    // Bob sends initial presence without a roster get: the session fetches
+    // the roster itself.
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "b").await;
+    bob.send("<presence><status>here</status></presence>").await;
+    let (mut alice, alice_jid) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    assert_eq!(items(&alice.roster(None).await).len(), 1);
+    alice.send("<presence/>").await;
+
+    // Alice gets Bob's current presence; Bob gets Alice's.
+    let got = alice.element().await;
+    assert!(got.is("presence", CLIENT), "{got:?}");
+    assert_eq!(got.attr("from"), Some(bob_jid.as_str()));
+    assert_eq!(got.get_child("status", CLIENT).unwrap().text(), "here");
+    let got = bob.element().await;
+    assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
+    assert_eq!(got.attr("type"), None);
+
+    // Subscription requests are dropped; a directed presence still goes.
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    alice
+        .send("<presence to='bob@localhost' type='unsubscribed'/>")
+        .await;
+    alice
+        .send(&format!(
+            "<presence to='{bob_jid}'><show>away</show></presence>"
+        ))
+        .await;
+    let got = bob.element().await;
+    assert_eq!(got.attr("type"), None, "{got:?}");
+    assert_eq!(got.get_child("show", CLIENT).unwrap().text(), "away");
+
+    // Alice goes unavailable, comes back, then loses her connection.
+    alice.send("<presence type='unavailable'/>").await;
+    let got = bob.element().await;
+    assert_eq!(got.attr("type"), Some("unavailable"));
+    assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
+    alice.send("<presence/>").await;
+    assert_eq!(bob.element().await.attr("type"), None);
+    assert_eq!(alice.element().await.attr("from"), Some(bob_jid.as_str()));
+    drop(alice);
+    let got = bob.element().await;
+    assert_eq!(got.attr("type"), Some("unavailable"));
+    assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
+    // Both rosters were fetched once.
+    assert_eq!(backend.requests("alice"), 1);
+    assert_eq!(backend.requests("bob"), 1);
+}
+
+#[actix_rt::test]
+async fn without_a_roster_service_the_roster_is_empty_and_read_only() {
+    let server = TestServer::start(&config(&fixture_auth("")));
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    c.auth("alice", "wonderland").await.unwrap();
+    let features = c.open("localhost").await;
+    assert!(
+        !features.has_child("ver", "urn:xmpp:features:rosterver"),
+        "no versioning without rosters: {features:?}"
+    );
+    c.bind("r").await;
+    let answer = c.roster(None).await;
+    assert_eq!(answer.attr("type"), Some("result"));
+    let query = answer.get_child("query", ROSTER).expect("a roster query");
+    assert_eq!(query.children().count(), 0);
+    c.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>")
+        .await;
+    assert_eq!(error_condition(&c.element().await), "not-allowed");
+}
