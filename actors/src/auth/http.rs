@@ -8,14 +8,31 @@
 //! unexpected body is a *temporary* failure, never "wrong password" (unlike
 //! Prosody, which conflates them). It must not queue or bound requests: the
 //! pool does, with one worker slot per allowed in-flight request.
+//!
+//! Each slot owns one keep-alive HTTP/1.1 connection (hyper's connection
+//! API), so a login storm opens at most `max_in_flight` connections to the
+//! backend: a shared connection pool could dial extra ones while a finished
+//! connection is still on its way back to the pool.
 
 use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure};
 use super::{AuthCommand, AuthError};
-use reqwest::{Method, StatusCode};
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// The largest answer body read; protocol answers are a few bytes.
+const MAX_BODY: usize = 64 * 1024;
 
 /// Settings of the HTTP backend.
 #[derive(Clone)]
@@ -24,7 +41,7 @@ pub struct HttpConfig {
     pub url: String,
     /// Optional `user:password` sent as HTTP Basic credentials.
     pub credentials: Option<(String, String)>,
-    /// Requests in flight at once; also bounds the connections opened.
+    /// Requests in flight at once, and so connections to the backend.
     pub max_in_flight: usize,
     /// Requests that may wait for a free slot.
     pub queue: usize,
@@ -32,7 +49,7 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// How long a request may wait in the queue.
     pub queue_timeout: Duration,
-    /// PEM certificates trusted in addition to the system roots.
+    /// PEM certificates trusted in addition to the bundled web roots.
     pub ca_pem: Option<Vec<u8>>,
 }
 
@@ -55,25 +72,53 @@ impl fmt::Debug for HttpConfig {
     }
 }
 
+/// Why the HTTP backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("invalid URL: {0}")]
+    Url(String),
+    #[error("invalid CA certificates: {0}")]
+    Ca(String),
+}
+
 impl PoolHandle {
     /// Starts a pool over the HTTP backend. Must be called inside a running
     /// actix System.
-    pub fn start_http(config: HttpConfig) -> Result<PoolHandle, reqwest::Error> {
-        let mut client = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.ca_pem {
-            for root in reqwest::Certificate::from_pem_bundle(pem)? {
-                client = client.add_root_certificate(root);
-            }
-        }
+    pub fn start_http(config: HttpConfig) -> Result<PoolHandle, HttpSetupError> {
+        let url = url::Url::parse(&config.url).map_err(|e| HttpSetupError::Url(e.to_string()))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| HttpSetupError::Url("no host".into()))?
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| HttpSetupError::Url("no port".into()))?;
+        let tls = match url.scheme() {
+            "http" => None,
+            "https" => Some(tls_connector(config.ca_pem.as_deref())?),
+            other => return Err(HttpSetupError::Url(format!("unsupported scheme {other}"))),
+        };
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.clone(),
+        };
+        let authorization = config.credentials.as_ref().map(|(user, password)| {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let mut value = HeaderValue::from_str(&format!("Basic {token}"))
+                .expect("base64 is a valid header value");
+            value.set_sensitive(true);
+            value
+        });
         let backend = HttpBackend {
             shared: Arc::new(Shared {
-                client: client.build()?,
-                base: config.url.trim_end_matches('/').to_owned(),
-                credentials: config.credentials.clone(),
+                host,
+                port,
+                authority: HeaderValue::from_str(&authority)
+                    .map_err(|e| HttpSetupError::Url(e.to_string()))?,
+                path: url.path().trim_end_matches('/').to_owned(),
+                tls,
+                authorization,
             }),
         };
         Ok(PoolHandle::start(
@@ -91,15 +136,50 @@ impl PoolHandle {
     }
 }
 
-/// What every slot shares: one client, so a login storm reuses a handful
-/// of keep-alive connections.
-struct Shared {
-    client: reqwest::Client,
-    base: String,
-    credentials: Option<(String, String)>,
+/// A TLS client trusting the bundled web roots and any configured CA.
+fn tls_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, HttpSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(mut pem) = ca_pem {
+        for cert in rustls_pemfile_certs(&mut pem)? {
+            roots
+                .add(cert)
+                .map_err(|e| HttpSetupError::Ca(e.to_string()))?;
+        }
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HttpSetupError::Ca(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Hands out slots; "starting" one costs nothing.
+fn rustls_pemfile_certs(
+    pem: &mut &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, HttpSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| HttpSetupError::Ca(e.to_string()))
+}
+
+/// What every slot shares.
+struct Shared {
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: HeaderValue,
+    /// The base path, without a trailing `/`; the method name follows.
+    path: String,
+    /// Present for `https` URLs.
+    tls: Option<TlsConnector>,
+    /// `Basic …`, marked sensitive.
+    authorization: Option<HeaderValue>,
+}
+
+/// Hands out slots; a slot connects on its first request.
 pub struct HttpBackend {
     shared: Arc<Shared>,
 }
@@ -110,17 +190,25 @@ impl WorkerFactory for HttpBackend {
     async fn start(&self) -> std::io::Result<HttpSlot> {
         Ok(HttpSlot {
             shared: self.shared.clone(),
+            connection: None,
         })
     }
 
     fn describe(&self) -> String {
-        self.shared.base.clone()
+        format!(
+            "{}:{}{}",
+            self.shared.host, self.shared.port, self.shared.path
+        )
     }
 }
 
-/// One request in flight at a time.
+/// One request in flight at a time, over the slot's own connection.
 pub struct HttpSlot {
     shared: Arc<Shared>,
+    /// The keep-alive connection, when open and idle. It is taken out for
+    /// each request and put back only when the answer was read in full, so
+    /// a request abandoned at the timeout closes its connection.
+    connection: Option<SendRequest<Full<Bytes>>>,
 }
 
 /// The protocol's method names and their HTTP method.
@@ -154,43 +242,114 @@ fn interpret(command: &AuthCommand, status: StatusCode, body: &str) -> Result<bo
     }
 }
 
+fn transport(what: &str, error: impl fmt::Display) -> WorkerFailure {
+    WorkerFailure::Failed(AuthError::BackendFailed(format!("{what}: {error}")))
+}
+
+impl HttpSlot {
+    /// The idle keep-alive connection, or a new one.
+    async fn connection(&mut self) -> Result<(SendRequest<Full<Bytes>>, bool), WorkerFailure> {
+        if let Some(mut open) = self.connection.take() {
+            if open.ready().await.is_ok() {
+                return Ok((open, true));
+            }
+        }
+        let shared = &self.shared;
+        let tcp = TcpStream::connect((shared.host.as_str(), shared.port))
+            .await
+            .map_err(|e| transport("cannot connect to the backend", e))?;
+        let _ = tcp.set_nodelay(true);
+        let sender = match &shared.tls {
+            None => handshake(tcp).await?,
+            Some(tls) => {
+                let name = ServerName::try_from(shared.host.clone())
+                    .map_err(|e| transport("invalid TLS name", e))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| transport("TLS handshake with the backend failed", e))?;
+                handshake(stream).await?
+            }
+        };
+        Ok((sender, false))
+    }
+
+    fn request(&self, command: &AuthCommand) -> Request<Full<Bytes>> {
+        let (http_method, name) = method(command);
+        let (user, host, password) = command.parts();
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("user", user).append_pair("server", host);
+        if let Some(password) = password {
+            form.append_pair("pass", password.expose());
+        }
+        let params = form.finish();
+        let path = format!("{}/{name}", self.shared.path);
+        let mut request = Request::builder().method(http_method.clone());
+        let body = if http_method == Method::GET {
+            request = request.uri(format!("{path}?{params}"));
+            Bytes::new()
+        } else {
+            request = request
+                .uri(path)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+            Bytes::from(params)
+        };
+        request = request
+            .header(HOST, self.shared.authority.clone())
+            .header(USER_AGENT, concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
+        if let Some(authorization) = &self.shared.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        request
+            .body(Full::new(body))
+            .expect("the request parts are valid")
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, WorkerFailure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| transport("HTTP handshake with the backend failed", e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 impl Worker for HttpSlot {
     const REPLACE_AFTER_TIMEOUT: bool = false;
 
-    fn serve(
-        &mut self,
-        command: &AuthCommand,
-    ) -> impl Future<Output = Result<bool, WorkerFailure>> + Send {
-        let shared = self.shared.clone();
-        let command = command.clone();
-        async move {
-            let (http_method, name) = method(&command);
-            let (user, host, password) = command.parts();
-            let mut params = vec![("user", user), ("server", host)];
-            if let Some(password) = password {
-                params.push(("pass", password.expose()));
-            }
-            let url = format!("{}/{name}", shared.base);
-            let mut request = shared.client.request(http_method.clone(), url);
-            request = if http_method == Method::GET {
-                request.query(&params)
-            } else {
-                request.form(&params)
+    async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
+        // A kept-alive connection the backend closed meanwhile fails at
+        // once: retry that case, once, on a fresh connection.
+        for attempt in 0..2 {
+            let (mut sender, reused) = self.connection().await?;
+            // Errors are described without the URI: it carries the password.
+            let response = match sender.send_request(self.request(command)).await {
+                Ok(response) => response,
+                Err(e)
+                    if reused && attempt == 0 && (e.is_closed() || e.is_incomplete_message()) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(transport("request to the backend failed", e)),
             };
-            if let Some((user, password)) = &shared.credentials {
-                request = request.basic_auth(user, Some(password));
-            }
-            // Errors are described without the URL: it carries the
-            // password in its query.
-            let response = request.send().await.map_err(|e| {
-                WorkerFailure::Failed(AuthError::BackendFailed(describe_transport_error(&e)))
-            })?;
             let status = response.status();
-            let body = response.text().await.map_err(|e| {
-                WorkerFailure::Failed(AuthError::BackendFailed(describe_transport_error(&e)))
-            })?;
-            interpret(&command, status, &body)
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| transport("cannot read the backend's answer", e))?
+                .to_bytes();
+            self.connection = Some(sender);
+            return interpret(command, status, &String::from_utf8_lossy(&body));
         }
+        Err(transport(
+            "request to the backend failed",
+            "connection closed",
+        ))
     }
 
     async fn broken(&mut self) -> String {
@@ -198,30 +357,6 @@ impl Worker for HttpSlot {
     }
 
     async fn stop(self) {}
-}
-
-fn describe_transport_error(error: &reqwest::Error) -> String {
-    let kind = if error.is_connect() {
-        "cannot connect to the backend"
-    } else if error.is_timeout() {
-        "backend timed out"
-    } else if error.is_body() || error.is_decode() {
-        "cannot read the backend's answer"
-    } else {
-        "request to the backend failed"
-    };
-    // The source chain says why without the URL.
-    let mut cause = String::new();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        cause = inner.to_string();
-        source = inner.source();
-    }
-    if cause.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}: {cause}")
-    }
 }
 
 #[cfg(test)]
