@@ -39,6 +39,7 @@ pub fn handle() -> &'static PrometheusHandle {
             })
             .expect("spawning the metrics upkeep thread");
         describe();
+        register_at_zero();
         handle
     })
 }
@@ -78,4 +79,34 @@ fn describe() {
     );
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
+}
+
+/// Counters and gauges that exist before their first event, so a dashboard
+/// shows 0 rather than no data. (Labelled series of a component, such as
+/// an auth pool's, are registered when the component starts.)
+fn register_at_zero() {
+    for result in [
+        "success",
+        "not_authorized",
+        "temporary_failure",
+        "malformed",
+    ] {
+        metrics::counter!("gatehouse_logins_total", "result" => result).absolute(0);
+    }
+    for name in [
+        "gatehouse_slow_client_disconnects_total",
+        "gatehouse_roster_cache_hits_total",
+        "gatehouse_roster_cache_misses_total",
+        "gatehouse_roster_pushes_total",
+        "gatehouse_roster_items_skipped_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for name in [
+        "gatehouse_sessions",
+        "gatehouse_connections",
+        "gatehouse_roster_cache_entries",
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
 }

@@ -150,6 +150,19 @@ impl PoolHandle {
         metrics::gauge!("gatehouse_auth_queue_depth", "backend" => backend).set(0.0);
         metrics::gauge!("gatehouse_auth_busy_workers", "backend" => backend).increment(0.0);
         metrics::gauge!("gatehouse_auth_workers", "backend" => backend).increment(0.0);
+        // Counters exist from the start, so dashboards and alerts see a 0
+        // rather than no data before the first event.
+        for reason in [
+            "queue_full",
+            "queue_timeout",
+            "invalid_request",
+            "shut_down",
+        ] {
+            metrics::counter!("gatehouse_auth_rejected_total", "backend" => backend, "reason" => reason).absolute(0);
+        }
+        metrics::counter!("gatehouse_auth_timeouts_total", "backend" => backend).absolute(0);
+        metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => backend)
+            .absolute(0);
         let stop = CancellationToken::new();
         let workers = TaskTracker::new();
         let factory = Arc::new(factory);
