@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A short smoke run of gatehouse-loadgen against Gatehouse only (the full
+# comparison is not a CI job): a closed-loop storm and a hold run, both of
+# which must succeed completely. Uses the debug build; ends on its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet --bin gatehouse -p gatehouse -p gatehouse-loadgen
+
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+c2s=$(free_port)
+http=$(free_port)
+cat > "$work/gatehouse.toml" <<TOML
+hosts = ["localhost"]
+[c2s]
+listen = "127.0.0.1:$c2s"
+require_tls = false
+[http]
+listen = "127.0.0.1:$http"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "$PWD/tests/fixtures/auth.py"]
+processes = 2
+TOML
+target/debug/gatehouse --config "$work/gatehouse.toml" 2> "$work/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 50); do
+    python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+        "http://127.0.0.1:$http/health" 2>/dev/null && break
+    sleep 0.1
+done
+
+check() { # JSON report, expected successes
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); n=r["outcomes"].get("success",0); print(sys.argv[1]); sys.exit(0 if n==int(sys.argv[2]) else 1)' "$1" "$2"
+}
+closed=$(target/debug/gatehouse-loadgen --target "127.0.0.1:$c2s" --mode closed --concurrency 20 --count 300 --server-pid "$server" --max-seconds 60 --json)
+check "$closed" 300
+held=$(target/debug/gatehouse-loadgen --target "127.0.0.1:$c2s" --mode hold --count 200 --server-pid "$server" --max-seconds 60 --json)
+check "$held" 200
+echo "loadgen smoke: ok"
