@@ -10,9 +10,12 @@
 //! that the files it names exist (and, for TLS, contain PEM items); turning
 //! them into listeners, pools and TLS acceptors is the caller's job.
 //!
-//! Secrets: no field is secret yet, so the structs derive `Debug`. When one
-//! arrives (e.g. HTTP Basic credentials), give it a wrapper type whose `Debug`
-//! prints `***`, so that `{:?}` of a whole `Config` stays safe to log.
+//! Secrets: a secret field has the type [`Secret`], whose `Debug` prints
+//! `***`, so that `{:?}` of a whole `Config` stays safe to log.
+
+mod muc;
+
+pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists, Secret};
 
 use std::fmt;
 use std::fs;
@@ -58,6 +61,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// Where passwords are checked.
     pub auth: AuthConfig,
+    /// The multi-user chat service; absent means none.
+    #[serde(default)]
+    pub muc: Option<MucConfig>,
 }
 
 /// `[c2s]`: the client-to-server listener.
@@ -379,6 +385,9 @@ impl Config {
                     "missing: auth.backend = \"external\" needs an [auth.external] section",
                 ),
             },
+        }
+        if let Some(muc) = &self.muc {
+            muc.validate(&self.hosts, &mut problems);
         }
         problems.0
     }

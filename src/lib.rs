@@ -16,6 +16,8 @@ mod telemetry;
 use actix::{Actor, Arbiter};
 use config::{AuthBackendKind, Config, ExternalProtocol};
 use gatehouse_actors::auth::{ExternalConfig, PoolHandle, Protocol};
+use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
+use gatehouse_actors::muc::{MucConfig, MucService};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
 use std::future::Future;
@@ -41,6 +43,8 @@ pub enum RunError {
     Tls { path: PathBuf, reason: String },
     #[error("HTTP listener: {0}")]
     Http(std::io::Error),
+    #[error("MUC gate HTTP client: {0}")]
+    MucGate(reqwest::Error),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -112,9 +116,14 @@ impl Server {
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
+        let muc = match &config.muc {
+            Some(muc) => Some(MucService::start(muc_settings(muc)).map_err(RunError::MucGate)?),
+            None => None,
+        };
         let services = Services {
             router: Router::default().start(),
             auth: auth.clone(),
+            muc,
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
@@ -179,6 +188,28 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The MUC actors' settings from `[muc]`.
+fn muc_settings(muc: &config::MucConfig) -> MucConfig {
+    MucConfig {
+        domain: muc.domain.clone(),
+        persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
+        max_occupants: muc.max_occupants,
+        history: muc.history,
+        gate: muc.http_auth.as_ref().map(|gate| GateConfig {
+            url: gate.parsed_url(),
+            rooms: match (&gate.enabled_for, &gate.disabled_for) {
+                (Some(enabled), _) => GatedRooms::EnabledFor(enabled.clone()),
+                (None, Some(disabled)) => GatedRooms::DisabledFor(disabled.clone()),
+                (None, None) => GatedRooms::Every,
+            },
+            insecure: gate.insecure,
+            authorization_header: gate.authorization_header.as_ref().map(|s| s.0.clone()),
+            timeout: gate.timeout,
+            max_in_flight: gate.max_in_flight,
+        }),
     }
 }
 

@@ -65,4 +65,5 @@ fn describe() {
         "Connections dropped because the client did not read what it was sent"
     );
     gatehouse_actors::auth::describe_metrics();
+    gatehouse_actors::muc::describe_metrics();
 }

@@ -10,6 +10,7 @@
 //! application does that and hands plain settings in.
 
 pub mod auth;
+pub mod muc;
 pub mod router;
 pub mod session;
 pub mod xmpp;

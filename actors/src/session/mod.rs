@@ -11,6 +11,7 @@ mod connection;
 mod sasl;
 
 use crate::auth::{AuthCommand, AuthError, PoolHandle};
+use crate::muc::{self, MucHandle};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser};
@@ -59,6 +60,8 @@ pub struct C2sSettings {
 pub struct Services {
     pub router: Addr<Router>,
     pub auth: PoolHandle,
+    /// The MUC service, when `[muc]` is configured.
+    pub muc: Option<MucHandle>,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -194,6 +197,9 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kill.cancel();
         if let Some(jid) = self.jid.take() {
+            if let Some(muc) = &self.services.muc {
+                muc.service.do_send(muc::Departed { jid: jid.clone() });
+            }
             self.services.router.do_send(router::Unbind {
                 jid,
                 session_id: self.id,
@@ -397,7 +403,7 @@ impl Session {
         match self.phase {
             Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
             Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
-            Phase::Bound => ready(self.stanza(el)),
+            Phase::Bound => ready(self.stanza(el, ctx)),
             Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
                 ready(self.stream_error(StreamErrorCondition::NotAuthorized))
             }
@@ -575,7 +581,7 @@ impl Session {
 
     /// A stanza from a bound client: stamp `from`, then answer it here (the
     /// server's and the account's own IQs) or hand it to the Router.
-    fn stanza(&mut self, mut el: Element) -> Next {
+    fn stanza(&mut self, mut el: Element, ctx: &mut Context<Self>) -> Next {
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
             return self.stream_error(StreamErrorCondition::UnsupportedStanzaType);
         }
@@ -590,6 +596,19 @@ impl Session {
             }
         };
         if let Some(to) = &to {
+            if let Some(muc) = self
+                .services
+                .muc
+                .as_ref()
+                .filter(|m| m.domain == to.domain().as_str())
+            {
+                muc.service.do_send(muc::Incoming {
+                    from: me,
+                    mailbox: ctx.address().recipient(),
+                    stanza: el,
+                });
+                return Next::Continue;
+            }
             if !self
                 .settings
                 .hosts
@@ -678,22 +697,10 @@ impl Session {
 
 /// The server's XEP-0030 identity and features.
 fn server_disco_info() -> Element {
-    let mut query = Element::bare("query", ns::DISCO_INFO);
-    query.append_child(stanza::element(
-        "identity",
-        ns::DISCO_INFO,
-        &[
-            ("category", "server"),
-            ("type", "im"),
-            ("name", "Gatehouse"),
-        ],
-    ));
-    for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING] {
-        query.append_child(stanza::element(
-            "feature",
-            ns::DISCO_INFO,
-            &[("var", feature)],
-        ));
-    }
-    query
+    stanza::disco_info(
+        "server",
+        "im",
+        "Gatehouse",
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING],
+    )
 }
