@@ -86,6 +86,9 @@ async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
     assert!(decisions(&server, "denied").await > denied_before);
     let scrape = server.metrics().await;
     assert!(sample(&scrape, "gatehouse_muc_gate_duration_seconds_count") >= 2.0);
+    assert!(scrape.contains("# TYPE gatehouse_muc_gate_duration_seconds histogram"));
+    assert!(scrape.contains("gatehouse_muc_gate_duration_seconds_bucket{"));
+    assert!(scrape.contains("# HELP gatehouse_muc_gate_decisions_total "));
 }
 
 #[actix_rt::test]

@@ -196,6 +196,16 @@ async fn messages_subject_private_and_history() {
 
     let scrape = server.metrics().await;
     assert!(sample(&scrape, "gatehouse_muc_messages_total") >= 7.0);
+    for name in [
+        "gatehouse_muc_messages_total",
+        "gatehouse_muc_rooms",
+        "gatehouse_muc_occupants",
+    ] {
+        assert!(
+            scrape.contains(&format!("# HELP {name} ")),
+            "{name}:\n{scrape}"
+        );
+    }
 }
 
 /// The rooms the service lists.

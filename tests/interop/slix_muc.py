@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Multi-user chat interoperability with slixmpp's XEP-0045 plugin.
+
+alice and bob join --room (gated; the test's gate allows them) and exchange
+groupchat messages; colon's join must be refused with not-authorized.
+Plain TCP on loopback (the test server runs without TLS). Exits 0 when all
+of it worked, 1 with a reason otherwise.
+"""
+import argparse
+import asyncio
+import sys
+
+import slixmpp
+from slixmpp.exceptions import PresenceError
+
+TIMEOUT = 20
+
+
+async def connect(jid, password, port):
+    c = slixmpp.ClientXMPP(jid, password)
+    # The test server runs without TLS on loopback: allow PLAIN there.
+    c["feature_mechanisms"].unencrypted_plain = True
+    c.register_plugin("xep_0030")
+    c.register_plugin("xep_0045")
+    ready = asyncio.get_running_loop().create_future()
+
+    def on_start(_):
+        c.send_presence()
+        if not ready.done():
+            ready.set_result(True)
+
+    def on_fail(_):
+        if not ready.done():
+            ready.set_exception(RuntimeError(f"{jid}: authentication failed"))
+
+    c.add_event_handler("session_start", on_start)
+    c.add_event_handler("failed_all_auth", on_fail)
+    c.enable_starttls = False
+    c.enable_direct_tls = False
+    c.enable_plaintext = True
+    c.connect("127.0.0.1", port)
+    await asyncio.wait_for(ready, TIMEOUT)
+    return c
+
+
+def expect_groupchat(c, body):
+    """A future resolved with the first groupchat message carrying body."""
+    got = asyncio.get_running_loop().create_future()
+
+    def on_message(msg):
+        if msg["body"] == body and not got.done():
+            got.set_result(msg)
+
+    c.add_event_handler("groupchat_message", on_message)
+    return got
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--room", required=True)
+    args = ap.parse_args()
+    room = slixmpp.JID(args.room)
+
+    alice = await connect("alice@localhost/slix", "wonderland", args.port)
+    bob = await connect("bob@localhost/slix", "builder", args.port)
+    muc_alice, muc_bob = alice.plugin["xep_0045"], bob.plugin["xep_0045"]
+
+    await muc_alice.join_muc_wait(room, "Alice", timeout=TIMEOUT)
+    _, _, occupants, _ = await muc_bob.join_muc_wait(room, "Bob", timeout=TIMEOUT)
+    nicks = sorted(p["from"].resource for p in occupants)
+    if nicks != ["Alice", "Bob"]:
+        raise RuntimeError(f"bob sees occupants {nicks}")
+
+    to_bob = expect_groupchat(bob, "hello from alice")
+    alice.send_message(mto=room, mbody="hello from alice", mtype="groupchat")
+    msg = await asyncio.wait_for(to_bob, TIMEOUT)
+    if msg["from"] != slixmpp.JID(f"{room}/Alice") or msg["mucnick"] != "Alice":
+        raise RuntimeError(f"bob got the message from {msg['from']}")
+
+    to_alice = expect_groupchat(alice, "hi from bob")
+    bob.send_message(mto=room, mbody="hi from bob", mtype="groupchat")
+    msg = await asyncio.wait_for(to_alice, TIMEOUT)
+    if msg["mucnick"] != "Bob":
+        raise RuntimeError(f"alice got the message from {msg['from']}")
+
+    colon = await connect("colon@localhost/slix", "pa:ss:word", args.port)
+    try:
+        await colon.plugin["xep_0045"].join_muc_wait(room, "Colon", timeout=TIMEOUT)
+        raise RuntimeError("colon joined a room the gate refuses")
+    except PresenceError as e:
+        if e.condition != "not-authorized" or e.etype != "auth":
+            raise RuntimeError(f"colon refused with {e.etype}/{e.condition}")
+    print("colon refused: not-authorized")
+
+    for c in (alice, bob, colon):
+        c.disconnect()
+    await asyncio.sleep(0.2)
+    print("interop ok")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except Exception as e:  # report any failure as a test failure
+        print(f"interop failed: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
