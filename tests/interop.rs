@@ -44,19 +44,7 @@ async fn slixmpp_chats_over_starttls_and_pings() {
     );
     let server = TestServer::start(&toml);
     let port = server.c2s.port().to_string();
-    let output = tokio::process::Command::new("python3")
-        .arg(root().join("tests/interop/slix_chat.py"))
-        .args(["--port", &port, "--ca", &ca])
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("interop ok"), "{stdout}");
+    run_interop("slix_chat.py", &["--port", &port, "--ca", &ca]).await;
     let scrape = server.metrics().await;
     assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 2.0);
 }

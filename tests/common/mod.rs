@@ -308,3 +308,22 @@ impl Client {
         }
     }
 }
+
+/// Runs an interop script under tests/interop with `args`; panics with its
+/// output unless it exits 0 and prints `interop ok`. Returns its stdout.
+pub async fn run_interop(script: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/interop").join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("interop ok"), "{stdout}");
+    stdout
+}

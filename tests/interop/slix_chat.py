@@ -9,11 +9,11 @@ reason otherwise.
 import argparse
 import asyncio
 import ssl
-import sys
 
 import slixmpp
 
-TIMEOUT = 20
+import slix_common
+from slix_common import TIMEOUT
 
 
 def client(jid, password, ctx):
@@ -25,21 +25,7 @@ def client(jid, password, ctx):
 
 
 async def start(c, port):
-    ready = asyncio.get_running_loop().create_future()
-
-    def on_start(_):
-        c.send_presence()
-        if not ready.done():
-            ready.set_result(True)
-
-    def on_fail(_):
-        if not ready.done():
-            ready.set_exception(RuntimeError(f"{c.boundjid}: authentication failed"))
-
-    c.add_event_handler("session_start", on_start)
-    c.add_event_handler("failed_all_auth", on_fail)
-    c.connect("127.0.0.1", port)
-    await asyncio.wait_for(ready, TIMEOUT)
+    await slix_common.start(c, port)
     # After STARTTLS slixmpp's socket is the TLS object itself.
     if not isinstance(c.socket, (ssl.SSLSocket, ssl.SSLObject)):
         raise RuntimeError(f"{c.boundjid}: session is not encrypted")
@@ -77,8 +63,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except Exception as e:  # report any failure as a test failure
-        print(f"interop failed: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    slix_common.run(main)

@@ -8,38 +8,24 @@ of it worked, 1 with a reason otherwise.
 """
 import argparse
 import asyncio
-import sys
 
 import slixmpp
 from slixmpp.exceptions import PresenceError
 
-TIMEOUT = 20
+import slix_common
+from slix_common import TIMEOUT
 
 
 async def connect(jid, password, port):
     c = slixmpp.ClientXMPP(jid, password)
     # The test server runs without TLS on loopback: allow PLAIN there.
     c["feature_mechanisms"].unencrypted_plain = True
-    c.register_plugin("xep_0030")
-    c.register_plugin("xep_0045")
-    ready = asyncio.get_running_loop().create_future()
-
-    def on_start(_):
-        c.send_presence()
-        if not ready.done():
-            ready.set_result(True)
-
-    def on_fail(_):
-        if not ready.done():
-            ready.set_exception(RuntimeError(f"{jid}: authentication failed"))
-
-    c.add_event_handler("session_start", on_start)
-    c.add_event_handler("failed_all_auth", on_fail)
     c.enable_starttls = False
     c.enable_direct_tls = False
     c.enable_plaintext = True
-    c.connect("127.0.0.1", port)
-    await asyncio.wait_for(ready, TIMEOUT)
+    c.register_plugin("xep_0030")
+    c.register_plugin("xep_0045")
+    await slix_common.start(c, port)
     return c
 
 
@@ -100,8 +86,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except Exception as e:  # report any failure as a test failure
-        print(f"interop failed: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    slix_common.run(main)
