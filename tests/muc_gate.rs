@@ -6,6 +6,7 @@ mod muc_support;
 
 use common::*;
 use muc_support::*;
+use std::time::Duration;
 
 /// A server whose `[muc.http_auth]` points at `url`, plus `extra` keys.
 fn gated(url: &str, extra: &str) -> TestServer {
@@ -89,6 +90,40 @@ async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
     assert!(scrape.contains("# TYPE gatehouse_muc_gate_duration_seconds histogram"));
     assert!(scrape.contains("gatehouse_muc_gate_duration_seconds_bucket{"));
     assert!(scrape.contains("# HELP gatehouse_muc_gate_decisions_total "));
+}
+
+#[actix_rt::test]
+async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
+    let gate = Gate::start(|request| {
+        let allowed = r#"{"allowed": true}"#.to_owned();
+        match request.params["userJID"].as_str() {
+            "bob@localhost" => Reply::After(Duration::from_secs(1), allowed),
+            _ => Reply::Status(200, allowed),
+        }
+    })
+    .await;
+    let server = gated(&gate.url, "");
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "tea", "Alice").await.unwrap();
+    // Bob asks to join, then his connection drops before the gate answers.
+    let mut bob = login(&server, "bob", "builder").await;
+    bob.send("<presence to='tea@rooms.localhost/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    gate.received(2).await;
+    drop(bob);
+    gate.answered(2).await;
+    // The gate said yes, but nobody was there to admit: "Bob" is free.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    let got = join(&mut colon, "tea", "Bob").await.unwrap();
+    let present: Vec<_> = got
+        .iter()
+        .filter(|el| el.is("presence", CLIENT))
+        .map(|p| p.attr("from").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        present,
+        ["tea@rooms.localhost/Alice", "tea@rooms.localhost/Bob"]
+    );
 }
 
 #[actix_rt::test]

@@ -6,6 +6,7 @@
 use crate::common::*;
 use minidom::Element;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +42,8 @@ pub struct GateRequest {
 pub enum Reply {
     /// Answers with this status and body.
     Status(u16, String),
+    /// Answers with status 200 and this body after a while.
+    After(Duration, String),
     /// Never answers.
     Hang,
 }
@@ -55,6 +58,8 @@ impl Reply {
 pub struct Gate {
     pub url: String,
     requests: Arc<Mutex<Vec<GateRequest>>>,
+    /// Responses written so far.
+    answered: Arc<AtomicUsize>,
 }
 
 impl Gate {
@@ -98,6 +103,8 @@ impl Gate {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counted = answered.clone();
         let policy = Arc::new(policy);
         tokio::spawn(async move {
             loop {
@@ -105,14 +112,17 @@ impl Gate {
                     return;
                 };
                 let (recorded, policy, tls) = (recorded.clone(), policy.clone(), tls.clone());
+                let counted = counted.clone();
                 tokio::spawn(async move {
-                    match tls {
-                        Some(tls) => {
-                            if let Ok(stream) = tls.accept(socket).await {
-                                answer(stream, &recorded, &*policy).await;
-                            }
-                        }
+                    let answered = match tls {
+                        Some(tls) => match tls.accept(socket).await {
+                            Ok(stream) => answer(stream, &recorded, &*policy).await,
+                            Err(_) => false,
+                        },
                         None => answer(socket, &recorded, &*policy).await,
+                    };
+                    if answered {
+                        counted.fetch_add(1, Ordering::SeqCst);
                     }
                 });
             }
@@ -120,12 +130,37 @@ impl Gate {
         Gate {
             url: format!("{scheme}://127.0.0.1:{port}/check"),
             requests,
+            answered,
         }
     }
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<GateRequest> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until the gate has written `n` responses.
+    pub async fn answered(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.answered.load(Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gate answered too few"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the gate has received `n` requests.
+    pub async fn received(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.requests.lock().unwrap().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gate got too few requests"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -137,18 +172,19 @@ pub async fn refused_url() -> String {
     format!("http://127.0.0.1:{port}/check")
 }
 
-/// Reads one request head, records it, and answers per `policy`.
+/// Reads one request head, records it, and answers per `policy`; says
+/// whether a response was written.
 async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     mut stream: S,
     recorded: &Mutex<Vec<GateRequest>>,
     policy: &(dyn Fn(&GateRequest) -> Reply + Send + Sync),
-) {
+) -> bool {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
         match stream.read(&mut byte).await {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return false,
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -173,18 +209,25 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         params,
     };
     recorded.lock().unwrap().push(request.clone());
-    match policy(&request) {
-        Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
-        Reply::Status(status, body) => {
-            let response = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+    let (status, body) = match policy(&request) {
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return false;
         }
-    }
+        Reply::After(delay, body) => {
+            tokio::time::sleep(delay).await;
+            (200, body)
+        }
+        Reply::Status(status, body) => (status, body),
+    };
+    let response = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let written = stream.write_all(response.as_bytes()).await.is_ok();
+    let _ = stream.shutdown().await;
+    written
 }
 
 /// Sends a join and reads until it completes (the subject message) or

@@ -229,6 +229,10 @@ impl Room {
             }
             (None, Some(current)) => self.change_nick(msg, current, nick),
             (None, None) => self.join(msg, nick, ctx),
+            // Gives up a join the gate is still deciding.
+            (Some("unavailable"), None) => {
+                self.pending.remove(&msg.from);
+            }
             // Errors and presence from non-occupants that is not a join.
             _ => {}
         }
@@ -263,7 +267,11 @@ impl Room {
             gate.send(check)
                 .into_actor(self)
                 .map(move |answer, room, ctx| {
-                    room.pending.remove(&join.from);
+                    if !room.pending.remove(&join.from) {
+                        // The client left (or its session ended) while the
+                        // gate was deciding: no one to admit or to tell.
+                        return room.vacate_if_empty(ctx);
+                    }
                     let allowed = match answer {
                         Ok(decision) => decision.allows(),
                         Err(error) => {
@@ -591,6 +599,8 @@ impl Handler<Leave> for Room {
         if self.closed {
             return;
         }
+        // A join still at the gate is abandoned.
+        self.pending.remove(&msg.jid);
         if let Some(nick) = self.nicks.get(&msg.jid).cloned() {
             if let Some(occupant) = self.occupants.get_mut(&nick) {
                 occupant.presence.clear();
