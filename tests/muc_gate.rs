@@ -127,6 +127,33 @@ async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
 }
 
 #[actix_rt::test]
+async fn requests_in_flight_are_bounded() {
+    let gate = Gate::start(|request| {
+        let allowed = r#"{"allowed": true}"#.to_owned();
+        match request.params["nickname"].as_str() {
+            "slow" => Reply::After(Duration::from_millis(500), allowed),
+            _ => Reply::Status(200, allowed),
+        }
+    })
+    .await;
+    let server = gated(&gate.url, "max_in_flight = 1\ntimeout = \"10s\"");
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let mut bob = login(&server, "bob", "builder").await;
+    alice
+        .send("<presence to='tea@rooms.localhost/slow'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    gate.received(1).await;
+    // The second join waits for the only slot: its request reaches the
+    // gate after the first one was answered, and both get in.
+    join(&mut bob, "tea", "fast").await.unwrap();
+    until(&mut alice, |el| el.get_child("subject", CLIENT).is_some()).await;
+    let requests = gate.requests();
+    assert_eq!(requests[0].answered_before, 0);
+    assert_eq!(requests[1].params["nickname"], "fast");
+    assert_eq!(requests[1].answered_before, 1);
+}
+
+#[actix_rt::test]
 async fn every_failure_denies_and_counts_as_error() {
     let gate = Gate::start(|request| match request.params["nickname"].as_str() {
         "hang" => Reply::Hang,

@@ -7,7 +7,6 @@
 
 use super::{domain_problem, Problems};
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -41,8 +40,7 @@ pub struct MucConfig {
     pub http_auth: Option<MucHttpAuthConfig>,
 }
 
-/// Room names per user domain (or `"all"`).
-pub type RoomLists = BTreeMap<String, BTreeSet<String>>;
+pub use gatehouse_actors::muc::gate::RoomLists;
 
 /// `[muc.http_auth]`: the join gate of `mod_muc_http_auth`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

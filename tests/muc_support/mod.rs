@@ -36,6 +36,9 @@ pub struct GateRequest {
     pub headers: HashMap<String, String>,
     /// The decoded query parameters.
     pub params: HashMap<String, String>,
+    /// Responses the gate had written when this request arrived, to tell
+    /// which requests overlapped.
+    pub answered_before: usize,
 }
 
 /// What the gate does with a request.
@@ -56,7 +59,9 @@ impl Reply {
 
 /// A running gate. Its tasks end with the test's runtime.
 pub struct Gate {
+    /// Where the gate listens, with the path `/check`.
     pub url: String,
+    /// Every request received, in order.
     requests: Arc<Mutex<Vec<GateRequest>>>,
     /// Responses written so far.
     answered: Arc<AtomicUsize>,
@@ -114,15 +119,13 @@ impl Gate {
                 let (recorded, policy, tls) = (recorded.clone(), policy.clone(), tls.clone());
                 let counted = counted.clone();
                 tokio::spawn(async move {
-                    let answered = match tls {
-                        Some(tls) => match tls.accept(socket).await {
-                            Ok(stream) => answer(stream, &recorded, &*policy).await,
-                            Err(_) => false,
-                        },
-                        None => answer(socket, &recorded, &*policy).await,
-                    };
-                    if answered {
-                        counted.fetch_add(1, Ordering::SeqCst);
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(socket).await {
+                                answer(stream, &recorded, &*policy, &counted).await;
+                            }
+                        }
+                        None => answer(socket, &recorded, &*policy, &counted).await,
                     }
                 });
             }
@@ -172,19 +175,20 @@ pub async fn refused_url() -> String {
     format!("http://127.0.0.1:{port}/check")
 }
 
-/// Reads one request head, records it, and answers per `policy`; says
-/// whether a response was written.
+/// Reads one request head, records it, answers per `policy`, and counts
+/// the response in `answered` once written.
 async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     mut stream: S,
     recorded: &Mutex<Vec<GateRequest>>,
     policy: &(dyn Fn(&GateRequest) -> Reply + Send + Sync),
-) -> bool {
+    answered: &AtomicUsize,
+) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
         match stream.read(&mut byte).await {
             Ok(1) => head.push(byte[0]),
-            _ => return false,
+            _ => return,
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -207,12 +211,13 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         target,
         headers,
         params,
+        answered_before: answered.load(Ordering::SeqCst),
     };
     recorded.lock().unwrap().push(request.clone());
     let (status, body) = match policy(&request) {
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            return false;
+            return;
         }
         Reply::After(delay, body) => {
             tokio::time::sleep(delay).await;
@@ -225,9 +230,10 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let written = stream.write_all(response.as_bytes()).await.is_ok();
+    if stream.write_all(response.as_bytes()).await.is_ok() {
+        answered.fetch_add(1, Ordering::SeqCst);
+    }
     let _ = stream.shutdown().await;
-    written
 }
 
 /// Sends a join and reads until it completes (the subject message) or

@@ -107,13 +107,17 @@ impl Decision {
 #[derive(Message)]
 #[rtype(result = "Decision")]
 pub struct Check {
+    /// The joining client; the gate gets its bare JID.
     pub user: FullJid,
+    /// The room's bare JID, sent as `mucJID`.
     pub room: BareJid,
+    /// The nickname asked for, sent as `nickname`.
     pub nickname: String,
 }
 
 /// The gate. One per server; rooms on any arbiter ask it.
 pub struct MucGate {
+    /// URL, header and timeout, shared with requests in flight.
     config: Arc<GateConfig>,
     /// The shared client: rustls with certificate verification, or with
     /// none when `insecure` is set.

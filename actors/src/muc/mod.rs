@@ -44,6 +44,7 @@ pub struct MucConfig {
 pub struct MucHandle {
     /// Stanzas to this domain go to `service`.
     pub domain: String,
+    /// Where those stanzas and the end of each session are sent.
     pub service: Addr<MucService>,
 }
 
@@ -51,9 +52,12 @@ pub struct MucHandle {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Incoming {
+    /// The sender's bound JID: who joins, speaks or leaves.
     pub from: FullJid,
     /// Where the MUC writes to this client: replies, room traffic.
     pub mailbox: Recipient<ToSession>,
+    /// The stanza as the client sent it, `to` naming the service, a room
+    /// or an occupant.
     pub stanza: Element,
 }
 
@@ -61,6 +65,7 @@ pub struct Incoming {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Departed {
+    /// The JID whose session ended.
     pub jid: FullJid,
 }
 
@@ -68,7 +73,9 @@ pub struct Departed {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Vacated {
+    /// The room's localpart, its key in the registry.
     name: String,
+    /// The room itself: a newer room of the same name is not removed.
     room: Addr<Room>,
 }
 
@@ -85,10 +92,15 @@ pub struct MucService {
 
 /// What every room of the service shares.
 struct RoomSettings {
+    /// The service domain: room JIDs are `name@domain`.
     domain: String,
+    /// Rooms that stay when empty.
     persistent_rooms: HashSet<String>,
+    /// Occupants (and joins at the gate) a room admits.
     max_occupants: usize,
+    /// Groupchat messages a room keeps for joiners.
     history: usize,
+    /// The gate and which rooms it decides for, when configured.
     gate: Option<(Addr<MucGate>, GateConfig)>,
 }
 

@@ -36,6 +36,7 @@ const NICK_CHANGED: &str = "303";
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Leave {
+    /// The JID whose session ended.
     pub jid: FullJid,
 }
 
@@ -65,17 +66,25 @@ impl Occupant {
 
 /// A join on its way in.
 struct Join {
+    /// The joining client.
     from: FullJid,
+    /// Where its room traffic will go.
     mailbox: Recipient<ToSession>,
+    /// The nickname it asked for.
     nick: String,
+    /// The join presence: its payload is shown to others, and an error
+    /// reply is built from it.
     presence: Element,
 }
 
 pub(super) struct Room {
+    /// `name@domain`: the `from` of everything the room sends.
     jid: BareJid,
     /// The localpart, as the service knows the room.
     name: String,
+    /// Limits and the gate, shared by the service's rooms.
     settings: Arc<RoomSettings>,
+    /// Told when the room is vacant; receives stanzas that come too late.
     service: Addr<MucService>,
     /// Occupants by nickname.
     occupants: HashMap<String, Occupant>,
