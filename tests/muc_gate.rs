@@ -92,16 +92,26 @@ async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
     assert!(scrape.contains("# HELP gatehouse_muc_gate_decisions_total "));
 }
 
+/// Allows everyone; answers after `delay` when query parameter `param` is
+/// `value`, at once otherwise.
+fn slow_for(
+    param: &'static str,
+    value: &'static str,
+    delay: Duration,
+) -> impl Fn(&GateRequest) -> Reply + Send + Sync + 'static {
+    move |request| {
+        let allowed = r#"{"allowed": true}"#.to_owned();
+        if request.params[param] == value {
+            Reply::After(delay, allowed)
+        } else {
+            Reply::Status(200, allowed)
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
-    let gate = Gate::start(|request| {
-        let allowed = r#"{"allowed": true}"#.to_owned();
-        match request.params["userJID"].as_str() {
-            "bob@localhost" => Reply::After(Duration::from_secs(1), allowed),
-            _ => Reply::Status(200, allowed),
-        }
-    })
-    .await;
+    let gate = Gate::start(slow_for("userJID", "bob@localhost", Duration::from_secs(1))).await;
     let server = gated(&gate.url, "");
     let mut alice = login(&server, "alice", "wonderland").await;
     join(&mut alice, "tea", "Alice").await.unwrap();
@@ -128,14 +138,7 @@ async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
 
 #[actix_rt::test]
 async fn requests_in_flight_are_bounded() {
-    let gate = Gate::start(|request| {
-        let allowed = r#"{"allowed": true}"#.to_owned();
-        match request.params["nickname"].as_str() {
-            "slow" => Reply::After(Duration::from_millis(500), allowed),
-            _ => Reply::Status(200, allowed),
-        }
-    })
-    .await;
+    let gate = Gate::start(slow_for("nickname", "slow", Duration::from_millis(500))).await;
     let server = gated(&gate.url, "max_in_flight = 1\ntimeout = \"10s\"");
     let mut alice = login(&server, "alice", "wonderland").await;
     let mut bob = login(&server, "bob", "builder").await;
