@@ -14,6 +14,10 @@
 //! `roster_admin.token`) are [`Secret`]s, whose `Debug` prints `***`, so
 //! that `{:?}` of a whole `Config` stays safe to log.
 
+mod muc;
+
+pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
+
 use std::fmt;
 use std::fs;
 use std::io::{self, BufReader};
@@ -74,6 +78,9 @@ pub struct Config {
     /// whenever `[roster]` is set.
     #[serde(default)]
     pub roster_admin: Option<RosterAdminConfig>,
+    /// The multi-user chat service; absent means none.
+    #[serde(default)]
+    pub muc: Option<MucConfig>,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -286,7 +293,7 @@ pub struct Secret(pub String);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
+        f.write_str("***")
     }
 }
 
@@ -592,6 +599,9 @@ impl Config {
                 "needs a [roster] section: there is nothing to refresh without one",
             ),
             (None, None) => {}
+        }
+        if let Some(muc) = &self.muc {
+            muc.validate(&self.hosts, &mut problems);
         }
         problems.0
     }

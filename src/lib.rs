@@ -17,6 +17,8 @@ mod telemetry;
 use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::auth::Authenticator;
+use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
+use gatehouse_actors::muc::{MucConfig, MucService};
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
@@ -47,6 +49,8 @@ pub enum RunError {
     Auth(String),
     #[error("roster: {0}")]
     Roster(#[from] RosterError),
+    #[error("MUC gate HTTP client: {0}")]
+    MucGate(reqwest::Error),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -139,10 +143,15 @@ impl Server {
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
+        let muc = match &config.muc {
+            Some(muc) => Some(MucService::start(muc_settings(muc)).map_err(RunError::MucGate)?),
+            None => None,
+        };
         let services = Services {
             router,
             auth: auth.clone(),
             roster,
+            muc,
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
@@ -202,6 +211,28 @@ impl Server {
             arbiter.stop();
         }
         Ok(())
+    }
+}
+
+/// The MUC actors' settings from `[muc]`.
+fn muc_settings(muc: &config::MucConfig) -> MucConfig {
+    MucConfig {
+        domain: muc.domain.clone(),
+        persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
+        max_occupants: muc.max_occupants,
+        history: muc.history,
+        gate: muc.http_auth.as_ref().map(|gate| GateConfig {
+            url: gate.parsed_url(),
+            rooms: match (&gate.enabled_for, &gate.disabled_for) {
+                (Some(enabled), _) => GatedRooms::EnabledFor(enabled.clone()),
+                (None, Some(disabled)) => GatedRooms::DisabledFor(disabled.clone()),
+                (None, None) => GatedRooms::Every,
+            },
+            insecure: gate.insecure,
+            authorization_header: gate.authorization_header.as_ref().map(|s| s.0.clone()),
+            timeout: gate.timeout,
+            max_in_flight: gate.max_in_flight,
+        }),
     }
 }
 

@@ -79,6 +79,7 @@ fn describe() {
     );
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
+    gatehouse_actors::muc::describe_metrics();
 }
 
 /// Counters and gauges that exist before their first event, so a dashboard

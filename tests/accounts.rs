@@ -158,7 +158,7 @@ async fn slixmpp_registers_changes_its_password_and_logs_in_again() {
     ));
     let server = TestServer::start(&toml);
     let port = server.c2s.port().to_string();
-    interop("slix_register.py", &["--port", &port, "--ca", &ca]).await;
+    run_interop("slix_register.py", &["--port", &port, "--ca", &ca]).await;
     assert_eq!(
         backend.passwords("carol"),
         Some(vec!["second pass: ü&=".to_owned()])

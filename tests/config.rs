@@ -315,3 +315,31 @@ fn roster_sections_load_with_defaults_and_hide_their_secrets() {
     assert_eq!(roster.max_in_flight, 64);
     assert!(roster.authorization_header.is_none());
 }
+
+#[test]
+fn muc_defaults_and_the_gate_header_is_masked() {
+    let config = Config::load(&fixture("valid/muc_minimal.toml")).unwrap();
+    let muc = config.muc.unwrap();
+    assert_eq!(muc.domain, "rooms.localhost");
+    assert!(muc.persistent_rooms.is_empty());
+    assert_eq!(muc.max_occupants, 1000);
+    assert_eq!(muc.history, 20);
+    assert!(muc.http_auth.is_none());
+
+    let config = Config::load(&fixture("valid/muc_gate_enabled_for.toml")).unwrap();
+    let gate = config.muc.as_ref().unwrap().http_auth.as_ref().unwrap();
+    assert!(!gate.insecure);
+    assert_eq!(gate.timeout, Duration::from_secs(2));
+    assert_eq!(gate.max_in_flight, 16);
+    assert_eq!(gate.enabled_for.as_ref().unwrap()["localhost"].len(), 2);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("dXNlcm5hbWU6cGFzc3dvcmQ="), "{shown}");
+    assert!(shown.contains("***"), "{shown}");
+
+    let config = Config::load(&fixture("valid/muc_gate_disabled_for.toml")).unwrap();
+    let gate = config.muc.unwrap().http_auth.unwrap();
+    assert!(gate.insecure);
+    assert_eq!(gate.timeout, Duration::from_secs(5));
+    assert_eq!(gate.max_in_flight, 64);
+    assert!(gate.enabled_for.is_none());
+}

@@ -11,7 +11,7 @@ async fn slixmpp_chats_over_starttls_and_pings() {
     let (toml, ca) = tls_config(&fixture_auth(""));
     let server = TestServer::start(&toml);
     let port = server.c2s.port().to_string();
-    interop("slix_chat.py", &["--port", &port, "--ca", &ca]).await;
+    run_interop("slix_chat.py", &["--port", &port, "--ca", &ca]).await;
     let scrape = server.metrics().await;
     assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 2.0);
 }

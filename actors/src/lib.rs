@@ -11,6 +11,7 @@
 //! application does that and hands plain settings in.
 
 pub mod auth;
+pub mod muc;
 pub mod roster;
 pub mod router;
 pub mod session;

@@ -92,30 +92,19 @@ pub fn make_certificates(dir: &Path) -> (String, String, String) {
 /// A test config requiring STARTTLS with a fresh certificate; returns it
 /// and the CA file a client should trust.
 pub fn tls_config(auth_section: &str) -> (String, String) {
+    with_tls(&config(auth_section))
+}
+
+/// Turns a test config (from [`config`]) into one requiring STARTTLS with
+/// a fresh certificate; returns it and the CA file a client should trust.
+pub fn with_tls(toml: &str) -> (String, String) {
     let dir = tempdir();
     let (ca, cert, key) = make_certificates(&dir);
-    let toml = config(auth_section).replace(
+    let toml = toml.replace(
         "require_tls = false",
         &format!("require_tls = true\ntls_cert = \"{cert}\"\ntls_key = \"{key}\""),
     );
     (toml, ca)
-}
-
-/// Runs a slixmpp script from tests/interop and asserts it succeeded.
-pub async fn interop(script: &str, args: &[&str]) {
-    let output = tokio::process::Command::new("python3")
-        .arg(root().join("tests/interop").join(script))
-        .args(args)
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("interop ok"), "{stdout}");
 }
 
 /// A running server; dropping it shuts it down and waits.
@@ -406,4 +395,23 @@ impl Client {
             }
         }
     }
+}
+
+/// Runs an interop script under tests/interop with `args`; panics with its
+/// output unless it exits 0 and prints `interop ok`. Returns its stdout.
+pub async fn run_interop(script: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new("python3")
+        .arg(root().join("tests/interop").join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("interop ok"), "{stdout}");
+    stdout
 }

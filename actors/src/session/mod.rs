@@ -12,6 +12,7 @@ mod connection;
 mod sasl;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::muc::{self, MucHandle};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
@@ -66,6 +67,8 @@ pub struct Services {
     /// Where rosters come from; `None` when no roster service is configured
     /// (roster gets are then answered with an empty roster).
     pub roster: Option<Addr<RosterCache>>,
+    /// The MUC service, when `[muc]` is configured.
+    pub muc: Option<MucHandle>,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -210,6 +213,9 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kill.cancel();
         if let Some(jid) = self.jid.take() {
+            if let Some(muc) = &self.services.muc {
+                muc.service.do_send(muc::Departed { jid: jid.clone() });
+            }
             self.services.router.do_send(router::Unbind {
                 jid,
                 session_id: self.id,
@@ -428,7 +434,7 @@ impl Session {
             Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
             Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
             Phase::Bound if self.is_account_iq(&el) => self.account(el),
-            Phase::Bound => self.stanza(el),
+            Phase::Bound => self.stanza(el, ctx),
             Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
                 ready(self.stream_error(StreamErrorCondition::NotAuthorized))
             }
@@ -604,7 +610,11 @@ impl Session {
 
     /// A stanza from a bound client: stamp `from`, then answer it here (the
     /// server's and the account's own IQs) or hand it to the Router.
-    fn stanza(&mut self, mut el: Element) -> ResponseActFuture<Self, Next> {
+    fn stanza(
+        &mut self,
+        mut el: Element,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Next> {
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
             return ready(self.stream_error(StreamErrorCondition::UnsupportedStanzaType));
         }
@@ -619,6 +629,19 @@ impl Session {
             }
         };
         if let Some(to) = &to {
+            if let Some(muc) = self
+                .services
+                .muc
+                .as_ref()
+                .filter(|m| m.domain == to.domain().as_str())
+            {
+                muc.service.do_send(muc::Incoming {
+                    from: me,
+                    mailbox: ctx.address().recipient(),
+                    stanza: el,
+                });
+                return ready(Next::Continue);
+            }
             if !self
                 .settings
                 .hosts
@@ -841,26 +864,9 @@ async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Ros
 /// The server's XEP-0030 identity and features; `register` when some
 /// XEP-0077 operation is offered.
 fn server_disco_info(register: bool) -> Element {
-    let mut query = Element::bare("query", ns::DISCO_INFO);
-    query.append_child(stanza::element(
-        "identity",
-        ns::DISCO_INFO,
-        &[
-            ("category", "server"),
-            ("type", "im"),
-            ("name", "Gatehouse"),
-        ],
-    ));
-    let register = register.then_some(ns::REGISTER);
-    for feature in [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING]
-        .into_iter()
-        .chain(register)
-    {
-        query.append_child(stanza::element(
-            "feature",
-            ns::DISCO_INFO,
-            &[("var", feature)],
-        ));
+    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
+    if register {
+        features.push(ns::REGISTER);
     }
-    query
+    stanza::disco_info("server", "im", "Gatehouse", &features)
 }

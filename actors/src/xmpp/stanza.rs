@@ -115,6 +115,10 @@ impl StanzaError {
         kind: ErrorType::Cancel,
         condition: "remote-server-not-found",
     };
+    pub const ITEM_NOT_FOUND: StanzaError = StanzaError {
+        kind: ErrorType::Cancel,
+        condition: "item-not-found",
+    };
 
     fn to_element(self) -> Element {
         let mut err = element("error", ns::CLIENT, &[("type", self.kind.as_str())]);
@@ -171,6 +175,20 @@ fn swap_addresses(el: &mut Element) {
     if let Some(to) = to {
         set_attr(el, "from", to);
     }
+}
+
+/// A XEP-0030 disco#info payload: one identity and its features.
+pub fn disco_info(category: &str, kind: &str, name: &str, features: &[&str]) -> Element {
+    let mut query = Element::bare("query", ns::DISCO_INFO);
+    query.append_child(element(
+        "identity",
+        ns::DISCO_INFO,
+        &[("category", category), ("type", kind), ("name", name)],
+    ));
+    for feature in features {
+        query.append_child(element("feature", ns::DISCO_INFO, &[("var", feature)]));
+    }
+    query
 }
 
 /// True for an IQ that expects an answer (`get` or `set`).

@@ -1,0 +1,292 @@
+//! The MucGate actor: the HTTP join gate of `mod_muc_http_auth` — which
+//! rooms are gated for which users, and the `GET url?userJID=&mucJID=&nickname=`
+//! request that decides a join.
+//!
+//! It owns the HTTP clients, the in-flight bound and the gate metrics. It
+//! must not touch room state or occupants: a Room asks, the gate answers
+//! with a [`Decision`], and the Room acts on it. It fails closed: anything
+//! but a 2xx JSON answer with a boolean `allowed` denies.
+
+use actix::prelude::*;
+use jid::{BareJid, FullJid};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Room localparts per user domain (or `"all"`).
+pub type RoomLists = BTreeMap<String, BTreeSet<String>>;
+
+/// Which rooms the gate decides for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatedRooms {
+    /// Neither list configured: every room is gated.
+    Every,
+    /// Only the listed rooms, per user domain, are gated.
+    EnabledFor(RoomLists),
+    /// Every room except the listed ones, per user domain, is gated.
+    DisabledFor(RoomLists),
+}
+
+impl GatedRooms {
+    /// Whether a user of `user_domain` joining `room` must ask the gate.
+    pub fn is_gated(&self, user_domain: &str, room: &str) -> bool {
+        let listed = |lists: &RoomLists| {
+            [user_domain, "all"]
+                .iter()
+                .any(|key| lists.get(*key).is_some_and(|rooms| rooms.contains(room)))
+        };
+        match self {
+            GatedRooms::Every => true,
+            GatedRooms::EnabledFor(lists) => listed(lists),
+            GatedRooms::DisabledFor(lists) => !listed(lists),
+        }
+    }
+}
+
+/// Settings of the gate, from `[muc.http_auth]`.
+#[derive(Clone)]
+pub struct GateConfig {
+    /// The endpoint; the query parameters are appended to it.
+    pub url: url::Url,
+    /// Which rooms are gated.
+    pub rooms: GatedRooms,
+    /// Skip certificate verification (development gates only).
+    pub insecure: bool,
+    /// Sent verbatim as `Authorization` when set.
+    pub authorization_header: Option<String>,
+    /// Bound on one decision, waiting for a free slot included.
+    pub timeout: Duration,
+    /// Requests in flight at once; more wait for a slot within `timeout`.
+    pub max_in_flight: usize,
+}
+
+/// Why a gate request produced no usable answer. Every one denies the join.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("HTTP status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("`allowed` is missing or not a boolean")]
+    NoVerdict,
+}
+
+/// The gate's answer for one join.
+#[derive(Debug)]
+pub enum Decision {
+    Allowed,
+    /// The gate said no; `reason` is its `error` field, for logs only.
+    Denied {
+        reason: Option<String>,
+    },
+    /// No usable answer: denied, and counted apart from real denials.
+    Failed(GateError),
+}
+
+impl Decision {
+    pub fn allows(&self) -> bool {
+        matches!(self, Decision::Allowed)
+    }
+
+    /// The `outcome` label of `gatehouse_muc_gate_decisions_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied { .. } => "denied",
+            Decision::Failed(_) => "error",
+        }
+    }
+}
+
+/// Asks whether `user` may join `room` as `nickname`.
+#[derive(Message)]
+#[rtype(result = "Decision")]
+pub struct Check {
+    /// The joining client; the gate gets its bare JID.
+    pub user: FullJid,
+    /// The room's bare JID, sent as `mucJID`.
+    pub room: BareJid,
+    /// The nickname asked for, sent as `nickname`.
+    pub nickname: String,
+}
+
+/// The gate. One per server; rooms on any arbiter ask it.
+pub struct MucGate {
+    /// URL, header and timeout, shared with requests in flight.
+    config: Arc<GateConfig>,
+    /// The shared client: rustls with certificate verification, or with
+    /// none when `insecure` is set.
+    client: reqwest::Client,
+    /// Bounds requests in flight to `max_in_flight`.
+    slots: Arc<Semaphore>,
+}
+
+impl MucGate {
+    /// Builds the HTTP client. Fails only if the TLS backend cannot start.
+    pub fn new(config: GateConfig) -> Result<MucGate, reqwest::Error> {
+        let mut builder = reqwest::Client::builder().timeout(config.timeout);
+        if config.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Ok(MucGate {
+            client: builder.build()?,
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Whether a join by `user` to the room with localpart `room` is gated.
+    pub fn is_gated(config: &GateConfig, user: &FullJid, room: &str) -> bool {
+        config.rooms.is_gated(user.domain().as_str(), room)
+    }
+}
+
+impl Actor for MucGate {
+    type Context = Context<Self>;
+}
+
+/// The request URL: the parameters appended with `?` or `&`, URL-encoded.
+fn request_url(base: &url::Url, check: &Check) -> url::Url {
+    let mut url = base.clone();
+    url.query_pairs_mut()
+        .append_pair("userJID", check.user.to_bare().as_str())
+        .append_pair("mucJID", check.room.as_str())
+        .append_pair("nickname", &check.nickname);
+    url
+}
+
+/// Reads the verdict out of a 2xx body.
+fn verdict(body: &[u8]) -> Result<Decision, GateError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(GateError::NotJson)?;
+    match value.get("allowed").and_then(serde_json::Value::as_bool) {
+        Some(true) => Ok(Decision::Allowed),
+        Some(false) => Ok(Decision::Denied {
+            reason: value
+                .get("error")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+        }),
+        None => Err(GateError::NoVerdict),
+    }
+}
+
+async fn ask(
+    client: reqwest::Client,
+    config: Arc<GateConfig>,
+    slots: Arc<Semaphore>,
+    url: url::Url,
+) -> Result<Decision, GateError> {
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    let mut request = client.get(url);
+    if let Some(header) = &config.authorization_header {
+        request = request.header(reqwest::header::AUTHORIZATION, header);
+    }
+    let response = request.send().await.map_err(GateError::Transport)?;
+    if !response.status().is_success() {
+        return Err(GateError::Status(response.status()));
+    }
+    let body = response.bytes().await.map_err(GateError::Transport)?;
+    verdict(&body)
+}
+
+impl Handler<Check> for MucGate {
+    type Result = ResponseFuture<Decision>;
+
+    fn handle(&mut self, check: Check, _: &mut Self::Context) -> Self::Result {
+        let url = request_url(&self.config.url, &check);
+        let timeout = self.config.timeout;
+        let request = ask(
+            self.client.clone(),
+            self.config.clone(),
+            self.slots.clone(),
+            url,
+        );
+        Box::pin(async move {
+            let started = Instant::now();
+            let decision = match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(decision)) => decision,
+                Ok(Err(error)) => Decision::Failed(error),
+                Err(_) => Decision::Failed(GateError::Timeout(timeout)),
+            };
+            let outcome = decision.outcome();
+            metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("gatehouse_muc_gate_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match &decision {
+                Decision::Allowed => {}
+                Decision::Denied { reason } => tracing::info!(
+                    user = %check.user, room = %check.room, reason = reason.as_deref().unwrap_or(""),
+                    "MUC join denied by the gate"
+                ),
+                Decision::Failed(error) => tracing::warn!(
+                    user = %check.user, room = %check.room, %error,
+                    "MUC gate failed; join denied"
+                ),
+            }
+            decision
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lists(entries: &[(&str, &[&str])]) -> RoomLists {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn gated_rooms() {
+        assert!(GatedRooms::Every.is_gated("a.example", "x"));
+        let enabled = GatedRooms::EnabledFor(lists(&[("a.example", &["x"]), ("all", &["y"])]));
+        assert!(enabled.is_gated("a.example", "x"));
+        assert!(enabled.is_gated("b.example", "y"));
+        assert!(!enabled.is_gated("b.example", "x"));
+        let disabled = GatedRooms::DisabledFor(lists(&[("a.example", &["x"])]));
+        assert!(!disabled.is_gated("a.example", "x"));
+        assert!(disabled.is_gated("b.example", "x"));
+        assert!(disabled.is_gated("a.example", "y"));
+    }
+
+    #[test]
+    fn url_keeps_an_existing_query() {
+        let check = Check {
+            user: FullJid::new("ab@x.example/r").unwrap(),
+            room: BareJid::new("room@muc.example").unwrap(),
+            nickname: "Ro&meo é".into(),
+        };
+        let url = request_url(&url::Url::parse("http://h/p?k=v").unwrap(), &check);
+        assert_eq!(
+            url.as_str(),
+            "http://h/p?k=v&userJID=ab%40x.example&mucJID=room%40muc.example&nickname=Ro%26meo+%C3%A9"
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert!(verdict(br#"{"allowed": true}"#).unwrap().allows());
+        match verdict(br#"{"allowed": false, "error": "nope"}"#).unwrap() {
+            Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("nope")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(verdict(b"yes"), Err(GateError::NotJson(_))));
+        assert!(matches!(
+            verdict(br#"{"allowed": "true"}"#),
+            Err(GateError::NoVerdict)
+        ));
+        assert!(matches!(verdict(br#"{}"#), Err(GateError::NoVerdict)));
+    }
+}

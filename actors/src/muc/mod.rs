@@ -1,0 +1,266 @@
+//! The MUC service (XEP-0045 core) at one domain: the registry of rooms,
+//! the service's own disco, and the hand-off of every stanza addressed to
+//! the domain to the Room actor it is for.
+//!
+//! It owns which rooms exist and which sessions may be in which room. It
+//! must not touch a room's occupants or history (each [`room::Room`] owns
+//! its own) nor ask the join gate (rooms do, through [`gate::MucGate`]).
+
+pub mod gate;
+mod room;
+
+use crate::router::ToSession;
+use crate::xmpp::ns;
+use crate::xmpp::stanza::{self, StanzaError};
+use actix::prelude::*;
+use gate::{GateConfig, MucGate};
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use room::Room;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// `http://jabber.org/protocol/muc`: the join payload.
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+/// `http://jabber.org/protocol/muc#user`: occupant items and status codes.
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+/// Settings of the service, from `[muc]`.
+pub struct MucConfig {
+    /// The service's domain, e.g. `rooms.example`.
+    pub domain: String,
+    /// Room localparts that stay when their last occupant leaves.
+    pub persistent_rooms: HashSet<String>,
+    /// Occupants a room admits; one more gets `<service-unavailable/>`.
+    pub max_occupants: usize,
+    /// Groupchat messages a room keeps and sends to joiners.
+    pub history: usize,
+    /// The join gate, when `[muc.http_auth]` is configured.
+    pub gate: Option<GateConfig>,
+}
+
+/// What a session needs to reach the service.
+#[derive(Clone)]
+pub struct MucHandle {
+    /// Stanzas to this domain go to `service`.
+    pub domain: String,
+    /// Where those stanzas and the end of each session are sent.
+    pub service: Addr<MucService>,
+}
+
+/// A stanza from a bound client to the MUC domain, `from` already stamped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    /// The sender's bound JID: who joins, speaks or leaves.
+    pub from: FullJid,
+    /// Where the MUC writes to this client: replies, room traffic.
+    pub mailbox: Recipient<ToSession>,
+    /// The stanza as the client sent it, `to` naming the service, a room
+    /// or an occupant.
+    pub stanza: Element,
+}
+
+/// A client's session ended: it leaves every room it is in.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Departed {
+    /// The JID whose session ended.
+    pub jid: FullJid,
+}
+
+/// A room has no occupants left and is not persistent; sent by the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Vacated {
+    /// The room's localpart, its key in the registry.
+    name: String,
+    /// The room itself: a newer room of the same name is not removed.
+    room: Addr<Room>,
+}
+
+/// The service actor. It lives on one arbiter; each room is its own actor.
+pub struct MucService {
+    /// Shared with every room.
+    settings: Arc<RoomSettings>,
+    /// Live rooms by localpart.
+    rooms: HashMap<String, Addr<Room>>,
+    /// Rooms each client sent presence to; told when the client's session
+    /// ends. Over-approximates (a refused join stays listed) — harmless.
+    presence_sent: HashMap<FullJid, HashSet<String>>,
+}
+
+/// What every room of the service shares.
+struct RoomSettings {
+    /// The service domain: room JIDs are `name@domain`.
+    domain: String,
+    /// Rooms that stay when empty.
+    persistent_rooms: HashSet<String>,
+    /// Occupants (and joins at the gate) a room admits.
+    max_occupants: usize,
+    /// Groupchat messages a room keeps for joiners.
+    history: usize,
+    /// The gate and which rooms it decides for, when configured.
+    gate: Option<(Addr<MucGate>, GateConfig)>,
+}
+
+impl MucService {
+    /// Starts the service (and the gate, if configured) on the current
+    /// arbiter.
+    pub fn start(config: MucConfig) -> Result<MucHandle, reqwest::Error> {
+        let gate = match config.gate {
+            Some(gate) => Some((MucGate::new(gate.clone())?.start(), gate)),
+            None => None,
+        };
+        let domain = config.domain.clone();
+        let settings = Arc::new(RoomSettings {
+            domain: config.domain,
+            persistent_rooms: config.persistent_rooms,
+            max_occupants: config.max_occupants,
+            history: config.history,
+            gate,
+        });
+        let service = MucService {
+            settings,
+            rooms: HashMap::new(),
+            presence_sent: HashMap::new(),
+        }
+        .start();
+        Ok(MucHandle { domain, service })
+    }
+
+    fn set_rooms_gauge(&self) {
+        metrics::gauge!("gatehouse_muc_rooms").set(self.rooms.len() as f64);
+    }
+
+    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> Addr<Room> {
+        if let Some(room) = self.rooms.get(name) {
+            return room.clone();
+        }
+        let jid = BareJid::new(&format!("{name}@{}", self.settings.domain))
+            .expect("the caller checked the room JID");
+        let room = Room::new(jid, name.to_owned(), self.settings.clone(), ctx.address()).start();
+        self.rooms.insert(name.to_owned(), room.clone());
+        self.set_rooms_gauge();
+        room
+    }
+
+    /// IQs to the service domain itself: disco#info and disco#items.
+    fn service_iq(&self, msg: &Incoming) {
+        let iq = &msg.stanza;
+        if !stanza::is_iq_request(iq) {
+            return;
+        }
+        let get = iq.attr("type") == Some("get");
+        let payload = iq.children().next();
+        let answer = match payload.map(|p| (p.ns(), p.name())) {
+            Some((space, "query")) if get && space == ns::DISCO_INFO => Some(stanza::disco_info(
+                "conference",
+                "text",
+                "Chatrooms",
+                &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS_MUC],
+            )),
+            Some((space, "query")) if get && space == ns::DISCO_ITEMS => {
+                let mut names: Vec<&String> = self.rooms.keys().collect();
+                names.sort();
+                let mut query = Element::bare("query", ns::DISCO_ITEMS);
+                for name in names {
+                    let jid = format!("{name}@{}", self.settings.domain);
+                    query.append_child(stanza::element(
+                        "item",
+                        ns::DISCO_ITEMS,
+                        &[("jid", &jid), ("name", name)],
+                    ));
+                }
+                Some(query)
+            }
+            _ => None,
+        };
+        let reply = match answer {
+            Some(query) => Some(stanza::iq_result(iq, Some(query))),
+            None => stanza::error_reply(iq, StanzaError::SERVICE_UNAVAILABLE),
+        };
+        if let Some(reply) = reply {
+            msg.mailbox.do_send(ToSession::Stanza(reply));
+        }
+    }
+}
+
+impl Actor for MucService {
+    type Context = Context<Self>;
+}
+
+impl Handler<Incoming> for MucService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
+        let to = msg.stanza.attr("to").and_then(|to| Jid::new(to).ok());
+        let Some(name) = to.as_ref().and_then(|to| to.node()).map(|n| n.to_string()) else {
+            return self.service_iq(&msg);
+        };
+        // A presence that is not a join or nick change (unavailable, error)
+        // never creates a room.
+        let creates = msg.stanza.name() == "presence" && msg.stanza.attr("type").is_none();
+        if creates {
+            self.presence_sent
+                .entry(msg.from.clone())
+                .or_default()
+                .insert(name.clone());
+        } else if !self.rooms.contains_key(&name) {
+            if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
+                msg.mailbox.do_send(ToSession::Stanza(reply));
+            }
+            return;
+        }
+        self.room(&name, ctx).do_send(msg);
+    }
+}
+
+impl Handler<Departed> for MucService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Departed, _: &mut Self::Context) {
+        for name in self.presence_sent.remove(&msg.jid).into_iter().flatten() {
+            if let Some(room) = self.rooms.get(&name) {
+                room.do_send(room::Leave {
+                    jid: msg.jid.clone(),
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Vacated> for MucService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Vacated, _: &mut Self::Context) {
+        if self
+            .rooms
+            .get(&msg.name)
+            .is_some_and(|room| *room == msg.room)
+        {
+            self.rooms.remove(&msg.name);
+            self.set_rooms_gauge();
+        }
+    }
+}
+
+/// Help texts of the MUC metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "gatehouse_muc_gate_decisions_total",
+        "MUC join gate decisions by outcome: allowed, denied, error (no usable answer; denied)"
+    );
+    describe_histogram!(
+        "gatehouse_muc_gate_duration_seconds",
+        Unit::Seconds,
+        "Time from a gated join to the gate's decision"
+    );
+    describe_gauge!("gatehouse_muc_rooms", "MUC rooms that exist");
+    describe_gauge!("gatehouse_muc_occupants", "Occupants across all MUC rooms");
+    describe_counter!(
+        "gatehouse_muc_messages_total",
+        "Groupchat messages broadcast by MUC rooms"
+    );
+}

@@ -1,0 +1,636 @@
+//! The Room actor: one XEP-0045 room — its occupants, subject and history,
+//! and everything addressed to the room or to one of its occupants.
+//!
+//! It owns one room's state. It must not decide whether a room exists (the
+//! service creates it and forgets it when the room reports it is vacant),
+//! nor decide a gated join itself (it asks the [`MucGate`]).
+
+use super::gate::{Check, MucGate};
+use super::{Incoming, MucService, RoomSettings, Vacated, NS_MUC, NS_MUC_USER};
+use crate::router::ToSession;
+use crate::xmpp::ns;
+use crate::xmpp::stanza::{self, ErrorType, StanzaError};
+use actix::prelude::*;
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+const NS_DELAY: &str = "urn:xmpp:delay";
+const NS_DATA: &str = "jabber:x:data";
+
+/// XEP-0045 §7.2.10: a full room answers a join with a retryable error.
+const ROOM_FULL: StanzaError = StanzaError {
+    kind: ErrorType::Wait,
+    condition: "service-unavailable",
+};
+
+/// Status codes (XEP-0045 §15.6).
+const SELF_PRESENCE: &str = "110";
+const ROOM_CREATED: &str = "201";
+const NICK_CHANGED: &str = "303";
+
+/// The client's session ended: it leaves the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Leave {
+    /// The JID whose session ended.
+    pub jid: FullJid,
+}
+
+/// One person in the room.
+struct Occupant {
+    /// The client behind the nickname.
+    jid: FullJid,
+    /// Where its stanzas go; refreshed by each stanza it sends, so a
+    /// session that replaced an older one with the same JID is reached.
+    mailbox: Recipient<ToSession>,
+    /// Its presence payload (show, status, …) without MUC elements,
+    /// repeated in what others see.
+    presence: Vec<Element>,
+    /// `owner` for the creator, `none` otherwise.
+    affiliation: &'static str,
+    /// `moderator` for the creator (sees real JIDs), `participant`
+    /// otherwise.
+    role: &'static str,
+}
+
+impl Occupant {
+    fn send(&self, mut el: Element) {
+        stanza::set_attr(&mut el, "to", self.jid.to_string());
+        self.mailbox.do_send(ToSession::Stanza(el));
+    }
+}
+
+/// A join on its way in.
+struct Join {
+    /// The joining client.
+    from: FullJid,
+    /// Where its room traffic will go.
+    mailbox: Recipient<ToSession>,
+    /// The nickname it asked for.
+    nick: String,
+    /// The join presence: its payload is shown to others, and an error
+    /// reply is built from it.
+    presence: Element,
+}
+
+pub(super) struct Room {
+    /// `name@domain`: the `from` of everything the room sends.
+    jid: BareJid,
+    /// The localpart, as the service knows the room.
+    name: String,
+    /// Limits and the gate, shared by the service's rooms.
+    settings: Arc<RoomSettings>,
+    /// Told when the room is vacant; receives stanzas that come too late.
+    service: Addr<MucService>,
+    /// Occupants by nickname.
+    occupants: HashMap<String, Occupant>,
+    /// Nickname of each occupant's real JID.
+    nicks: HashMap<FullJid, String>,
+    /// Joins waiting for the gate; they hold a place against
+    /// `max_occupants` and keep the room from vanishing meanwhile.
+    pending: HashSet<FullJid>,
+    /// The subject and the nickname that set it.
+    subject: Option<(String, String)>,
+    /// The last `history` groupchat messages, with their delay stamps.
+    history: VecDeque<Element>,
+    /// True until the first occupant is admitted: that one gets 201.
+    fresh: bool,
+    /// Set once the room told the service it is vacant; later stanzas go
+    /// back to the service, which makes a new room for them.
+    closed: bool,
+}
+
+impl Room {
+    pub(super) fn new(
+        jid: BareJid,
+        name: String,
+        settings: Arc<RoomSettings>,
+        service: Addr<MucService>,
+    ) -> Room {
+        Room {
+            jid,
+            name,
+            settings,
+            service,
+            occupants: HashMap::new(),
+            nicks: HashMap::new(),
+            pending: HashSet::new(),
+            subject: None,
+            history: VecDeque::new(),
+            fresh: true,
+            closed: false,
+        }
+    }
+
+    fn occupant_jid(&self, nick: &str) -> String {
+        format!("{}/{nick}", self.jid)
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.settings.persistent_rooms.contains(&self.name)
+    }
+
+    /// Tells the service the room may go, when nobody is in or on the way.
+    fn vacate_if_empty(&mut self, ctx: &mut Context<Self>) {
+        if self.occupants.is_empty() && self.pending.is_empty() && !self.is_persistent() {
+            self.closed = true;
+            self.service.do_send(Vacated {
+                name: self.name.clone(),
+                room: ctx.address(),
+            });
+        }
+    }
+
+    fn reply_error(msg: &Incoming, error: StanzaError) {
+        if let Some(reply) = stanza::error_reply(&msg.stanza, error) {
+            msg.mailbox.do_send(ToSession::Stanza(reply));
+        }
+    }
+
+    /// `occupant`'s presence as `viewer` sees it, with the status codes.
+    fn presence_of(
+        &self,
+        nick: &str,
+        occupant: &Occupant,
+        viewer: &Occupant,
+        codes: &[&str],
+    ) -> Element {
+        let mut presence = stanza::element("presence", ns::CLIENT, &[]);
+        stanza::set_attr(&mut presence, "from", self.occupant_jid(nick));
+        for child in &occupant.presence {
+            presence.append_child(child.clone());
+        }
+        presence.append_child(self.user_x(occupant, viewer, codes));
+        presence
+    }
+
+    /// The `muc#user` payload: the occupant's item, real JID only for
+    /// moderators (a semi-anonymous room), and status codes.
+    fn user_x(&self, occupant: &Occupant, viewer: &Occupant, codes: &[&str]) -> Element {
+        let mut x = Element::bare("x", NS_MUC_USER);
+        let mut item = stanza::element(
+            "item",
+            NS_MUC_USER,
+            &[
+                ("affiliation", occupant.affiliation),
+                ("role", occupant.role),
+            ],
+        );
+        if viewer.role == "moderator" {
+            stanza::set_attr(&mut item, "jid", occupant.jid.to_string());
+        }
+        x.append_child(item);
+        for code in codes {
+            x.append_child(stanza::element("status", NS_MUC_USER, &[("code", code)]));
+        }
+        x
+    }
+
+    /// Sends `nick`'s presence to every occupant, with `self_codes` added
+    /// for the occupant itself.
+    fn broadcast_presence(
+        &self,
+        nick: &str,
+        self_codes: &[&str],
+        others_codes: &[&str],
+        unavailable: bool,
+    ) {
+        let Some(occupant) = self.occupants.get(nick) else {
+            return;
+        };
+        for (viewer_nick, viewer) in &self.occupants {
+            let codes = if viewer_nick == nick {
+                self_codes
+            } else {
+                others_codes
+            };
+            let mut presence = self.presence_of(nick, occupant, viewer, codes);
+            if unavailable {
+                stanza::set_attr(&mut presence, "type", "unavailable");
+            }
+            viewer.send(presence);
+        }
+    }
+
+    fn handle_presence(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
+        let nick = match msg.stanza.attr("to").and_then(|to| FullJid::new(to).ok()) {
+            Some(to) => to.resource().to_string(),
+            None => return Self::reply_error(&msg, StanzaError::JID_MALFORMED),
+        };
+        let known = self.nicks.get(&msg.from).cloned();
+        match (msg.stanza.attr("type"), known) {
+            (Some("unavailable"), Some(current)) => {
+                if let Some(occupant) = self.occupants.get_mut(&current) {
+                    occupant.presence = presence_payload(&msg.stanza);
+                }
+                self.remove(&current);
+            }
+            (None, Some(current)) if current == nick => {
+                if let Some(occupant) = self.occupants.get_mut(&current) {
+                    occupant.presence = presence_payload(&msg.stanza);
+                    occupant.mailbox = msg.mailbox;
+                }
+                self.broadcast_presence(&current, &[SELF_PRESENCE], &[], false);
+            }
+            (None, Some(current)) => self.change_nick(msg, current, nick),
+            (None, None) => self.join(msg, nick, ctx),
+            // Gives up a join the gate is still deciding.
+            (Some("unavailable"), None) => {
+                self.pending.remove(&msg.from);
+            }
+            // Errors and presence from non-occupants that is not a join.
+            _ => {}
+        }
+    }
+
+    fn join(&mut self, msg: Incoming, nick: String, ctx: &mut Context<Self>) {
+        if self.pending.contains(&msg.from) {
+            return;
+        }
+        if let Err(error) = self.admissible(&nick) {
+            return Self::reply_error(&msg, error);
+        }
+        let join = Join {
+            from: msg.from,
+            mailbox: msg.mailbox,
+            nick,
+            presence: msg.stanza,
+        };
+        let gate = match &self.settings.gate {
+            Some((gate, config)) if MucGate::is_gated(config, &join.from, &self.name) => {
+                gate.clone()
+            }
+            _ => return self.admit(join),
+        };
+        self.pending.insert(join.from.clone());
+        let check = Check {
+            user: join.from.clone(),
+            room: self.jid.clone(),
+            nickname: join.nick.clone(),
+        };
+        ctx.spawn(
+            gate.send(check)
+                .into_actor(self)
+                .map(move |answer, room, ctx| {
+                    if !room.pending.remove(&join.from) {
+                        // The client left (or its session ended) while the
+                        // gate was deciding: no one to admit or to tell.
+                        return room.vacate_if_empty(ctx);
+                    }
+                    let allowed = match answer {
+                        Ok(decision) => decision.allows(),
+                        Err(error) => {
+                            tracing::warn!(%error, "MUC gate unreachable; join denied");
+                            false
+                        }
+                    };
+                    let verdict = if allowed {
+                        room.admissible(&join.nick)
+                    } else {
+                        Err(StanzaError::NOT_AUTHORIZED)
+                    };
+                    match verdict {
+                        Ok(()) => room.admit(join),
+                        Err(error) => {
+                            if let Some(reply) = stanza::error_reply(&join.presence, error) {
+                                join.mailbox.do_send(ToSession::Stanza(reply));
+                            }
+                            room.vacate_if_empty(ctx);
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// Whether a newcomer may take `nick` now.
+    fn admissible(&self, nick: &str) -> Result<(), StanzaError> {
+        if self.occupants.contains_key(nick) {
+            return Err(StanzaError::CONFLICT);
+        }
+        if self.occupants.len() + self.pending.len() >= self.settings.max_occupants {
+            return Err(ROOM_FULL);
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, join: Join) {
+        let created = std::mem::replace(&mut self.fresh, false);
+        let (affiliation, role) = if created {
+            ("owner", "moderator")
+        } else {
+            ("none", "participant")
+        };
+        let history_limit = requested_history(&join.presence).unwrap_or(usize::MAX);
+        let occupant = Occupant {
+            jid: join.from.clone(),
+            mailbox: join.mailbox,
+            presence: presence_payload(&join.presence),
+            affiliation,
+            role,
+        };
+        // Everyone already in, as the newcomer sees them.
+        for (nick, other) in &self.occupants {
+            occupant.send(self.presence_of(nick, other, &occupant, &[]));
+        }
+        self.occupants.insert(join.nick.clone(), occupant);
+        self.nicks.insert(join.from, join.nick.clone());
+        metrics::gauge!("gatehouse_muc_occupants").increment(1.0);
+        let self_codes: &[&str] = if created {
+            &[SELF_PRESENCE, ROOM_CREATED]
+        } else {
+            &[SELF_PRESENCE]
+        };
+        self.broadcast_presence(&join.nick, self_codes, &[], false);
+        let newcomer = &self.occupants[&join.nick];
+        let skip = self.history.len().saturating_sub(history_limit);
+        for message in self.history.iter().skip(skip) {
+            newcomer.send(message.clone());
+        }
+        newcomer.send(self.subject_message());
+    }
+
+    /// The current subject as a groupchat message (an empty `<subject/>`
+    /// when none is set, which tells the client the join is complete).
+    fn subject_message(&self) -> Element {
+        let mut message = stanza::element("message", ns::CLIENT, &[("type", "groupchat")]);
+        let (from, text) = match &self.subject {
+            Some((nick, text)) => (self.occupant_jid(nick), text.as_str()),
+            None => (self.jid.to_string(), ""),
+        };
+        stanza::set_attr(&mut message, "from", from);
+        message.append_child(Element::builder("subject", ns::CLIENT).append(text).build());
+        message
+    }
+
+    fn change_nick(&mut self, msg: Incoming, current: String, nick: String) {
+        if self.occupants.contains_key(&nick) {
+            return Self::reply_error(&msg, StanzaError::CONFLICT);
+        }
+        let mut occupant = self
+            .occupants
+            .remove(&current)
+            .expect("nicks and occupants agree");
+        occupant.mailbox = msg.mailbox;
+        // The old nickname goes unavailable, naming the new one (303).
+        for (viewer_nick, viewer) in self
+            .occupants
+            .iter()
+            .map(|(n, o)| (n.as_str(), o))
+            .chain([(current.as_str(), &occupant)])
+        {
+            let codes: &[&str] = if viewer_nick == current {
+                &[NICK_CHANGED, SELF_PRESENCE]
+            } else {
+                &[NICK_CHANGED]
+            };
+            let mut presence = self.presence_of(&current, &occupant, viewer, codes);
+            stanza::set_attr(&mut presence, "type", "unavailable");
+            if let Some(item) = presence
+                .get_child_mut("x", NS_MUC_USER)
+                .and_then(|x| x.get_child_mut("item", NS_MUC_USER))
+            {
+                stanza::set_attr(item, "nick", nick.clone());
+            }
+            viewer.send(presence);
+        }
+        occupant.presence = presence_payload(&msg.stanza);
+        self.nicks.insert(msg.from, nick.clone());
+        self.occupants.insert(nick.clone(), occupant);
+        self.broadcast_presence(&nick, &[SELF_PRESENCE], &[], false);
+    }
+
+    /// `nick` leaves: everyone, the leaver included, gets its unavailable
+    /// presence.
+    fn remove(&mut self, nick: &str) {
+        self.broadcast_presence(nick, &[SELF_PRESENCE], &[], true);
+        if let Some(occupant) = self.occupants.remove(nick) {
+            self.nicks.remove(&occupant.jid);
+            metrics::gauge!("gatehouse_muc_occupants").decrement(1.0);
+        }
+    }
+
+    fn handle_message(&mut self, msg: Incoming) {
+        let Some(sender) = self.nicks.get(&msg.from).cloned() else {
+            return Self::reply_error(&msg, StanzaError::NOT_ACCEPTABLE);
+        };
+        if let Some(occupant) = self.occupants.get_mut(&sender) {
+            occupant.mailbox = msg.mailbox.clone();
+        }
+        let to = msg.stanza.attr("to").and_then(|to| Jid::new(to).ok());
+        let groupchat = msg.stanza.attr("type") == Some("groupchat");
+        match to.as_ref().and_then(|to| to.resource()) {
+            None if groupchat => self.groupchat(msg, &sender),
+            None if msg.stanza.attr("type") == Some("error") => {}
+            None => Self::reply_error(&msg, StanzaError::FEATURE_NOT_IMPLEMENTED),
+            Some(_) if groupchat => Self::reply_error(&msg, StanzaError::BAD_REQUEST),
+            Some(target) => match self.occupants.get(target.as_str()) {
+                Some(target) => {
+                    // A private message: relayed with the sender's occupant JID.
+                    let mut message = msg.stanza.clone();
+                    stanza::set_attr(&mut message, "from", self.occupant_jid(&sender));
+                    message.append_child(Element::bare("x", NS_MUC_USER));
+                    target.send(message);
+                }
+                None => Self::reply_error(&msg, StanzaError::ITEM_NOT_FOUND),
+            },
+        }
+    }
+
+    fn groupchat(&mut self, msg: Incoming, sender: &str) {
+        let mut message = msg.stanza;
+        stanza::set_attr(&mut message, "from", self.occupant_jid(sender));
+        let subject = message.get_child("subject", ns::CLIENT).map(Element::text);
+        match subject {
+            Some(text) => self.subject = Some((sender.to_owned(), text)),
+            None if self.settings.history > 0 => {
+                let mut stored = message.clone();
+                stored.append_child(stanza::element(
+                    "delay",
+                    NS_DELAY,
+                    &[
+                        ("from", self.jid.as_str()),
+                        ("stamp", &utc_stamp(SystemTime::now())),
+                    ],
+                ));
+                if self.history.len() == self.settings.history {
+                    self.history.pop_front();
+                }
+                self.history.push_back(stored);
+            }
+            None => {}
+        }
+        metrics::counter!("gatehouse_muc_messages_total").increment(1);
+        for occupant in self.occupants.values() {
+            occupant.send(message.clone());
+        }
+    }
+
+    fn handle_iq(&mut self, msg: Incoming) {
+        let iq = &msg.stanza;
+        if !stanza::is_iq_request(iq) {
+            return;
+        }
+        let to_room = iq
+            .attr("to")
+            .and_then(|to| Jid::new(to).ok())
+            .is_some_and(|to| to.is_bare());
+        let get = iq.attr("type") == Some("get");
+        let payload = iq.children().next();
+        let answer = match payload.map(|p| (p.ns(), p.name())) {
+            Some((space, "query")) if to_room && get && space == ns::DISCO_INFO => {
+                Some(Some(self.disco_info()))
+            }
+            Some((space, "query")) if to_room && get && space == ns::DISCO_ITEMS => {
+                Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
+            }
+            // Instant-room confirmation (XEP-0045 §10.1.2): accepted, the
+            // room needs no configuration.
+            Some((space, "query"))
+                if to_room && !get && space == NS_MUC_OWNER && self.is_owner(&msg.from) =>
+            {
+                payload
+                    .and_then(|p| p.get_child("x", NS_DATA))
+                    .filter(|x| matches!(x.attr("type"), Some("submit") | Some("cancel")))
+                    .map(|_| None)
+            }
+            _ => None,
+        };
+        match answer {
+            Some(payload) => msg
+                .mailbox
+                .do_send(ToSession::Stanza(stanza::iq_result(iq, payload))),
+            None => Self::reply_error(&msg, StanzaError::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    fn is_owner(&self, jid: &FullJid) -> bool {
+        self.nicks
+            .get(jid)
+            .and_then(|nick| self.occupants.get(nick))
+            .is_some_and(|o| o.affiliation == "owner")
+    }
+
+    fn disco_info(&self) -> Element {
+        let lifetime = if self.is_persistent() {
+            "muc_persistent"
+        } else {
+            "muc_temporary"
+        };
+        stanza::disco_info(
+            "conference",
+            "text",
+            &self.name,
+            &[
+                NS_MUC,
+                "muc_public",
+                "muc_open",
+                "muc_unmoderated",
+                "muc_semianonymous",
+                "muc_unsecured",
+                lifetime,
+            ],
+        )
+    }
+}
+
+/// A presence's payload without MUC elements: what others see of it.
+fn presence_payload(presence: &Element) -> Vec<Element> {
+    presence
+        .children()
+        .filter(|c| !(c.is("x", NS_MUC) || c.is("x", NS_MUC_USER)))
+        .cloned()
+        .collect()
+}
+
+/// `<history maxstanzas='N'/>` in a join (XEP-0045 §7.2.15).
+fn requested_history(presence: &Element) -> Option<usize> {
+    presence
+        .get_child("x", NS_MUC)?
+        .get_child("history", NS_MUC)?
+        .attr("maxstanzas")?
+        .parse()
+        .ok()
+}
+
+/// XEP-0082 `CCYY-MM-DDThh:mm:ssZ`.
+fn utc_stamp(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+}
+
+impl Handler<Incoming> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
+        if self.closed {
+            // The service forgets this room once it reads our `Vacated`;
+            // handing the stanza back makes it create a fresh one.
+            self.service.do_send(msg);
+            return;
+        }
+        match msg.stanza.name() {
+            "presence" => self.handle_presence(msg, ctx),
+            "message" => self.handle_message(msg),
+            _ => self.handle_iq(msg),
+        }
+        self.vacate_if_empty(ctx);
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+        if self.closed {
+            return;
+        }
+        // A join still at the gate is abandoned.
+        self.pending.remove(&msg.jid);
+        if let Some(nick) = self.nicks.get(&msg.jid).cloned() {
+            if let Some(occupant) = self.occupants.get_mut(&nick) {
+                occupant.presence.clear();
+            }
+            self.remove(&nick);
+        }
+        self.vacate_if_empty(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29T12:34:56Z"
+        );
+    }
+}

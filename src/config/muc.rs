@@ -1,0 +1,223 @@
+//! `[muc]` and `[muc.http_auth]`: the multi-user chat service and its HTTP
+//! join gate (Prosody's `Component "…" "muc"` with `mod_muc_http_auth`).
+//!
+//! Owns these sections' types, defaults and validation. Must not touch the
+//! rest of the file's format or start anything: `Server::bind` turns them
+//! into the MUC actors.
+
+use super::{domain_problem, Problems, Secret};
+use serde::Deserialize;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Beyond this one room's fan-out is a denial of service on its own.
+const MAX_OCCUPANTS: RangeInclusive<usize> = 1..=100_000;
+/// Every stored message is kept in memory per room.
+const HISTORY: RangeInclusive<usize> = 0..=10_000;
+/// Zero would deny every gated join.
+const GATE_IN_FLIGHT: RangeInclusive<usize> = 1..=10_000;
+
+/// `[muc]`: the multi-user chat service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MucConfig {
+    /// The service's domain (`Component "rooms.example" "muc"`); rooms are
+    /// `name@domain`. It must not be one of `hosts`, where users live.
+    pub domain: String,
+    /// Room names (localparts) that stay when their last occupant leaves,
+    /// keeping subject and history; others go away.
+    #[serde(default)]
+    pub persistent_rooms: Vec<String>,
+    /// Occupants one room admits, so one room cannot grow without bound.
+    #[serde(default = "default_max_occupants")]
+    pub max_occupants: usize,
+    /// Groupchat messages a room keeps and sends to each joiner.
+    #[serde(default = "default_history")]
+    pub history: usize,
+    /// The HTTP join gate; absent means joins are not gated.
+    #[serde(default)]
+    pub http_auth: Option<MucHttpAuthConfig>,
+}
+
+pub use gatehouse_actors::muc::gate::RoomLists;
+
+/// `[muc.http_auth]`: the join gate of `mod_muc_http_auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MucHttpAuthConfig {
+    /// The endpoint asked `?userJID=&mucJID=&nickname=` on each gated join.
+    pub url: String,
+    /// Only these rooms are gated, per user domain or `"all"`.
+    #[serde(default)]
+    pub enabled_for: Option<RoomLists>,
+    /// Every room but these is gated, per user domain or `"all"`.
+    #[serde(default)]
+    pub disabled_for: Option<RoomLists>,
+    /// Skip certificate checks, for developing a gate with a self-signed
+    /// certificate; never in production.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Sent verbatim as the `Authorization` header, so the gate can tell
+    /// the server from anyone else.
+    #[serde(default)]
+    pub authorization_header: Option<Secret>,
+    /// A gate that has not answered by then denies the join (fails closed).
+    #[serde(default = "default_gate_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Gate requests in flight at once, so a join storm cannot open
+    /// unbounded connections to the gate.
+    #[serde(default = "default_gate_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_max_occupants() -> usize {
+    1000
+}
+
+fn default_history() -> usize {
+    20
+}
+
+fn default_gate_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_gate_in_flight() -> usize {
+    64
+}
+
+impl MucConfig {
+    pub(super) fn validate(&self, hosts: &[String], problems: &mut Problems) {
+        if let Some(why) = domain_problem(&self.domain) {
+            problems.add(
+                "muc.domain",
+                format!("{:?} is not a valid domain: {why}", self.domain),
+            );
+        } else if hosts.contains(&self.domain) {
+            problems.add(
+                "muc.domain",
+                format!(
+                    "{:?} is also in hosts: the MUC service needs a domain of its own (e.g. rooms.{})",
+                    self.domain, self.domain
+                ),
+            );
+        }
+        for room in &self.persistent_rooms {
+            if let Some(why) = room_problem(room) {
+                problems.add("muc.persistent_rooms", format!("{room:?}: {why}"));
+            }
+        }
+        problems.range("muc.max_occupants", self.max_occupants, MAX_OCCUPANTS);
+        problems.range("muc.history", self.history, HISTORY);
+        if let Some(gate) = &self.http_auth {
+            gate.validate(problems);
+        }
+    }
+}
+
+impl MucHttpAuthConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if let Err(why) = gate_url(&self.url) {
+            problems.add("muc.http_auth.url", why);
+        }
+        if self.enabled_for.is_some() && self.disabled_for.is_some() {
+            problems.add(
+                "muc.http_auth.disabled_for",
+                "set enabled_for or disabled_for, not both",
+            );
+        }
+        for (key, lists) in [
+            ("muc.http_auth.enabled_for", &self.enabled_for),
+            ("muc.http_auth.disabled_for", &self.disabled_for),
+        ] {
+            for (domain, rooms) in lists.iter().flatten() {
+                if domain != "all" {
+                    if let Some(why) = domain_problem(domain) {
+                        problems.add(
+                            key,
+                            format!("{domain:?} is neither \"all\" nor a valid domain: {why}"),
+                        );
+                    }
+                }
+                for room in rooms {
+                    if let Some(why) = room_problem(room) {
+                        problems.add(key, format!("{room:?}: {why}"));
+                    }
+                }
+            }
+        }
+        if let Some(Secret(header)) = &self.authorization_header {
+            if header.is_empty()
+                || !header
+                    .chars()
+                    .all(|c| c == '\t' || (' '..='~').contains(&c))
+            {
+                problems.add(
+                    "muc.http_auth.authorization_header",
+                    "must be non-empty printable ASCII (no line breaks)",
+                );
+            }
+        }
+        problems.duration("muc.http_auth.timeout", self.timeout);
+        problems.range(
+            "muc.http_auth.max_in_flight",
+            self.max_in_flight,
+            GATE_IN_FLIGHT,
+        );
+    }
+
+    /// The parsed URL; validation has checked it.
+    pub fn parsed_url(&self) -> url::Url {
+        gate_url(&self.url).expect("validated: muc.http_auth.url")
+    }
+}
+
+fn gate_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "{text:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{text:?} must not have a #fragment"));
+    }
+    Ok(url)
+}
+
+/// Why `room` is not a room localpart as it appears in JIDs, if it is not.
+/// Names are compared exactly, so uppercase (which JIDs fold) is refused.
+fn room_problem(room: &str) -> Option<&'static str> {
+    if room.is_empty() || room.len() > 1023 {
+        Some("a room name must be 1 to 1023 bytes")
+    } else if room.contains('@') {
+        Some("write the room's localpart only (\"teaparty\", not \"teaparty@rooms.example\")")
+    } else if room
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"&'/:<>".contains(c))
+    {
+        Some("a room name must not contain spaces or any of \" & ' / : < >")
+    } else if room.chars().any(char::is_uppercase) {
+        Some("write room names in lowercase, as they appear in JIDs")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert_eq!(room_problem("teaparty"), None);
+        for bad in ["", "a@b", "a b", "A", "a/b"] {
+            assert!(room_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(format!("{:?}", Secret("Basic abc".into())), "***");
+    }
+}

@@ -1,0 +1,274 @@
+//! The MUC HTTP join gate (`mod_muc_http_auth`) against a real HTTP server
+//! started by each test, which records every request it gets.
+
+mod common;
+mod muc_support;
+
+use common::*;
+use muc_support::*;
+use std::time::Duration;
+
+/// A server whose `[muc.http_auth]` points at `url`, plus `extra` keys.
+fn gated(url: &str, extra: &str) -> TestServer {
+    TestServer::start(&muc_config(&format!(
+        "[muc.http_auth]\nurl = \"{url}\"\n{extra}"
+    )))
+}
+
+async fn login(server: &TestServer, user: &str, password: &str) -> Client {
+    Client::login(server.c2s, user, password, "r").await.0
+}
+
+async fn decisions(server: &TestServer, outcome: &str) -> f64 {
+    sample(
+        &server.metrics().await,
+        &format!("gatehouse_muc_gate_decisions_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// Allows alice, denies everyone else with a reason for the logs.
+fn alice_only(request: &GateRequest) -> Reply {
+    if request.params["userJID"] == "alice@localhost" {
+        Reply::json(r#"{"allowed": true, "error": ""}"#)
+    } else {
+        Reply::json(r#"{"allowed": false, "error": "secret reason"}"#)
+    }
+}
+
+#[actix_rt::test]
+async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
+    let gate = Gate::start(alice_only).await;
+    let server = gated(&gate.url, "");
+    let allowed_before = decisions(&server, "allowed").await;
+    let denied_before = decisions(&server, "denied").await;
+
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let got = join(&mut alice, "tea", "Alice").await.unwrap();
+    assert_eq!(codes(&got[0]), ["110", "201"]);
+    let requests = gate.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert!(request.target.starts_with("/check?"), "{}", request.target);
+    assert_eq!(request.params["userJID"], "alice@localhost");
+    assert_eq!(request.params["mucJID"], "tea@rooms.localhost");
+    assert_eq!(request.params["nickname"], "Alice");
+    assert!(!request.headers.contains_key("authorization"));
+
+    let mut bob = login(&server, "bob", "builder").await;
+    bob.send("<presence to='tea@rooms.localhost/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let refused = bob.element().await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(refused.attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(error_type(&refused), "auth");
+    assert_eq!(condition(&refused), "not-authorized");
+    // The gate's reason is for the logs only.
+    assert!(!format!("{refused:?}").contains("secret reason"));
+    assert_eq!(gate.requests().len(), 2);
+
+    // A nickname change by an occupant is not re-checked.
+    alice
+        .send("<presence to='tea@rooms.localhost/Alicia'/>")
+        .await;
+    let own = until(&mut alice, |el| {
+        el.attr("from") == Some("tea@rooms.localhost/Alicia")
+    })
+    .await;
+    assert_eq!(own.attr("type"), None);
+    assert_eq!(gate.requests().len(), 2);
+    // Nor is a presence update.
+    alice
+        .send("<presence to='tea@rooms.localhost/Alicia'><show>away</show></presence>")
+        .await;
+    until(&mut alice, |el| el.get_child("show", CLIENT).is_some()).await;
+    assert_eq!(gate.requests().len(), 2);
+
+    assert!(decisions(&server, "allowed").await > allowed_before);
+    assert!(decisions(&server, "denied").await > denied_before);
+    let scrape = server.metrics().await;
+    assert!(sample(&scrape, "gatehouse_muc_gate_duration_seconds_count") >= 2.0);
+    assert!(scrape.contains("# TYPE gatehouse_muc_gate_duration_seconds histogram"));
+    assert!(scrape.contains("gatehouse_muc_gate_duration_seconds_bucket{"));
+    assert!(scrape.contains("# HELP gatehouse_muc_gate_decisions_total "));
+}
+
+/// Allows everyone; answers after `delay` when query parameter `param` is
+/// `value`, at once otherwise.
+fn slow_for(
+    param: &'static str,
+    value: &'static str,
+    delay: Duration,
+) -> impl Fn(&GateRequest) -> Reply + Send + Sync + 'static {
+    move |request| {
+        let allowed = r#"{"allowed": true}"#.to_owned();
+        if request.params[param] == value {
+            Reply::After(delay, allowed)
+        } else {
+            Reply::Status(200, allowed)
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
+    let gate = Gate::start(slow_for("userJID", "bob@localhost", Duration::from_secs(1))).await;
+    let server = gated(&gate.url, "");
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "tea", "Alice").await.unwrap();
+    // Bob asks to join, then his connection drops before the gate answers.
+    let mut bob = login(&server, "bob", "builder").await;
+    bob.send("<presence to='tea@rooms.localhost/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    gate.received(2).await;
+    drop(bob);
+    gate.answered(2).await;
+    // The gate said yes, but nobody was there to admit: "Bob" is free.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    let got = join(&mut colon, "tea", "Bob").await.unwrap();
+    let present: Vec<_> = got
+        .iter()
+        .filter(|el| el.is("presence", CLIENT))
+        .map(|p| p.attr("from").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        present,
+        ["tea@rooms.localhost/Alice", "tea@rooms.localhost/Bob"]
+    );
+}
+
+#[actix_rt::test]
+async fn requests_in_flight_are_bounded() {
+    let gate = Gate::start(slow_for("nickname", "slow", Duration::from_millis(500))).await;
+    let server = gated(&gate.url, "max_in_flight = 1\ntimeout = \"10s\"");
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let mut bob = login(&server, "bob", "builder").await;
+    alice
+        .send("<presence to='tea@rooms.localhost/slow'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    gate.received(1).await;
+    // The second join waits for the only slot: its request reaches the
+    // gate after the first one was answered, and both get in.
+    join(&mut bob, "tea", "fast").await.unwrap();
+    until(&mut alice, |el| el.get_child("subject", CLIENT).is_some()).await;
+    let requests = gate.requests();
+    assert_eq!(requests[0].answered_before, 0);
+    assert_eq!(requests[1].params["nickname"], "fast");
+    assert_eq!(requests[1].answered_before, 1);
+}
+
+#[actix_rt::test]
+async fn every_failure_denies_and_counts_as_error() {
+    let gate = Gate::start(|request| match request.params["nickname"].as_str() {
+        "hang" => Reply::Hang,
+        "e500" => Reply::Status(500, r#"{"allowed": true}"#.into()),
+        "text" => Reply::json("allowed"),
+        "missing" => Reply::json(r#"{"error": "no verdict"}"#),
+        "string" => Reply::json(r#"{"allowed": "true"}"#),
+        "number" => Reply::json(r#"{"allowed": 1}"#),
+        _ => Reply::json(r#"{"allowed": true}"#),
+    })
+    .await;
+    let server = gated(&gate.url, "timeout = \"1s\"");
+    let errors_before = decisions(&server, "error").await;
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let kinds = ["hang", "e500", "text", "missing", "string", "number"];
+    for nick in kinds {
+        assert_eq!(
+            join(&mut alice, "tea", nick).await,
+            Err("not-authorized".into()),
+            "{nick}"
+        );
+    }
+    // A gate that answers properly still admits.
+    join(&mut alice, "tea", "fine").await.unwrap();
+
+    // Nothing listens on the gate's port.
+    let refused = gated(&refused_url().await, "");
+    let mut bob = login(&refused, "bob", "builder").await;
+    assert_eq!(
+        join(&mut bob, "tea", "Bob").await,
+        Err("not-authorized".into())
+    );
+    assert!(decisions(&server, "error").await >= errors_before + kinds.len() as f64 + 1.0);
+}
+
+/// Joins `room` as alice and says whether she got in.
+async fn alice_gets_in(server: &TestServer, room: &str) -> bool {
+    let mut alice = login(server, "alice", "wonderland").await;
+    match join(&mut alice, room, "Alice").await {
+        Ok(_) => true,
+        Err(condition) => {
+            assert_eq!(condition, "not-authorized");
+            false
+        }
+    }
+}
+
+fn rooms_asked(gate: &Gate) -> Vec<String> {
+    let mut rooms: Vec<String> = gate
+        .requests()
+        .iter()
+        .map(|r| r.params["mucJID"].clone())
+        .collect();
+    rooms.sort();
+    rooms
+}
+
+#[actix_rt::test]
+async fn enabled_for_and_disabled_for_pick_the_gated_rooms() {
+    let lists = r#"{ localhost = ["tea"], all = ["coffee"], "other.example" = ["juice"] }"#;
+    // Alice is at localhost: lists for other.example do not apply to her.
+    for (key, gated_rooms, free_rooms) in [
+        ("enabled_for", ["coffee", "tea"], ["juice", "lobby"]),
+        ("disabled_for", ["juice", "lobby"], ["coffee", "tea"]),
+    ] {
+        let gate = Gate::start(|_| Reply::json(r#"{"allowed": false}"#)).await;
+        let server = gated(&gate.url, &format!("{key} = {lists}"));
+        for room in gated_rooms {
+            assert!(!alice_gets_in(&server, room).await, "{key}: {room}");
+        }
+        for room in free_rooms {
+            assert!(alice_gets_in(&server, room).await, "{key}: {room}");
+        }
+        // The gate is never asked about rooms it does not gate.
+        assert_eq!(
+            rooms_asked(&gate),
+            gated_rooms.map(|room| format!("{room}@{MUC}")),
+            "{key}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn existing_query_encoding_and_authorization_header() {
+    let gate = Gate::start(|_| Reply::json(r#"{"allowed": true}"#)).await;
+    let url = format!("{}?tenant=7&x=a%20b", gate.url);
+    let server = gated(&url, "authorization_header = \"Bearer s3cr3t:token==\"");
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "tea", "Al &amp; Bo+é").await.unwrap();
+    let request = &gate.requests()[0];
+    assert_eq!(
+        request.target,
+        "/check?tenant=7&x=a%20b&userJID=alice%40localhost&mucJID=tea%40rooms.localhost\
+         &nickname=Al+%26+Bo%2B%C3%A9"
+    );
+    assert_eq!(request.params["nickname"], "Al & Bo+é");
+    assert_eq!(request.params["tenant"], "7");
+    assert_eq!(request.headers["authorization"], "Bearer s3cr3t:token==");
+}
+
+#[actix_rt::test]
+async fn insecure_accepts_a_self_signed_gate_and_secure_refuses_it() {
+    let gate = Gate::start_tls(|_| Reply::json(r#"{"allowed": true}"#)).await;
+    assert!(gate.url.starts_with("https://"));
+    let insecure = gated(&gate.url, "insecure = true");
+    assert!(alice_gets_in(&insecure, "tea").await);
+    assert_eq!(gate.requests().len(), 1);
+
+    let secure = gated(&gate.url, "insecure = false");
+    let errors_before = decisions(&secure, "error").await;
+    assert!(!alice_gets_in(&secure, "tea").await);
+    // The handshake failed, so no request reached the gate.
+    assert_eq!(gate.requests().len(), 1);
+    assert!(decisions(&secure, "error").await > errors_before);
+}

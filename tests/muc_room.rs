@@ -1,0 +1,320 @@
+//! Room behaviour of the MUC service, against the real server over TCP:
+//! presence order and status codes, nicknames, leaving, messages, subject,
+//! history, limits, disco, disconnects and a 100-occupant fan-out.
+
+mod common;
+mod muc_support;
+
+use common::*;
+use muc_support::*;
+
+async fn login(server: &TestServer, user: &str, password: &str) -> Client {
+    Client::login(server.c2s, user, password, "r").await.0
+}
+
+#[actix_rt::test]
+async fn join_order_status_codes_and_conflict() {
+    let server = TestServer::start(&muc_config(""));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let got = join(&mut alice, "tea", "Alice").await.unwrap();
+    // A new room: own presence with 110 and 201, then the (empty) subject.
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].attr("from"), Some("tea@rooms.localhost/Alice"));
+    assert_eq!(codes(&got[0]), ["110", "201"]);
+    let item = got[0]
+        .get_child("x", NS_MUC_USER)
+        .and_then(|x| x.get_child("item", NS_MUC_USER))
+        .unwrap();
+    assert_eq!(item.attr("affiliation"), Some("owner"));
+    assert_eq!(item.attr("role"), Some("moderator"));
+    assert_eq!(got[1].get_child("subject", CLIENT).unwrap().text(), "");
+
+    let mut bob = login(&server, "bob", "builder").await;
+    let got = join(&mut bob, "tea", "Bob").await.unwrap();
+    // Everyone already in first, then self (110, no 201), then the subject.
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].attr("from"), Some("tea@rooms.localhost/Alice"));
+    assert!(codes(&got[0]).is_empty());
+    assert_eq!(got[1].attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(codes(&got[1]), ["110"]);
+    // A participant does not see real JIDs; the moderator does.
+    let item = |p: &minidom::Element| {
+        p.get_child("x", NS_MUC_USER)
+            .and_then(|x| x.get_child("item", NS_MUC_USER))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item(&got[0]).attr("jid"), None);
+    let seen = until(&mut alice, |el| el.is("presence", CLIENT)).await;
+    assert_eq!(seen.attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(item(&seen).attr("jid"), Some("bob@localhost/r"));
+    assert_eq!(item(&seen).attr("role"), Some("participant"));
+
+    // Nickname taken.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    assert_eq!(join(&mut colon, "tea", "Bob").await, Err("conflict".into()));
+    // A join without a nickname is malformed.
+    colon
+        .send("<presence to='tea@rooms.localhost'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    assert_eq!(condition(&colon.element().await), "jid-malformed");
+}
+
+#[actix_rt::test]
+async fn nick_change_leave_and_disconnect() {
+    let server = TestServer::start(&muc_config(""));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "tea", "Alice").await.unwrap();
+    let mut bob = login(&server, "bob", "builder").await;
+    join(&mut bob, "tea", "Bob").await.unwrap();
+    until(&mut alice, |el| el.is("presence", CLIENT)).await;
+
+    // Taking a nickname in use is refused.
+    bob.send("<presence to='tea@rooms.localhost/Alice'/>").await;
+    let refused = bob.element().await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(condition(&refused), "conflict");
+
+    // 303 with the new nick to everyone, then the new presence.
+    bob.send("<presence to='tea@rooms.localhost/Robert'/>")
+        .await;
+    let old = alice.element().await;
+    assert_eq!(old.attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(old.attr("type"), Some("unavailable"));
+    assert_eq!(codes(&old), ["303"]);
+    let item = old
+        .get_child("x", NS_MUC_USER)
+        .unwrap()
+        .get_child("item", NS_MUC_USER)
+        .unwrap();
+    assert_eq!(item.attr("nick"), Some("Robert"));
+    let new = alice.element().await;
+    assert_eq!(new.attr("from"), Some("tea@rooms.localhost/Robert"));
+    assert_eq!(new.attr("type"), None);
+    let own_old = bob.element().await;
+    assert_eq!(codes(&own_old), ["303", "110"]);
+    let own_new = bob.element().await;
+    assert_eq!(codes(&own_new), ["110"]);
+
+    // Leaving: both get the unavailable presence, the leaver with 110.
+    bob.send("<presence to='tea@rooms.localhost/Robert' type='unavailable'/>")
+        .await;
+    let gone = bob.element().await;
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    assert_eq!(codes(&gone), ["110"]);
+    let gone = alice.element().await;
+    assert_eq!(gone.attr("from"), Some("tea@rooms.localhost/Robert"));
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+
+    // A dropped connection leaves the room too.
+    join(&mut bob, "tea", "Bob").await.unwrap();
+    until(&mut alice, |el| el.is("presence", CLIENT)).await;
+    drop(bob);
+    let gone = until(&mut alice, |el| el.is("presence", CLIENT)).await;
+    assert_eq!(gone.attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+}
+
+#[actix_rt::test]
+async fn messages_subject_private_and_history() {
+    let server = TestServer::start(&muc_config("history = 3"));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "tea", "Alice").await.unwrap();
+    // Not an occupant: refused.
+    let mut bob = login(&server, "bob", "builder").await;
+    bob.send("<message to='tea@rooms.localhost' type='groupchat'><body>x</body></message>")
+        .await;
+    assert_eq!(condition(&bob.element().await), "not-acceptable");
+
+    for i in 1..=5 {
+        alice
+            .send(&format!(
+                "<message to='tea@rooms.localhost' type='groupchat' id='m{i}'><body>hello {i}</body></message>"
+            ))
+            .await;
+        let echo = alice.element().await;
+        assert_eq!(echo.attr("from"), Some("tea@rooms.localhost/Alice"));
+        assert_eq!(
+            echo.get_child("body", CLIENT).unwrap().text(),
+            format!("hello {i}")
+        );
+        assert_eq!(echo.attr("id"), Some(format!("m{i}").as_str()));
+    }
+    alice
+        .send("<message to='tea@rooms.localhost' type='groupchat'><subject>Tea time</subject></message>")
+        .await;
+    assert_eq!(
+        alice
+            .element()
+            .await
+            .get_child("subject", CLIENT)
+            .unwrap()
+            .text(),
+        "Tea time"
+    );
+
+    // A joiner gets the last 3 messages, delayed, then the subject.
+    let got = join(&mut bob, "tea", "Bob").await.unwrap();
+    let history: Vec<_> = got
+        .iter()
+        .filter(|el| el.get_child("body", CLIENT).is_some())
+        .collect();
+    let bodies: Vec<String> = history
+        .iter()
+        .map(|m| m.get_child("body", CLIENT).unwrap().text())
+        .collect();
+    assert_eq!(bodies, ["hello 3", "hello 4", "hello 5"]);
+    let delay = history[0].get_child("delay", "urn:xmpp:delay").unwrap();
+    assert_eq!(delay.attr("from"), Some("tea@rooms.localhost"));
+    assert!(delay.attr("stamp").unwrap().ends_with('Z'));
+    let subject = got.last().unwrap();
+    assert_eq!(subject.attr("from"), Some("tea@rooms.localhost/Alice"));
+    assert_eq!(
+        subject.get_child("subject", CLIENT).unwrap().text(),
+        "Tea time"
+    );
+    until(&mut alice, |el| el.is("presence", CLIENT)).await;
+
+    // Groupchat reaches both, from the sender's occupant JID.
+    bob.send("<message to='tea@rooms.localhost' type='groupchat'><body>hi all</body></message>")
+        .await;
+    for c in [&mut alice, &mut bob] {
+        let m = c.element().await;
+        assert_eq!(m.attr("from"), Some("tea@rooms.localhost/Bob"));
+        assert_eq!(m.get_child("body", CLIENT).unwrap().text(), "hi all");
+    }
+    // Private message between occupants.
+    bob.send("<message to='tea@rooms.localhost/Alice' type='chat'><body>psst</body></message>")
+        .await;
+    let pm = alice.element().await;
+    assert_eq!(pm.attr("from"), Some("tea@rooms.localhost/Bob"));
+    assert_eq!(pm.attr("to"), Some("alice@localhost/r"));
+    assert_eq!(pm.get_child("body", CLIENT).unwrap().text(), "psst");
+    bob.send("<message to='tea@rooms.localhost/Nobody' type='chat'><body>?</body></message>")
+        .await;
+    assert_eq!(condition(&bob.element().await), "item-not-found");
+
+    let scrape = server.metrics().await;
+    assert!(sample(&scrape, "gatehouse_muc_messages_total") >= 7.0);
+    for name in [
+        "gatehouse_muc_messages_total",
+        "gatehouse_muc_rooms",
+        "gatehouse_muc_occupants",
+    ] {
+        assert!(
+            scrape.contains(&format!("# HELP {name} ")),
+            "{name}:\n{scrape}"
+        );
+    }
+}
+
+/// The rooms the service lists.
+async fn disco_items(c: &mut Client) -> Vec<String> {
+    c.send("<iq type='get' id='d' to='rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        .await;
+    let reply = until(c, |el| el.is("iq", CLIENT)).await;
+    reply
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap()
+        .children()
+        .map(|i| i.attr("jid").unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn max_occupants_disco_and_room_lifetime() {
+    let server = TestServer::start(&muc_config(
+        "max_occupants = 2\npersistent_rooms = [\"lobby\"]",
+    ));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let mut bob = login(&server, "bob", "builder").await;
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    join(&mut alice, "tea", "A").await.unwrap();
+    join(&mut bob, "tea", "B").await.unwrap();
+    assert_eq!(
+        join(&mut colon, "tea", "C").await,
+        Err("service-unavailable".into())
+    );
+
+    // The service lists its rooms and describes itself and them.
+    join(&mut colon, "lobby", "C").await.unwrap();
+    colon
+        .send("<iq type='get' id='i' to='rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let info = colon.element().await;
+    let query = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let identity = query
+        .get_child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(identity.attr("category"), Some("conference"));
+    assert!(query.children().any(|f| f.attr("var") == Some(NS_MUC)));
+    assert_eq!(
+        disco_items(&mut colon).await,
+        ["lobby@rooms.localhost", "tea@rooms.localhost"]
+    );
+    colon
+        .send("<iq type='get' id='r' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let info = colon.element().await;
+    assert_eq!(info.attr("type"), Some("result"));
+    let features: Vec<_> = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap()
+        .children()
+        .filter_map(|f| f.attr("var").map(str::to_owned))
+        .collect();
+    assert!(
+        features.contains(&"muc_temporary".to_owned()),
+        "{features:?}"
+    );
+
+    // When everyone leaves, a temporary room goes; a persistent one stays.
+    for (c, nick) in [(&mut alice, "A"), (&mut bob, "B")] {
+        c.send(&format!(
+            "<presence to='tea@rooms.localhost/{nick}' type='unavailable'/>"
+        ))
+        .await;
+    }
+    colon
+        .send("<presence to='lobby@rooms.localhost/C' type='unavailable'/>")
+        .await;
+    until(&mut colon, |el| el.attr("type") == Some("unavailable")).await;
+    until(&mut alice, |el| {
+        el.attr("from") == Some("tea@rooms.localhost/A")
+    })
+    .await;
+    until(&mut bob, |el| {
+        el.attr("from") == Some("tea@rooms.localhost/B")
+    })
+    .await;
+    assert_eq!(disco_items(&mut colon).await, ["lobby@rooms.localhost"]);
+    colon
+        .send("<iq type='get' id='r' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    assert_eq!(condition(&colon.element().await), "item-not-found");
+}
+
+#[actix_rt::test]
+async fn groupchat_fans_out_to_100_occupants() {
+    let server = TestServer::start(&muc_config(""));
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        let mut c = login(&server, &format!("user{i}"), &format!("pass{i}")).await;
+        let got = join(&mut c, "big", &format!("n{i}")).await.unwrap();
+        // Everyone before, self, subject.
+        assert_eq!(got.len(), i + 2);
+        clients.push(c);
+    }
+    let scrape = server.metrics().await;
+    assert!(sample(&scrape, "gatehouse_muc_occupants") >= 100.0);
+    clients[42]
+        .send("<message to='big@rooms.localhost' type='groupchat'><body>to all</body></message>")
+        .await;
+    for c in &mut clients {
+        let m = until(c, |el| el.is("message", CLIENT)).await;
+        assert_eq!(m.attr("from"), Some("big@rooms.localhost/n42"));
+        assert_eq!(m.get_child("body", CLIENT).unwrap().text(), "to all");
+    }
+}
