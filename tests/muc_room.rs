@@ -290,10 +290,16 @@ async fn max_occupants_disco_and_room_lifetime() {
     })
     .await;
     assert_eq!(disco_items(&mut colon).await, ["lobby@rooms.localhost"]);
+    // Leaving a room that is gone is not answered; asking about it is.
+    colon
+        .send("<presence to='tea@rooms.localhost/C' type='unavailable'/>")
+        .await;
     colon
         .send("<iq type='get' id='r' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
-    assert_eq!(condition(&colon.element().await), "item-not-found");
+    let reply = colon.element().await;
+    assert!(reply.is("iq", CLIENT), "{reply:?}");
+    assert_eq!(condition(&reply), "item-not-found");
 }
 
 #[actix_rt::test]

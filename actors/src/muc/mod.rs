@@ -207,8 +207,11 @@ impl Handler<Incoming> for MucService {
                 .or_default()
                 .insert(name.clone());
         } else if !self.rooms.contains_key(&name) {
-            if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
-                msg.mailbox.do_send(ToSession::Stanza(reply));
+            // Leaving a room that is gone needs no answer.
+            if msg.stanza.name() != "presence" {
+                if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
+                    msg.mailbox.do_send(ToSession::Stanza(reply));
+                }
             }
             return;
         }
