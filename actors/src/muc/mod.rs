@@ -188,6 +188,14 @@ impl MucService {
 
 impl Actor for MucService {
     type Context = Context<Self>;
+
+    /// Persistent rooms exist before anyone joins, so disco lists them.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let names: Vec<String> = self.settings.persistent_rooms.iter().cloned().collect();
+        for name in names {
+            self.room(&name, ctx);
+        }
+    }
 }
 
 impl Handler<Incoming> for MucService {
