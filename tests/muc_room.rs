@@ -236,8 +236,15 @@ async fn max_occupants_disco_and_room_lifetime() {
         Err("service-unavailable".into())
     );
 
-    // The service lists its rooms and describes itself and them.
-    join(&mut colon, "lobby", "C").await.unwrap();
+    // The service lists its rooms and describes itself and them. A
+    // persistent room exists before anyone joins: its first joiner does
+    // not create it.
+    assert_eq!(
+        disco_items(&mut colon).await,
+        ["lobby@rooms.localhost", "tea@rooms.localhost"]
+    );
+    let got = join(&mut colon, "lobby", "C").await.unwrap();
+    assert_eq!(codes(&got[0]), ["110"]);
     colon
         .send("<iq type='get' id='i' to='rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
@@ -250,10 +257,6 @@ async fn max_occupants_disco_and_room_lifetime() {
         .unwrap();
     assert_eq!(identity.attr("category"), Some("conference"));
     assert!(query.children().any(|f| f.attr("var") == Some(NS_MUC)));
-    assert_eq!(
-        disco_items(&mut colon).await,
-        ["lobby@rooms.localhost", "tea@rooms.localhost"]
-    );
     colon
         .send("<iq type='get' id='r' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
@@ -290,10 +293,16 @@ async fn max_occupants_disco_and_room_lifetime() {
     })
     .await;
     assert_eq!(disco_items(&mut colon).await, ["lobby@rooms.localhost"]);
+    // Leaving a room that is gone is not answered; asking about it is.
+    colon
+        .send("<presence to='tea@rooms.localhost/C' type='unavailable'/>")
+        .await;
     colon
         .send("<iq type='get' id='r' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
-    assert_eq!(condition(&colon.element().await), "item-not-found");
+    let reply = colon.element().await;
+    assert!(reply.is("iq", CLIENT), "{reply:?}");
+    assert_eq!(condition(&reply), "item-not-found");
 }
 
 #[actix_rt::test]

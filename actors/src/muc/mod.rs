@@ -188,6 +188,14 @@ impl MucService {
 
 impl Actor for MucService {
     type Context = Context<Self>;
+
+    /// Persistent rooms exist before anyone joins, so disco lists them.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let names: Vec<String> = self.settings.persistent_rooms.iter().cloned().collect();
+        for name in names {
+            self.room(&name, ctx);
+        }
+    }
 }
 
 impl Handler<Incoming> for MucService {
@@ -207,8 +215,11 @@ impl Handler<Incoming> for MucService {
                 .or_default()
                 .insert(name.clone());
         } else if !self.rooms.contains_key(&name) {
-            if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
-                msg.mailbox.do_send(ToSession::Stanza(reply));
+            // Leaving a room that is gone needs no answer.
+            if msg.stanza.name() != "presence" {
+                if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
+                    msg.mailbox.do_send(ToSession::Stanza(reply));
+                }
             }
             return;
         }

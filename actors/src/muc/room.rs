@@ -97,7 +97,8 @@ pub(super) struct Room {
     subject: Option<(String, String)>,
     /// The last `history` groupchat messages, with their delay stamps.
     history: VecDeque<Element>,
-    /// True until the first occupant is admitted: that one gets 201.
+    /// True until the first occupant of a room that is not persistent is
+    /// admitted: that one created the room (201) and owns it.
     fresh: bool,
     /// Set once the room told the service it is vacant; later stanzas go
     /// back to the service, which makes a new room for them.
@@ -111,6 +112,9 @@ impl Room {
         settings: Arc<RoomSettings>,
         service: Addr<MucService>,
     ) -> Room {
+        // A persistent room exists from the start: its first joiner does
+        // not create it.
+        let fresh = !settings.persistent_rooms.contains(&name);
         Room {
             jid,
             name,
@@ -121,7 +125,7 @@ impl Room {
             pending: HashSet::new(),
             subject: None,
             history: VecDeque::new(),
-            fresh: true,
+            fresh,
             closed: false,
         }
     }
