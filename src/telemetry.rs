@@ -100,13 +100,19 @@ fn register_at_zero() {
         "gatehouse_roster_cache_misses_total",
         "gatehouse_roster_pushes_total",
         "gatehouse_roster_items_skipped_total",
+        "gatehouse_muc_messages_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["allowed", "denied", "error"] {
+        metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome).absolute(0);
     }
     for name in [
         "gatehouse_sessions",
         "gatehouse_connections",
         "gatehouse_roster_cache_entries",
+        "gatehouse_muc_rooms",
+        "gatehouse_muc_occupants",
     ] {
         metrics::gauge!(name).increment(0.0);
     }

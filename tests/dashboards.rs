@@ -5,10 +5,12 @@
 //! a dashboard names must also be one Gatehouse exports.
 
 mod common;
+mod muc_support;
 
 use clap::Parser;
 use common::roster_service::RosterService;
 use common::*;
+use muc_support::{join, Gate, MUC};
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,13 +128,24 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
         "user1",
         r#"{"user2@localhost": {"name": "Two", "groups": ["Friends"]}}"#,
     );
+    let gate = Gate::start(|request| {
+        let allowed = request.params["userJID"] == "alice@localhost";
+        muc_support::Reply::json(&format!(r#"{{"allowed": {allowed}}}"#))
+    })
+    .await;
     let server = TestServer::start(&config(
-        &roster_auth(&rosters.url(), "")
-            .replace("processes = 2", "processes = 2\nqueue = 4")
-            .replace(
-                &format!("\"{}\"", fixture("auth.py")),
-                &format!("\"{}\", \"--delay\", \"0.02\"", fixture("auth.py")),
+        &roster_auth(
+            &rosters.url(),
+            &format!(
+                "[muc]\ndomain = \"{MUC}\"\n[muc.http_auth]\nurl = \"{}\"",
+                gate.url
             ),
+        )
+        .replace("processes = 2", "processes = 2\nqueue = 4")
+        .replace(
+            &format!("\"{}\"", fixture("auth.py")),
+            &format!("\"{}\", \"--delay\", \"0.02\"", fixture("auth.py")),
+        ),
     ));
     let prometheus = Prometheus::start(server.http);
     let client = reqwest::Client::new();
@@ -187,6 +200,22 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
         .await
         .unwrap();
     assert!(refresh.status().is_success());
+
+    // A gated room: one join allowed, one denied, a groupchat message.
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    join(&mut alice, "tea", "Alice")
+        .await
+        .expect("alice is allowed");
+    alice
+        .send(&format!(
+            "<message to='tea@{MUC}' type='groupchat'><body>hi</body></message>"
+        ))
+        .await;
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "r").await;
+    assert_eq!(
+        join(&mut bob, "tea", "Bob").await.err().as_deref(),
+        Some("not-authorized")
+    );
 
     // Every metric a dashboard names is one Gatehouse exports.
     let exported = server.metrics().await;
