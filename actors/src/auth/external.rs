@@ -89,33 +89,14 @@ impl PoolHandle {
 /// it; only the password, which comes last, may hold one), or too long for
 /// the protocol.
 pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String, &'static str> {
-    let (user, host, password) = match command {
-        AuthCommand::Auth {
-            user,
-            host,
-            password,
-        }
-        | AuthCommand::SetPass {
-            user,
-            host,
-            password,
-        }
-        | AuthCommand::TryRegister {
-            user,
-            host,
-            password,
-        } => (user, host, Some(password.expose())),
-        AuthCommand::IsUser { user, host } | AuthCommand::RemoveUser { user, host } => {
-            (user, host, None)
-        }
-    };
+    let (user, host, password) = command.parts();
     if user.contains(':') || host.contains(':') {
         return Err("user or host contains ':'");
     }
     let mut line = format!("{}:{user}:{host}", command.name());
     if let Some(password) = password {
         line.push(':');
-        line.push_str(password);
+        line.push_str(password.expose());
     }
     if line.bytes().any(|b| matches!(b, b'\0' | b'\r' | b'\n')) {
         return Err("NUL, CR or LF in the request");
