@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Login storms against Gatehouse, Prosody 0.12 and ejabberd, one server at a
+# time, on loopback, with the same load generator and the same loads:
+#   throughput  closed loop, 100 clients, 20,000 logins
+#   held        10,000 sessions logged in and held (RSS per session)
+#   overload    auth answering in 20 ms with a pool of 4 (about 200
+#               logins/s), offered 1,000 logins/s for 10 s
+# Gatehouse and ejabberd authenticate through the same external program
+# (tests/fixtures/auth.py; ejabberd with its own protocol, pool of 4,
+# backlog 1024, auth cache off). Prosody uses its built-in internal_plain
+# with pre-created users, which flatters it: no external round-trip, so
+# its overload run has no slow auth program to overload.
+# Usage: bench/compare.sh [gatehouse] [prosody] [ejabberd]   (default: all)
+# Installs prosody and ejabberd from Debian's packages if missing. Prints
+# one JSON report per run, then a table. Every run is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+servers=("$@")
+[ ${#servers[@]} -gt 0 ] || servers=(gatehouse prosody ejabberd)
+cargo build --release --quiet -p gatehouse -p gatehouse-loadgen
+for s in "${servers[@]}"; do
+    if [ "$s" != gatehouse ] && ! command -v "$s" >/dev/null && ! command -v "${s}ctl" >/dev/null; then
+        apt-get install -y --no-install-recommends prosody ejabberd >/dev/null
+    fi
+done
+ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+chmod 755 "$work"
+auth="$PWD/tests/fixtures/auth.py"
+results="$work/results"
+pid=""
+port=""
+stop() {
+    [ -n "$pid" ] || return 0
+    pkill -P "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pkill -f "beam.smp.*gatebench" 2>/dev/null || true
+    for _ in $(seq 100); do pgrep -f "beam.smp.*gatebench" >/dev/null || break; sleep 0.1; done
+    pid=""
+}
+trap 'stop; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 200); do
+        python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start on port $1" >&2; return 1
+}
+server_pid() { # the process doing the work, for CPU and RSS
+    case $1 in
+        gatehouse) echo "$pid" ;;
+        prosody) pgrep -f "lua.*prosody -F --config $work" | head -1 ;;
+        ejabberd) pgrep -f "beam.smp.*gatebench" | head -1 ;;
+    esac
+}
+
+# start SERVER DELAY: DELAY is the auth program's answer time in seconds.
+start() {
+    local server=$1 delay=$2 dir="$work/$1"
+    rm -rf "$dir"; mkdir -p "$dir"
+    port=$(free_port)
+    case $server in
+    gatehouse)
+        # The default queue, except in overload, where it is sized to
+        # capacity x acceptable wait: 200 logins/s x 0.25 s = 50.
+        local queue=1024
+        [ "$delay" = 0 ] || queue=50
+        cat > "$dir/gatehouse.toml" <<TOML
+hosts = ["localhost"]
+[c2s]
+listen = "127.0.0.1:$port"
+require_tls = false
+backlog = 1024
+[http]
+listen = "127.0.0.1:$(free_port)"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "$auth", "--delay", "$delay"]
+processes = 4
+queue = $queue
+TOML
+        target/release/gatehouse --config "$dir/gatehouse.toml" 2> "$dir/log" &
+        pid=$! ;;
+    prosody)
+        mkdir -p "$dir/data/localhost/accounts"
+        python3 -c 'import sys
+for n in range(1, 10001):
+    open(f"{sys.argv[1]}/user{n}.dat", "w").write("return {\n\t[\"password\"] = \"pass%d\";\n};\n" % n)' "$dir/data/localhost/accounts"
+        cat > "$dir/prosody.cfg.lua" <<LUA
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+c2s_ports = { $port }
+interfaces = { "127.0.0.1" }
+http_ports = { }
+https_ports = { }
+s2s_ports = { }
+modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "posix" }
+authentication = "internal_plain"
+storage = "internal"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+log = { warn = "$dir/prosody.log" }
+VirtualHost "localhost"
+LUA
+        chown -R prosody "$dir"
+        # Servers that do not raise their own open-files limit get the hard
+        # limit, as Gatehouse does for itself.
+        runuser -u prosody -- sh -c 'ulimit -n "$(ulimit -Hn)"; exec prosody -F --config "$1"' \
+            sh "$dir/prosody.cfg.lua" > "$dir/out" 2>&1 &
+        pid=$! ;;
+    ejabberd)
+        mkdir -p "$dir/db" "$dir/logs"
+        cat > "$dir/ejabberd.yml" <<YML
+hosts: [localhost]
+loglevel: warning
+listen:
+  - port: $port
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls_required: false
+    backlog: 1024
+auth_method: external
+extauth_program: "python3 $auth --protocol ejabberd --delay $delay"
+extauth_pool_size: 4
+auth_use_cache: false
+modules:
+  mod_roster: {}
+  mod_disco: {}
+  mod_ping: {}
+YML
+        chown -R ejabberd "$dir"
+        runuser -u ejabberd -- sh -c 'ulimit -n "$(ulimit -Hn)"; exec ejabberdctl "$@"' sh \
+            --config-dir "$dir" --spool "$dir/db" --logs "$dir/logs" \
+            --node "gatebench$RANDOM@localhost" foreground > "$dir/out" 2>&1 &
+        pid=$! ;;
+    esac
+    wait_port "$port"
+}
+
+run() { # NAME SCENARIO LOADGEN-ARGS...
+    local name=$1 scenario=$2; shift 2
+    local report
+    report=$(target/release/gatehouse-loadgen --target "127.0.0.1:$port" --server-pid "$(server_pid "$name")" --json "$@")
+    echo "$name $scenario $report" | tee -a "$results"
+}
+
+for s in "${servers[@]}"; do
+    start "$s" 0
+    run "$s" throughput --mode closed --concurrency 100 --count 20000 --users 1000 --max-seconds 120
+    run "$s" held --mode hold --count 10000 --concurrency 200 --users 10000 --max-seconds 180
+    stop
+    start "$s" 0.02
+    run "$s" overload --mode open --rate 1000 --count 10000 --users 1000 --max-seconds 15
+    stop
+done
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    server, scenario, report = line.split(" ", 2)
+    rows.setdefault(server, {})[scenario] = json.loads(report)
+def f(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
+print()
+print("| server | logins/s | p99 ms | server CPU s / 1000 logins | RSS / held session | overload: admitted/s, admitted p99 ms | refusal p99 ms | timeouts | RSS after overload |")
+print("|---|---|---|---|---|---|---|---|---|")
+for server, r in rows.items():
+    t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload", {})
+    refused = o.get("temporary_failure_ms") or {}
+    print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f((t.get('success_ms') or {}).get('p99'), '.1f')} "
+          f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
+          f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B "
+          f"| {f(o.get('logins_per_second'), '.0f')}, {f((o.get('success_ms') or {}).get('p99'), '.0f')} "
+          f"| {f(refused.get('p99'), '.2f')} | {o.get('outcomes', {}).get('timeout', 0)} "
+          f"| {f((o.get('server_rss_bytes') or 0) / 1048576, '.1f')} MiB |")
+PY
