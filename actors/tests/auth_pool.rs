@@ -1,5 +1,5 @@
 //! The AuthPool with the external-process backend, against real child
-//! processes: the fixture program in `tests/fixtures/auth.py` (both wire
+//! processes: the workspace's fixture program `tests/fixtures/auth.py` (both wire
 //! protocols, misbehaving on demand). Covers answers, validation before
 //! anything is written, replacement of broken processes, idle dispatch,
 //! admission, the queue timeout, shutdown and the metrics.
@@ -37,7 +37,7 @@ fn python() -> &'static str {
 
 fn fixture() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/auth.py")
+        .join("../tests/fixtures/auth.py")
         .display()
         .to_string()
 }
