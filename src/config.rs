@@ -161,8 +161,8 @@ pub struct C2sConfig {
     /// `accept()` during a reconnect storm before the kernel drops SYNs.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
-    /// A connection not authenticated by then gets `<connection-timeout/>`,
-    /// so idle or stuck sockets cannot pile up.
+    /// A connection not authenticated and bound by then gets
+    /// `<connection-timeout/>`, so idle or stuck sockets cannot pile up.
     #[serde(default = "default_unauthenticated_timeout", with = "humantime_serde")]
     pub unauthenticated_timeout: Duration,
     /// Stanzas queued to a slow client before it is disconnected, so one

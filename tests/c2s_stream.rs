@@ -156,7 +156,13 @@ async fn unauthenticated_clients_time_out() {
     let mut opened = Client::connect(server.c2s).await;
     opened.open("localhost").await;
     assert_eq!(opened.stream_error().await, "connection-timeout");
-    // An authenticated session is not affected.
+    // Authenticated but never bound: timed out too.
+    let mut unbound = Client::connect(server.c2s).await;
+    unbound.open("localhost").await;
+    unbound.auth("alice", "wonderland").await.unwrap();
+    unbound.open("localhost").await;
+    assert_eq!(unbound.stream_error().await, "connection-timeout");
+    // A logged-in (bound) session is not affected.
     let (mut c, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     c.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")

@@ -49,7 +49,7 @@ pub struct C2sSettings {
     /// Largest top-level element accepted; larger ones end the stream with
     /// `<policy-violation/>`.
     pub max_stanza_bytes: usize,
-    /// A connection not authenticated within this time gets
+    /// A connection not authenticated and bound within this time gets
     /// `<connection-timeout/>`.
     pub unauthenticated_timeout: Duration,
     /// Stanzas queued towards a client before it counts as too slow and is
@@ -203,7 +203,9 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(self.settings.unauthenticated_timeout, |act, _| {
-            if act.user.is_none() {
+            // Authenticated but never bound counts as not logged in: such a
+            // connection would hold a socket and a session for nothing.
+            if act.jid.is_none() {
                 act.stream_error(StreamErrorCondition::ConnectionTimeout);
                 act.close();
             }
