@@ -337,6 +337,17 @@ impl AuthPool {
         self.set_queue_gauge();
     }
 
+    /// Hands `job` to an idle worker, or queues it (at the front when
+    /// `front`); refuses it while shutting down.
+    fn admit(&mut self, job: Job, front: bool, ctx: &mut Context<Self>) {
+        if self.shut_down {
+            return self.reject(job, AuthError::ShutDown, "shut_down");
+        }
+        if let Some(job) = self.dispatch(job) {
+            self.enqueue(job, front, ctx);
+        }
+    }
+
     fn reject(&self, job: Job, error: AuthError, reason: &'static str) {
         metrics::counter!("gatehouse_auth_rejected_total", "backend" => self.backend, "reason" => reason).increment(1);
         let _ = job.reply.send(Err(error));
@@ -351,12 +362,7 @@ impl Handler<Submit> for AuthPool {
     type Result = ();
 
     fn handle(&mut self, Submit(job): Submit, ctx: &mut Self::Context) {
-        if self.shut_down {
-            return self.reject(job, AuthError::ShutDown, "shut_down");
-        }
-        if let Some(job) = self.dispatch(job) {
-            self.enqueue(job, false, ctx);
-        }
+        self.admit(job, false, ctx);
     }
 }
 
@@ -400,14 +406,9 @@ impl Handler<Requeue> for AuthPool {
     type Result = ();
 
     fn handle(&mut self, Requeue(job): Requeue, ctx: &mut Self::Context) {
-        if self.shut_down {
-            return self.reject(job, AuthError::ShutDown, "shut_down");
-        }
-        if let Some(job) = self.dispatch(job) {
-            // It already waited: it goes first, for what is left of its
-            // queue time.
-            self.enqueue(job, true, ctx);
-        }
+        // It already waited: it goes first, for what is left of its queue
+        // time.
+        self.admit(job, true, ctx);
     }
 }
 
