@@ -4,7 +4,8 @@
 # which must succeed completely. Uses the debug build; ends on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --bin gatehouse -p gatehouse -p gatehouse-loadgen
+cargo build --quiet -p gatehouse --bin gatehouse
+cargo build --quiet -p gatehouse-loadgen --bin gatehouse-loadgen
 
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
