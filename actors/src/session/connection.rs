@@ -11,18 +11,22 @@ use super::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::StreamParser;
 use actix::Addr;
 use bytes::{Bytes, BytesMut};
+use futures_channel::mpsc;
+use futures_util::StreamExt;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-/// A client socket before or after STARTTLS.
-pub(crate) type Transport = Either<TcpStream, TlsStream<TcpStream>>;
+/// A client socket before or after STARTTLS. The TLS state is boxed: it is
+/// several KiB, and most of a storm's connections are idle sockets whose
+/// size is what a held session costs.
+pub(crate) type Transport = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +34,10 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes gathered from the outbound queue into one write.
 const MAX_WRITE_BATCH: usize = 64 * 1024;
+/// The most bytes taken from the socket in one read. They are read into a
+/// stack buffer and only what arrived is copied to the heap, so an idle
+/// connection holds no read buffer at all.
+const READ_CHUNK: usize = 4096;
 
 /// What the session hands the I/O task.
 #[derive(Debug)]
@@ -78,7 +86,8 @@ impl Connection {
         } = self;
         metrics::gauge!("gatehouse_connections").increment(1.0);
         let (mut reader, mut writer) = tokio::io::split(socket);
-        let mut buf = BytesMut::with_capacity(4096);
+        // Unparsed input: empty (and unallocated) between stanzas.
+        let mut buf = BytesMut::new();
         let mut pending: Option<Pin<Box<actix::dev::Request<Session, Inbound>>>> = None;
         let mut shutdown_sent = false;
         let end = loop {
@@ -90,6 +99,9 @@ impl Connection {
                     Ok(None) => {}
                     Err(error) => pending = Some(Box::pin(session.send(Inbound::Invalid(error)))),
                 }
+                if buf.is_empty() && buf.capacity() > 0 {
+                    buf = BytesMut::new();
+                }
             }
             tokio::select! {
                 biased;
@@ -98,14 +110,14 @@ impl Connection {
                     shutdown_sent = true;
                     session.do_send(SystemShutdown);
                 }
-                item = outbound.recv() => match item {
+                item = outbound.next() => match item {
                     Some(Outbound::Data(first)) => {
-                        if let Err(e) = write_batch(&mut writer, first, &mut outbound, &kill).await {
+                        if let Err(e) = Box::pin(write_batch(&mut writer, first, &mut outbound, &kill)).await {
                             break e;
                         }
                     }
                     Some(Outbound::Close) | None => {
-                        close(&mut writer, &mut outbound, &kill).await;
+                        Box::pin(close(&mut writer, &mut outbound, &kill)).await;
                         break End::Closed;
                     }
                 },
@@ -117,26 +129,26 @@ impl Connection {
                         Ok(Next::StartTls) => {
                             // The client waits for <proceed/> before its
                             // handshake, so nothing may be buffered yet.
-                            if let Err(e) = drain(&mut writer, &mut outbound, &kill).await {
+                            if let Err(e) = Box::pin(drain(&mut writer, &mut outbound, &kill)).await {
                                 break e;
                             }
                             let Some(acceptor) = tls.as_ref().filter(|_| buf.is_empty()) else {
                                 break End::TlsFailed;
                             };
-                            match upgrade(reader.unsplit(writer), acceptor).await {
+                            match Box::pin(upgrade(reader.unsplit(writer), acceptor)).await {
                                 Some(secure) => (reader, writer) = tokio::io::split(secure),
                                 None => break End::TlsFailed,
                             }
                             parser.reset();
                         }
                         Ok(Next::Close) => {
-                            close(&mut writer, &mut outbound, &kill).await;
+                            Box::pin(close(&mut writer, &mut outbound, &kill)).await;
                             break End::Closed;
                         }
                         Err(_) => break End::SessionGone,
                     }
                 }
-                read = reader.read_buf(&mut buf), if pending.is_none() => match read {
+                read = read_chunk(&mut reader, &mut buf), if pending.is_none() => match read {
                     Ok(0) => break End::Eof,
                     Ok(_) => {}
                     Err(e) => break End::Io(e),
@@ -150,6 +162,23 @@ impl Connection {
         session.do_send(ConnectionLost);
         metrics::gauge!("gatehouse_connections").decrement(1.0);
     }
+}
+
+/// Reads what the socket has (up to [`READ_CHUNK`] bytes) and appends it to
+/// `buf`; 0 at end of stream. While it waits it holds no buffer: the chunk
+/// lives on the stack only for the poll that fills it.
+async fn read_chunk(
+    reader: &mut ReadHalf<Transport>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut chunk = ReadBuf::new(&mut chunk);
+        std::task::ready!(Pin::new(&mut *reader).poll_read(cx, &mut chunk))?;
+        buf.extend_from_slice(chunk.filled());
+        Poll::Ready(Ok(chunk.filled().len()))
+    })
+    .await
 }
 
 /// Writes `first` and whatever else is already queued, in one write.
@@ -224,7 +253,7 @@ async fn upgrade(socket: Transport, acceptor: &TlsAcceptor) -> Option<Transport>
         return None;
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(Either::Right(tls)),
+        Ok(Ok(tls)) => Some(Either::Right(Box::new(tls))),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             None

@@ -20,6 +20,7 @@ use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeade
 use actix::prelude::*;
 use bytes::Bytes;
 use connection::{Connection, Outbound};
+use futures_channel::mpsc;
 use jid::{FullJid, Jid};
 use minidom::Element;
 use sasl::PlainError;
@@ -28,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,10 @@ pub struct Services {
 /// Starts a session and its I/O task on the current arbiter.
 pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    let (out, outbound) = mpsc::channel(settings.max_outbound_queue);
+    // A futures channel holds `buffer` messages plus one per sender (the
+    // session is the only one), and allocates per message rather than a
+    // block up front, which keeps an idle session small.
+    let (out, outbound) = mpsc::channel(settings.max_outbound_queue - 1);
     let kill = CancellationToken::new();
     let parser = StreamParser::new(settings.max_stanza_bytes);
     let connection_tracker = services.connections.clone();
@@ -314,8 +317,8 @@ impl Session {
         }
         match self.out.try_send(Outbound::Data(data.into())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.too_slow(),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.closing = true,
+            Err(e) if e.is_full() => self.too_slow(),
+            Err(_) => self.closing = true,
         }
     }
 

@@ -18,6 +18,11 @@ use rxml::{AttrMap, Event, Namespace, Parse, Parser, WithOptions};
 /// stanzas are shallow, and deep trees cost stack when dropped or written.
 const MAX_DEPTH: usize = 64;
 
+/// The longest single name or attribute value accepted. rxml reserves a
+/// scratch buffer this large for every parser, so it is far below the
+/// stanza limit; text is not affected (it is handed out in pieces).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// One thing a client said at stream level.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
@@ -48,6 +53,8 @@ pub enum ParseError {
     TooLarge { limit: usize },
     #[error("elements nested deeper than {MAX_DEPTH}")]
     TooDeep,
+    #[error("a name or attribute value longer than {MAX_TOKEN_BYTES} bytes")]
+    TokenTooLong,
     #[error("stream header is not <stream:stream> in the streams namespace")]
     BadStreamHeader,
     #[error("character data at stream level")]
@@ -60,7 +67,7 @@ impl ParseError {
         match self {
             ParseError::NotWellFormed(_) => StreamErrorCondition::NotWellFormed,
             ParseError::Restricted(_) => StreamErrorCondition::RestrictedXml,
-            ParseError::TooLarge { .. } | ParseError::TooDeep => {
+            ParseError::TooLarge { .. } | ParseError::TooDeep | ParseError::TokenTooLong => {
                 StreamErrorCondition::PolicyViolation
             }
             ParseError::BadStreamHeader => StreamErrorCondition::InvalidNamespace,
@@ -72,6 +79,8 @@ impl ParseError {
 impl From<XmlError> for ParseError {
     fn from(e: XmlError) -> Self {
         match e {
+            // rxml's only error for a token over `max_token_length`.
+            XmlError::RestrictedXml("long name or reference") => ParseError::TokenTooLong,
             XmlError::RestrictedXml(what) => ParseError::Restricted(what.to_owned()),
             XmlError::UndeclaredEntity => ParseError::Restricted("entity reference".into()),
             // rxml has no error of its own for a DTD: `<!DOCTYPE` fails as a
@@ -118,11 +127,10 @@ impl StreamParser {
     }
 
     fn new_parser(max_stanza_bytes: usize) -> Parser {
-        // rxml refuses single tokens longer than this; our own byte count
-        // reaches the stanza limit first, so oversized input is reported as
-        // a policy violation rather than as malformed XML.
+        // Within a small stanza limit our own byte count refuses a long
+        // token first; otherwise rxml does, and both are policy violations.
         let options = rxml::Options {
-            max_token_length: max_stanza_bytes + 1,
+            max_token_length: (max_stanza_bytes + 1).min(MAX_TOKEN_BYTES),
             ..Default::default()
         };
         let mut parser = Parser::with_options(options);
@@ -167,10 +175,23 @@ impl StreamParser {
                 // Only returned at end of input, which we never announce:
                 // the connection layer handles EOF.
                 Ok(None) => return Ok(None),
-                Err(EndOrError::NeedMoreData) if buf.is_empty() => return Ok(None),
+                Err(EndOrError::NeedMoreData) if buf.is_empty() => {
+                    self.release_scratch();
+                    return Ok(None);
+                }
                 Err(EndOrError::NeedMoreData) => {}
                 Err(EndOrError::Error(e)) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Gives back the parser's scratch buffers while it waits for input:
+    /// most connections of a storm sit idle after login, and an idle
+    /// session should cost its state, not its largest token so far.
+    fn release_scratch(&mut self) {
+        self.parser.release_temporaries();
+        if self.open.is_empty() {
+            self.open.shrink_to_fit();
         }
     }
 
@@ -381,6 +402,20 @@ mod tests {
             events(&big_attr, limit).unwrap_err(),
             ParseError::TooLarge { limit }
         );
+        // Under a large stanza limit, a long name or attribute value is
+        // refused by its own limit, also as a policy violation.
+        let long_attr = format!(
+            "{HEADER}<message id='{}'/>",
+            "y".repeat(MAX_TOKEN_BYTES + 1)
+        );
+        let err = events(&long_attr, 1 << 20).unwrap_err();
+        assert_eq!(err, ParseError::TokenTooLong);
+        assert_eq!(err.condition(), StreamErrorCondition::PolicyViolation);
+        let fits = format!(
+            "{HEADER}<message id='{}'/>",
+            "y".repeat(MAX_TOKEN_BYTES - 1)
+        );
+        assert_eq!(events(&fits, 1 << 20).unwrap().len(), 2);
         // Many small stanzas are fine, and so are endless keep-alives.
         let many = format!(
             "{HEADER}{}",
