@@ -109,9 +109,24 @@ async fn stream_header_checks() {
     assert_eq!(c.stream_error().await, "not-authorized");
 }
 
+/// `gatehouse_logins_total{result="malformed"}` once it has reached at
+/// least `at_least` (a count recorded just before the client's answer may
+/// lag it in a scrape).
+async fn malformed_logins(server: &TestServer, at_least: f64) -> f64 {
+    const SERIES: &str = r#"gatehouse_logins_total{result="malformed"}"#;
+    let scrape = server
+        .metrics_when(SERIES, |scrape| sample(scrape, SERIES) >= at_least)
+        .await;
+    sample(&scrape, SERIES)
+}
+
+/// Every SASL attempt refused for the client's fault counts towards the
+/// limit of three and as `malformed`. This is the only test in this binary
+/// that makes such attempts, so the counts are exact.
 #[actix_rt::test]
 async fn sasl_edge_cases() {
     let server = server();
+    let before = malformed_logins(&server, 0.0).await;
     let mut c = Client::connect(server.c2s).await;
     c.open("localhost").await;
     c.send(&format!("<auth xmlns='{SASL}' mechanism='DIGEST-MD5'/>"))
@@ -132,6 +147,31 @@ async fn sasl_edge_cases() {
     assert!(c.element().await.has_child("invalid-authzid", SASL));
     // Three failures end the stream.
     assert_eq!(c.next().await, Some(StreamEvent::Close));
+    assert_eq!(malformed_logins(&server, before + 3.0).await, before + 3.0);
+
+    // SASL before STARTTLS when TLS is required: three attempts end the
+    // stream too.
+    let (toml, _) = with_tls(&config(&fixture_auth("")));
+    let tls_server = TestServer::start(&toml);
+    let mut c = Client::connect(tls_server.c2s).await;
+    c.open("localhost").await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.auth("alice", "wonderland").await,
+            Err("encryption-required".into())
+        );
+    }
+    assert_eq!(c.next().await, Some(StreamEvent::Close));
+    assert_eq!(malformed_logins(&server, before + 6.0).await, before + 6.0);
+    // An abort is no failed attempt.
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    for _ in 0..3 {
+        c.send(&format!("<abort xmlns='{SASL}'/>")).await;
+        assert!(c.element().await.has_child("aborted", SASL));
+    }
+    assert_eq!(c.auth("alice", "wonderland").await, Ok(()));
+    assert_eq!(malformed_logins(&server, before + 6.0).await, before + 6.0);
 
     // Empty initial response: challenge, then response.
     let mut c = Client::connect(server.c2s).await;
