@@ -458,7 +458,8 @@ pub struct ConfigProblem {
     /// file's shape (unknown key, wrong type, missing key); value problems
     /// are about what a setting means, not where it is written.
     pub position: Option<(usize, usize)>,
-    /// Dotted key of the offending setting, e.g. `auth.external.processes`.
+    /// Dotted key of the offending setting, e.g. `auth.external.processes`;
+    /// empty when toml could not say where a problem is.
     pub key: String,
     /// What is wrong with it, in words an operator can act on.
     pub message: String,
@@ -516,7 +517,10 @@ fn syntax_line(
 fn problem_lines(path: &Path, problems: &[ConfigProblem]) -> String {
     problems
         .iter()
-        .map(|problem| syntax_line(path, problem.position, Some(&problem.key), &problem.message))
+        .map(|problem| {
+            let key = Some(problem.key.as_str()).filter(|key| !key.is_empty());
+            syntax_line(path, problem.position, key, &problem.message)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -540,8 +544,10 @@ impl Config {
     /// document deserialized again, until what is left fits. A table that
     /// lacks a required key is dropped as a whole after that key is reported.
     /// Value checks then run on what is left, minus problems with keys that
-    /// were dropped (their defaults stand in for them). Only TOML that does
-    /// not parse at all stops at its first error.
+    /// were dropped (their defaults stand in for them); they cannot run when
+    /// a required key of the top level (`hosts`, `[c2s]`, `[auth]`,
+    /// `auth.backend`) is broken. Only TOML that does not parse at all stops
+    /// at its first error.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let mut document =
             DeTable::parse(text).map_err(|error| syntax_error(origin, text, &error))?;

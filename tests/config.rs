@@ -217,6 +217,30 @@ fn every_problem_is_reported_one_per_line() {
 }
 
 #[test]
+fn a_broken_required_key_hides_neither_other_sections_nor_repeats_as_missing() {
+    let origin = Path::new("/etc/gatehouse/gatehouse.toml");
+    let text = "hosts = \"localhost\"\n[c2s]\nbogus = 1\nrequire_tls = false\n\
+                [auth]\nbackend = \"ldap\"\n[auth.external]\ncommand = \"sh\"\nextra = 2\n";
+    let error = Config::parse(text, origin).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else {
+        panic!("not a list of problems: {error}");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["hosts", "c2s.bogus", "auth.backend", "auth.external.extra"],
+        "{error}"
+    );
+    assert!(!error.to_string().contains("missing field"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("/etc/gatehouse/gatehouse.toml:1:9: hosts: invalid type"),
+        "{error}"
+    );
+}
+
+#[test]
 fn parse_errors_name_origin_line_and_column() {
     let origin = Path::new("/etc/gatehouse/gatehouse.toml");
     let text =
