@@ -454,7 +454,12 @@ fn default_refresh_max_body_bytes() -> usize {
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
-    /// Dotted key of the offending setting, e.g. `auth.external.processes`.
+    /// 1-based line and column of the offending text, for problems with the
+    /// file's shape (unknown key, wrong type, missing key); value problems
+    /// are about what a setting means, not where it is written.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key of the offending setting, e.g. `auth.external.processes`;
+    /// empty when toml could not say where a problem is.
     pub key: String,
     /// What is wrong with it, in words an operator can act on.
     pub message: String,
@@ -473,8 +478,7 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{}: cannot read the config file: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    /// The file is not valid TOML or does not fit the schema (unknown key,
-    /// wrong type, missing key…). TOML parsing stops at the first one.
+    /// The file is not valid TOML. Parsing stops at the first such error.
     #[error("{}", syntax_line(path, *position, key.as_deref(), message))]
     Syntax {
         path: PathBuf,
@@ -484,7 +488,8 @@ pub enum ConfigError {
         key: Option<String>,
         message: String,
     },
-    /// The file parsed, but values are wrong.
+    /// The file parsed as TOML, but keys are unknown, missing or of the
+    /// wrong type, or values are wrong: every such problem, one per line.
     #[error("{}", problem_lines(path, problems))]
     Invalid {
         path: PathBuf,
@@ -512,7 +517,10 @@ fn syntax_line(
 fn problem_lines(path: &Path, problems: &[ConfigProblem]) -> String {
     problems
         .iter()
-        .map(|problem| format!("{}: {problem}", path.display()))
+        .map(|problem| {
+            let key = Some(problem.key.as_str()).filter(|key| !key.is_empty());
+            syntax_line(path, problem.position, key, &problem.message)
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -530,19 +538,68 @@ impl Config {
 
     /// Parses and validates `text` as if read from `origin`: errors name
     /// `origin`, and relative paths are resolved from its directory.
+    ///
+    /// Every problem is reported, not just the first: a key that does not fit
+    /// the schema is reported and dropped from the document, and the
+    /// document deserialized again, until what is left fits. A table that
+    /// lacks a required key is dropped as a whole after that key is reported.
+    /// Value checks then run on what is left, minus problems with keys that
+    /// were dropped (their defaults stand in for them); they cannot run when
+    /// a required key of the top level (`hosts`, `[c2s]`, `[auth]`,
+    /// `auth.backend`) is broken. Only TOML that does not parse at all stops
+    /// at its first error.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|error| syntax_error(origin, text, &error))?;
-        config.resolve_paths(&base_dir(origin));
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: origin.to_owned(),
-                problems,
-            })
+        let mut document =
+            DeTable::parse(text).map_err(|error| syntax_error(origin, text, &error))?;
+        let mut problems = Vec::new();
+        let mut dropped: Vec<String> = Vec::new();
+        let config = loop {
+            let error = match Config::deserialize(toml::de::Deserializer::from(document.clone())) {
+                Ok(config) => break Some(config),
+                Err(error) => error,
+            };
+            let problem = schema_problem(document.get_ref(), text, &error);
+            let already_dropped = problem
+                .missing
+                .as_ref()
+                .is_some_and(|missing| dropped.contains(&missing.to_string()));
+            if !already_dropped {
+                problems.push(problem.problem);
+            }
+            // The entry the error points at goes: for a missing key that is
+            // the table lacking it, as the key cannot be made up; an array
+            // goes as a whole. Nothing to drop means the document is done.
+            let keys = problem.at.map(|at| at.table_keys()).unwrap_or_default();
+            if keys.is_empty() || !remove_entry(document.get_mut(), &keys) {
+                break None;
+            }
+            dropped.push(keys.join("."));
+        };
+        problems.sort_by_key(|problem| problem.position);
+        if let Some(mut config) = config {
+            config.resolve_paths(&base_dir(origin));
+            let is_dropped = |key: &str| {
+                dropped.iter().any(|gone| {
+                    key == gone
+                        || key
+                            .strip_prefix(gone.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+            };
+            problems.extend(
+                config
+                    .validate()
+                    .into_iter()
+                    .filter(|p| !is_dropped(&p.key)),
+            );
+            if problems.is_empty() {
+                return Ok(config);
+            }
         }
+        Err(ConfigError::Invalid {
+            path: origin.to_owned(),
+            problems,
+        })
     }
 
     /// Every problem with the values, not just the first. Paths are checked
@@ -652,6 +709,7 @@ struct Problems(Vec<ConfigProblem>);
 impl Problems {
     fn add(&mut self, key: &str, message: impl Into<String>) {
         self.0.push(ConfigProblem {
+            position: None,
             key: key.to_owned(),
             message: message.into(),
         });
@@ -953,35 +1011,83 @@ fn check_program(program: &str) -> Result<(), String> {
     }
 }
 
-/// Turns a toml/serde error into one that names the file, `line:column` and
-/// the dotted key. toml's own message names the offending field but not the
-/// table it is in, so the key path is recovered from the error's span.
+/// Turns a TOML syntax error into one that names the file, `line:column`
+/// and, when it can be told, the dotted key.
 fn syntax_error(origin: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
-    let message = error.message().trim_end().to_owned();
     let span = error.span();
     let position = span.as_ref().map(|span| line_column(text, span.start));
-    let key = span.and_then(|span| key_at(text, span));
-    let key = match missing_field(&message) {
-        // The span of a missing field is the table that lacks it.
-        Some(missing) => Some(match key {
-            Some(table) => format!("{table}.{missing}"),
-            None => missing.to_owned(),
-        }),
-        // A syntax error (or a duplicate key) leaves nothing parsed to find
-        // the span in; read the key off the offending line instead.
-        None => key.or_else(|| position.and_then(|(line, _)| key_on_line(text, line))),
-    };
-    let mut message = message;
+    // A syntax error (or a duplicate key) leaves little parsed to find the
+    // span in; read the key off the offending line instead.
+    let key = span
+        .and_then(|span| key_at(text, span))
+        .or_else(|| position.and_then(|(line, _)| key_on_line(text, line)));
+    ConfigError::Syntax {
+        path: origin.to_owned(),
+        position,
+        key,
+        message: explain(error.message()),
+    }
+}
+
+/// toml's message, trimmed, with a hint where toml's own is terse.
+fn explain(message: &str) -> String {
+    let mut message = message.trim_end().to_owned();
     if message == "invalid socket address syntax" {
         message.push_str(
             ": expected IP:PORT, e.g. 127.0.0.1:5222 or [::]:5222 (host names are not resolved)",
         );
     }
-    ConfigError::Syntax {
-        path: origin.to_owned(),
-        position,
-        key,
-        message,
+    message
+}
+
+/// A serde error while deserializing the parsed document, located in it.
+struct SchemaProblem {
+    /// The problem as reported to the operator.
+    problem: ConfigProblem,
+    /// Where in the document the error points, when it could be found.
+    at: Option<KeyPath>,
+    /// For a missing key: the key's own path (its table plus its name), so
+    /// a key that was dropped because of an earlier problem is not reported
+    /// again as missing.
+    missing: Option<KeyPath>,
+}
+
+/// Locates a serde `error` in `document` (parsed from `text`). toml's own
+/// message names the offending field but not the table it is in, so the
+/// key path is recovered from the error's span.
+fn schema_problem(document: &DeTable<'_>, text: &str, error: &toml::de::Error) -> SchemaProblem {
+    let message = explain(error.message());
+    let span = error.span();
+    let position = span.as_ref().map(|span| line_column(text, span.start));
+    let at = span.map(|span| locate(document, &span));
+    // The span of a missing field is the table that lacks it.
+    let missing = missing_field(&message).map(|field| {
+        let mut path = at.clone().unwrap_or_default();
+        path.0.push(Step::Key(field.to_owned()));
+        path
+    });
+    let key = missing.as_ref().or(at.as_ref()).map(KeyPath::to_string);
+    SchemaProblem {
+        problem: ConfigProblem {
+            position,
+            key: key.unwrap_or_default(),
+            message,
+        },
+        at,
+        missing,
+    }
+}
+
+/// Removes the entry at `keys` (a path of table keys) from `table`; false if
+/// there is none.
+fn remove_entry(table: &mut DeTable<'_>, keys: &[String]) -> bool {
+    match keys {
+        [] => false,
+        [last] => table.remove(last.as_str()).is_some(),
+        [first, rest @ ..] => match table.get_mut(first.as_str()).map(|v| v.get_mut()) {
+            Some(DeValue::Table(inner)) => remove_entry(inner, rest),
+            _ => false,
+        },
     }
 }
 
@@ -1038,26 +1144,74 @@ fn floor_char_boundary(text: &str, offset: usize) -> usize {
     offset
 }
 
+/// One step of a path into a document: a table key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A path into a document, shown as a dotted key (`hosts[1]`,
+/// `auth.external.processes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KeyPath(Vec<Step>);
+
+impl KeyPath {
+    fn child(&self, step: Step) -> KeyPath {
+        let mut path = self.clone();
+        path.0.push(step);
+        path
+    }
+
+    /// The table keys up to the first array index: the entry that holds
+    /// what the path points at.
+    fn table_keys(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map_while(|step| match step {
+                Step::Key(key) => Some(key.clone()),
+                Step::Index(_) => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Key(key) if i == 0 => write!(f, "{key}")?,
+                Step::Key(key) => write!(f, ".{key}")?,
+                Step::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Dotted key of the innermost key or value that covers `span` in `text`.
 fn key_at(text: &str, span: std::ops::Range<usize>) -> Option<String> {
     let (document, _) = DeTable::parse_recoverable(text);
-    find_in_table(document.get_ref(), &span, "")
+    let path = locate(document.get_ref(), &span);
+    (!path.0.is_empty()).then(|| path.to_string())
+}
+
+/// Path of the innermost key or value of `table` that covers `span`; the
+/// empty path (the whole document) when none does.
+fn locate(table: &DeTable<'_>, span: &std::ops::Range<usize>) -> KeyPath {
+    find_in_table(table, span, &KeyPath::default()).unwrap_or_default()
 }
 
 fn find_in_table(
     table: &DeTable<'_>,
     span: &std::ops::Range<usize>,
-    prefix: &str,
-) -> Option<String> {
+    prefix: &KeyPath,
+) -> Option<KeyPath> {
     // A table's span need not cover its entries (headers can be anywhere),
     // so children are searched first and a covering table is the fallback.
     let mut covering = None;
     for (key, value) in table.iter() {
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
+        let path = prefix.child(Step::Key(key.get_ref().to_string()));
         if covers(&key.span(), span) {
             return Some(path);
         }
@@ -1071,11 +1225,15 @@ fn find_in_table(
     covering
 }
 
-fn find_in_value(value: &DeValue<'_>, span: &std::ops::Range<usize>, path: &str) -> Option<String> {
+fn find_in_value(
+    value: &DeValue<'_>,
+    span: &std::ops::Range<usize>,
+    path: &KeyPath,
+) -> Option<KeyPath> {
     match value {
         DeValue::Table(table) => find_in_table(table, span, path),
         DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            let path = format!("{path}[{i}]");
+            let path = path.child(Step::Index(i));
             find_in_value(item.get_ref(), span, &path)
                 .or_else(|| covers(&item.span(), span).then_some(path))
         }),

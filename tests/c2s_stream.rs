@@ -35,6 +35,9 @@ async fn bad_xml_ends_the_stream_with_the_right_error() {
         (b"<message><body>&xxe;</body></message>", "restricted-xml"),
         (b"<?php echo 1; ?>", "restricted-xml"),
         (b"<!-- hello -->", "restricted-xml"),
+        // A DTD after the header, and a `<!` that is no DTD.
+        (b"<!DOCTYPE foo>", "restricted-xml"),
+        (b"<!x>", "not-well-formed"),
         (b"<foo xmlns='urn:x'/>", "not-authorized"),
         (b"hello", "bad-format"),
     ];
@@ -106,9 +109,24 @@ async fn stream_header_checks() {
     assert_eq!(c.stream_error().await, "not-authorized");
 }
 
+/// `gatehouse_logins_total{result="malformed"}` once it has reached at
+/// least `at_least` (a count recorded just before the client's answer may
+/// lag it in a scrape).
+async fn malformed_logins(server: &TestServer, at_least: f64) -> f64 {
+    const SERIES: &str = r#"gatehouse_logins_total{result="malformed"}"#;
+    let scrape = server
+        .metrics_when(SERIES, |scrape| sample(scrape, SERIES) >= at_least)
+        .await;
+    sample(&scrape, SERIES)
+}
+
+/// Every SASL attempt refused for the client's fault counts towards the
+/// limit of three and as `malformed`. This is the only test in this binary
+/// that makes such attempts, so the counts are exact.
 #[actix_rt::test]
 async fn sasl_edge_cases() {
     let server = server();
+    let before = malformed_logins(&server, 0.0).await;
     let mut c = Client::connect(server.c2s).await;
     c.open("localhost").await;
     c.send(&format!("<auth xmlns='{SASL}' mechanism='DIGEST-MD5'/>"))
@@ -129,6 +147,31 @@ async fn sasl_edge_cases() {
     assert!(c.element().await.has_child("invalid-authzid", SASL));
     // Three failures end the stream.
     assert_eq!(c.next().await, Some(StreamEvent::Close));
+    assert_eq!(malformed_logins(&server, before + 3.0).await, before + 3.0);
+
+    // SASL before STARTTLS when TLS is required: three attempts end the
+    // stream too.
+    let (toml, _) = with_tls(&config(&fixture_auth("")));
+    let tls_server = TestServer::start(&toml);
+    let mut c = Client::connect(tls_server.c2s).await;
+    c.open("localhost").await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.auth("alice", "wonderland").await,
+            Err("encryption-required".into())
+        );
+    }
+    assert_eq!(c.next().await, Some(StreamEvent::Close));
+    assert_eq!(malformed_logins(&server, before + 6.0).await, before + 6.0);
+    // An abort is no failed attempt.
+    let mut c = Client::connect(server.c2s).await;
+    c.open("localhost").await;
+    for _ in 0..3 {
+        c.send(&format!("<abort xmlns='{SASL}'/>")).await;
+        assert!(c.element().await.has_child("aborted", SASL));
+    }
+    assert_eq!(c.auth("alice", "wonderland").await, Ok(()));
+    assert_eq!(malformed_logins(&server, before + 6.0).await, before + 6.0);
 
     // Empty initial response: challenge, then response.
     let mut c = Client::connect(server.c2s).await;
@@ -374,4 +417,80 @@ async fn binding_an_online_full_jid_replaces_the_older_session() {
             sample(scrape, "gatehouse_sessions") >= 3.0
         })
         .await;
+}
+
+/// Bodies of the messages `client` receives up to and including one with
+/// body `marker`, skipping presence.
+async fn bodies_until(client: &mut Client, marker: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let el = client.element().await;
+        if el.name() == "presence" {
+            continue;
+        }
+        assert_eq!(el.name(), "message", "{el:?}");
+        let body = el
+            .get_child("body", CLIENT)
+            .map(|b| b.text())
+            .unwrap_or_default();
+        bodies.push(body.clone());
+        if body == marker {
+            return bodies;
+        }
+    }
+}
+
+/// RFC 6121 §8.5.2.1.1: a message to a bare JID goes to the available
+/// resource(s) of highest non-negative priority; the server may pick one of
+/// a tie or send to all, and Gatehouse sends to all. A resource of negative
+/// priority never gets one (§4.7.2.3), and if only such resources are
+/// available the message is treated as undeliverable (§8.5.2.1.1).
+#[actix_rt::test]
+async fn bare_jid_messages_reach_every_top_priority_resource_but_never_a_negative_one() {
+    let server = server();
+    let (mut away, away_jid) = Client::login(server.c2s, "alice", "wonderland", "away").await;
+    let (mut one, one_jid) = Client::login(server.c2s, "alice", "wonderland", "one").await;
+    let (mut two, two_jid) = Client::login(server.c2s, "alice", "wonderland", "two").await;
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "b").await;
+    away.send("<presence><priority>-1</priority></presence>")
+        .await;
+    one.send("<presence><priority>3</priority></presence>")
+        .await;
+    two.send("<presence><priority>3</priority></presence>")
+        .await;
+    // Each resource learns of the other two, so all three are available.
+    for client in [&mut away, &mut one, &mut two] {
+        for _ in 0..2 {
+            assert_eq!(client.element().await.name(), "presence");
+        }
+    }
+    bob.send("<message to='alice@localhost' type='chat'><body>tie</body></message>")
+        .await;
+    // A message to each full JID after it: the router handles bob's
+    // stanzas in order, so whatever the bare message reached arrives first.
+    for jid in [&away_jid, &one_jid, &two_jid] {
+        bob.send(&format!(
+            "<message to='{jid}' type='chat'><body>mark</body></message>"
+        ))
+        .await;
+    }
+    assert_eq!(bodies_until(&mut one, "mark").await, ["tie", "mark"]);
+    assert_eq!(bodies_until(&mut two, "mark").await, ["tie", "mark"]);
+    assert_eq!(bodies_until(&mut away, "mark").await, ["mark"]);
+
+    // With only the negative-priority resource available, the message is
+    // undeliverable: bob gets an error and the resource still nothing.
+    one.send("<presence type='unavailable'/>").await;
+    two.send("<presence type='unavailable'/>").await;
+    for _ in 0..2 {
+        assert_eq!(away.element().await.attr("type"), Some("unavailable"));
+    }
+    bob.send("<message to='alice@localhost' type='chat'><body>lonely</body></message>")
+        .await;
+    assert_eq!(condition(&bob.element().await), "service-unavailable");
+    bob.send(&format!(
+        "<message to='{away_jid}' type='chat'><body>mark2</body></message>"
+    ))
+    .await;
+    assert_eq!(bodies_until(&mut away, "mark2").await, ["mark2"]);
 }

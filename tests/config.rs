@@ -1,6 +1,7 @@
 //! Config file tests: every file under tests/config_test/valid must load,
-//! every file under tests/config_test/invalid must be rejected with an error
-//! naming the file and the key given in its first line (`# expect: KEY`).
+//! every file under tests/config_test/invalid must be rejected with one error
+//! line per `# expect: KEY` line it starts with, each naming the file and,
+//! in order, that key.
 //! Also checks defaults, path resolution, the demo config, and the
 //! `gatehouse check-config` command.
 //!
@@ -45,33 +46,53 @@ fn every_valid_file_loads() {
     }
 }
 
+/// The keys an invalid fixture expects in its error, one per problem, from
+/// its leading `# expect: KEY` lines.
+fn expected_keys(file: &Path) -> Vec<String> {
+    let text = fs::read_to_string(file).unwrap();
+    let keys: Vec<String> = text
+        .lines()
+        .map_while(|line| line.strip_prefix("# expect: "))
+        .map(|key| key.trim().to_owned())
+        .collect();
+    assert!(
+        !keys.is_empty(),
+        "{}: first line must be `# expect: KEY`",
+        file.display()
+    );
+    keys
+}
+
+/// Checks that `error` has one line per expected key, each naming the
+/// file and, in order, its key.
+fn assert_names_file_and_keys(file: &Path, error: &str, keys: &[String]) {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let lines: Vec<&str> = error.lines().collect();
+    assert_eq!(
+        lines.len(),
+        keys.len(),
+        "{name}: expected one problem per key {keys:?}, got:\n{error}"
+    );
+    for (line, key) in lines.iter().zip(keys) {
+        assert!(line.contains(name), "{name}: file not named in: {line}");
+        assert!(
+            line.contains(&format!(": {key}: ")) || line.contains(&format!(": {key}[")),
+            "{name}: key `{key}` not named in: {line}"
+        );
+    }
+}
+
 #[test]
-fn every_invalid_file_names_its_file_and_key() {
+fn every_invalid_file_names_its_file_and_keys() {
     let files = fixtures("invalid");
     assert!(files.len() >= 40, "{files:?}");
     for file in files {
-        let text = fs::read_to_string(&file).unwrap();
-        let key = text
-            .lines()
-            .next()
-            .and_then(|line| line.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: KEY`", file.display()))
-            .trim();
+        let keys = expected_keys(&file);
         let error = match Config::load(&file) {
             Ok(_) => panic!("{} should be invalid", file.display()),
             Err(error) => error.to_string(),
         };
-        let name = file.file_name().unwrap().to_str().unwrap();
-        assert!(error.contains(name), "{name}: file not named in: {error}");
-        assert!(
-            error.contains(&format!(": {key}: ")) || error.contains(&format!(": {key}[")),
-            "{name}: key `{key}` not named in: {error}"
-        );
-        assert_eq!(
-            error.lines().count(),
-            1,
-            "{name}: more than one problem: {error}"
-        );
+        assert_names_file_and_keys(&file, &error, &keys);
     }
 }
 
@@ -196,6 +217,30 @@ fn every_problem_is_reported_one_per_line() {
 }
 
 #[test]
+fn a_broken_required_key_hides_neither_other_sections_nor_repeats_as_missing() {
+    let origin = Path::new("/etc/gatehouse/gatehouse.toml");
+    let text = "hosts = \"localhost\"\n[c2s]\nbogus = 1\nrequire_tls = false\n\
+                [auth]\nbackend = \"ldap\"\n[auth.external]\ncommand = \"sh\"\nextra = 2\n";
+    let error = Config::parse(text, origin).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else {
+        panic!("not a list of problems: {error}");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["hosts", "c2s.bogus", "auth.backend", "auth.external.extra"],
+        "{error}"
+    );
+    assert!(!error.to_string().contains("missing field"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("/etc/gatehouse/gatehouse.toml:1:9: hosts: invalid type"),
+        "{error}"
+    );
+}
+
+#[test]
 fn parse_errors_name_origin_line_and_column() {
     let origin = Path::new("/etc/gatehouse/gatehouse.toml");
     let text =
@@ -267,6 +312,30 @@ fn check_config_rejects_an_invalid_file() {
     assert_eq!(
         stdout,
         format!("{file}: auth.external.processes: must be between 1 and 1024 (got 0)\n")
+    );
+}
+
+#[test]
+fn check_config_lists_every_kind_of_problem_at_once() {
+    let file = fixture("invalid/several_problems.toml");
+    let keys = expected_keys(&file);
+    assert!(keys.len() >= 5, "{keys:?}");
+    let (code, stdout, _) = gatehouse(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_names_file_and_keys(&file, &stdout, &keys);
+    for what in [
+        "unknown field `port`",
+        "invalid type: string \"4\"",
+        "unknown field `retries`",
+        "missing field `domain`",
+        "must be between 1 and 65535 (got 0)",
+    ] {
+        assert!(stdout.contains(what), "{what:?} not in:\n{stdout}");
+    }
+    // Problems with the file's shape carry their line:column.
+    assert!(
+        stdout.contains("several_problems.toml:13:1: c2s.port: "),
+        "{stdout}"
     );
 }
 

@@ -294,6 +294,13 @@ impl Handler<ConnectionLost> for Session {
     }
 }
 
+/// `<failure><CONDITION/></failure>` in the SASL namespace.
+fn sasl_failure(condition: &str) -> Element {
+    let mut failure = Element::bare("failure", ns::SASL);
+    failure.append_child(Element::bare(condition, ns::SASL));
+    failure
+}
+
 fn ready(next: Next) -> ResponseActFuture<Session, Next> {
     Box::pin(actix::fut::ready(next))
 }
@@ -447,11 +454,6 @@ impl Session {
     }
 
     fn negotiate(&mut self, el: Element) -> ResponseActFuture<Self, Next> {
-        let sasl_failure = |condition: &str| {
-            let mut failure = Element::bare("failure", ns::SASL);
-            failure.append_child(Element::bare(condition, ns::SASL));
-            failure
-        };
         match (el.ns().as_str(), el.name()) {
             (ns::CLIENT, "iq") if self.registration_open() => self.register(el),
             (ns::TLS, "starttls") if !self.secure && self.settings.tls.is_some() => {
@@ -467,11 +469,10 @@ impl Session {
                 ready(Next::Close)
             }
             (ns::SASL, "auth") if self.settings.require_tls && !self.secure => {
-                self.send(&sasl_failure("encryption-required"));
-                ready(Next::Continue)
+                ready(self.sasl_malformed("encryption-required"))
             }
             (ns::SASL, "auth") if el.attr("mechanism") != Some("PLAIN") => {
-                ready(self.sasl_failed("invalid-mechanism"))
+                ready(self.sasl_malformed("invalid-mechanism"))
             }
             (ns::SASL, "auth") if el.text().is_empty() => {
                 self.phase = Phase::SaslChallenge;
@@ -484,6 +485,7 @@ impl Session {
             }
             (ns::SASL, "abort") => {
                 self.phase = Phase::Negotiating;
+                // The client gave up; that is no failed attempt.
                 self.send(&sasl_failure("aborted"));
                 ready(Next::Continue)
             }
@@ -505,8 +507,7 @@ impl Session {
                     PlainError::InvalidAuthzid => "invalid-authzid",
                     PlainError::InvalidUser => "not-authorized",
                 };
-                metrics::counter!("gatehouse_logins_total", "result" => "malformed").increment(1);
-                return ready(self.sasl_failed(condition));
+                return ready(self.sasl_malformed(condition));
             }
         };
         let user = credentials.user;
@@ -555,10 +556,16 @@ impl Session {
         }
     }
 
+    /// A SASL attempt refused for the client's own fault, before any
+    /// backend is asked: counted as `malformed` and as a failed attempt.
+    fn sasl_malformed(&mut self, condition: &str) -> Next {
+        metrics::counter!("gatehouse_logins_total", "result" => "malformed").increment(1);
+        self.sasl_failed(condition)
+    }
+
+    /// Answers a failed SASL attempt; the third ends the stream.
     fn sasl_failed(&mut self, condition: &str) -> Next {
-        let mut failure = Element::bare("failure", ns::SASL);
-        failure.append_child(Element::bare(condition, ns::SASL));
-        self.send(&failure);
+        self.send(&sasl_failure(condition));
         self.sasl_failures += 1;
         if self.sasl_failures >= MAX_SASL_FAILURES {
             self.send_raw("</stream:stream>");

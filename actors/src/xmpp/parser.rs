@@ -23,6 +23,11 @@ const MAX_DEPTH: usize = 64;
 /// stanza limit; text is not affected (it is handed out in pieces).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// How a document type declaration starts. rxml has no error of its own for
+/// one (it fails on any `<!` that starts neither a comment nor CDATA), so
+/// the bytes around a parse error are compared with this.
+const DOCTYPE: &[u8] = b"<!DOCTYPE";
+
 /// One thing a client said at stream level.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
@@ -83,12 +88,6 @@ impl From<XmlError> for ParseError {
             XmlError::RestrictedXml("long name or reference") => ParseError::TokenTooLong,
             XmlError::RestrictedXml(what) => ParseError::Restricted(what.to_owned()),
             XmlError::UndeclaredEntity => ParseError::Restricted("entity reference".into()),
-            // rxml has no error of its own for a DTD: `<!DOCTYPE` fails as a
-            // section start that is neither CDATA nor a comment (comments
-            // are refused as restricted on their own).
-            XmlError::InvalidSyntax(what) if what.contains("cdata or comment section start") => {
-                ParseError::Restricted("document type declaration".into())
-            }
             other => ParseError::NotWellFormed(other.to_string()),
         }
     }
@@ -112,6 +111,9 @@ pub struct StreamParser {
     open: Vec<Element>,
     /// True once the stream header has been read.
     in_stream: bool,
+    /// The last bytes consumed (at most `DOCTYPE.len()`), so that a parse
+    /// error right after `<!D` can be told to be a DTD.
+    recent: Vec<u8>,
 }
 
 impl StreamParser {
@@ -123,6 +125,7 @@ impl StreamParser {
             stanza_started: false,
             open: Vec::new(),
             in_stream: false,
+            recent: Vec::with_capacity(DOCTYPE.len()),
         }
     }
 
@@ -160,6 +163,7 @@ impl StreamParser {
             let result = self.parser.parse(&mut slice, false);
             let consumed = take - slice.len();
             self.count(&buf[..consumed]);
+            self.remember(&buf[..consumed]);
             buf.advance(consumed);
             if self.stanza_bytes > self.max_stanza_bytes {
                 return Err(ParseError::TooLarge {
@@ -180,6 +184,9 @@ impl StreamParser {
                     return Ok(None);
                 }
                 Err(EndOrError::NeedMoreData) => {}
+                Err(EndOrError::Error(_)) if self.at_doctype(buf) => {
+                    return Err(ParseError::Restricted("document type declaration".into()))
+                }
                 Err(EndOrError::Error(e)) => return Err(e.into()),
             }
         }
@@ -193,6 +200,28 @@ impl StreamParser {
         if self.open.is_empty() {
             self.open.shrink_to_fit();
         }
+    }
+
+    /// Keeps the last `DOCTYPE.len()` bytes consumed.
+    fn remember(&mut self, consumed: &[u8]) {
+        let tail = &consumed[consumed.len().saturating_sub(DOCTYPE.len())..];
+        let overflow = (self.recent.len() + tail.len()).saturating_sub(DOCTYPE.len());
+        self.recent.drain(..overflow);
+        self.recent.extend_from_slice(tail);
+    }
+
+    /// Whether the parser failed inside a `<!DOCTYPE`: the last `<!` consumed
+    /// starts bytes (consumed, then still unread) that agree with `DOCTYPE`
+    /// as far as they have arrived. The byte the parser failed on is among
+    /// them, so a comment, CDATA or any other `<!x` does not match.
+    fn at_doctype(&self, unread: &[u8]) -> bool {
+        let Some(start) = self.recent.windows(2).rposition(|w| w == b"<!") else {
+            return false;
+        };
+        let consumed = &self.recent[start..];
+        let upcoming = &unread[..unread.len().min(DOCTYPE.len() - consumed.len())];
+        let seen = [consumed, upcoming].concat();
+        DOCTYPE.starts_with(&seen) && seen.len() > 2
     }
 
     /// Adds consumed bytes to the current element's size, leaving out
@@ -364,6 +393,59 @@ mod tests {
                 err.condition(),
                 StreamErrorCondition::RestrictedXml,
                 "{bad}: {err}"
+            );
+        }
+    }
+
+    /// Feeds `input` one byte at a time; the first error, if any.
+    fn first_error_byte_at_a_time(input: &str) -> Option<ParseError> {
+        let mut p = StreamParser::new(4096);
+        let mut buf = BytesMut::new();
+        for b in input.bytes() {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match p.next_event(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return Some(e),
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_dtd_is_restricted_wherever_it_comes_and_however_it_arrives() {
+        for dtd in [
+            "<!DOCTYPE stream><stream:stream/>".to_owned(),
+            format!("{HEADER}<!DOCTYPE foo>"),
+            format!("{HEADER}<message><!DOCTYPE foo></message>"),
+            // Only `<!D` has arrived when the parser fails.
+            format!("{HEADER}<!D"),
+        ] {
+            let err = events(&dtd, 4096).unwrap_err();
+            assert_eq!(
+                err,
+                ParseError::Restricted("document type declaration".into()),
+                "{dtd}"
+            );
+            assert_eq!(
+                first_error_byte_at_a_time(&dtd),
+                Some(ParseError::Restricted("document type declaration".into())),
+                "byte at a time: {dtd}"
+            );
+        }
+        // Other `<!` constructs are not mistaken for one.
+        for other in [
+            format!("{HEADER}<!x>"),
+            format!("{HEADER}<!DOCTYPX foo>"),
+            format!("{HEADER}<message><body><![CDATA[<!DOCTYPE]]>\u{1}</body></message>"),
+        ] {
+            let err = events(&other, 4096).unwrap_err();
+            assert_eq!(
+                err.condition(),
+                StreamErrorCondition::NotWellFormed,
+                "{other}: {err}"
             );
         }
     }
