@@ -72,7 +72,7 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
     let cache = config
         .cache
         .enabled
-        .then(|| AuthCache::new(config.cache.ttl, config.cache.capacity));
+        .then(|| AuthCache::new(pool.backend(), config.cache.ttl, config.cache.capacity));
     Ok(Authenticator::new(pool, cache, capabilities))
 }
 

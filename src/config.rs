@@ -220,8 +220,9 @@ pub struct AuthConfig {
     pub allow_account_removal: bool,
 }
 
-/// `[auth.http]`: Prosody's mod_auth_http protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[auth.http]`: Prosody's mod_auth_http protocol. Its `Debug` masks the
+/// credentials and any password in the URL.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAuthConfig {
     /// Base URL; requests go to `URL/check_password` and so on.
@@ -242,10 +243,25 @@ pub struct HttpAuthConfig {
     /// How long a request may wait in the queue.
     #[serde(default = "default_auth_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
-    /// PEM file of extra CA certificates to trust (a private CA); the
-    /// system's roots are trusted too.
+    /// PEM file of extra CA certificates to trust (a private CA). The
+    /// Mozilla roots bundled into the binary (`webpki-roots`) are trusted
+    /// too; the operating system's certificate store is not read.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for HttpAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpAuthConfig")
+            .field("url", &gatehouse_actors::auth::redacted_url(&self.url))
+            .field("credentials", &self.credentials)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("queue", &self.queue)
+            .field("timeout", &self.timeout)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 fn default_max_in_flight() -> usize {
@@ -888,6 +904,11 @@ impl HttpAuthConfig {
                 "auth.http.url",
                 "must not have a query or fragment: the method name is appended to its path",
             ),
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => problems.add(
+                "auth.http.url",
+                "must not contain user:password@ (it would be ignored); \
+                 put HTTP Basic credentials in auth.http.credentials",
+            ),
             Ok(_) => {}
         }
         if let Some(credentials) = &self.credentials {
@@ -906,14 +927,9 @@ impl HttpAuthConfig {
                     format!("cannot read {}: {e}", ca.display()),
                 ),
                 Ok(pem) => {
-                    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
-                        .filter(Result::is_ok)
-                        .count();
-                    if certificates == 0 {
-                        problems.add(
-                            "auth.http.ca_file",
-                            format!("{}: no certificate in the file", ca.display()),
-                        );
+                    // The parser startup uses, so a file that passes loads.
+                    if let Err(e) = gatehouse_actors::auth::ca_certificates(&pem) {
+                        problems.add("auth.http.ca_file", format!("{}: {e}", ca.display()));
                     }
                 }
             }

@@ -67,11 +67,11 @@ fn describe() {
     );
     describe_counter!(
         "gatehouse_auth_cache_hits_total",
-        "Password checks answered by the result cache"
+        "Password checks answered by the result cache, by backend"
     );
     describe_counter!(
         "gatehouse_auth_cache_misses_total",
-        "Password checks the result cache could not answer"
+        "Password checks the result cache could not answer, by backend"
     );
     describe_counter!(
         "gatehouse_account_operations_total",

@@ -4,13 +4,14 @@
 
 mod common;
 
-use common::backend::Backend;
+use common::backend::{closed_address, Backend, Mode};
 use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 const REGISTER: &str = "jabber:iq:register";
 const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 
 fn http(backend: &Backend, flags: &str) -> String {
     config(&format!(
@@ -35,6 +36,17 @@ fn stanza_condition(el: &minidom::Element) -> Option<String> {
     el.get_child("error", CLIENT)
         .and_then(|e| e.children().next())
         .map(|c| c.name().to_owned())
+}
+
+/// Sends an account IQ (`jabber:iq:register` set with `payload`); the
+/// error condition of the answer, if any.
+async fn account_set(client: &mut Client, payload: &str) -> Option<String> {
+    client
+        .send(&format!(
+            "<iq type='set' id='a'><query xmlns='{REGISTER}'>{payload}</query></iq>"
+        ))
+        .await;
+    stanza_condition(&client.element().await)
 }
 
 async fn register(server: &TestServer, user: &str, password: &str) -> Result<(), String> {
@@ -86,19 +98,11 @@ async fn register_change_password_and_remove_through_both_backends() {
         );
         let (mut dave, _) = Client::login(server.c2s, "dave", "d4ve&<pw>", "r").await;
         // Password change.
-        dave.send(&format!(
-            "<iq type='set' id='p'><query xmlns='{REGISTER}'><username>dave</username>\
-             <password>n3w</password></query></iq>"
-        ))
-        .await;
-        assert_eq!(stanza_condition(&dave.element().await), None);
+        let change = "<username>dave</username><password>n3w</password>";
+        assert_eq!(account_set(&mut dave, change).await, None);
         let (_again, _) = Client::login(server.c2s, "dave", "n3w", "r2").await;
         // Removal ends the stream; the account is gone.
-        dave.send(&format!(
-            "<iq type='set' id='x'><query xmlns='{REGISTER}'><remove/></query></iq>"
-        ))
-        .await;
-        assert_eq!(stanza_condition(&dave.element().await), None);
+        assert_eq!(account_set(&mut dave, "<remove/>").await, None);
         assert_eq!(
             dave.next().await,
             Some(gatehouse_actors::xmpp::StreamEvent::Close)
@@ -128,13 +132,8 @@ async fn nothing_is_offered_unless_allowed_and_supported() {
     .await;
     assert_eq!(c.stream_error().await, "not-authorized");
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
-    alice
-        .send(&format!(
-            "<iq type='set' id='x'><query xmlns='{REGISTER}'><remove/></query></iq>"
-        ))
-        .await;
     assert_eq!(
-        stanza_condition(&alice.element().await).as_deref(),
+        account_set(&mut alice, "<remove/>").await.as_deref(),
         Some("not-allowed")
     );
     // Allowed in the config but the generic protocol cannot register.
@@ -147,6 +146,107 @@ async fn nothing_is_offered_unless_allowed_and_supported() {
         .open("localhost")
         .await
         .has_child("register", REGISTER_FEATURE));
+}
+
+#[actix_rt::test]
+async fn a_501_reaches_the_client_as_feature_not_implemented() {
+    let backend = Backend::start(&[("alice", &["wonderland"])]);
+    for method in ["register", "set_password", "remove_user"] {
+        backend.set_mode_for(method, Mode::Fixed(501, ""));
+    }
+    let server = TestServer::start(&http(
+        &backend,
+        "allow_registration = true\nallow_account_removal = true",
+    ));
+    assert_eq!(
+        register(&server, "dave", "pw").await,
+        Err("feature-not-implemented".into())
+    );
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    let change = "<username>alice</username><password>n3w</password>";
+    assert_eq!(
+        account_set(&mut alice, change).await.as_deref(),
+        Some("feature-not-implemented"),
+        "password change"
+    );
+    assert_eq!(
+        account_set(&mut alice, "<remove/>").await.as_deref(),
+        Some("feature-not-implemented"),
+        "removal"
+    );
+    for method in ["register", "set_password", "remove_user"] {
+        assert_eq!(backend.count(&format!("/api/{method}")), 1, "{method}");
+    }
+    assert_eq!(backend.passwords("alice"), Some(vec!["wonderland".into()]));
+}
+
+/// Whether `jabber:iq:register` is offered as a stream feature before
+/// login, and in the server's disco#info after it.
+async fn register_advertised(toml: &str) -> (bool, bool) {
+    let server = TestServer::start(toml);
+    let mut c = Client::connect(server.c2s).await;
+    let feature = c
+        .open("localhost")
+        .await
+        .has_child("register", REGISTER_FEATURE);
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    alice
+        .send(&format!(
+            "<iq type='get' id='d' to='localhost'><query xmlns='{DISCO_INFO}'/></iq>"
+        ))
+        .await;
+    let info = alice.element().await;
+    let query = info.get_child("query", DISCO_INFO).expect("disco#info");
+    let disco = query
+        .children()
+        .any(|f| f.is("feature", DISCO_INFO) && f.attr("var") == Some(REGISTER));
+    (feature, disco)
+}
+
+#[actix_rt::test]
+async fn registration_is_advertised_as_configured() {
+    let backend = Backend::start(&[("alice", &["wonderland"])]);
+    // (backend, flags, stream feature, disco feature)
+    let cases = [
+        // Password change is on by default, so disco lists the namespace.
+        (http(&backend, ""), false, true),
+        (
+            http(&backend, "allow_password_change = false"),
+            false,
+            false,
+        ),
+        (http(&backend, "allow_registration = true"), true, true),
+        (
+            http(
+                &backend,
+                "allow_password_change = false\nallow_account_removal = true",
+            ),
+            false,
+            true,
+        ),
+        (
+            http(
+                &backend,
+                "allow_password_change = false\nallow_registration = true",
+            ),
+            true,
+            true,
+        ),
+        // The generic protocol can change passwords, never register.
+        (config(&fixture_auth("")), false, true),
+        (
+            config(&fixture_auth("").replace(
+                "[auth.external]",
+                "allow_registration = true\nallow_password_change = false\n[auth.external]",
+            )),
+            false,
+            false,
+        ),
+        (ejabberd("allow_registration = true"), true, true),
+    ];
+    for (toml, feature, disco) in cases {
+        assert_eq!(register_advertised(&toml).await, (feature, disco), "{toml}");
+    }
 }
 
 #[actix_rt::test]
@@ -215,4 +315,41 @@ fn the_user_command_talks_to_the_backend() {
     let (code, text) = user_command(&path, "add", "erin@elsewhere", "x");
     assert_eq!(code, 2, "{text}");
     assert!(!text.contains("pw one"));
+    // Unsupported (501) is the operator's input problem: 2.
+    backend.set_mode(Mode::Fixed(501, ""));
+    for action in ["add", "passwd", "remove"] {
+        let (code, text) = user_command(&path, action, "erin@localhost", "pw");
+        assert_eq!(code, 2, "{action}: {text}");
+        assert!(text.contains("does not support"), "{action}: {text}");
+    }
+}
+
+#[test]
+fn the_user_command_exits_3_when_the_backend_is_down_and_2_on_a_bad_ca_file() {
+    let closed = closed_address();
+    let dir = tempdir();
+    let path = dir.join("gatehouse.toml");
+    let section = |extra: &str| {
+        config(&format!(
+            "[auth]\nbackend = \"http\"\n[auth.http]\nurl = \"http://{closed}/api\"\n\
+             timeout = \"2s\"\n{extra}\n"
+        ))
+    };
+    std::fs::write(&path, section("")).unwrap();
+    let (code, text) = user_command(&path, "check", "erin@localhost", "pw");
+    assert_eq!(code, 3, "{text}");
+    // A CA file that cannot be read (a directory), or whose PEM is broken,
+    // is a config problem, reported before any backend is asked.
+    let broken = dir.join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for ca in [dir.display().to_string(), broken.display().to_string()] {
+        std::fs::write(&path, section(&format!("ca_file = \"{ca}\""))).unwrap();
+        let (code, text) = user_command(&path, "check", "erin@localhost", "pw");
+        assert_eq!(code, 2, "{ca}: {text}");
+        assert!(text.contains("auth.http.ca_file"), "{ca}: {text}");
+    }
 }

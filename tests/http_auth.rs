@@ -1,11 +1,13 @@
 //! The HTTP auth backend (mod_auth_http protocol) against a real HTTP
 //! server on port 0: exact requests, status mapping, outages as temporary
-//! failures, connection reuse under a burst, and the result cache.
+//! failures, connection reuse under a burst, a full pool, IPv6 and HTTPS
+//! backends, and the result cache. (Exact per-failure metric deltas are in
+//! `http_auth_failure_metrics.rs`, alone in its binary.)
 
 mod common;
 
 use base64::Engine;
-use common::backend::{Backend, Mode};
+use common::backend::{closed_address, Backend, Mode};
 use common::*;
 use gatehouse::config::Config;
 use gatehouse_actors::auth::{AuthError, Authenticator, Password};
@@ -162,11 +164,7 @@ async fn answers_map_to_sasl_outcomes() {
 
 #[actix_rt::test]
 async fn a_backend_that_is_down_is_a_temporary_failure() {
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_address();
     let server = TestServer::start(&config(&format!(
         "[auth]\nbackend = \"http\"\n[auth.http]\nurl = \"http://{closed}/api\"\ntimeout = \"1s\"\n"
     )));
@@ -214,29 +212,56 @@ async fn a_burst_of_2000_logins_reuses_at_most_max_in_flight_connections() {
 
 #[actix_rt::test]
 async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
-    let backend = Backend::start(&[("alice", &["app-token-1", "app-token-2"])]);
-    let auth = authenticator(&config(&http_section(
-        &backend,
-        "[auth.cache]\nenabled = true\nttl = \"1m\"",
-    )));
-    let check = |password: &str| auth.check_password("alice", "localhost", Password::new(password));
-    assert_eq!(check("app-token-1").await, Ok(true));
-    assert_eq!(check("app-token-1").await, Ok(true));
-    assert_eq!(
-        backend.count("/api/check_password"),
-        1,
-        "second login served from the cache"
+    // The only test in this binary with a cache: the hit and miss counts
+    // (backend="http") move only here.
+    let hits = r#"gatehouse_auth_cache_hits_total{backend="http"}"#;
+    let misses = r#"gatehouse_auth_cache_misses_total{backend="http"}"#;
+    let backend = Backend::start(&[
+        ("alice", &["app-token-1", "app-token-2"]),
+        ("bob", &["old"]),
+    ]);
+    let cached = http_section(&backend, "[auth.cache]\nenabled = true\nttl = \"1m\"")
+        // Room for the slow check below.
+        .replace("timeout = \"1s\"", "timeout = \"60s\"");
+    let server = TestServer::start(&config(&cached));
+    let before = server.metrics().await;
+    assert!(
+        before.contains(hits) && before.contains(misses),
+        "cache counters registered at start:\n{before}"
     );
-    // A second valid password works too, and both stay cached.
-    assert_eq!(check("app-token-2").await, Ok(true));
-    assert_eq!(check("app-token-1").await, Ok(true));
-    assert_eq!(check("app-token-2").await, Ok(true));
-    assert_eq!(backend.count("/api/check_password"), 2);
-    // Failures are never cached.
-    assert_eq!(check("wrong").await, Ok(false));
-    assert_eq!(check("wrong").await, Ok(false));
-    assert_eq!(backend.count("/api/check_password"), 4);
+    assert_eq!(try_login(&server, "alice", "app-token-1").await, Ok(()));
+    assert_eq!(try_login(&server, "alice", "app-token-1").await, Ok(()));
+    assert_eq!(backend.count("/api/check_password"), 1);
+    let after = server.metrics().await;
+    assert_eq!(sample(&after, hits) - sample(&before, hits), 1.0);
+    assert_eq!(sample(&after, misses) - sample(&before, misses), 1.0);
+    drop(server);
 
+    let auth = authenticator(&config(&cached));
+    let check = |user: &'static str, password: &'static str| {
+        let auth = auth.clone();
+        async move {
+            auth.check_password(user, "localhost", Password::new(password))
+                .await
+        }
+    };
+    let asked_before = backend.count("/api/check_password");
+    let asked = || backend.count("/api/check_password") - asked_before;
+    assert_eq!(check("alice", "app-token-1").await, Ok(true));
+    assert_eq!(check("alice", "app-token-1").await, Ok(true));
+    assert_eq!(asked(), 1, "second login served from the cache");
+    // A second valid password works too, and both stay cached.
+    assert_eq!(check("alice", "app-token-2").await, Ok(true));
+    assert_eq!(check("alice", "app-token-1").await, Ok(true));
+    assert_eq!(check("alice", "app-token-2").await, Ok(true));
+    assert_eq!(asked(), 2);
+    // Failures are never cached.
+    assert_eq!(check("alice", "wrong").await, Ok(false));
+    assert_eq!(check("alice", "wrong").await, Ok(false));
+    assert_eq!(asked(), 4);
+
+    // What is stored is the salted key and the owner, nothing else (the
+    // unit tests also compare keys with unsalted hashes).
     let stored = auth.cache().expect("cache enabled").snapshot();
     assert_eq!(stored.len(), 2);
     for (key, owner) in &stored {
@@ -259,23 +284,254 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
         Ok(true)
     );
     assert!(auth.cache().unwrap().snapshot().is_empty());
-    assert_eq!(check("app-token-1").await, Ok(false));
-    assert_eq!(check("new").await, Ok(true));
+    assert_eq!(check("alice", "app-token-1").await, Ok(false));
+    assert_eq!(check("alice", "new").await, Ok(true));
+
+    // Removal drops them too.
+    assert_eq!(auth.cache().unwrap().snapshot().len(), 1);
+    assert_eq!(auth.remove_user("alice", "localhost").await, Ok(true));
+    assert!(auth.cache().unwrap().snapshot().is_empty());
+
+    // A check asked before a password change and answered after it (yes:
+    // the old password was right when the backend looked) is not cached.
+    backend.set_mode_for("check_password", Mode::Slow(Duration::from_secs(2)));
+    let asked_so_far = backend.count("/api/check_password");
+    let racing = actix_rt::spawn(check("bob", "old"));
+    poll_until("the slow check reached the backend", || {
+        backend.count("/api/check_password") > asked_so_far
+    })
+    .await;
+    assert_eq!(
+        auth.set_password("bob", "localhost", Password::new("new"))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        racing.await.unwrap(),
+        Ok(true),
+        "answered before the change"
+    );
+    assert!(
+        auth.cache().unwrap().snapshot().is_empty(),
+        "the old password was cached after the change"
+    );
+    backend.set_mode(Mode::Normal);
+    assert_eq!(check("bob", "old").await, Ok(false));
+    auth.shutdown().await;
+}
+
+/// Waits (generously) until `ready` holds.
+async fn poll_until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn every_status_code_maps_as_specified() {
+    let backend = Backend::start(&[]);
+    let auth = authenticator(&config(&http_section(&backend, "")));
+    let not_supported = Err(AuthError::NotSupported);
+    let password = || Password::new("pw");
+    for (code, body, expected) in [
+        (200, "true", Ok(true)),
+        (200, "false", Ok(false)),
+        (501, "", not_supported.clone()),
+    ] {
+        backend.set_mode(Mode::Fixed(code, body));
+        let answer = auth.user_exists("bob", "localhost").await;
+        assert_eq!(answer, expected, "user_exists {code} {body}");
+        let answer = auth.check_password("bob", "localhost", password()).await;
+        assert_eq!(answer, expected, "check_password {code} {body}");
+    }
+    for (code, expected) in [
+        (200, Ok(true)),
+        (201, Ok(true)),
+        (204, Ok(true)),
+        (501, not_supported.clone()),
+    ] {
+        backend.set_mode(Mode::Fixed(code, ""));
+        let answer = auth.set_password("bob", "localhost", password()).await;
+        assert_eq!(answer, expected, "set_password {code}");
+        let answer = auth.remove_user("bob", "localhost").await;
+        assert_eq!(answer, expected, "remove_user {code}");
+    }
+    for (code, expected) in [(201, Ok(true)), (409, Ok(false)), (501, not_supported)] {
+        backend.set_mode(Mode::Fixed(code, ""));
+        let answer = auth.register("bob", "localhost", password()).await;
+        assert_eq!(answer, expected, "register {code}");
+    }
+    // Anything else is a temporary failure, never a yes or no.
+    for code in [202, 302, 404, 409, 500] {
+        backend.set_mode(Mode::Fixed(code, ""));
+        let answer = auth.set_password("bob", "localhost", password()).await;
+        assert!(
+            matches!(answer, Err(AuthError::BackendFailed(_))),
+            "set_password {code}: {answer:?}"
+        );
+    }
     auth.shutdown().await;
 }
 
 #[actix_rt::test]
-async fn unsupported_methods_are_reported_as_such() {
-    let backend = Backend::start(&[]);
-    backend.set_mode(Mode::Fixed(501, ""));
-    let auth = authenticator(&config(&http_section(&backend, "")));
+async fn a_register_the_backend_may_have_applied_is_not_sent_twice() {
+    let backend = Backend::start(&[("alice", &["wonderland"])]);
+    let auth = authenticator(&config(&http_section(&backend, "max_in_flight = 1")));
+    // Opens the slot's keep-alive connection.
     assert_eq!(
-        auth.register("bob", "localhost", Password::new("x")).await,
-        Err(AuthError::NotSupported)
+        auth.check_password("alice", "localhost", Password::new("wonderland"))
+            .await,
+        Ok(true)
     );
+    // The backend reads the POST over the reused connection, then hangs
+    // up: the request left, so it must not be repeated.
+    backend.set_mode_for("register", Mode::Hangup);
+    let answer = auth.register("bob", "localhost", Password::new("pw")).await;
+    assert!(
+        matches!(answer, Err(AuthError::BackendFailed(_))),
+        "{answer:?}"
+    );
+    assert_eq!(backend.count("/api/register"), 1, "register sent once");
+    // The next request gets a fresh connection.
+    backend.set_mode(Mode::Normal);
     assert_eq!(
-        auth.remove_user("bob", "localhost").await,
-        Err(AuthError::NotSupported)
+        auth.check_password("alice", "localhost", Password::new("wonderland"))
+            .await,
+        Ok(true)
     );
     auth.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_ipv6_literal_backend_url_connects() {
+    let Ok(backend) = Backend::start_on("[::1]:0", &[("alice", &["wonderland"])]) else {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    };
+    assert!(
+        backend.url().starts_with("http://[::1]:"),
+        "{}",
+        backend.url()
+    );
+    let server = TestServer::start(&config(&http_section(&backend, "")));
+    assert_eq!(try_login(&server, "alice", "wonderland").await, Ok(()));
+    let request = &backend.requests()[0];
+    assert_eq!(
+        request.headers.get("host"),
+        Some(&format!("[::1]:{}", backend.addr.port()))
+    );
+}
+
+#[actix_rt::test]
+async fn an_https_backend_is_trusted_through_ca_file_only() {
+    let dir = tempdir();
+    let (backend, ca) = Backend::start_tls(&dir, &[("alice", &["wonderland"])]);
+    let with_ca = TestServer::start(&config(&http_section(
+        &backend,
+        &format!("ca_file = \"{ca}\""),
+    )));
+    assert_eq!(try_login(&with_ca, "alice", "wonderland").await, Ok(()));
+    assert_eq!(
+        try_login(&with_ca, "alice", "nope").await,
+        Err("not-authorized".into())
+    );
+    assert_eq!(backend.count("/api/check_password"), 2);
+    // The test CA is not among the bundled roots: the handshake fails, and
+    // that is the backend's trouble, not the user's.
+    let without_ca = TestServer::start(&config(&http_section(&backend, "")));
+    assert_eq!(
+        try_login(&without_ca, "alice", "wonderland").await,
+        Err("temporary-auth-failure".into())
+    );
+    assert_eq!(
+        backend.count("/api/check_password"),
+        2,
+        "nothing got through"
+    );
+}
+
+#[test]
+fn credentials_in_the_url_are_refused_and_never_printed() {
+    let toml = config(
+        "[auth]\nbackend = \"http\"\n[auth.http]\nurl = \"https://gate:s3cret@auth.example.net/api\"\n",
+    );
+    let error = Config::parse(&toml, Path::new("test.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("auth.http.credentials"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+    // Debug of both config types masks the URL's password and the
+    // credentials, should such a config ever be built.
+    let http = gatehouse::config::HttpAuthConfig {
+        url: "https://gate:s3cret@auth.example.net/api".into(),
+        credentials: Some(gatehouse::config::Secret("gate:t0ken".into())),
+        max_in_flight: 1,
+        queue: 1,
+        timeout: Duration::from_secs(1),
+        queue_timeout: Duration::from_secs(1),
+        ca_file: None,
+    };
+    let shown = format!("{http:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("t0ken"),
+        "{shown}"
+    );
+    let actor = gatehouse_actors::auth::HttpConfig {
+        url: http.url.clone(),
+        credentials: Some(("gate".into(), "t0ken".into())),
+        max_in_flight: 1,
+        queue: 1,
+        timeout: Duration::from_secs(1),
+        queue_timeout: Duration::from_secs(1),
+        ca_pem: None,
+    };
+    let shown = format!("{actor:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("t0ken"),
+        "{shown}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_full_pool_refuses_at_once() {
+    let backend = Backend::start(&[("alice", &["wonderland"])]);
+    backend.set_mode(Mode::Slow(Duration::from_secs(30)));
+    let server = TestServer::start(&config(
+        &http_section(&backend, "max_in_flight = 1\nqueue = 0")
+            .replace("timeout = \"1s\"", "timeout = \"60s\""),
+    ));
+    let rejected = r#"gatehouse_auth_rejected_total{backend="http",reason="queue_full"}"#;
+    let before = server.metrics().await;
+    for gauge in [
+        "gatehouse_auth_queue_depth",
+        "gatehouse_auth_busy_workers",
+        "gatehouse_auth_workers",
+    ] {
+        let series = format!("{gauge}{{backend=\"http\"}}");
+        assert!(before.contains(&series), "{series} missing:\n{before}");
+    }
+    let addr = server.c2s;
+    let first = actix_rt::spawn(async move {
+        let mut client = Client::connect(addr).await;
+        client.open("localhost").await;
+        client.auth("alice", "wonderland").await
+    });
+    poll_until("the first login reached the backend", || {
+        backend.count("/api/check_password") == 1
+    })
+    .await;
+    assert_eq!(
+        try_login(&server, "alice", "wonderland").await,
+        Err("temporary-auth-failure".into())
+    );
+    assert!(
+        !first.is_finished(),
+        "refused while the slot was still busy"
+    );
+    assert_eq!(backend.count("/api/check_password"), 1);
+    let after = server.metrics().await;
+    assert!(sample(&after, rejected) - sample(&before, rejected) >= 1.0);
+    first.abort();
 }

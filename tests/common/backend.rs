@@ -1,15 +1,21 @@
 //! A real HTTP/1.1 server standing in for the application's auth API
-//! (mod_auth_http protocol), on its own thread and port 0. It keeps
-//! connections alive, records every request, counts TCP connections, and
-//! can be switched to misbehave.
+//! (mod_auth_http protocol), on its own thread and port 0, over plain TCP
+//! (IPv4 or IPv6) or TLS with a certificate from a test CA. It keeps
+//! connections alive, records every request as it arrives, counts TCP
+//! connections, and can be switched to misbehave, for every method or
+//! for one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::TlsAcceptor;
 
 /// One request as received.
 #[derive(Clone, Debug)]
@@ -38,15 +44,17 @@ impl Recorded {
 }
 
 /// How the backend answers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Mode {
     /// The protocol, from the user table.
+    #[default]
     Normal,
     /// Always this status and body.
     Fixed(u16, &'static str),
-    /// Normal answers, after a delay.
+    /// Normal answers (decided when the request arrives), sent after a
+    /// delay.
     Slow(Duration),
-    /// Close the connection without answering.
+    /// Read the request, then close the connection without answering.
     Hangup,
 }
 
@@ -56,16 +64,68 @@ struct State {
     requests: Vec<Recorded>,
 }
 
+/// How the backend answers: one mode for every method, and overrides by
+/// method name (`register`, `check_password`, …).
+#[derive(Default)]
+struct Modes {
+    /// The mode of methods without an override.
+    all: Mode,
+    /// Per-method overrides.
+    methods: HashMap<String, Mode>,
+}
+
 pub struct Backend {
     pub addr: SocketAddr,
+    /// `https` when started with TLS.
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
-    mode: Arc<Mutex<Mode>>,
+    modes: Arc<Mutex<Modes>>,
     connections: Arc<AtomicUsize>,
 }
 
 impl Backend {
-    /// Starts with the given users; each may have several valid passwords.
+    /// Starts on 127.0.0.1 with the given users; each may have several
+    /// valid passwords.
     pub fn start(users: &[(&str, &[&str])]) -> Backend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::serve_on(listener, None, users)
+    }
+
+    /// Starts on `bind` (port 0), or fails if the address is unavailable
+    /// (e.g. no IPv6 loopback).
+    pub fn start_on(bind: &str, users: &[(&str, &[&str])]) -> std::io::Result<Backend> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        Ok(Backend::serve_on(listener, None, users))
+    }
+
+    /// Starts with TLS on 127.0.0.1, with a certificate for `localhost`
+    /// from a fresh test CA written to `dir`; returns the backend and the
+    /// CA file.
+    pub fn start_tls(dir: &Path, users: &[(&str, &[&str])]) -> (Backend, String) {
+        let (ca, cert, key) = super::make_certificates(dir);
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        (Backend::serve_on(listener, Some(acceptor), users), ca)
+    }
+
+    fn serve_on(
+        std_listener: std::net::TcpListener,
+        tls: Option<TlsAcceptor>,
+        users: &[(&str, &[&str])],
+    ) -> Backend {
         let state = Arc::new(Mutex::new(State {
             users: users
                 .iter()
@@ -73,12 +133,12 @@ impl Backend {
                 .collect(),
             requests: Vec::new(),
         }));
-        let mode = Arc::new(Mutex::new(Mode::Normal));
+        let modes = Arc::new(Mutex::new(Modes::default()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
-        let (s, m, c) = (state.clone(), mode.clone(), connections.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (s, m, c) = (state.clone(), modes.clone(), connections.clone());
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -92,25 +152,51 @@ impl Backend {
                             continue;
                         };
                         c.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(serve(socket, s.clone(), m.clone()));
+                        let (s, m, tls) = (s.clone(), m.clone(), tls.clone());
+                        tokio::spawn(async move {
+                            match tls {
+                                None => serve(socket, s, m).await,
+                                // A client that rejects the certificate
+                                // ends here.
+                                Some(tls) => {
+                                    if let Ok(stream) = tls.accept(socket).await {
+                                        serve(stream, s, m).await
+                                    }
+                                }
+                            }
+                        });
                     }
                 });
         });
         Backend {
             addr,
+            scheme,
             state,
-            mode,
+            modes,
             connections,
         }
     }
 
-    /// The base URL for `[auth.http] url`.
+    /// The base URL for `[auth.http] url`: by address, or by the name
+    /// `localhost` (the certificate's) with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}/api", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}/api", self.addr.port()),
+            _ => format!("http://{}/api", self.addr),
+        }
     }
 
+    /// Sets the mode of every method and clears per-method overrides.
     pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
+        let mut modes = self.modes.lock().unwrap();
+        modes.all = mode;
+        modes.methods.clear();
+    }
+
+    /// Sets the mode of one method (`register`, `set_password`, …).
+    pub fn set_mode_for(&self, method: &str, mode: Mode) {
+        let mut modes = self.modes.lock().unwrap();
+        modes.methods.insert(method.to_owned(), mode);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -130,7 +216,10 @@ impl Backend {
     }
 }
 
-async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, mode: Arc<Mutex<Mode>>) {
+async fn serve<S>(socket: S, state: Arc<Mutex<State>>, modes: Arc<Mutex<Modes>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut reader = BufReader::new(socket);
     loop {
         let mut line = String::new();
@@ -172,16 +261,24 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, mode: Ar
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         };
-        let mode = mode.lock().unwrap().clone();
+        let name = request.path.rsplit('/').next().unwrap_or("").to_owned();
+        let mode = {
+            let modes = modes.lock().unwrap();
+            modes.methods.get(&name).unwrap_or(&modes.all).clone()
+        };
         let (status, body) = match mode {
-            Mode::Hangup => return,
+            Mode::Hangup => {
+                state.lock().unwrap().requests.push(request);
+                return;
+            }
             Mode::Fixed(status, body) => {
                 state.lock().unwrap().requests.push(request);
                 (status, body.to_owned())
             }
             Mode::Slow(delay) => {
+                let reply = answer(&state, request);
                 tokio::time::sleep(delay).await;
-                answer(&state, request)
+                reply
             }
             Mode::Normal => answer(&state, request),
         };
@@ -189,15 +286,20 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, mode: Ar
             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
             body.len()
         );
-        if reader
-            .get_mut()
-            .write_all(response.as_bytes())
-            .await
-            .is_err()
-        {
+        let socket = reader.get_mut();
+        if socket.write_all(response.as_bytes()).await.is_err() || socket.flush().await.is_err() {
             return;
         }
     }
+}
+
+/// An address nothing listens on (a port that was just free): a backend
+/// that is down.
+pub fn closed_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// mod_auth_http's protocol over the user table.

@@ -13,7 +13,9 @@ from slix_common import TIMEOUT
 
 async def session(jid, password, port, ca, register=False, new_password=None):
     c = slix_common.client(jid, password, ca, ("xep_0030", "xep_0077"))
-    c.plugin["xep_0077"].force_registration = register
+    # No force_registration: the "register" handler below runs only when
+    # the server itself advertised the iq-register stream feature, and the
+    # check after start() fails otherwise.
     registered = asyncio.get_running_loop().create_future()
 
     async def on_register(_):
@@ -28,7 +30,8 @@ async def session(jid, password, port, ca, register=False, new_password=None):
         c.add_event_handler("register", on_register)
     await slix_common.start(c, port)
     if register and not registered.done():
-        raise RuntimeError(f"{jid}: logged in without registering")
+        raise RuntimeError(f"{jid}: logged in without registering "
+                           "(was the iq-register stream feature advertised?)")
     if new_password:
         await c.plugin["xep_0077"].change_password(new_password, timeout=TIMEOUT)
     return c

@@ -64,7 +64,11 @@ impl Authenticator {
                 return Ok(true);
             }
         }
-        let remembered = self.cache.as_ref().map(|_| password.clone());
+        // Read before asking: a change that lands meanwhile voids the answer.
+        let remembered = self
+            .cache
+            .as_ref()
+            .map(|cache| (password.clone(), cache.generation(user, host)));
         let answer = self
             .pool
             .call(AuthCommand::Auth {
@@ -73,8 +77,9 @@ impl Authenticator {
                 password,
             })
             .await;
-        if let (Ok(true), Some(cache), Some(password)) = (&answer, &self.cache, remembered) {
-            cache.remember(user, host, password.expose());
+        if let (Ok(true), Some(cache), Some((password, asked))) = (&answer, &self.cache, remembered)
+        {
+            cache.remember(user, host, password.expose(), asked);
         }
         answer
     }
@@ -130,8 +135,9 @@ impl Authenticator {
     }
 
     /// Runs a command that invalidates the user's cached credentials. They
-    /// are forgotten before and again after: a check that raced the change
-    /// may have put the old password back.
+    /// are forgotten before and again after, and each forget moves the
+    /// user's cache generation: a check asked before the change finished
+    /// may carry the old password's answer, and must not be remembered.
     async fn change(&self, command: AuthCommand) -> Result<bool, AuthError> {
         let (user, host, _) = command.parts();
         let (user, host) = (user.to_owned(), host.to_owned());

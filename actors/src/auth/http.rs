@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -56,7 +57,7 @@ pub struct HttpConfig {
 impl fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpConfig")
-            .field("url", &self.url)
+            .field("url", &redacted_url(&self.url))
             .field(
                 "credentials",
                 &self
@@ -72,11 +73,28 @@ impl fmt::Debug for HttpConfig {
     }
 }
 
+/// The URL for logs and `Debug`: a password in it (which the backend
+/// refuses, but a config may still hold one) is masked, and text that is
+/// not a URL at all is not shown, since it may hold one unparsed.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// Why the HTTP backend could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSetupError {
+    /// The URL cannot be used (unparsable, no host, wrong scheme, userinfo).
     #[error("invalid URL: {0}")]
     Url(String),
+    /// The CA file is not PEM, or holds no usable certificate.
     #[error("invalid CA certificates: {0}")]
     Ca(String),
 }
@@ -86,10 +104,17 @@ impl PoolHandle {
     /// actix System.
     pub fn start_http(config: HttpConfig) -> Result<PoolHandle, HttpSetupError> {
         let url = url::Url::parse(&config.url).map_err(|e| HttpSetupError::Url(e.to_string()))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| HttpSetupError::Url("no host".into()))?
-            .to_owned();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(HttpSetupError::Url(
+                "user:password@ in the URL; HTTP Basic credentials go in `credentials`".into(),
+            ));
+        }
+        let host = match url.host() {
+            None => return Err(HttpSetupError::Url("no host".into())),
+            Some(url::Host::Domain(name)) => BackendHost::Name(name.to_owned()),
+            Some(url::Host::Ipv4(ip)) => BackendHost::Ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => BackendHost::Ip(ip.into()),
+        };
         let port = url
             .port_or_known_default()
             .ok_or_else(|| HttpSetupError::Url("no port".into()))?;
@@ -98,9 +123,11 @@ impl PoolHandle {
             "https" => Some(tls_connector(config.ca_pem.as_deref())?),
             other => return Err(HttpSetupError::Url(format!("unsupported scheme {other}"))),
         };
+        // `host_str` keeps an IPv6 literal's brackets, as the header needs.
+        let host_header = url.host_str().expect("the URL has a host");
         let authority = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.clone(),
+            Some(port) => format!("{host_header}:{port}"),
+            None => host_header.to_owned(),
         };
         let authorization = config.credentials.as_ref().map(|(user, password)| {
             let token =
@@ -136,12 +163,14 @@ impl PoolHandle {
     }
 }
 
-/// A TLS client trusting the bundled web roots and any configured CA.
+/// A TLS client trusting the web roots bundled at build time (Mozilla's,
+/// from `webpki-roots`, not the operating system's store) and any
+/// configured CA.
 fn tls_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, HttpSetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(mut pem) = ca_pem {
-        for cert in rustls_pemfile_certs(&mut pem)? {
+    if let Some(pem) = ca_pem {
+        for cert in ca_certificates(pem)? {
             roots
                 .add(cert)
                 .map_err(|e| HttpSetupError::Ca(e.to_string()))?;
@@ -156,18 +185,47 @@ fn tls_connector(ca_pem: Option<&[u8]>) -> Result<TlsConnector, HttpSetupError> 
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-fn rustls_pemfile_certs(
-    pem: &mut &[u8],
+/// The certificates of a PEM CA file (other PEM items are skipped). Config
+/// validation and startup both use it, so a file that validates also
+/// loads: any malformed PEM section is an error, and so is a file without
+/// a certificate.
+pub fn ca_certificates(
+    pem: &[u8],
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, HttpSetupError> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+    let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| HttpSetupError::Ca(e.to_string()))
+        .map_err(|e| HttpSetupError::Ca(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(HttpSetupError::Ca("no certificate in the file".into()));
+    }
+    Ok(certificates)
+}
+
+/// The backend's host as the URL names it.
+enum BackendHost {
+    /// A DNS name, resolved at each connect and used as the TLS name.
+    Name(String),
+    /// An IP literal (`http://[::1]:8080`), connected to directly and
+    /// checked against the certificate's IP addresses.
+    Ip(IpAddr),
+}
+
+impl fmt::Display for BackendHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendHost::Name(name) => f.write_str(name),
+            BackendHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            BackendHost::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+        }
+    }
 }
 
 /// What every slot shares.
 struct Shared {
-    host: String,
+    /// Where to connect, and the name the TLS certificate must carry.
+    host: BackendHost,
+    /// The URL's port, or the scheme's default.
     port: u16,
     /// The `Host` header.
     authority: HeaderValue,
@@ -255,15 +313,20 @@ impl HttpSlot {
             }
         }
         let shared = &self.shared;
-        let tcp = TcpStream::connect((shared.host.as_str(), shared.port))
-            .await
-            .map_err(|e| transport("cannot connect to the backend", e))?;
+        let tcp = match &shared.host {
+            BackendHost::Name(name) => TcpStream::connect((name.as_str(), shared.port)).await,
+            BackendHost::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, shared.port)).await,
+        }
+        .map_err(|e| transport("cannot connect to the backend", e))?;
         let _ = tcp.set_nodelay(true);
         let sender = match &shared.tls {
             None => handshake(tcp).await?,
             Some(tls) => {
-                let name = ServerName::try_from(shared.host.clone())
-                    .map_err(|e| transport("invalid TLS name", e))?;
+                let name = match &shared.host {
+                    BackendHost::Name(name) => ServerName::try_from(name.clone())
+                        .map_err(|e| transport("invalid TLS name", e))?,
+                    BackendHost::Ip(ip) => ServerName::IpAddress((*ip).into()),
+                };
                 let stream = tls
                     .connect(name, tcp)
                     .await
@@ -324,18 +387,25 @@ impl Worker for HttpSlot {
 
     async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
         // A kept-alive connection the backend closed meanwhile fails at
-        // once: retry that case, once, on a fresh connection.
+        // once: retry that case, once, on a fresh connection. Only when
+        // the request certainly did not leave (hyper hands it back), or
+        // for a GET, which is safe to repeat: a POST that left may have
+        // been applied, and `register` must not run twice.
+        let idempotent = method(command).0 == Method::GET;
         for attempt in 0..2 {
             let (mut sender, reused) = self.connection().await?;
             // Errors are described without the URI: it carries the password.
-            let response = match sender.send_request(self.request(command)).await {
+            let response = match sender.try_send_request(self.request(command)).await {
                 Ok(response) => response,
                 Err(e)
-                    if reused && attempt == 0 && (e.is_closed() || e.is_incomplete_message()) =>
+                    if reused
+                        && attempt == 0
+                        && (e.message().is_some()
+                            || (idempotent && e.error().is_incomplete_message())) =>
                 {
                     continue
                 }
-                Err(e) => return Err(transport("request to the backend failed", e)),
+                Err(e) => return Err(transport("request to the backend failed", e.into_error())),
             };
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_BODY)
@@ -406,6 +476,24 @@ mod tests {
         for ok in [200, 201, 204] {
             assert_eq!(answer(remove.clone(), ok, ""), Ok(true));
         }
+        assert_eq!(answer(remove.clone(), 501, ""), Err("not supported".into()));
         assert_eq!(answer(remove, 503, ""), Err("temporary".into()));
+        let set_password = AuthCommand::SetPass {
+            user: "u".into(),
+            host: "h".into(),
+            password: Password::new("p"),
+        };
+        for ok in [200, 201, 204] {
+            assert_eq!(answer(set_password.clone(), ok, ""), Ok(true));
+        }
+        assert_eq!(
+            answer(set_password.clone(), 501, ""),
+            Err("not supported".into())
+        );
+        assert_eq!(
+            answer(set_password.clone(), 409, ""),
+            Err("temporary".into())
+        );
+        assert_eq!(answer(set_password, 500, ""), Err("temporary".into()));
     }
 }

@@ -1,9 +1,12 @@
 //! Authentication: the commands Gatehouse asks a backend, the typed errors a
-//! session classifies, and the bounded pool that runs them.
+//! session classifies, the bounded pool that runs them, and the
+//! [`Authenticator`] (pool plus optional result cache) sessions talk to.
 //!
-//! This module owns the external-auth wire protocols and the worker pool. It
-//! must not know about XMPP: sessions turn a [`AuthError`] into a SASL
-//! condition themselves.
+//! This module owns the backends' wire protocols (mod_auth_external's
+//! generic and ejabberd protocols over child processes, mod_auth_http over
+//! HTTP), the worker pool and the auth-result cache. It must not know about
+//! XMPP: sessions turn a [`AuthError`] into a SASL or stanza condition
+//! themselves.
 
 mod authenticator;
 mod cache;
@@ -12,9 +15,9 @@ mod http;
 mod pool;
 
 pub use authenticator::{Authenticator, Capabilities};
-pub use cache::{AuthCache, CacheKey, CachedUser};
+pub use cache::{AuthCache, CacheKey, CachedUser, Generation};
 pub use external::{request_line, ExternalBackend, ExternalConfig, Protocol};
-pub use http::{HttpBackend, HttpConfig};
+pub use http::{ca_certificates, redacted_url, HttpBackend, HttpConfig, HttpSetupError};
 pub use pool::{
     describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure,
 };
@@ -55,19 +58,21 @@ pub enum AuthCommand {
     },
     /// Does this user exist?
     IsUser { user: String, host: String },
-    /// Change the user's password.
+    /// Change the user's password (`setpass`, HTTP `set_password`).
     SetPass {
         user: String,
         host: String,
         password: Password,
     },
-    /// Create the user (ejabberd protocol only: `tryregister`).
+    /// Create the user (ejabberd protocol `tryregister`, HTTP `register`;
+    /// the generic protocol has no such command).
     TryRegister {
         user: String,
         host: String,
         password: Password,
     },
-    /// Remove the user (ejabberd protocol only: `removeuser`).
+    /// Remove the user (ejabberd protocol `removeuser`, HTTP
+    /// `remove_user`; the generic protocol has no such command).
     RemoveUser { user: String, host: String },
 }
 
