@@ -216,6 +216,56 @@ async fn contacts_see_each_other_come_and_go() {
 }
 
 #[actix_rt::test]
+async fn probes_and_errors_are_not_broadcast_and_directed_presence_ends() {
+    let backend = RosterService::start();
+    backend.set("alice", r#"{"bob@localhost": {}}"#);
+    backend.set("bob", r#"{"alice@localhost": {}}"#);
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "b").await;
+    bob.send("<presence/>").await;
+    // Heidi is in no roster: she sees Alice only through directed presence.
+    let (mut heidi, heidi_jid) = Client::login(server.c2s, "heidi", "heidi", "h").await;
+    heidi.send("<presence/>").await;
+    let (mut alice, alice_jid) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    alice.send("<presence/>").await;
+    assert_eq!(alice.element().await.attr("from"), Some(bob_jid.as_str()));
+    assert_eq!(bob.element().await.attr("from"), Some(alice_jid.as_str()));
+
+    // Neither a probe nor an error without `to` is Alice's own presence:
+    // Bob gets nothing, and Alice stays available (a message to her bare
+    // JID reaches her).
+    alice.send("<presence type='probe'/>").await;
+    alice.send("<presence type='error'/>").await;
+    alice.send(&format!("<presence to='{heidi_jid}'/>")).await;
+    let got = heidi.element().await;
+    assert_eq!(
+        (got.attr("from"), got.attr("type")),
+        (Some(alice_jid.as_str()), None)
+    );
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>1</body></message>")
+        .await;
+    let got = bob.element().await;
+    assert!(got.is("message", CLIENT), "{got:?}");
+    bob.send("<message to='alice@localhost' type='chat'><body>2</body></message>")
+        .await;
+    let got = alice.element().await;
+    assert!(got.is("message", CLIENT), "{got:?}");
+
+    // RFC 6121 §4.6.3: when Alice goes offline, her contact and the
+    // recipient of her directed presence both get unavailable presence.
+    drop(alice);
+    for client in [&mut bob, &mut heidi] {
+        let got = client.element().await;
+        assert_eq!(
+            (got.attr("from"), got.attr("type")),
+            (Some(alice_jid.as_str()), Some("unavailable")),
+            "{got:?}"
+        );
+    }
+}
+
+#[actix_rt::test]
 async fn without_a_roster_service_the_roster_is_empty_and_read_only() {
     let server = TestServer::start(&config(&fixture_auth("")));
     let mut c = Client::connect(server.c2s).await;
