@@ -47,12 +47,19 @@ async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
                 (n + 1) % 50
             ),
         );
-        // Slow enough that many logins of one user overlap its fetch.
-        backend.delay(&format!("user{n}"), std::time::Duration::from_millis(200));
     }
-    let server = TestServer::start(&config(&roster_auth(&backend.url(), "max_in_flight = 16")));
+    // Every fetch is held until all 500 roster gets have been sent, so each
+    // user's ten gets are in flight during its one fetch.
+    backend.hold();
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "max_in_flight = 64
+timeout = \"120s\"",
+    )));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let logins = (0..500).map(|i| {
         let addr = server.c2s;
+        let sent = sent.clone();
         async move {
             let n = i % 50;
             let (mut c, _) = Client::login(
@@ -62,17 +69,45 @@ async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
                 &format!("r{i}"),
             )
             .await;
-            let answer = c.roster(None).await;
+            c.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+                .await;
+            let at = std::time::Instant::now();
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = c.element().await;
             let next = format!("user{}@localhost", (n + 1) % 50);
             assert_eq!(items(&answer), [(next, "Next".to_owned(), vec![])]);
-            c
+            (n, at)
         }
     });
-    let clients = futures_util::future::join_all(logins).await;
-    assert_eq!(clients.len(), 500);
+    let logins = actix_rt::spawn(futures_util::future::join_all(logins));
+    let deadline = std::time::Instant::now() + 4 * PATIENCE;
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every get was sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Every user's fetch has started (none can end while held).
+    while backend.total_requests() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every fetch started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    backend.release();
+    let gets = logins.await.unwrap();
+    assert_eq!(gets.len(), 500);
     assert_eq!(backend.total_requests(), 50);
     for n in 0..50 {
-        assert_eq!(backend.requests(&format!("user{n}")), 1, "user{n}");
+        let fetches = backend.fetches(&format!("user{n}"));
+        assert_eq!(fetches.len(), 1, "user{n}");
+        let in_flight = gets
+            .iter()
+            .filter(|(user, at)| *user == n && *at < fetches[0].ended)
+            .count();
+        assert_eq!(in_flight, 10, "user{n}: gets sent before its fetch ended");
     }
 }
 
@@ -89,7 +124,12 @@ async fn roster_get_versions_read_only_and_errors() {
         }"#,
     );
     backend.set("bob", "this is not JSON");
-    let server = TestServer::start(&config(&roster_auth(&backend.url(), "timeout = \"500ms\"")));
+    backend.set("heidi", r#"{"alice@localhost": {}}"#);
+    backend.fail("heidi", 503);
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "timeout = \"500ms\"\nauthorization_header = \"Bearer app-s3cret\"",
+    )));
 
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
     let answer = alice.roster(None).await;
@@ -138,6 +178,22 @@ async fn roster_get_versions_read_only_and_errors() {
     backend.set("bob", r#"{"alice@localhost": {}}"#);
     assert_eq!(items(&bob.roster(None).await).len(), 1);
     assert_eq!(backend.requests("bob"), 2);
+    // An answer that is not 2xx is an error too, whatever its body.
+    let (mut heidi, _) = Client::login(server.c2s, "heidi", "heidi", "h").await;
+    assert_eq!(
+        error_condition(&heidi.roster(None).await),
+        "internal-server-error"
+    );
+    // Every fetch carried the configured header.
+    for user in ["alice", "bob", "heidi"] {
+        for fetch in backend.fetches(user) {
+            assert_eq!(
+                fetch.authorization.as_deref(),
+                Some("Bearer app-s3cret"),
+                "{user}"
+            );
+        }
+    }
 
     // A service slower than the timeout.
     backend.delay("grace", std::time::Duration::from_secs(3));

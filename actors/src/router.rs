@@ -87,11 +87,11 @@ pub struct RosterChanged {
     pub roster: Arc<Roster>,
 }
 
-/// Which of these users have a roster loaded here (are online and fetched
-/// it): only their rosters need fetching again after a refresh.
+/// Which of these users have a bound resource: only their rosters need
+/// fetching again after a refresh.
 #[derive(Message)]
 #[rtype(result = "Vec<BareJid>")]
-pub struct LoadedRosters {
+pub struct OnlineUsers {
     /// The users named in a refresh, on every served domain.
     pub jids: Vec<BareJid>,
 }
@@ -260,8 +260,22 @@ impl Router {
     /// Pushes each change to the interested resources of `user`, and
     /// exchanges presence with added (available) and removed (unavailable)
     /// contacts, both ways.
+    ///
+    /// Only the last push carries the new roster's version. The earlier
+    /// ones are interim pushes (RFC 6121 §2.6.3): their version must not
+    /// claim the whole new roster, or a client cut off after one of them
+    /// would ask with the new version and never get the rest. Versions are
+    /// content digests, so an interim one is the new version with a suffix
+    /// no digest has: asking with it gets the whole roster.
     fn roster_changed(&mut self, user: &BareJid, old: &Roster, new: &Roster, except: Option<u64>) {
-        for change in old.diff(new) {
+        let changes = old.diff(new);
+        let last = changes.len().saturating_sub(1);
+        for (n, change) in changes.into_iter().enumerate() {
+            let ver = if n == last {
+                new.ver.clone()
+            } else {
+                format!("{}-interim{n}", new.ver)
+            };
             for r in self.users.get(user).into_iter().flatten() {
                 if !r.wants_roster || Some(r.session_id) == except {
                     continue;
@@ -270,7 +284,7 @@ impl Router {
                 let to = format!("{user}/{}", r.resource);
                 let id = format!("push{}", self.pushes);
                 r.mailbox
-                    .do_send(ToSession::Stanza(change.push(&to, &id, &new.ver)));
+                    .do_send(ToSession::Stanza(change.push(&to, &id, &ver)));
                 metrics::counter!("gatehouse_roster_pushes_total").increment(1);
             }
             let contact = change.jid();
@@ -559,14 +573,14 @@ impl Handler<RosterChanged> for Router {
     }
 }
 
-impl Handler<LoadedRosters> for Router {
-    type Result = MessageResult<LoadedRosters>;
+impl Handler<OnlineUsers> for Router {
+    type Result = MessageResult<OnlineUsers>;
 
-    fn handle(&mut self, msg: LoadedRosters, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: OnlineUsers, _: &mut Self::Context) -> Self::Result {
         MessageResult(
             msg.jids
                 .into_iter()
-                .filter(|jid| self.rosters.contains_key(jid))
+                .filter(|jid| self.users.contains_key(jid))
                 .collect(),
         )
     }
