@@ -40,10 +40,22 @@ fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "status": "error", "message": message }))
 }
 
-/// Compares without stopping at the first difference, so response times
-/// do not reveal how much of a guessed token was right.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares `given` with `secret` in a time that depends only on the
+/// secret's length: neither where a guess first differs nor its length is
+/// revealed by how long the answer takes.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut difference = given.len() ^ secret.len();
+    for (i, s) in secret.iter().enumerate() {
+        difference |= usize::from(given.get(i).copied().unwrap_or(0) ^ s);
+    }
+    difference == 0
+}
+
+/// The credentials of an `Authorization: Bearer …` header; the scheme is
+/// case-insensitive (RFC 7235 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl RosterAdmin {
@@ -55,9 +67,9 @@ impl RosterAdmin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or_default();
-        if same_secret(given.trim().as_bytes(), token.as_bytes()) {
+        if same_secret(given.as_bytes(), token.as_bytes()) {
             return None;
         }
         let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -191,13 +203,24 @@ pub fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{bearer_token, same_secret};
 
     #[test]
     fn secrets_match_only_when_equal() {
         assert!(same_secret(b"s3cret", b"s3cret"));
         assert!(!same_secret(b"s3cret", b"s3creT"));
-        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3cret2", b"s3cret"));
+        assert!(!same_secret(b"s3cret\0", b"s3cret"));
         assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -104,6 +104,14 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    for result in ["dropped", "refetched", "error"] {
+        metrics::counter!("gatehouse_roster_refresh_users_total", "result" => result).absolute(0);
+    }
+    for result in ["success", "error", "timeout"] {
+        // A histogram handle registers the series: it renders with zero
+        // counts before the first fetch.
+        let _ = metrics::histogram!("gatehouse_roster_fetch_duration_seconds", "result" => result);
+    }
     for outcome in ["allowed", "denied", "error"] {
         metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome).absolute(0);
     }

@@ -47,12 +47,19 @@ async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
                 (n + 1) % 50
             ),
         );
-        // Slow enough that many logins of one user overlap its fetch.
-        backend.delay(&format!("user{n}"), std::time::Duration::from_millis(200));
     }
-    let server = TestServer::start(&config(&roster_auth(&backend.url(), "max_in_flight = 16")));
+    // Every fetch is held until all 500 roster gets have been sent, so each
+    // user's ten gets are in flight during its one fetch.
+    backend.hold();
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "max_in_flight = 64
+timeout = \"120s\"",
+    )));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let logins = (0..500).map(|i| {
         let addr = server.c2s;
+        let sent = sent.clone();
         async move {
             let n = i % 50;
             let (mut c, _) = Client::login(
@@ -62,17 +69,45 @@ async fn five_hundred_logins_of_fifty_users_fetch_fifty_rosters() {
                 &format!("r{i}"),
             )
             .await;
-            let answer = c.roster(None).await;
+            c.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+                .await;
+            let at = std::time::Instant::now();
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = c.element().await;
             let next = format!("user{}@localhost", (n + 1) % 50);
             assert_eq!(items(&answer), [(next, "Next".to_owned(), vec![])]);
-            c
+            (n, at)
         }
     });
-    let clients = futures_util::future::join_all(logins).await;
-    assert_eq!(clients.len(), 500);
+    let logins = actix_rt::spawn(futures_util::future::join_all(logins));
+    let deadline = std::time::Instant::now() + 4 * PATIENCE;
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every get was sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Every user's fetch has started (none can end while held).
+    while backend.total_requests() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every fetch started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    backend.release();
+    let gets = logins.await.unwrap();
+    assert_eq!(gets.len(), 500);
     assert_eq!(backend.total_requests(), 50);
     for n in 0..50 {
-        assert_eq!(backend.requests(&format!("user{n}")), 1, "user{n}");
+        let fetches = backend.fetches(&format!("user{n}"));
+        assert_eq!(fetches.len(), 1, "user{n}");
+        let in_flight = gets
+            .iter()
+            .filter(|(user, at)| *user == n && *at < fetches[0].ended)
+            .count();
+        assert_eq!(in_flight, 10, "user{n}: gets sent before its fetch ended");
     }
 }
 
@@ -89,7 +124,12 @@ async fn roster_get_versions_read_only_and_errors() {
         }"#,
     );
     backend.set("bob", "this is not JSON");
-    let server = TestServer::start(&config(&roster_auth(&backend.url(), "timeout = \"500ms\"")));
+    backend.set("heidi", r#"{"alice@localhost": {}}"#);
+    backend.fail("heidi", 503);
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "timeout = \"500ms\"\nauthorization_header = \"Bearer app-s3cret\"",
+    )));
 
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
     let answer = alice.roster(None).await;
@@ -138,6 +178,22 @@ async fn roster_get_versions_read_only_and_errors() {
     backend.set("bob", r#"{"alice@localhost": {}}"#);
     assert_eq!(items(&bob.roster(None).await).len(), 1);
     assert_eq!(backend.requests("bob"), 2);
+    // An answer that is not 2xx is an error too, whatever its body.
+    let (mut heidi, _) = Client::login(server.c2s, "heidi", "heidi", "h").await;
+    assert_eq!(
+        error_condition(&heidi.roster(None).await),
+        "internal-server-error"
+    );
+    // Every fetch carried the configured header.
+    for user in ["alice", "bob", "heidi"] {
+        for fetch in backend.fetches(user) {
+            assert_eq!(
+                fetch.authorization.as_deref(),
+                Some("Bearer app-s3cret"),
+                "{user}"
+            );
+        }
+    }
 
     // A service slower than the timeout.
     backend.delay("grace", std::time::Duration::from_secs(3));
@@ -213,6 +269,56 @@ async fn contacts_see_each_other_come_and_go() {
     // Both rosters were fetched once.
     assert_eq!(backend.requests("alice"), 1);
     assert_eq!(backend.requests("bob"), 1);
+}
+
+#[actix_rt::test]
+async fn probes_and_errors_are_not_broadcast_and_directed_presence_ends() {
+    let backend = RosterService::start();
+    backend.set("alice", r#"{"bob@localhost": {}}"#);
+    backend.set("bob", r#"{"alice@localhost": {}}"#);
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "b").await;
+    bob.send("<presence/>").await;
+    // Heidi is in no roster: she sees Alice only through directed presence.
+    let (mut heidi, heidi_jid) = Client::login(server.c2s, "heidi", "heidi", "h").await;
+    heidi.send("<presence/>").await;
+    let (mut alice, alice_jid) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    alice.send("<presence/>").await;
+    assert_eq!(alice.element().await.attr("from"), Some(bob_jid.as_str()));
+    assert_eq!(bob.element().await.attr("from"), Some(alice_jid.as_str()));
+
+    // Neither a probe nor an error without `to` is Alice's own presence:
+    // Bob gets nothing, and Alice stays available (a message to her bare
+    // JID reaches her).
+    alice.send("<presence type='probe'/>").await;
+    alice.send("<presence type='error'/>").await;
+    alice.send(&format!("<presence to='{heidi_jid}'/>")).await;
+    let got = heidi.element().await;
+    assert_eq!(
+        (got.attr("from"), got.attr("type")),
+        (Some(alice_jid.as_str()), None)
+    );
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>1</body></message>")
+        .await;
+    let got = bob.element().await;
+    assert!(got.is("message", CLIENT), "{got:?}");
+    bob.send("<message to='alice@localhost' type='chat'><body>2</body></message>")
+        .await;
+    let got = alice.element().await;
+    assert!(got.is("message", CLIENT), "{got:?}");
+
+    // RFC 6121 §4.6.3: when Alice goes offline, her contact and the
+    // recipient of her directed presence both get unavailable presence.
+    drop(alice);
+    for client in [&mut bob, &mut heidi] {
+        let got = client.element().await;
+        assert_eq!(
+            (got.attr("from"), got.attr("type")),
+            (Some(alice_jid.as_str()), Some("unavailable")),
+            "{got:?}"
+        );
+    }
 }
 
 #[actix_rt::test]

@@ -38,6 +38,36 @@ async fn call(
     (status, json)
 }
 
+/// POSTs `body` with chunked transfer encoding (no Content-Length) over a
+/// raw socket; returns the response head.
+async fn chunked_post(server: &TestServer, path: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+         Content-Type: application/json\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and close before reading it all.
+    for chunk in body.chunks(4096) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        if s.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out);
+    out.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+/// `GET /roster_admin/refresh/USER`, without a token.
+async fn refresh_one(server: &TestServer, user: &str) -> (u16, Value) {
+    let path = format!("/roster_admin/refresh/{user}");
+    call(server, reqwest::Method::GET, &path, None, None).await
+}
+
 async fn refresh(server: &TestServer, body: &str) -> (u16, Value) {
     call(
         server,
@@ -86,12 +116,35 @@ fn describe(el: &Element) -> String {
 }
 
 async fn collect(client: &mut Client, n: usize) -> Vec<String> {
+    receive(client, n).await.0
+}
+
+/// The next `n` pushes and presences: their sorted descriptions, and the
+/// `ver` of each push in the order they came.
+async fn receive(client: &mut Client, n: usize) -> (Vec<String>, Vec<String>) {
     let mut got = Vec::new();
+    let mut vers = Vec::new();
     for _ in 0..n {
-        got.push(describe(&client.element().await));
+        let el = client.element().await;
+        if let Some(query) = el.get_child("query", ROSTER) {
+            vers.push(query.attr("ver").expect("a pushed version").to_owned());
+        }
+        got.push(describe(&el));
     }
     got.sort();
-    got
+    (got, vers)
+}
+
+/// Asserts that the next thing `client` gets is a message, sent to it by
+/// `from` after everything it should not have got: the Router handles
+/// stanzas in order, so nothing else came.
+async fn nothing_else(from: &mut Client, client: &mut Client, to: &str) {
+    from.send(&format!(
+        "<message to='{to}' type='chat'><body>after</body></message>"
+    ))
+    .await;
+    let got = client.element().await;
+    assert!(got.is("message", CLIENT), "{got:?}");
 }
 
 /// Logs in, asks for the roster and sends initial presence.
@@ -117,20 +170,31 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
     let mut bob = online(&server, "bob", "builder", "b").await;
     let mut grace = online(&server, "grace", "grace", "c").await;
     let mut heidi = online(&server, "heidi", "heidi", "d").await;
-    // Alice's "quiet" resource neither asks for the roster nor is available.
-    let (mut quiet, quiet_jid) = Client::login(server.c2s, "alice", "wonderland", "quiet").await;
-    let mut asker = online(&server, "alice", "wonderland", "asker").await;
-    assert_eq!(
-        collect(&mut asker, 2).await,
-        [
-            "presence bob@localhost/b available",
-            "presence grace@localhost/c available"
-        ]
-    );
+    // Two of Alice's resources ask for the roster; the watcher is
+    // available but never asks, so it gets presence and no pushes.
+    let mut first = online(&server, "alice", "wonderland", "first").await;
+    let mut second = online(&server, "alice", "wonderland", "second").await;
+    let (mut watcher, watcher_jid) =
+        Client::login(server.c2s, "alice", "wonderland", "watcher").await;
+    watcher.send("<presence/>").await;
+    let own = |r: &str| format!("presence alice@localhost/{r} available");
+    // Each resource sees the contacts and Alice's two other resources.
+    let sees = |others: [&str; 2]| {
+        let mut expected = vec![
+            "presence bob@localhost/b available".to_owned(),
+            "presence grace@localhost/c available".to_owned(),
+        ];
+        expected.extend(others.map(own));
+        expected.sort();
+        expected
+    };
+    assert_eq!(collect(&mut first, 4).await, sees(["second", "watcher"]));
+    assert_eq!(collect(&mut second, 4).await, sees(["first", "watcher"]));
+    assert_eq!(collect(&mut watcher, 4).await, sees(["first", "second"]));
     for contact in [&mut bob, &mut grace] {
         assert_eq!(
-            describe(&contact.element().await),
-            "presence alice@localhost/asker available"
+            collect(contact, 3).await,
+            [own("first"), own("second"), own("watcher")]
         );
     }
 
@@ -140,50 +204,166 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
     );
     assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
 
+    let mut vers = Vec::new();
+    for asker in [&mut first, &mut second] {
+        let (got, pushed) = receive(asker, 5).await;
+        assert_eq!(
+            got,
+            [
+                "presence grace@localhost/c unavailable",
+                "presence heidi@localhost/d available",
+                "push bob@localhost both name=Bobby groups=Friends",
+                "push grace@localhost remove name= groups=",
+                "push heidi@localhost both name= groups=",
+            ]
+        );
+        vers.push(pushed);
+    }
     assert_eq!(
-        collect(&mut asker, 5).await,
+        collect(&mut watcher, 2).await,
         [
             "presence grace@localhost/c unavailable",
             "presence heidi@localhost/d available",
-            "push bob@localhost both name=Bobby groups=Friends",
-            "push grace@localhost remove name= groups=",
-            "push heidi@localhost both name= groups=",
         ]
     );
     assert_eq!(
-        describe(&heidi.element().await),
-        "presence alice@localhost/asker available"
+        collect(&mut heidi, 3).await,
+        [own("first"), own("second"), own("watcher")]
     );
+    let gone = |r: &str| format!("presence alice@localhost/{r} unavailable");
     assert_eq!(
-        describe(&grace.element().await),
-        "presence alice@localhost/asker unavailable"
+        collect(&mut grace, 3).await,
+        [gone("first"), gone("second"), gone("watcher")]
     );
-    // Nothing else reached Bob (a rename is a push only) nor the quiet
-    // resource: the next thing each gets is a message sent after the
-    // refresh, which the Router handled after the refresh's stanzas.
-    for (client, to) in [
-        (&mut bob, "bob@localhost/b"),
-        (&mut quiet, quiet_jid.as_str()),
-    ] {
-        asker
-            .send(&format!(
-                "<message to='{to}' type='chat'><body>after</body></message>"
-            ))
-            .await;
-        let got = client.element().await;
-        assert!(got.is("message", CLIENT), "{got:?}");
-    }
-    // The pushes carry the new version: a roster get with it is empty.
+    // Nothing else reached Bob (a rename is a push only) nor the watcher.
+    nothing_else(&mut first, &mut bob, "bob@localhost/b").await;
+    nothing_else(&mut first, &mut watcher, &watcher_jid).await;
+
+    // Only the last push carries the new version (a roster get with it is
+    // empty); the interim ones carry versions that get the whole roster.
     let ver = {
-        let answer = asker.roster(None).await;
+        let answer = first.roster(None).await;
         let query = answer.get_child("query", ROSTER).unwrap();
         assert_eq!(query.children().count(), 2);
         query.attr("ver").unwrap().to_owned()
     };
-    assert!(asker.roster(Some(&ver)).await.children().next().is_none());
+    assert!(first.roster(Some(&ver)).await.children().next().is_none());
+    assert_eq!(vers[0], vers[1]);
+    let (last, interim) = vers[0].split_last().unwrap();
+    assert_eq!(last, &ver);
+    assert_eq!(interim.len(), 2);
+    for old in interim {
+        assert_ne!(old, &ver);
+        let answer = first.roster(Some(old)).await;
+        assert_eq!(
+            answer
+                .get_child("query", ROSTER)
+                .unwrap()
+                .children()
+                .count(),
+            2,
+            "{old}"
+        );
+    }
     assert_eq!(backend.requests("alice"), 2);
     let scrape = server.metrics().await;
-    assert!(sample(&scrape, "gatehouse_roster_pushes_total") >= 3.0);
+    assert!(sample(&scrape, "gatehouse_roster_pushes_total") >= 6.0);
+}
+
+#[actix_rt::test]
+async fn a_refresh_names_users_as_logins_do() {
+    let backend = RosterService::start();
+    backend.set("alice", r#"{"bob@localhost": {}}"#);
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    let mut alice = online(&server, "alice", "wonderland", "a").await;
+    backend.set("alice", r#"{"grace@localhost": {}}"#);
+    // "ALICE" is alice, as at login; the one-user GET form pushes too.
+    assert_eq!(refresh_one(&server, "ALICE").await, (200, ok(1, 0)));
+    assert_eq!(
+        collect(&mut alice, 2).await,
+        [
+            "push bob@localhost remove name= groups=",
+            "push grace@localhost both name= groups="
+        ]
+    );
+    // The cached roster was replaced: a new login gets the new one.
+    let (mut again, _) = Client::login(server.c2s, "alice", "wonderland", "b").await;
+    let answer = again.roster(None).await;
+    let jids: Vec<&str> = answer
+        .get_child("query", ROSTER)
+        .expect("a roster")
+        .children()
+        .map(|i| i.attr("jid").unwrap())
+        .collect();
+    assert_eq!(jids, ["grace@localhost"]);
+    assert_eq!(backend.requests("alice"), 2);
+    assert_eq!(backend.requests("ALICE"), 0);
+}
+
+/// For many users at once: a refresh sent as soon as the application has
+/// read a roster it is about to answer, slowly, each user a little slower
+/// than the previous. For some the refresh lands during the fetch, for
+/// others just after it, while the session hands the roster it fetched to
+/// the Router. Whatever the order, the client ends with the new roster: in
+/// the answer, or pushed after it.
+#[actix_rt::test]
+async fn refreshes_around_the_end_of_fetches_leave_the_new_rosters() {
+    let backend = RosterService::start();
+    let users: Vec<u32> = (0..40).collect();
+    for n in &users {
+        backend.set(&format!("user{n}"), r#"{"old@localhost": {}}"#);
+        backend.delay(
+            &format!("user{n}"),
+            Duration::from_millis(3 * u64::from(*n)),
+        );
+    }
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    let runs = users.iter().map(|n| {
+        let (backend, server) = (&backend, &server);
+        async move {
+            let user = format!("user{n}");
+            let mut arrivals = backend.arrivals();
+            let (mut c, jid) = Client::login(server.c2s, &user, &format!("pass{n}"), "r").await;
+            c.send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+                .await;
+            while arrivals.recv().await.expect("backend answers") != user {}
+            backend.set(&user, r#"{"new@localhost": {}}"#);
+            assert_eq!(
+                refresh(server, &format!(r#"["{user}"]"#)).await,
+                (200, ok(1, 0))
+            );
+            // Everything the refresh sent comes before this message.
+            c.send(&format!(
+                "<message to='{jid}' type='chat'><body>end</body></message>"
+            ))
+            .await;
+            let mut roster = std::collections::BTreeSet::new();
+            loop {
+                let el = c.element().await;
+                if el.is("message", CLIENT) {
+                    break;
+                }
+                let query = el.get_child("query", ROSTER).expect("a roster or push");
+                if el.attr("type") == Some("result") {
+                    roster.clear();
+                }
+                for item in query.children() {
+                    let contact = item.attr("jid").unwrap().to_owned();
+                    if item.attr("subscription") == Some("remove") {
+                        roster.remove(&contact);
+                    } else {
+                        roster.insert(contact);
+                    }
+                }
+            }
+            assert_eq!(
+                roster.into_iter().collect::<Vec<_>>(),
+                ["new@localhost"],
+                "{user}"
+            );
+        }
+    });
+    futures_util::future::join_all(runs).await;
 }
 
 #[actix_rt::test]
@@ -230,6 +410,21 @@ async fn refresh_bodies_get_their_status_codes() {
         &backend.url(),
         "[roster_admin]\nmax_body_bytes = 200000",
     )));
+    // The series exist from the start, at zero until something happens.
+    let scrape = server.metrics().await;
+    for series in [
+        r#"gatehouse_roster_refresh_users_total{result="dropped"}"#,
+        r#"gatehouse_roster_refresh_users_total{result="refetched"}"#,
+        r#"gatehouse_roster_refresh_users_total{result="error"}"#,
+        r#"gatehouse_roster_fetch_duration_seconds_count{result="success"}"#,
+        r#"gatehouse_roster_fetch_duration_seconds_count{result="error"}"#,
+        r#"gatehouse_roster_fetch_duration_seconds_count{result="timeout"}"#,
+    ] {
+        assert!(
+            scrape.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "{series} missing:\n{scrape}"
+        );
+    }
     for bad in [
         "",
         "   ",
@@ -251,30 +446,34 @@ async fn refresh_bodies_get_their_status_codes() {
     let (status, body) = refresh(&server, &huge).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["status"], "error");
+    // Without a Content-Length (chunked), the size is found while reading.
+    let head = chunked_post(&server, "/roster_admin/refresh", huge.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     assert_eq!(refresh(&server, "[]").await, (200, ok(0, 0)));
-    // Not usernames: counted as errors, the rest is done.
+    // Not usernames: counted as errors, the rest is done. Only this test
+    // refreshes invalid names, so its `error` delta is exact; other tests
+    // in this binary drop and re-fetch rosters meanwhile, so those deltas
+    // are lower bounds.
+    let before = server.metrics().await;
     assert_eq!(
-        refresh(&server, r#"["alice", "", "x@y", "bob", "alice"]"#).await,
+        refresh(&server, r#"["alice", "", "x@y", "bob", "Alice"]"#).await,
         (200, ok(2, 2))
     );
+    let after = server.metrics().await;
+    let delta = |result: &str| {
+        let series = format!(r#"gatehouse_roster_refresh_users_total{{result="{result}"}}"#);
+        sample(&after, &series) - sample(&before, &series)
+    };
+    assert_eq!(delta("error"), 2.0);
+    assert!(delta("dropped") >= 2.0);
     let (status, body) = refresh(&server, r#"["", "x@y"]"#).await;
     assert_eq!((status, &body["status"]), (200, &Value::from("error")));
     assert_eq!(
         (&body["updated"], &body["errors"]),
         (&Value::from(0), &Value::from(2))
     );
-    assert_eq!(
-        call(
-            &server,
-            reqwest::Method::GET,
-            "/roster_admin/refresh/alice",
-            None,
-            None
-        )
-        .await,
-        (200, ok(1, 0))
-    );
+    assert_eq!(refresh_one(&server, "alice").await, (200, ok(1, 0)));
 }
 
 #[actix_rt::test]

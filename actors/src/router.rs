@@ -14,7 +14,7 @@ use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What the router tells a session.
@@ -87,11 +87,11 @@ pub struct RosterChanged {
     pub roster: Arc<Roster>,
 }
 
-/// Which of these users have a roster loaded here (are online and fetched
-/// it): only their rosters need fetching again after a refresh.
+/// Which of these users have a bound resource: only their rosters need
+/// fetching again after a refresh.
 #[derive(Message)]
 #[rtype(result = "Vec<BareJid>")]
-pub struct LoadedRosters {
+pub struct OnlineUsers {
     /// The users named in a refresh, on every served domain.
     pub jids: Vec<BareJid>,
 }
@@ -104,6 +104,18 @@ pub struct Route {
     pub from: FullJid,
     pub to: Jid,
     pub stanza: Element,
+}
+
+/// Directed presence recipients remembered per resource (RFC 6121 §4.6.3);
+/// beyond this many, further ones are not told when the resource leaves,
+/// so that one client cannot grow the Router without bound.
+const MAX_DIRECTED: usize = 1000;
+
+/// Whether a presence without `to` is the sender's own availability to
+/// broadcast (RFC 6121 §4.2, §4.5): no type (available) or `unavailable`.
+/// Other types (probe, error, subscriptions) have no broadcast meaning.
+pub fn is_broadcast(presence: &Element) -> bool {
+    matches!(presence.attr("type"), None | Some("unavailable"))
 }
 
 /// The presence a resource's peers see when it goes away.
@@ -129,6 +141,10 @@ struct Resource {
     /// initial presence and after unavailable presence. Only available
     /// resources receive messages sent to the bare JID.
     presence: Option<Element>,
+    /// Online entities that got directed available presence from this
+    /// resource and no unavailable since: they get its unavailable
+    /// presence when it goes away (RFC 6121 §4.6.3).
+    directed: HashSet<Jid>,
 }
 
 impl Resource {
@@ -244,8 +260,22 @@ impl Router {
     /// Pushes each change to the interested resources of `user`, and
     /// exchanges presence with added (available) and removed (unavailable)
     /// contacts, both ways.
+    ///
+    /// Only the last push carries the new roster's version. The earlier
+    /// ones are interim pushes (RFC 6121 §2.6.3): their version must not
+    /// claim the whole new roster, or a client cut off after one of them
+    /// would ask with the new version and never get the rest. Versions are
+    /// content digests, so an interim one is the new version with a suffix
+    /// no digest has: asking with it gets the whole roster.
     fn roster_changed(&mut self, user: &BareJid, old: &Roster, new: &Roster, except: Option<u64>) {
-        for change in old.diff(new) {
+        let changes = old.diff(new);
+        let last = changes.len().saturating_sub(1);
+        for (n, change) in changes.into_iter().enumerate() {
+            let ver = if n == last {
+                new.ver.clone()
+            } else {
+                format!("{}-interim{n}", new.ver)
+            };
             for r in self.users.get(user).into_iter().flatten() {
                 if !r.wants_roster || Some(r.session_id) == except {
                     continue;
@@ -254,7 +284,7 @@ impl Router {
                 let to = format!("{user}/{}", r.resource);
                 let id = format!("push{}", self.pushes);
                 r.mailbox
-                    .do_send(ToSession::Stanza(change.push(&to, &id, &new.ver)));
+                    .do_send(ToSession::Stanza(change.push(&to, &id, &ver)));
                 metrics::counter!("gatehouse_roster_pushes_total").increment(1);
             }
             let contact = change.jid();
@@ -280,6 +310,56 @@ impl Router {
         for r in self.users.get(user).into_iter().flatten() {
             if r.presence.is_some() && Some(r.resource.as_str()) != except {
                 r.mailbox.do_send(ToSession::Stanza(stanza.clone()));
+            }
+        }
+    }
+
+    /// Remembers (available) or forgets (unavailable) the recipient of a
+    /// directed presence, if it is online.
+    fn track_directed(&mut self, msg: &Route) {
+        let online = match msg.to.try_as_full() {
+            Ok(full) => self.find(full).is_some(),
+            Err(bare) => self.users.contains_key(bare),
+        };
+        let bare = msg.from.to_bare();
+        let Some(me) = self.users.get_mut(&bare).and_then(|rs| {
+            rs.iter_mut()
+                .find(|r| r.resource == msg.from.resource().as_str())
+        }) else {
+            return;
+        };
+        match msg.stanza.attr("type") {
+            None if online && me.directed.len() < MAX_DIRECTED => {
+                me.directed.insert(msg.to.clone());
+            }
+            Some("unavailable") => {
+                me.directed.remove(&msg.to);
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the recipients of `from`'s directed presence that it went
+    /// away (RFC 6121 §4.6.3), except those its broadcast unavailable
+    /// presence already reached (its own user and its contacts), when
+    /// `broadcast`.
+    fn end_directed(&self, from: &FullJid, directed: HashSet<Jid>, broadcast: bool) {
+        let user = from.to_bare();
+        let unavailable = unavailable_from(from);
+        for to in directed {
+            let to_bare = to.to_bare();
+            if broadcast && (to_bare == user || self.contacts(&user).any(|c| *c == to_bare)) {
+                continue;
+            }
+            match to.try_as_full() {
+                Ok(full) => {
+                    if let Some(target) = self.find(full) {
+                        target
+                            .mailbox
+                            .do_send(ToSession::Stanza(unavailable.clone()));
+                    }
+                }
+                Err(bare) => self.to_available(bare, None, &unavailable),
             }
         }
     }
@@ -343,17 +423,20 @@ impl Handler<Bind> for Router {
             mailbox: msg.mailbox,
             wants_roster: false,
             presence: None,
+            directed: HashSet::new(),
         };
         if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
             let old = std::mem::replace(old, new);
             old.mailbox.do_send(ToSession::Replaced);
-            if old.presence.is_some() {
+            let available = old.presence.is_some();
+            if available {
                 self.broadcast_presence(
                     &msg.jid.to_bare(),
                     Some(resource),
                     &unavailable_from(&msg.jid),
                 );
             }
+            self.end_directed(&msg.jid, old.directed, available);
         } else {
             resources.push(new);
             Self::count_bound(1.0);
@@ -377,9 +460,11 @@ impl Handler<Unbind> for Router {
         let gone = resources.swap_remove(pos);
         let last = resources.is_empty();
         Self::count_bound(-1.0);
-        if gone.presence.is_some() {
+        let available = gone.presence.is_some();
+        if available {
             self.broadcast_presence(&bare, None, &unavailable_from(&msg.jid));
         }
+        self.end_directed(&msg.jid, gone.directed, available);
         if last {
             self.users.remove(&bare);
             self.rosters.remove(&bare);
@@ -397,6 +482,9 @@ impl Handler<Broadcast> for Router {
         if let Some(roster) = msg.roster {
             self.apply_roster(&bare, roster, None);
         }
+        if !is_broadcast(&msg.presence) {
+            return;
+        }
         let Some(resources) = self.users.get_mut(&bare) else {
             return;
         };
@@ -406,11 +494,17 @@ impl Handler<Broadcast> for Router {
         let was_available = me.presence.is_some();
         me.presence = available.then(|| msg.presence.clone());
         let mailbox = me.mailbox.clone();
+        let directed = if available {
+            HashSet::new()
+        } else {
+            std::mem::take(&mut me.directed)
+        };
         // Own resources see each other like contacts (RFC 6121 §4.2.2): the
         // others and the contacts get this presence, and a newly available
         // resource gets the current presence of the others and of the
         // contacts (§4.2.2's probes, answered from what the Router holds).
         self.broadcast_presence(&bare, Some(resource), &msg.presence);
+        self.end_directed(&msg.from, directed, true);
         if available && !was_available {
             for other in self.users.get(&bare).into_iter().flatten() {
                 if other.resource != resource {
@@ -432,6 +526,9 @@ impl Handler<Route> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
+        if msg.stanza.name() == "presence" {
+            self.track_directed(&msg);
+        }
         match msg.to.try_as_full() {
             Ok(full) => match self.find(full) {
                 Some(target) => target.mailbox.do_send(ToSession::Stanza(msg.stanza)),
@@ -476,14 +573,14 @@ impl Handler<RosterChanged> for Router {
     }
 }
 
-impl Handler<LoadedRosters> for Router {
-    type Result = MessageResult<LoadedRosters>;
+impl Handler<OnlineUsers> for Router {
+    type Result = MessageResult<OnlineUsers>;
 
-    fn handle(&mut self, msg: LoadedRosters, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: OnlineUsers, _: &mut Self::Context) -> Self::Result {
         MessageResult(
             msg.jids
                 .into_iter()
-                .filter(|jid| self.rosters.contains_key(jid))
+                .filter(|jid| self.users.contains_key(jid))
                 .collect(),
         )
     }

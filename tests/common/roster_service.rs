@@ -1,15 +1,29 @@
 //! A real HTTP roster service for the roster tests: actix-web on port 0 in
 //! its own thread, serving `GET /contacts/{user}` from rosters the test
-//! sets, counting requests, and optionally answering slowly.
+//! sets, logging every request (when it started and ended, and its
+//! `Authorization` header), and optionally answering slowly, with an error
+//! status, or only once the test opens a gate.
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// One roster request the service answered.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The username in the URL.
+    pub user: String,
+    /// When the request arrived.
+    pub started: Instant,
+    /// When its answer was ready (after any delay and gate).
+    pub ended: Instant,
+    /// The request's `Authorization` header, if any.
+    pub authorization: Option<String>,
+}
 
 /// What the service answers, changed by the test while it runs.
-#[derive(Default)]
 pub struct BackendState {
     /// Roster JSON by username; unknown users get `{}`.
     rosters: Mutex<HashMap<String, String>>,
@@ -18,6 +32,28 @@ pub struct BackendState {
     /// Delay before answering, per username. The roster is read before the
     /// delay, as a slow application would.
     delays: Mutex<HashMap<String, Duration>>,
+    /// HTTP status answered instead of the roster, per username.
+    statuses: Mutex<HashMap<String, u16>>,
+    /// While false, every answer waits (after reading the roster).
+    gate: tokio::sync::watch::Sender<bool>,
+    /// Every answered request, in the order they ended.
+    log: Mutex<Vec<Fetch>>,
+    /// Told the username of every request once its roster is read.
+    arrivals: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Default for BackendState {
+    fn default() -> BackendState {
+        BackendState {
+            rosters: Mutex::default(),
+            requests: Mutex::default(),
+            delays: Mutex::default(),
+            statuses: Mutex::default(),
+            gate: tokio::sync::watch::Sender::new(true),
+            log: Mutex::default(),
+            arrivals: tokio::sync::broadcast::Sender::new(1024),
+        }
+    }
 }
 
 pub struct RosterService {
@@ -31,7 +67,12 @@ pub struct RosterService {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-async fn contacts(user: web::Path<String>, state: web::Data<Arc<BackendState>>) -> HttpResponse {
+async fn contacts(
+    request: HttpRequest,
+    user: web::Path<String>,
+    state: web::Data<Arc<BackendState>>,
+) -> HttpResponse {
+    let started = Instant::now();
     let user = user.into_inner();
     *state
         .requests
@@ -41,10 +82,24 @@ async fn contacts(user: web::Path<String>, state: web::Data<Arc<BackendState>>) 
         .or_default() += 1;
     let body = state.rosters.lock().unwrap().get(&user).cloned();
     let delay = state.delays.lock().unwrap().get(&user).copied();
+    let status = state.statuses.lock().unwrap().get(&user).copied();
+    let _ = state.arrivals.send(user.clone());
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    HttpResponse::Ok()
+    let _ = state.gate.subscribe().wait_for(|open| *open).await;
+    state.log.lock().unwrap().push(Fetch {
+        user: user.clone(),
+        started,
+        ended: Instant::now(),
+        authorization: request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    });
+    let status = actix_web::http::StatusCode::from_u16(status.unwrap_or(200)).unwrap();
+    HttpResponse::build(status)
         .content_type("application/json")
         .body(body.unwrap_or_else(|| "{}".into()))
 }
@@ -96,6 +151,36 @@ impl RosterService {
 
     pub fn delay(&self, user: &str, delay: Duration) {
         self.state.delays.lock().unwrap().insert(user.into(), delay);
+    }
+
+    /// Answers `status` (with the roster as body) to `user`'s requests.
+    pub fn fail(&self, user: &str, status: u16) {
+        self.state
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(user.into(), status);
+    }
+
+    /// Holds every answer until [`RosterService::release`].
+    pub fn hold(&self) {
+        self.state.gate.send_replace(false);
+    }
+
+    pub fn release(&self) {
+        self.state.gate.send_replace(true);
+    }
+
+    /// The answered requests for `user`.
+    pub fn fetches(&self, user: &str) -> Vec<Fetch> {
+        let log = self.state.log.lock().unwrap();
+        log.iter().filter(|f| f.user == user).cloned().collect()
+    }
+
+    /// Usernames of the requests arriving from now on, told once the
+    /// roster to answer is read.
+    pub fn arrivals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.state.arrivals.subscribe()
     }
 
     pub fn requests(&self, user: &str) -> usize {

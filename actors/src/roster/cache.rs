@@ -9,11 +9,12 @@
 //! them.
 
 use super::{ParseError, Roster};
-use crate::router::{LoadedRosters, RosterChanged, Router};
+use crate::router::{OnlineUsers, RosterChanged, Router};
 use actix::prelude::*;
 use futures_util::StreamExt;
 use jid::BareJid;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
@@ -59,7 +60,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "gatehouse_roster_cache_entries",
-        "Rosters in the cache (approximate)"
+        "Rosters in the cache (expired ones count until the cache's upkeep removes them)"
     );
     describe_counter!(
         "gatehouse_roster_refresh_users_total",
@@ -76,8 +77,15 @@ pub fn describe_metrics() {
 }
 
 /// A roster URL template: `%s` is replaced by the URL-encoded username.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its user information and query may hold secrets, so `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RosterUrl(String);
+
+impl fmt::Debug for RosterUrl {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_tuple("RosterUrl").field(&self.redacted()).finish()
+    }
+}
 
 /// Why a roster URL template is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +109,24 @@ impl RosterUrl {
             return Err(UrlError::Scheme);
         }
         Ok(RosterUrl(template.to_owned()))
+    }
+
+    /// The template with any user information and query replaced by `***`.
+    fn redacted(&self) -> String {
+        let Ok(mut url) = reqwest::Url::parse(&self.0) else {
+            // `parse` accepted the template, so this does not happen; show
+            // nothing rather than a secret if it ever does.
+            return "***".into();
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            // Only fails for URLs without a host, which `parse` refused.
+            let _ = url.set_password(None);
+            let _ = url.set_username("***");
+        }
+        if url.query().is_some() {
+            url.set_query(Some("***"));
+        }
+        url.to_string()
     }
 
     /// The URL of `user`'s roster.
@@ -250,6 +276,14 @@ impl RosterCache {
             cache: Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_live(settings.ttl)
+                // Every removal but a replacement (which never happens
+                // here: entries are only inserted when absent) takes one
+                // from the gauge that each insertion adds one to.
+                .eviction_listener(|_, _, cause| {
+                    if cause != RemovalCause::Replaced {
+                        metrics::gauge!("gatehouse_roster_cache_entries").decrement(1.0);
+                    }
+                })
                 .build(),
             client,
             url: settings.url,
@@ -273,14 +307,6 @@ impl Shared {
         &self.generations[hash as usize % GENERATION_SLOTS]
     }
 
-    /// Updates `gatehouse_roster_cache_entries` after the cache changed
-    /// (a fetch, a refresh); moka counts lazily, so its pending work is
-    /// done first.
-    async fn count_entries(&self) {
-        self.cache.run_pending_tasks().await;
-        metrics::gauge!("gatehouse_roster_cache_entries").set(self.cache.entry_count() as f64);
-    }
-
     /// The roster of `user`: concurrent lookups share one fetch, a failed
     /// fetch is not cached, and a roster fetched before the latest refresh
     /// of `user` is never returned.
@@ -296,7 +322,11 @@ impl Shared {
                 .await;
             if fetched {
                 metrics::counter!("gatehouse_roster_cache_misses_total").increment(1);
-                self.count_entries().await;
+                if result.is_ok() {
+                    // Added rather than set, so that several caches in one
+                    // process (as in the tests) sum up.
+                    metrics::gauge!("gatehouse_roster_cache_entries").increment(1.0);
+                }
             } else {
                 metrics::counter!("gatehouse_roster_cache_hits_total").increment(1);
             }
@@ -366,19 +396,12 @@ impl Shared {
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| RosterError::Request(e.to_string()))?;
+        let mut response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(RosterError::Status(response.status().as_u16()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| RosterError::Request(e.to_string()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
             if body.len() + chunk.len() > MAX_ROSTER_BYTES {
                 return Err(RosterError::TooLarge);
             }
@@ -386,6 +409,11 @@ impl Shared {
         }
         Ok(body)
     }
+}
+
+/// A failed request, without its URL: the URL may carry secrets.
+fn request_error(error: reqwest::Error) -> RosterError {
+    RosterError::Request(error.without_url().to_string())
 }
 
 impl Handler<GetRoster> for RosterCache {
@@ -409,9 +437,11 @@ impl Handler<Refresh> for RosterCache {
     }
 }
 
-/// Drops every named user's roster, then re-fetches those whose roster the
-/// Router holds (online users that asked for it or sent presence) and hands
-/// the new ones to the Router.
+/// Drops every named user's roster, then re-fetches those of the users
+/// with a bound resource and hands the new ones to the Router. Every online
+/// user is re-fetched, not only those whose roster the Router holds: a
+/// session may be about to hand the Router a roster it fetched before this
+/// refresh, and the Router keeps the newer of the two.
 async fn refresh(
     shared: Arc<Shared>,
     router: Addr<Router>,
@@ -420,43 +450,37 @@ async fn refresh(
     max_in_flight: usize,
 ) -> RefreshReport {
     let mut errors = 0;
-    // Online JIDs per valid username; usernames named twice count once.
+    // JIDs per username, nodeprep'd as logins are ("Alice" is alice); a
+    // username named twice counts once.
     let mut jids: BTreeMap<String, Vec<BareJid>> = BTreeMap::new();
-    for user in users {
-        if jids.contains_key(&user) {
-            continue;
-        }
-        let user_jids: Option<Vec<BareJid>> = hosts
-            .iter()
-            .map(|host| BareJid::new(&format!("{user}@{host}")).ok())
-            .collect();
-        match user_jids {
-            Some(user_jids) if !user.is_empty() && !user.contains(['@', '/']) => {
+    for name in users {
+        match user_jids(&name, hosts) {
+            Some((user, _)) if jids.contains_key(&user) => {}
+            Some((user, user_jids)) => {
                 // Bump before dropping: a fetch in flight then cannot be kept.
                 shared.generation(&user).fetch_add(1, Ordering::AcqRel);
                 shared.cache.invalidate(&user).await;
                 jids.insert(user, user_jids);
             }
-            _ => {
+            None => {
                 metrics::counter!("gatehouse_roster_refresh_users_total", "result" => "error")
                     .increment(1);
                 errors += 1;
             }
         }
     }
-    shared.count_entries().await;
     let usernames: HashMap<&BareJid, &str> = jids
         .iter()
         .flat_map(|(user, user_jids)| user_jids.iter().map(move |jid| (jid, user.as_str())))
         .collect();
-    let loaded = router
-        .send(LoadedRosters {
+    let bound = router
+        .send(OnlineUsers {
             jids: usernames.keys().map(|jid| (*jid).clone()).collect(),
         })
         .await
         .unwrap_or_default();
     let mut online: BTreeMap<&str, Vec<BareJid>> = BTreeMap::new();
-    for jid in loaded {
+    for jid in bound {
         if let Some(user) = usernames.get(&jid) {
             online.entry(user).or_default().push(jid);
         }
@@ -494,6 +518,17 @@ async fn refresh(
     }
 }
 
+/// A refreshed username as logins see it (nodeprep'd, RFC 7622) and its
+/// JID on every served domain; `None` when it is not a valid username.
+fn user_jids(name: &str, hosts: &[String]) -> Option<(String, Vec<BareJid>)> {
+    let user = jid::NodePart::new(name).ok()?.as_str().to_owned();
+    let jids = hosts
+        .iter()
+        .map(|host| BareJid::new(&format!("{user}@{host}")).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some((user, jids))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +540,29 @@ mod tests {
             url.for_user("jo hn/é~a.b_c-d"),
             "http://app.example/contacts/jo%20hn%2F%C3%A9~a.b_c-d?x=1"
         );
+    }
+
+    #[test]
+    fn url_secrets_are_not_in_debug_output() {
+        let url = RosterUrl::parse("https://app:hunter2@app.example/c/%s?key=s3cret").unwrap();
+        let text = format!("{url:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert!(!text.contains("app:"), "{text}");
+        assert!(text.contains("app.example/c/%s"), "{text}");
+    }
+
+    #[test]
+    fn refreshed_usernames_are_nodeprepped() {
+        let hosts = ["localhost".to_owned()];
+        let (user, jids) = user_jids("Alice", &hosts).unwrap();
+        assert_eq!(user, "alice");
+        assert_eq!(jids, [BareJid::new("alice@localhost").unwrap()]);
+        for bad in ["", "x@y", "a/b"] {
+            assert_eq!(user_jids(bad, &hosts), None, "{bad:?}");
+        }
     }
 
     #[test]

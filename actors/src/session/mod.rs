@@ -677,8 +677,10 @@ impl Session {
             // Rosters belong to the application: subscription requests and
             // answers are dropped (Prosody's mod_block_subscriptions).
             ("presence", _) if self.services.roster.is_some() && is_subscription(&el) => {}
-            // Presence without `to` is the resource's own availability.
-            ("presence", None) => return self.own_presence(me, el),
+            // Presence without `to` is the resource's own availability; a
+            // probe or error without `to` has no recipient and is dropped.
+            ("presence", None) if router::is_broadcast(&el) => return self.own_presence(me, el),
+            ("presence", None) => {}
             // Messages without `to` go to the sender's own bare JID.
             ("message", None) => {
                 let to = Jid::from(me.to_bare());
