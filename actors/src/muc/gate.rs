@@ -350,6 +350,53 @@ mod tests {
         assert_eq!(urlencode("é"), "%c3%a9");
     }
 
+    fn config(url: &str) -> GateConfig {
+        GateConfig {
+            url: url::Url::parse(url).unwrap(),
+            rooms: GatedRooms::Every,
+            insecure: false,
+            authorization_header: Some(reqwest::header::HeaderValue::from_static("Bearer s3cr3t")),
+            timeout: Duration::from_secs(10),
+            max_in_flight: 1,
+            queue: 0,
+        }
+    }
+
+    #[test]
+    fn the_authorization_header_is_sensitive() {
+        let gate = MucGate::new(config("http://gate.example/check")).unwrap();
+        let header = gate.config.authorization_header.as_ref().unwrap();
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("s3cr3t"));
+    }
+
+    #[actix_rt::test]
+    async fn a_transport_error_does_not_show_the_url() {
+        // A port nobody listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/check?api_key=k3y");
+        let gate = MucGate::new(config(&url)).unwrap().start();
+        let decision = gate
+            .send(Check {
+                user: FullJid::new("alice@x.example/r").unwrap(),
+                room: BareJid::new("tea@muc.example").unwrap(),
+                nickname: "Alice".into(),
+            })
+            .await
+            .unwrap();
+        let Decision::Failed(error @ GateError::Transport(_)) = decision else {
+            panic!("{decision:?}");
+        };
+        let shown = format!("{error} {error:?}");
+        for secret in ["k3y", "alice", "Alice", "/check"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
     #[test]
     fn verdicts() {
         assert!(matches!(
