@@ -368,3 +368,160 @@ pub fn describe_metrics() {
         "Groupchat messages broadcast by MUC rooms"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    //! The race no test over TCP can pin: a newer session's join that
+    //! reaches the room before the replaced session's departure. The real
+    //! service and rooms run; an inbox stands in for each client's session.
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// Keeps what the MUC sends one client.
+    struct Inbox(mpsc::UnboundedSender<Element>);
+
+    impl Actor for Inbox {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ToSession> for Inbox {
+        type Result = ();
+
+        fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+            if let ToSession::Stanza(el) = msg {
+                let _ = self.0.send(el);
+            }
+        }
+    }
+
+    fn inbox() -> (Recipient<ToSession>, mpsc::UnboundedReceiver<Element>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Inbox(tx).start().recipient(), rx)
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Element>) -> Element {
+        tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("a stanza in time")
+            .expect("inbox open")
+    }
+
+    fn stanza(xml: &str) -> Element {
+        xml.parse().expect("test stanza")
+    }
+
+    fn join(nick: &str) -> Element {
+        stanza(&format!(
+            "<presence xmlns='jabber:client' to='tea@rooms.example/{nick}'>\
+             <x xmlns='{NS_MUC}'/></presence>"
+        ))
+    }
+
+    /// A stanza's `from` and `type`.
+    fn from_and_type(el: &Element) -> (String, Option<String>) {
+        (
+            el.attr("from").unwrap_or_default().to_owned(),
+            el.attr("type").map(str::to_owned),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_newer_session_joining_before_the_older_departs_takes_its_place() {
+        let muc = MucService::start(MucConfig {
+            domain: "rooms.example".into(),
+            persistent_rooms: HashSet::new(),
+            max_occupants: 10,
+            history: 5,
+            gate: None,
+        })
+        .unwrap()
+        .service;
+        let alice = FullJid::new("alice@example/r").unwrap();
+        let bob = FullJid::new("bob@example/r").unwrap();
+        let (old, mut old_rx) = inbox();
+        let (new, mut new_rx) = inbox();
+        let (bobs, mut bob_rx) = inbox();
+        let send = |from: &FullJid, session, mailbox: &Recipient<ToSession>, stanza| {
+            muc.do_send(Incoming {
+                from: from.clone(),
+                session,
+                mailbox: mailbox.clone(),
+                stanza,
+            })
+        };
+        send(&alice, 1, &old, join("Alice"));
+        assert!(next(&mut old_rx).await.is("presence", ns::CLIENT));
+        next(&mut old_rx).await; // the subject
+        send(&bob, 3, &bobs, join("Bob"));
+        for _ in 0..3 {
+            next(&mut bob_rx).await; // Alice, Bob, the subject
+        }
+        next(&mut old_rx).await; // Bob arrives
+
+        send(&alice, 2, &new, join("Alice"));
+        let got: Vec<_> = [
+            next(&mut new_rx).await,
+            next(&mut new_rx).await,
+            next(&mut new_rx).await,
+        ]
+        .to_vec();
+        let who: Vec<_> = got.iter().map(from_and_type).collect();
+        assert_eq!(
+            who,
+            [
+                ("tea@rooms.example/Bob".to_owned(), None),
+                ("tea@rooms.example/Alice".to_owned(), None),
+                ("tea@rooms.example".to_owned(), Some("groupchat".to_owned())),
+            ]
+        );
+        let own = got[1].get_child("x", NS_MUC_USER).unwrap();
+        assert!(own.children().any(|s| s.attr("code") == Some("110")));
+        // Bob sees a presence update, not a leave.
+        assert_eq!(
+            from_and_type(&next(&mut bob_rx).await),
+            ("tea@rooms.example/Alice".to_owned(), None)
+        );
+
+        // The older session's departure, arriving late, removes nobody.
+        muc.do_send(Departed {
+            jid: alice.clone(),
+            session: 1,
+        });
+        send(
+            &bob,
+            3,
+            &bobs,
+            stanza(
+                "<message xmlns='jabber:client' to='tea@rooms.example' type='groupchat'>\
+                 <body>still here?</body></message>",
+            ),
+        );
+        assert_eq!(
+            from_and_type(&next(&mut bob_rx).await),
+            (
+                "tea@rooms.example/Bob".to_owned(),
+                Some("groupchat".to_owned())
+            )
+        );
+        assert!(next(&mut new_rx)
+            .await
+            .get_child("body", ns::CLIENT)
+            .is_some());
+        // The older session hears nothing more from the room.
+        assert!(old_rx.try_recv().is_err());
+
+        // The newer session's end removes Alice.
+        muc.do_send(Departed {
+            jid: alice,
+            session: 2,
+        });
+        assert_eq!(
+            from_and_type(&next(&mut bob_rx).await),
+            (
+                "tea@rooms.example/Alice".to_owned(),
+                Some("unavailable".to_owned())
+            )
+        );
+    }
+}
