@@ -371,9 +371,11 @@ pub fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
-    //! The race no test over TCP can pin: a newer session's join that
-    //! reaches the room before the replaced session's departure. The real
-    //! service and rooms run; an inbox stands in for each client's session.
+    //! Orderings no test over TCP can pin down: a newer session's join that
+    //! reaches the room before the replaced session's departure, and a
+    //! room's release of a refused join that reaches the service after the
+    //! next join. The real service and rooms run; an inbox stands in for
+    //! each client's session.
     use super::*;
     use std::time::Duration;
     use tokio::sync::mpsc;
@@ -395,16 +397,48 @@ mod tests {
         }
     }
 
-    fn inbox() -> (Recipient<ToSession>, mpsc::UnboundedReceiver<Element>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Inbox(tx).start().recipient(), rx)
+    /// One client session: its JID, its id, and what the MUC sent it.
+    struct Client {
+        jid: FullJid,
+        session: u64,
+        mailbox: Recipient<ToSession>,
+        inbox: mpsc::UnboundedReceiver<Element>,
     }
 
-    async fn next(rx: &mut mpsc::UnboundedReceiver<Element>) -> Element {
-        tokio::time::timeout(Duration::from_secs(15), rx.recv())
-            .await
-            .expect("a stanza in time")
-            .expect("inbox open")
+    impl Client {
+        fn new(jid: &str, session: u64) -> Client {
+            let (tx, inbox) = mpsc::unbounded_channel();
+            Client {
+                jid: FullJid::new(jid).unwrap(),
+                session,
+                mailbox: Inbox(tx).start().recipient(),
+                inbox,
+            }
+        }
+
+        fn send(&self, muc: &Addr<MucService>, stanza: Element) {
+            muc.do_send(Incoming {
+                from: self.jid.clone(),
+                session: self.session,
+                mailbox: self.mailbox.clone(),
+                stanza,
+            });
+        }
+
+        /// The session ends.
+        fn depart(&self, muc: &Addr<MucService>) {
+            muc.do_send(Departed {
+                jid: self.jid.clone(),
+                session: self.session,
+            });
+        }
+
+        async fn next(&mut self) -> Element {
+            tokio::time::timeout(Duration::from_secs(15), self.inbox.recv())
+                .await
+                .expect("a stanza in time")
+                .expect("inbox open")
+        }
     }
 
     fn stanza(xml: &str) -> Element {
@@ -426,9 +460,8 @@ mod tests {
         )
     }
 
-    #[actix_rt::test]
-    async fn a_newer_session_joining_before_the_older_departs_takes_its_place() {
-        let muc = MucService::start(MucConfig {
+    fn service() -> Addr<MucService> {
+        MucService::start(MucConfig {
             domain: "rooms.example".into(),
             persistent_rooms: HashSet::new(),
             max_occupants: 10,
@@ -436,36 +469,60 @@ mod tests {
             gate: None,
         })
         .unwrap()
-        .service;
-        let alice = FullJid::new("alice@example/r").unwrap();
-        let bob = FullJid::new("bob@example/r").unwrap();
-        let (old, mut old_rx) = inbox();
-        let (new, mut new_rx) = inbox();
-        let (bobs, mut bob_rx) = inbox();
-        let send = |from: &FullJid, session, mailbox: &Recipient<ToSession>, stanza| {
-            muc.do_send(Incoming {
-                from: from.clone(),
-                session,
-                mailbox: mailbox.clone(),
-                stanza,
-            })
-        };
-        send(&alice, 1, &old, join("Alice"));
-        assert!(next(&mut old_rx).await.is("presence", ns::CLIENT));
-        next(&mut old_rx).await; // the subject
-        send(&bob, 3, &bobs, join("Bob"));
-        for _ in 0..3 {
-            next(&mut bob_rx).await; // Alice, Bob, the subject
-        }
-        next(&mut old_rx).await; // Bob arrives
+        .service
+    }
 
-        send(&alice, 2, &new, join("Alice"));
-        let got: Vec<_> = [
-            next(&mut new_rx).await,
-            next(&mut new_rx).await,
-            next(&mut new_rx).await,
-        ]
-        .to_vec();
+    /// `(from, type)` of an occupant's unavailable presence.
+    fn left(nick: &str) -> (String, Option<String>) {
+        (
+            format!("tea@rooms.example/{nick}"),
+            Some("unavailable".to_owned()),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_does_not_forget_a_join_sent_after_it() {
+        let muc = service();
+        let mut alice = Client::new("alice@example/r", 1);
+        let mut bob = Client::new("bob@example/r", 2);
+        bob.send(&muc, join("Bob"));
+        bob.next().await;
+        bob.next().await;
+        // Refused (nickname taken), then admitted: the service hands both
+        // on before the room's release for the first comes back, which
+        // must not make it forget that Alice's session is in the room.
+        alice.send(&muc, join("Bob"));
+        alice.send(&muc, join("Alice"));
+        assert_eq!(
+            alice.next().await.attr("type"),
+            Some("error"),
+            "the first join is refused"
+        );
+        for _ in 0..3 {
+            alice.next().await; // Bob, Alice, the subject
+        }
+        bob.next().await; // Alice arrives
+        alice.depart(&muc);
+        assert_eq!(from_and_type(&bob.next().await), left("Alice"));
+    }
+
+    #[actix_rt::test]
+    async fn a_newer_session_joining_before_the_older_departs_takes_its_place() {
+        let muc = service();
+        let mut old = Client::new("alice@example/r", 1);
+        let mut new = Client::new("alice@example/r", 2);
+        let mut bob = Client::new("bob@example/r", 3);
+        old.send(&muc, join("Alice"));
+        assert!(old.next().await.is("presence", ns::CLIENT));
+        old.next().await; // the subject
+        bob.send(&muc, join("Bob"));
+        for _ in 0..3 {
+            bob.next().await; // Alice, Bob, the subject
+        }
+        old.next().await; // Bob arrives
+
+        new.send(&muc, join("Alice"));
+        let got = [new.next().await, new.next().await, new.next().await];
         let who: Vec<_> = got.iter().map(from_and_type).collect();
         assert_eq!(
             who,
@@ -479,49 +536,32 @@ mod tests {
         assert!(own.children().any(|s| s.attr("code") == Some("110")));
         // Bob sees a presence update, not a leave.
         assert_eq!(
-            from_and_type(&next(&mut bob_rx).await),
+            from_and_type(&bob.next().await),
             ("tea@rooms.example/Alice".to_owned(), None)
         );
 
         // The older session's departure, arriving late, removes nobody.
-        muc.do_send(Departed {
-            jid: alice.clone(),
-            session: 1,
-        });
-        send(
-            &bob,
-            3,
-            &bobs,
+        old.depart(&muc);
+        bob.send(
+            &muc,
             stanza(
                 "<message xmlns='jabber:client' to='tea@rooms.example' type='groupchat'>\
                  <body>still here?</body></message>",
             ),
         );
         assert_eq!(
-            from_and_type(&next(&mut bob_rx).await),
+            from_and_type(&bob.next().await),
             (
                 "tea@rooms.example/Bob".to_owned(),
                 Some("groupchat".to_owned())
             )
         );
-        assert!(next(&mut new_rx)
-            .await
-            .get_child("body", ns::CLIENT)
-            .is_some());
+        assert!(new.next().await.get_child("body", ns::CLIENT).is_some());
         // The older session hears nothing more from the room.
-        assert!(old_rx.try_recv().is_err());
+        assert!(old.inbox.try_recv().is_err());
 
         // The newer session's end removes Alice.
-        muc.do_send(Departed {
-            jid: alice,
-            session: 2,
-        });
-        assert_eq!(
-            from_and_type(&next(&mut bob_rx).await),
-            (
-                "tea@rooms.example/Alice".to_owned(),
-                Some("unavailable".to_owned())
-            )
-        );
+        new.depart(&muc);
+        assert_eq!(from_and_type(&bob.next().await), left("Alice"));
     }
 }
