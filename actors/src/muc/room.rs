@@ -3,7 +3,7 @@
 //!
 //! It owns one room's state. It must not decide whether a room exists (the
 //! service creates it and forgets it when the room reports it is vacant),
-//! nor decide a gated join itself (it asks the [`MucGate`]).
+//! nor decide a gated join itself (it asks the [`MucGate`](super::gate::MucGate)).
 
 use super::gate::{Check, Decision, GateError};
 use super::{
