@@ -229,9 +229,10 @@ fn muc_settings(muc: &config::MucConfig) -> MucConfig {
                 (None, None) => GatedRooms::Every,
             },
             insecure: gate.insecure,
-            authorization_header: gate.authorization_header.as_ref().map(|s| s.0.clone()),
+            authorization_header: gate.authorization_value(),
             timeout: gate.timeout,
             max_in_flight: gate.max_in_flight,
+            queue: gate.queue,
         }),
     }
 }

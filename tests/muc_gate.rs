@@ -26,6 +26,11 @@ async fn decisions(server: &TestServer, outcome: &str) -> f64 {
     )
 }
 
+/// Held by every test here whose gate denies joins, so that the test of
+/// failures can assert that no denial was counted while it ran (all
+/// servers of this binary share one metrics recorder).
+static DENIALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Allows alice, denies everyone else with a reason for the logs.
 fn alice_only(request: &GateRequest) -> Reply {
     if request.params["userJID"] == "alice@localhost" {
@@ -37,6 +42,7 @@ fn alice_only(request: &GateRequest) -> Reply {
 
 #[actix_rt::test]
 async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
+    let _denials = DENIALS.lock().await;
     let gate = Gate::start(alice_only).await;
     let server = gated(&gate.url, "");
     let allowed_before = decisions(&server, "allowed").await;
@@ -136,16 +142,38 @@ async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
     );
 }
 
-#[actix_rt::test]
-async fn requests_in_flight_are_bounded() {
-    let gate = Gate::start(slow_for("nickname", "slow", Duration::from_millis(500))).await;
-    let server = gated(&gate.url, "max_in_flight = 1\ntimeout = \"10s\"");
+/// A server whose gate has one request slot (and `extra` keys), taken by
+/// alice's join as `slow`, which `gate` answers after `delay`. Returns the
+/// server, alice and bob.
+async fn the_only_slot_taken(delay: Duration, extra: &str) -> (Gate, TestServer, Client, Client) {
+    let gate = Gate::start(slow_for("nickname", "slow", delay)).await;
+    let server = gated(&gate.url, &format!("max_in_flight = 1\n{extra}"));
     let mut alice = login(&server, "alice", "wonderland").await;
-    let mut bob = login(&server, "bob", "builder").await;
+    let bob = login(&server, "bob", "builder").await;
     alice
         .send("<presence to='tea@rooms.localhost/slow'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
         .await;
     gate.received(1).await;
+    (gate, server, alice, bob)
+}
+
+/// Scrapes until more than `before` gate errors were counted (a decision
+/// is counted just after the client gets its answer).
+async fn errors_above(server: &TestServer, what: &str, before: f64) -> String {
+    server
+        .metrics_when(what, |scrape| {
+            sample(
+                scrape,
+                "gatehouse_muc_gate_decisions_total{outcome=\"error\"}",
+            ) > before
+        })
+        .await
+}
+
+#[actix_rt::test]
+async fn requests_in_flight_are_bounded() {
+    let (gate, _server, mut alice, mut bob) =
+        the_only_slot_taken(Duration::from_millis(500), "timeout = \"10s\"").await;
     // The second join waits for the only slot: its request reaches the
     // gate after the first one was answered, and both get in.
     join(&mut bob, "tea", "fast").await.unwrap();
@@ -156,8 +184,14 @@ async fn requests_in_flight_are_bounded() {
     assert_eq!(requests[1].answered_before, 1);
 }
 
+/// A valid verdict that admits, padded past the 64 KiB the server reads.
+fn oversized_verdict() -> String {
+    format!(r#"{{"allowed": true, "pad": "{}"}}"#, "x".repeat(70 * 1024))
+}
+
 #[actix_rt::test]
 async fn every_failure_denies_and_counts_as_error() {
+    let _denials = DENIALS.lock().await;
     let gate = Gate::start(|request| match request.params["nickname"].as_str() {
         "hang" => Reply::Hang,
         "e500" => Reply::Status(500, r#"{"allowed": true}"#.into()),
@@ -165,31 +199,63 @@ async fn every_failure_denies_and_counts_as_error() {
         "missing" => Reply::json(r#"{"error": "no verdict"}"#),
         "string" => Reply::json(r#"{"allowed": "true"}"#),
         "number" => Reply::json(r#"{"allowed": 1}"#),
+        "huge" => Reply::json(&oversized_verdict()),
         _ => Reply::json(r#"{"allowed": true}"#),
     })
     .await;
     let server = gated(&gate.url, "timeout = \"1s\"");
-    let errors_before = decisions(&server, "error").await;
+    let refused = gated(&refused_url().await, "");
     let mut alice = login(&server, "alice", "wonderland").await;
-    let kinds = ["hang", "e500", "text", "missing", "string", "number"];
+    let mut bob = login(&refused, "bob", "builder").await;
+    // The last kind: nothing listens on the gate's port.
+    let kinds = [
+        "hang", "e500", "text", "missing", "string", "number", "huge", "refused",
+    ];
     for nick in kinds {
+        let errors = decisions(&server, "error").await;
+        let denied = decisions(&server, "denied").await;
+        let client = if nick == "refused" {
+            &mut bob
+        } else {
+            &mut alice
+        };
         assert_eq!(
-            join(&mut alice, "tea", nick).await,
+            join(client, "tea", nick).await,
             Err("not-authorized".into()),
+            "{nick}"
+        );
+        // Other tests of this binary may add errors meanwhile, never
+        // denials. (Every server here shares one recorder, so the refused
+        // gate's server counts in this scrape too.)
+        let scrape = errors_above(&server, nick, errors).await;
+        assert_eq!(
+            sample(
+                &scrape,
+                "gatehouse_muc_gate_decisions_total{outcome=\"denied\"}"
+            ),
+            denied,
             "{nick}"
         );
     }
     // A gate that answers properly still admits.
     join(&mut alice, "tea", "fine").await.unwrap();
+}
 
-    // Nothing listens on the gate's port.
-    let refused = gated(&refused_url().await, "");
-    let mut bob = login(&refused, "bob", "builder").await;
-    assert_eq!(
-        join(&mut bob, "tea", "Bob").await,
-        Err("not-authorized".into())
-    );
-    assert!(decisions(&server, "error").await >= errors_before + kinds.len() as f64 + 1.0);
+#[actix_rt::test]
+async fn a_full_waiting_queue_refuses_at_once() {
+    let (gate, server, _alice, mut bob) =
+        the_only_slot_taken(Duration::from_secs(20), "queue = 0\ntimeout = \"20s\"").await;
+    // The only slot is taken and nobody may wait: refused without asking
+    // the gate, with an error that says to try again later.
+    let errors = decisions(&server, "error").await;
+    bob.send("<presence to='tea@rooms.localhost/fast'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let refused = bob.element().await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(condition(&refused), "resource-constraint");
+    assert_eq!(error_type(&refused), "wait");
+    assert_eq!(gate.requests().len(), 1);
+    errors_above(&server, "busy counted as error", errors).await;
 }
 
 /// Joins `room` as alice and says whether she got in.
@@ -218,6 +284,7 @@ fn rooms_asked(gate: &Gate) -> Vec<String> {
 async fn enabled_for_and_disabled_for_pick_the_gated_rooms() {
     let lists = r#"{ localhost = ["tea"], all = ["coffee"], "other.example" = ["juice"] }"#;
     // Alice is at localhost: lists for other.example do not apply to her.
+    let _denials = DENIALS.lock().await;
     for (key, gated_rooms, free_rooms) in [
         ("enabled_for", ["coffee", "tea"], ["juice", "lobby"]),
         ("disabled_for", ["juice", "lobby"], ["coffee", "tea"]),
@@ -247,10 +314,12 @@ async fn existing_query_encoding_and_authorization_header() {
     let mut alice = login(&server, "alice", "wonderland").await;
     join(&mut alice, "tea", "Al &amp; Bo+é").await.unwrap();
     let request = &gate.requests()[0];
+    // Encoded as Prosody's util.http.urlencode does: all but
+    // [A-Za-z0-9.~_-] as lowercase %xx, a space as %20.
     assert_eq!(
         request.target,
         "/check?tenant=7&x=a%20b&userJID=alice%40localhost&mucJID=tea%40rooms.localhost\
-         &nickname=Al+%26+Bo%2B%C3%A9"
+         &nickname=Al%20%26%20Bo%2b%c3%a9"
     );
     assert_eq!(request.params["nickname"], "Al & Bo+é");
     assert_eq!(request.params["tenant"], "7");

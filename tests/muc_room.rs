@@ -152,18 +152,29 @@ async fn messages_subject_private_and_history() {
             .text(),
         "Tea time"
     );
+    // With a body (XEP-0045 §8.1) a subject is a normal message: relayed
+    // and kept in history, the subject stays.
+    alice
+        .send("<message to='tea@rooms.localhost' type='groupchat'><subject>Not it</subject><body>hello 6</body></message>")
+        .await;
+    let echo = alice.element().await;
+    assert_eq!(echo.get_child("body", CLIENT).unwrap().text(), "hello 6");
 
-    // A joiner gets the last 3 messages, delayed, then the subject.
+    // A joiner gets every occupant's presence, then the last 3 messages,
+    // delayed, then the subject.
     let got = join(&mut bob, "tea", "Bob").await.unwrap();
-    let history: Vec<_> = got
-        .iter()
-        .filter(|el| el.get_child("body", CLIENT).is_some())
-        .collect();
+    let kinds: Vec<&str> = got.iter().map(|el| el.name()).collect();
+    assert_eq!(
+        kinds,
+        ["presence", "presence", "message", "message", "message", "message"],
+        "{got:?}"
+    );
+    let history = &got[2..5];
     let bodies: Vec<String> = history
         .iter()
         .map(|m| m.get_child("body", CLIENT).unwrap().text())
         .collect();
-    assert_eq!(bodies, ["hello 3", "hello 4", "hello 5"]);
+    assert_eq!(bodies, ["hello 4", "hello 5", "hello 6"]);
     let delay = history[0].get_child("delay", "urn:xmpp:delay").unwrap();
     assert_eq!(delay.attr("from"), Some("tea@rooms.localhost"));
     assert!(delay.attr("stamp").unwrap().ends_with('Z'));
@@ -174,6 +185,17 @@ async fn messages_subject_private_and_history() {
         "Tea time"
     );
     until(&mut alice, |el| el.is("presence", CLIENT)).await;
+
+    // A subject change reaches every occupant, from the changer.
+    bob.send(
+        "<message to='tea@rooms.localhost' type='groupchat'><subject>Cake</subject></message>",
+    )
+    .await;
+    for c in [&mut alice, &mut bob] {
+        let m = c.element().await;
+        assert_eq!(m.attr("from"), Some("tea@rooms.localhost/Bob"));
+        assert_eq!(m.get_child("subject", CLIENT).unwrap().text(), "Cake");
+    }
 
     // Groupchat reaches both, from the sender's occupant JID.
     bob.send("<message to='tea@rooms.localhost' type='groupchat'><body>hi all</body></message>")
@@ -231,10 +253,14 @@ async fn max_occupants_disco_and_room_lifetime() {
     let mut colon = login(&server, "colon", "pa:ss:word").await;
     join(&mut alice, "tea", "A").await.unwrap();
     join(&mut bob, "tea", "B").await.unwrap();
-    assert_eq!(
-        join(&mut colon, "tea", "C").await,
-        Err("service-unavailable".into())
-    );
+    // Full: a retryable refusal (XEP-0045 §7.2.10).
+    colon
+        .send("<presence to='tea@rooms.localhost/C'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let full = colon.element().await;
+    assert_eq!(full.attr("type"), Some("error"));
+    assert_eq!(condition(&full), "service-unavailable");
+    assert_eq!(error_type(&full), "wait");
 
     // The service lists its rooms and describes itself and them. A
     // persistent room exists before anyone joins: its first joiner does
@@ -272,6 +298,17 @@ async fn max_occupants_disco_and_room_lifetime() {
         features.contains(&"muc_temporary".to_owned()),
         "{features:?}"
     );
+    // A room has no items of its own (occupants are not listed).
+    colon
+        .send("<iq type='get' id='ri' to='tea@rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        .await;
+    let items = colon.element().await;
+    assert_eq!(items.attr("type"), Some("result"), "{items:?}");
+    assert_eq!(items.attr("id"), Some("ri"));
+    let query = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap();
+    assert_eq!(query.children().count(), 0);
 
     // When everyone leaves, a temporary room goes; a persistent one stays.
     for (c, nick) in [(&mut alice, "A"), (&mut bob, "B")] {
@@ -303,6 +340,133 @@ async fn max_occupants_disco_and_room_lifetime() {
     let reply = colon.element().await;
     assert!(reply.is("iq", CLIENT), "{reply:?}");
     assert_eq!(condition(&reply), "item-not-found");
+}
+
+/// The `from` of each stanza.
+fn froms(got: &[minidom::Element]) -> Vec<String> {
+    got.iter()
+        .map(|el| el.attr("from").unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Polls the service's room list until `wanted` holds.
+async fn rooms_until(c: &mut Client, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let rooms = disco_items(c).await;
+        if wanted(&rooms) {
+            return rooms;
+        }
+        assert!(std::time::Instant::now() < deadline, "rooms: {rooms:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_login_that_replaces_a_session_joins_again_and_leaves_no_ghost() {
+    let server = TestServer::start(&muc_config("max_occupants = 2"));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "again", "Alice").await.unwrap();
+    let mut bob = login(&server, "bob", "builder").await;
+    join(&mut bob, "again", "Bob").await.unwrap();
+    until(&mut alice, |el| el.is("presence", CLIENT)).await;
+
+    // A second login bound to the same full JID replaces the first.
+    let mut alice2 = login(&server, "alice", "wonderland").await;
+    assert_eq!(alice.stream_error().await, "conflict");
+    // Joining again with the same nickname is a whole join: everyone's
+    // presence, its own with 110, then the subject.
+    let got = join(&mut alice2, "again", "Alice").await.unwrap();
+    assert_eq!(
+        froms(&got),
+        [
+            "again@rooms.localhost/Bob",
+            "again@rooms.localhost/Alice",
+            "again@rooms.localhost"
+        ],
+        "{got:?}"
+    );
+    assert!(codes(&got[1]).contains(&"110".to_owned()), "{got:?}");
+    // Bob sees Alice still (or again) there, never a third occupant.
+    let seen = until(&mut bob, |el| {
+        el.is("presence", CLIENT) && el.attr("type").is_none()
+    })
+    .await;
+    assert_eq!(seen.attr("from"), Some("again@rooms.localhost/Alice"));
+
+    // Room traffic reaches the new session.
+    bob.send("<message to='again@rooms.localhost' type='groupchat'><body>back?</body></message>")
+        .await;
+    let m = until(&mut alice2, |el| el.is("message", CLIENT)).await;
+    assert_eq!(m.get_child("body", CLIENT).unwrap().text(), "back?");
+
+    // Two occupants, not three: a third is refused while both are in, and
+    // admitted once Bob has left.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    assert_eq!(
+        join(&mut colon, "again", "Colon").await,
+        Err("service-unavailable".into())
+    );
+    bob.send("<presence to='again@rooms.localhost/Bob' type='unavailable'/>")
+        .await;
+    until(&mut alice2, |el| el.attr("type") == Some("unavailable")).await;
+    let got = join(&mut colon, "again", "Colon").await.unwrap();
+    let presences: Vec<_> = got
+        .iter()
+        .filter(|el| el.is("presence", CLIENT))
+        .cloned()
+        .collect();
+    assert_eq!(
+        froms(&presences),
+        ["again@rooms.localhost/Alice", "again@rooms.localhost/Colon"],
+        "{got:?}"
+    );
+
+    // When the new session and Colon leave, the temporary room goes.
+    colon
+        .send("<presence to='again@rooms.localhost/Colon' type='unavailable'/>")
+        .await;
+    alice2
+        .send("<presence to='again@rooms.localhost/Alice' type='unavailable'/>")
+        .await;
+    until(&mut alice2, |el| {
+        el.attr("from") == Some("again@rooms.localhost/Alice")
+            && el.attr("type") == Some("unavailable")
+    })
+    .await;
+    rooms_until(&mut bob, |rooms| rooms.is_empty()).await;
+}
+
+#[actix_rt::test]
+async fn a_replaced_session_leaves_its_rooms_and_the_new_login_joins_anew() {
+    let server = TestServer::start(&muc_config(""));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "renamed", "Alice").await.unwrap();
+    let mut bob = login(&server, "bob", "builder").await;
+    join(&mut bob, "renamed", "Bob").await.unwrap();
+
+    // The replaced session leaves at once, whether or not the new login
+    // ever joins.
+    let mut alice2 = login(&server, "alice", "wonderland").await;
+    assert_eq!(alice.stream_error().await, "conflict");
+    let gone = until(&mut bob, |el| el.is("presence", CLIENT)).await;
+    assert_eq!(gone.attr("from"), Some("renamed@rooms.localhost/Alice"));
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    assert!(!codes(&gone).contains(&"303".to_owned()), "{gone:?}");
+
+    let got = join(&mut alice2, "renamed", "Alicia").await.unwrap();
+    assert_eq!(
+        froms(&got),
+        [
+            "renamed@rooms.localhost/Bob",
+            "renamed@rooms.localhost/Alicia",
+            "renamed@rooms.localhost"
+        ],
+        "{got:?}"
+    );
+    let came = until(&mut bob, |el| el.is("presence", CLIENT)).await;
+    assert_eq!(came.attr("from"), Some("renamed@rooms.localhost/Alicia"));
+    assert_eq!(came.attr("type"), None);
 }
 
 #[actix_rt::test]

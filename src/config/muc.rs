@@ -7,6 +7,7 @@
 
 use super::{domain_problem, Problems, Secret};
 use serde::Deserialize;
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ const MAX_OCCUPANTS: RangeInclusive<usize> = 1..=100_000;
 const HISTORY: RangeInclusive<usize> = 0..=10_000;
 /// Zero would deny every gated join.
 const GATE_IN_FLIGHT: RangeInclusive<usize> = 1..=10_000;
+/// Zero refuses a join at once whenever every request slot is busy.
+const GATE_QUEUE: RangeInclusive<usize> = 0..=100_000;
 
 /// `[muc]`: the multi-user chat service.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,8 +44,9 @@ pub struct MucConfig {
 
 pub use gatehouse_actors::muc::gate::RoomLists;
 
-/// `[muc.http_auth]`: the join gate of `mod_muc_http_auth`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[muc.http_auth]`: the join gate of `mod_muc_http_auth`. Its `Debug`
+/// masks the URL's user info and query, which may hold credentials.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MucHttpAuthConfig {
     /// The endpoint asked `?userJID=&mucJID=&nickname=` on each gated join.
@@ -68,6 +72,42 @@ pub struct MucHttpAuthConfig {
     /// unbounded connections to the gate.
     #[serde(default = "default_gate_in_flight")]
     pub max_in_flight: usize,
+    /// Joins that may wait for a request slot, so a join storm cannot
+    /// queue without bound; one more is refused at once.
+    #[serde(default = "default_gate_queue")]
+    pub queue: usize,
+}
+
+impl fmt::Debug for MucHttpAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MucHttpAuthConfig")
+            .field("url", &masked_url(&self.url))
+            .field("enabled_for", &self.enabled_for)
+            .field("disabled_for", &self.disabled_for)
+            .field("insecure", &self.insecure)
+            .field("authorization_header", &self.authorization_header)
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// `url` with its user info and query (API keys often live there) shown
+/// as `***`; all of it masked when it is not a URL.
+fn masked_url(url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(url) else {
+        return "***".to_owned();
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        // Only URLs that cannot have user info refuse these.
+        let _ = url.set_username("***");
+        let _ = url.set_password(None);
+    }
+    if url.query().is_some() {
+        url.set_query(Some("***"));
+    }
+    url.to_string()
 }
 
 fn default_max_occupants() -> usize {
@@ -84,6 +124,10 @@ fn default_gate_timeout() -> Duration {
 
 fn default_gate_in_flight() -> usize {
     64
+}
+
+fn default_gate_queue() -> usize {
+    1024
 }
 
 impl MucConfig {
@@ -164,11 +208,21 @@ impl MucHttpAuthConfig {
             self.max_in_flight,
             GATE_IN_FLIGHT,
         );
+        problems.range("muc.http_auth.queue", self.queue, GATE_QUEUE);
     }
 
     /// The parsed URL; validation has checked it.
     pub fn parsed_url(&self) -> url::Url {
         gate_url(&self.url).expect("validated: muc.http_auth.url")
+    }
+
+    /// The `Authorization` header value; validation has checked it is
+    /// printable ASCII, which is what a header value may be.
+    pub fn authorization_value(&self) -> Option<reqwest::header::HeaderValue> {
+        self.authorization_header.as_ref().map(|Secret(header)| {
+            reqwest::header::HeaderValue::from_str(header)
+                .expect("validated: muc.http_auth.authorization_header")
+        })
     }
 }
 
@@ -219,5 +273,23 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         assert_eq!(format!("{:?}", Secret("Basic abc".into())), "***");
+        assert_eq!(
+            masked_url("https://user:pw@gate.example/check?key=s3cr3t"),
+            "https://***@gate.example/check?***"
+        );
+        assert_eq!(
+            masked_url("http://gate.example/check"),
+            "http://gate.example/check"
+        );
+        let config: MucHttpAuthConfig = toml::from_str(
+            "url = \"https://gate.example/c?api_key=s3cr3t\"\nauthorization_header = \"Bearer tok\"",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok"),
+            "{shown}"
+        );
+        assert!(shown.contains("gate.example"), "{shown}");
     }
 }

@@ -249,7 +249,10 @@ pub async fn join(c: &mut Client, room: &str, nick: &str) -> Result<Vec<Element>
         if el.is("presence", CLIENT) && el.attr("type") == Some("error") {
             return Err(condition(&el));
         }
-        let done = el.is("message", CLIENT) && el.get_child("subject", CLIENT).is_some();
+        // The subject message (a subject, no body) ends the join.
+        let done = el.is("message", CLIENT)
+            && el.get_child("subject", CLIENT).is_some()
+            && el.get_child("body", CLIENT).is_none();
         got.push(el);
         if done {
             return Ok(got);

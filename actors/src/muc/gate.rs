@@ -2,7 +2,8 @@
 //! rooms are gated for which users, and the `GET url?userJID=&mucJID=&nickname=`
 //! request that decides a join.
 //!
-//! It owns the HTTP clients, the in-flight bound and the gate metrics. It
+//! It owns the HTTP client, the in-flight and queue bounds and the gate
+//! metrics. It
 //! must not touch room state or occupants: a Room asks, the gate answers
 //! with a [`Decision`], and the Room acts on it. It fails closed: anything
 //! but a 2xx JSON answer with a boolean `allowed` denies.
@@ -12,7 +13,11 @@ use jid::{BareJid, FullJid};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The largest gate answer read; a longer one is a failure. A verdict is a
+/// few dozen bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Room localparts per user domain (or `"all"`).
 pub type RoomLists = BTreeMap<String, BTreeSet<String>>;
@@ -54,11 +59,13 @@ pub struct GateConfig {
     /// Skip certificate verification (development gates only).
     pub insecure: bool,
     /// Sent verbatim as `Authorization` when set.
-    pub authorization_header: Option<String>,
+    pub authorization_header: Option<reqwest::header::HeaderValue>,
     /// Bound on one decision, waiting for a free slot included.
     pub timeout: Duration,
     /// Requests in flight at once; more wait for a slot within `timeout`.
     pub max_in_flight: usize,
+    /// Joins that may wait for a slot; one more is refused at once.
+    pub queue: usize,
 }
 
 /// Why a gate request produced no usable answer. Every one denies the join.
@@ -66,10 +73,16 @@ pub struct GateConfig {
 pub enum GateError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The error carries no URL: the URL holds the user's JID and nickname
+    /// and whatever secrets the configured query has.
     #[error("request failed: {0}")]
     Transport(#[source] reqwest::Error),
     #[error("HTTP status {0}")]
     Status(reqwest::StatusCode),
+    #[error("answer longer than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("every request slot is busy and the waiting queue is full")]
+    Busy,
     #[error("body is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
     #[error("`allowed` is missing or not a boolean")]
@@ -89,10 +102,6 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub fn allows(&self) -> bool {
-        matches!(self, Decision::Allowed)
-    }
-
     /// The `outcome` label of `gatehouse_muc_gate_decisions_total`.
     fn outcome(&self) -> &'static str {
         match self {
@@ -124,25 +133,28 @@ pub struct MucGate {
     client: reqwest::Client,
     /// Bounds requests in flight to `max_in_flight`.
     slots: Arc<Semaphore>,
+    /// Bounds requests in flight or waiting for a slot to
+    /// `max_in_flight + queue`; a join that gets none is refused at once.
+    admitted: Arc<Semaphore>,
 }
 
 impl MucGate {
     /// Builds the HTTP client. Fails only if the TLS backend cannot start.
-    pub fn new(config: GateConfig) -> Result<MucGate, reqwest::Error> {
+    pub fn new(mut config: GateConfig) -> Result<MucGate, reqwest::Error> {
         let mut builder = reqwest::Client::builder().timeout(config.timeout);
         if config.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
+        // Kept out of any debug output of the request.
+        if let Some(header) = &mut config.authorization_header {
+            header.set_sensitive(true);
+        }
         Ok(MucGate {
             client: builder.build()?,
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            admitted: Arc::new(Semaphore::new(config.max_in_flight + config.queue)),
             config: Arc::new(config),
         })
-    }
-
-    /// Whether a join by `user` to the room with localpart `room` is gated.
-    pub fn is_gated(config: &GateConfig, user: &FullJid, room: &str) -> bool {
-        config.rooms.is_gated(user.domain().as_str(), room)
     }
 }
 
@@ -150,14 +162,59 @@ impl Actor for MucGate {
     type Context = Context<Self>;
 }
 
-/// The request URL: the parameters appended with `?` or `&`, URL-encoded.
+/// Prosody's `util.http.urlencode`: every byte outside `A-Z a-z 0-9 . ~ _ -`
+/// as `%xx` (lowercase hex), so a space is `%20`, not `+`.
+fn urlencode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b".~_-".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// The request URL: the parameters appended with `?` or `&` (after a
+/// configured query), encoded as Prosody encodes them.
 fn request_url(base: &url::Url, check: &Check) -> url::Url {
+    let params = format!(
+        "userJID={}&mucJID={}&nickname={}",
+        urlencode(check.user.to_bare().as_str()),
+        urlencode(check.room.as_str()),
+        urlencode(&check.nickname)
+    );
+    let query = match base.query() {
+        Some(configured) if !configured.is_empty() => format!("{configured}&{params}"),
+        _ => params,
+    };
     let mut url = base.clone();
-    url.query_pairs_mut()
-        .append_pair("userJID", check.user.to_bare().as_str())
-        .append_pair("mucJID", check.room.as_str())
-        .append_pair("nickname", &check.nickname);
+    url.set_query(Some(&query));
     url
+}
+
+/// Reads a 2xx body, failing once it is longer than `MAX_BODY_BYTES`.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, GateError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+    {
+        return Err(GateError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(GateError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A transport error, its URL removed.
+fn transport(error: reqwest::Error) -> GateError {
+    GateError::Transport(error.without_url())
 }
 
 /// Reads the verdict out of a 2xx body.
@@ -175,10 +232,13 @@ fn verdict(body: &[u8]) -> Result<Decision, GateError> {
     }
 }
 
+/// Waits for a request slot, then asks the gate. `_admitted` is this
+/// request's place among those in flight or waiting, held to the end.
 async fn ask(
     client: reqwest::Client,
     config: Arc<GateConfig>,
     slots: Arc<Semaphore>,
+    _admitted: OwnedSemaphorePermit,
     url: url::Url,
 ) -> Result<Decision, GateError> {
     let _slot = slots
@@ -187,34 +247,40 @@ async fn ask(
         .expect("the semaphore is never closed");
     let mut request = client.get(url);
     if let Some(header) = &config.authorization_header {
-        request = request.header(reqwest::header::AUTHORIZATION, header);
+        request = request.header(reqwest::header::AUTHORIZATION, header.clone());
     }
-    let response = request.send().await.map_err(GateError::Transport)?;
+    let response = request.send().await.map_err(transport)?;
     if !response.status().is_success() {
         return Err(GateError::Status(response.status()));
     }
-    let body = response.bytes().await.map_err(GateError::Transport)?;
-    verdict(&body)
+    verdict(&read_body(response).await?)
 }
 
 impl Handler<Check> for MucGate {
     type Result = ResponseFuture<Decision>;
 
     fn handle(&mut self, check: Check, _: &mut Self::Context) -> Self::Result {
-        let url = request_url(&self.config.url, &check);
         let timeout = self.config.timeout;
-        let request = ask(
-            self.client.clone(),
-            self.config.clone(),
-            self.slots.clone(),
-            url,
-        );
+        // Taken here, in the order joins arrive, so a full queue refuses
+        // at once instead of adding a waiter.
+        let request = self.admitted.clone().try_acquire_owned().map(|admitted| {
+            ask(
+                self.client.clone(),
+                self.config.clone(),
+                self.slots.clone(),
+                admitted,
+                request_url(&self.config.url, &check),
+            )
+        });
         Box::pin(async move {
             let started = Instant::now();
-            let decision = match tokio::time::timeout(timeout, request).await {
-                Ok(Ok(decision)) => decision,
-                Ok(Err(error)) => Decision::Failed(error),
-                Err(_) => Decision::Failed(GateError::Timeout(timeout)),
+            let decision = match request {
+                Err(_) => Decision::Failed(GateError::Busy),
+                Ok(request) => match tokio::time::timeout(timeout, request).await {
+                    Ok(Ok(decision)) => decision,
+                    Ok(Err(error)) => Decision::Failed(error),
+                    Err(_) => Decision::Failed(GateError::Timeout(timeout)),
+                },
             };
             let outcome = decision.outcome();
             metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome)
@@ -271,13 +337,72 @@ mod tests {
         let url = request_url(&url::Url::parse("http://h/p?k=v").unwrap(), &check);
         assert_eq!(
             url.as_str(),
-            "http://h/p?k=v&userJID=ab%40x.example&mucJID=room%40muc.example&nickname=Ro%26meo+%C3%A9"
+            "http://h/p?k=v&userJID=ab%40x.example&mucJID=room%40muc.example&nickname=Ro%26meo%20%c3%a9"
         );
+        let url = request_url(&url::Url::parse("http://h/p").unwrap(), &check);
+        assert!(url.as_str().starts_with("http://h/p?userJID="), "{url}");
+    }
+
+    #[test]
+    fn urlencode_is_prosodys() {
+        assert_eq!(urlencode("aZ09.~_-"), "aZ09.~_-");
+        assert_eq!(urlencode("a b+c&d=e/f?"), "a%20b%2bc%26d%3de%2ff%3f");
+        assert_eq!(urlencode("é"), "%c3%a9");
+    }
+
+    fn config(url: &str) -> GateConfig {
+        GateConfig {
+            url: url::Url::parse(url).unwrap(),
+            rooms: GatedRooms::Every,
+            insecure: false,
+            authorization_header: Some(reqwest::header::HeaderValue::from_static("Bearer s3cr3t")),
+            timeout: Duration::from_secs(10),
+            max_in_flight: 1,
+            queue: 0,
+        }
+    }
+
+    #[test]
+    fn the_authorization_header_is_sensitive() {
+        let gate = MucGate::new(config("http://gate.example/check")).unwrap();
+        let header = gate.config.authorization_header.as_ref().unwrap();
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("s3cr3t"));
+    }
+
+    #[actix_rt::test]
+    async fn a_transport_error_does_not_show_the_url() {
+        // A port nobody listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/check?api_key=k3y");
+        let gate = MucGate::new(config(&url)).unwrap().start();
+        let decision = gate
+            .send(Check {
+                user: FullJid::new("alice@x.example/r").unwrap(),
+                room: BareJid::new("tea@muc.example").unwrap(),
+                nickname: "Alice".into(),
+            })
+            .await
+            .unwrap();
+        let Decision::Failed(error @ GateError::Transport(_)) = decision else {
+            panic!("{decision:?}");
+        };
+        let shown = format!("{error} {error:?}");
+        for secret in ["k3y", "alice", "Alice", "/check"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]
     fn verdicts() {
-        assert!(verdict(br#"{"allowed": true}"#).unwrap().allows());
+        assert!(matches!(
+            verdict(br#"{"allowed": true}"#),
+            Ok(Decision::Allowed)
+        ));
         match verdict(br#"{"allowed": false, "error": "nope"}"#).unwrap() {
             Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("nope")),
             other => panic!("{other:?}"),

@@ -13,7 +13,7 @@ use crate::router::ToSession;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
-use gate::{GateConfig, MucGate};
+use gate::{GateConfig, GatedRooms, MucGate};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use room::Room;
@@ -54,6 +54,9 @@ pub struct MucHandle {
 pub struct Incoming {
     /// The sender's bound JID: who joins, speaks or leaves.
     pub from: FullJid,
+    /// The sender's session id: tells it apart from an older or newer
+    /// session bound to the same full JID (a login that replaced it).
+    pub session: u64,
     /// Where the MUC writes to this client: replies, room traffic.
     pub mailbox: Recipient<ToSession>,
     /// The stanza as the client sent it, `to` naming the service, a room
@@ -61,12 +64,66 @@ pub struct Incoming {
     pub stanza: Element,
 }
 
-/// A client's session ended: it leaves every room it is in.
+impl Incoming {
+    /// Answers the stanza with `error` (nothing for an error stanza).
+    fn reply_error(&self, error: StanzaError) {
+        reply_error(&self.mailbox, &self.stanza, error);
+    }
+
+    /// Answers an IQ request with the result payload `answer` gives
+    /// (`Some(None)`: an empty result), or `<service-unavailable/>` when it
+    /// gives none. IQs that are not requests get no answer.
+    fn answer_iq(&self, answer: impl FnOnce(&Element) -> Option<Option<Element>>) {
+        let iq = &self.stanza;
+        if !stanza::is_iq_request(iq) {
+            return;
+        }
+        match answer(iq) {
+            Some(payload) => self
+                .mailbox
+                .do_send(ToSession::Stanza(stanza::iq_result(iq, payload))),
+            None => self.reply_error(StanzaError::SERVICE_UNAVAILABLE),
+        }
+    }
+}
+
+/// Sends `mailbox` the error reply to `stanza` (nothing for an error
+/// stanza).
+fn reply_error(mailbox: &Recipient<ToSession>, stanza: &Element, error: StanzaError) {
+    if let Some(reply) = stanza::error_reply(stanza, error) {
+        mailbox.do_send(ToSession::Stanza(reply));
+    }
+}
+
+/// The service discovery query an IQ get asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disco {
+    Info,
+    Items,
+}
+
+/// The disco query `iq` asks, if it is a disco#info or disco#items get.
+fn disco_request(iq: &Element) -> Option<Disco> {
+    let query = iq.children().next()?;
+    if iq.attr("type") != Some("get") || query.name() != "query" {
+        return None;
+    }
+    match query.ns().as_str() {
+        ns::DISCO_INFO => Some(Disco::Info),
+        ns::DISCO_ITEMS => Some(Disco::Items),
+        _ => None,
+    }
+}
+
+/// A client's session ended, or a newer login replaced it: it leaves every
+/// room it is in.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Departed {
-    /// The JID whose session ended.
+    /// The JID the session was bound to.
     pub jid: FullJid,
+    /// The session that is gone; a newer one with the same JID stays.
+    pub session: u64,
 }
 
 /// A room has no occupants left and is not persistent; sent by the room.
@@ -79,15 +136,35 @@ struct Vacated {
     room: Addr<Room>,
 }
 
+/// A session holds no place in a room (not an occupant, not at the gate)
+/// after the room handled the presence numbered `presence`; sent by the
+/// room, so the service need not tell it when the session ends.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Released {
+    /// The room's localpart.
+    name: String,
+    /// The session that holds no place there.
+    session: u64,
+    /// The number of the presence the room answered: when the session sent
+    /// the room another one since, the entry stays (that one may admit it).
+    presence: u64,
+}
+
 /// The service actor. It lives on one arbiter; each room is its own actor.
 pub struct MucService {
     /// Shared with every room.
     settings: Arc<RoomSettings>,
     /// Live rooms by localpart.
     rooms: HashMap<String, Addr<Room>>,
-    /// Rooms each client sent presence to; told when the client's session
-    /// ends. Over-approximates (a refused join stays listed) — harmless.
-    presence_sent: HashMap<FullJid, HashSet<String>>,
+    /// Per session id, the rooms it sent presence to and may hold a place
+    /// in, each with the number of the last such presence: told when the
+    /// session ends. Rooms remove the entries of sessions they do not hold
+    /// (`Released`), so this stays as large as the rooms' occupants and
+    /// joins in progress.
+    presence_sent: HashMap<u64, HashMap<String, u64>>,
+    /// The number given to the last presence handed to a room.
+    last_presence: u64,
 }
 
 /// What every room of the service shares.
@@ -101,7 +178,7 @@ struct RoomSettings {
     /// Groupchat messages a room keeps for joiners.
     history: usize,
     /// The gate and which rooms it decides for, when configured.
-    gate: Option<(Addr<MucGate>, GateConfig)>,
+    gate: Option<(Addr<MucGate>, GatedRooms)>,
 }
 
 impl MucService {
@@ -109,7 +186,10 @@ impl MucService {
     /// arbiter.
     pub fn start(config: MucConfig) -> Result<MucHandle, reqwest::Error> {
         let gate = match config.gate {
-            Some(gate) => Some((MucGate::new(gate.clone())?.start(), gate)),
+            Some(gate) => {
+                let rooms = gate.rooms.clone();
+                Some((MucGate::new(gate)?.start(), rooms))
+            }
             None => None,
         };
         let domain = config.domain.clone();
@@ -124,6 +204,7 @@ impl MucService {
             settings,
             rooms: HashMap::new(),
             presence_sent: HashMap::new(),
+            last_presence: 0,
         }
         .start();
         Ok(MucHandle { domain, service })
@@ -147,20 +228,14 @@ impl MucService {
 
     /// IQs to the service domain itself: disco#info and disco#items.
     fn service_iq(&self, msg: &Incoming) {
-        let iq = &msg.stanza;
-        if !stanza::is_iq_request(iq) {
-            return;
-        }
-        let get = iq.attr("type") == Some("get");
-        let payload = iq.children().next();
-        let answer = match payload.map(|p| (p.ns(), p.name())) {
-            Some((space, "query")) if get && space == ns::DISCO_INFO => Some(stanza::disco_info(
+        msg.answer_iq(|iq| match disco_request(iq)? {
+            Disco::Info => Some(Some(stanza::disco_info(
                 "conference",
                 "text",
                 "Chatrooms",
                 &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS_MUC],
-            )),
-            Some((space, "query")) if get && space == ns::DISCO_ITEMS => {
+            ))),
+            Disco::Items => {
                 let mut names: Vec<&String> = self.rooms.keys().collect();
                 names.sort();
                 let mut query = Element::bare("query", ns::DISCO_ITEMS);
@@ -172,17 +247,9 @@ impl MucService {
                         &[("jid", &jid), ("name", name)],
                     ));
                 }
-                Some(query)
+                Some(Some(query))
             }
-            _ => None,
-        };
-        let reply = match answer {
-            Some(query) => Some(stanza::iq_result(iq, Some(query))),
-            None => stanza::error_reply(iq, StanzaError::SERVICE_UNAVAILABLE),
-        };
-        if let Some(reply) = reply {
-            msg.mailbox.do_send(ToSession::Stanza(reply));
-        }
+        });
     }
 }
 
@@ -206,24 +273,28 @@ impl Handler<Incoming> for MucService {
         let Some(name) = to.as_ref().and_then(|to| to.node()).map(|n| n.to_string()) else {
             return self.service_iq(&msg);
         };
+        let presence = msg.stanza.name() == "presence";
         // A presence that is not a join or nick change (unavailable, error)
         // never creates a room.
-        let creates = msg.stanza.name() == "presence" && msg.stanza.attr("type").is_none();
-        if creates {
-            self.presence_sent
-                .entry(msg.from.clone())
-                .or_default()
-                .insert(name.clone());
-        } else if !self.rooms.contains_key(&name) {
+        let creates = presence && msg.stanza.attr("type").is_none();
+        if !creates && !self.rooms.contains_key(&name) {
             // Leaving a room that is gone needs no answer.
-            if msg.stanza.name() != "presence" {
-                if let Some(reply) = stanza::error_reply(&msg.stanza, StanzaError::ITEM_NOT_FOUND) {
-                    msg.mailbox.do_send(ToSession::Stanza(reply));
-                }
+            if !presence {
+                msg.reply_error(StanzaError::ITEM_NOT_FOUND);
             }
             return;
         }
-        self.room(&name, ctx).do_send(msg);
+        self.last_presence += 1;
+        if presence {
+            self.presence_sent
+                .entry(msg.session)
+                .or_default()
+                .insert(name.clone(), self.last_presence);
+        }
+        self.room(&name, ctx).do_send(room::Deliver {
+            stanza: msg,
+            number: self.last_presence,
+        });
     }
 }
 
@@ -231,11 +302,33 @@ impl Handler<Departed> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Departed, _: &mut Self::Context) {
-        for name in self.presence_sent.remove(&msg.jid).into_iter().flatten() {
+        for name in self
+            .presence_sent
+            .remove(&msg.session)
+            .into_iter()
+            .flat_map(HashMap::into_keys)
+        {
             if let Some(room) = self.rooms.get(&name) {
                 room.do_send(room::Leave {
                     jid: msg.jid.clone(),
+                    session: msg.session,
                 });
+            }
+        }
+    }
+}
+
+impl Handler<Released> for MucService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Released, _: &mut Self::Context) {
+        let Some(rooms) = self.presence_sent.get_mut(&msg.session) else {
+            return;
+        };
+        if rooms.get(&msg.name) == Some(&msg.presence) {
+            rooms.remove(&msg.name);
+            if rooms.is_empty() {
+                self.presence_sent.remove(&msg.session);
             }
         }
     }
@@ -274,4 +367,201 @@ pub fn describe_metrics() {
         "gatehouse_muc_messages_total",
         "Groupchat messages broadcast by MUC rooms"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    //! Orderings no test over TCP can pin down: a newer session's join that
+    //! reaches the room before the replaced session's departure, and a
+    //! room's release of a refused join that reaches the service after the
+    //! next join. The real service and rooms run; an inbox stands in for
+    //! each client's session.
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// Keeps what the MUC sends one client.
+    struct Inbox(mpsc::UnboundedSender<Element>);
+
+    impl Actor for Inbox {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ToSession> for Inbox {
+        type Result = ();
+
+        fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+            if let ToSession::Stanza(el) = msg {
+                let _ = self.0.send(el);
+            }
+        }
+    }
+
+    /// One client session: its JID, its id, and what the MUC sent it.
+    struct Client {
+        jid: FullJid,
+        session: u64,
+        mailbox: Recipient<ToSession>,
+        inbox: mpsc::UnboundedReceiver<Element>,
+    }
+
+    impl Client {
+        fn new(jid: &str, session: u64) -> Client {
+            let (tx, inbox) = mpsc::unbounded_channel();
+            Client {
+                jid: FullJid::new(jid).unwrap(),
+                session,
+                mailbox: Inbox(tx).start().recipient(),
+                inbox,
+            }
+        }
+
+        fn send(&self, muc: &Addr<MucService>, stanza: Element) {
+            muc.do_send(Incoming {
+                from: self.jid.clone(),
+                session: self.session,
+                mailbox: self.mailbox.clone(),
+                stanza,
+            });
+        }
+
+        /// The session ends.
+        fn depart(&self, muc: &Addr<MucService>) {
+            muc.do_send(Departed {
+                jid: self.jid.clone(),
+                session: self.session,
+            });
+        }
+
+        async fn next(&mut self) -> Element {
+            tokio::time::timeout(Duration::from_secs(15), self.inbox.recv())
+                .await
+                .expect("a stanza in time")
+                .expect("inbox open")
+        }
+    }
+
+    fn stanza(xml: &str) -> Element {
+        xml.parse().expect("test stanza")
+    }
+
+    fn join(nick: &str) -> Element {
+        stanza(&format!(
+            "<presence xmlns='jabber:client' to='tea@rooms.example/{nick}'>\
+             <x xmlns='{NS_MUC}'/></presence>"
+        ))
+    }
+
+    /// A stanza's `from` and `type`.
+    fn from_and_type(el: &Element) -> (String, Option<String>) {
+        (
+            el.attr("from").unwrap_or_default().to_owned(),
+            el.attr("type").map(str::to_owned),
+        )
+    }
+
+    fn service() -> Addr<MucService> {
+        MucService::start(MucConfig {
+            domain: "rooms.example".into(),
+            persistent_rooms: HashSet::new(),
+            max_occupants: 10,
+            history: 5,
+            gate: None,
+        })
+        .unwrap()
+        .service
+    }
+
+    /// `(from, type)` of an occupant's unavailable presence.
+    fn left(nick: &str) -> (String, Option<String>) {
+        (
+            format!("tea@rooms.example/{nick}"),
+            Some("unavailable".to_owned()),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_does_not_forget_a_join_sent_after_it() {
+        let muc = service();
+        let mut alice = Client::new("alice@example/r", 1);
+        let mut bob = Client::new("bob@example/r", 2);
+        bob.send(&muc, join("Bob"));
+        bob.next().await;
+        bob.next().await;
+        // Refused (nickname taken), then admitted: the service hands both
+        // on before the room's release for the first comes back, which
+        // must not make it forget that Alice's session is in the room.
+        alice.send(&muc, join("Bob"));
+        alice.send(&muc, join("Alice"));
+        assert_eq!(
+            alice.next().await.attr("type"),
+            Some("error"),
+            "the first join is refused"
+        );
+        for _ in 0..3 {
+            alice.next().await; // Bob, Alice, the subject
+        }
+        bob.next().await; // Alice arrives
+        alice.depart(&muc);
+        assert_eq!(from_and_type(&bob.next().await), left("Alice"));
+    }
+
+    #[actix_rt::test]
+    async fn a_newer_session_joining_before_the_older_departs_takes_its_place() {
+        let muc = service();
+        let mut old = Client::new("alice@example/r", 1);
+        let mut new = Client::new("alice@example/r", 2);
+        let mut bob = Client::new("bob@example/r", 3);
+        old.send(&muc, join("Alice"));
+        assert!(old.next().await.is("presence", ns::CLIENT));
+        old.next().await; // the subject
+        bob.send(&muc, join("Bob"));
+        for _ in 0..3 {
+            bob.next().await; // Alice, Bob, the subject
+        }
+        old.next().await; // Bob arrives
+
+        new.send(&muc, join("Alice"));
+        let got = [new.next().await, new.next().await, new.next().await];
+        let who: Vec<_> = got.iter().map(from_and_type).collect();
+        assert_eq!(
+            who,
+            [
+                ("tea@rooms.example/Bob".to_owned(), None),
+                ("tea@rooms.example/Alice".to_owned(), None),
+                ("tea@rooms.example".to_owned(), Some("groupchat".to_owned())),
+            ]
+        );
+        let own = got[1].get_child("x", NS_MUC_USER).unwrap();
+        assert!(own.children().any(|s| s.attr("code") == Some("110")));
+        // Bob sees a presence update, not a leave.
+        assert_eq!(
+            from_and_type(&bob.next().await),
+            ("tea@rooms.example/Alice".to_owned(), None)
+        );
+
+        // The older session's departure, arriving late, removes nobody.
+        old.depart(&muc);
+        bob.send(
+            &muc,
+            stanza(
+                "<message xmlns='jabber:client' to='tea@rooms.example' type='groupchat'>\
+                 <body>still here?</body></message>",
+            ),
+        );
+        assert_eq!(
+            from_and_type(&bob.next().await),
+            (
+                "tea@rooms.example/Bob".to_owned(),
+                Some("groupchat".to_owned())
+            )
+        );
+        assert!(new.next().await.get_child("body", ns::CLIENT).is_some());
+        // The older session hears nothing more from the room.
+        assert!(old.inbox.try_recv().is_err());
+
+        // The newer session's end removes Alice.
+        new.depart(&muc);
+        assert_eq!(from_and_type(&bob.next().await), left("Alice"));
+    }
 }

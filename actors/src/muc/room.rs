@@ -3,17 +3,20 @@
 //!
 //! It owns one room's state. It must not decide whether a room exists (the
 //! service creates it and forgets it when the room reports it is vacant),
-//! nor decide a gated join itself (it asks the [`MucGate`]).
+//! nor decide a gated join itself (it asks the [`MucGate`](super::gate::MucGate)).
 
-use super::gate::{Check, MucGate};
-use super::{Incoming, MucService, RoomSettings, Vacated, NS_MUC, NS_MUC_USER};
+use super::gate::{Check, Decision, GateError};
+use super::{
+    disco_request, reply_error, Disco, Incoming, MucService, Released, RoomSettings, Vacated,
+    NS_MUC, NS_MUC_USER,
+};
 use crate::router::ToSession;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, ErrorType, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,20 +35,36 @@ const SELF_PRESENCE: &str = "110";
 const ROOM_CREATED: &str = "201";
 const NICK_CHANGED: &str = "303";
 
-/// The client's session ended: it leaves the room.
+/// A stanza for the room, handed on by the service.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Deliver {
+    /// The stanza and its sender.
+    pub stanza: Incoming,
+    /// The service's number for it; a `Released` names the presence it
+    /// answers by this number.
+    pub number: u64,
+}
+
+/// The client's session ended (or a newer login replaced it): it leaves
+/// the room.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Leave {
-    /// The JID whose session ended.
+    /// The JID the session was bound to.
     pub jid: FullJid,
+    /// The session that is gone: a newer session of the same JID stays.
+    pub session: u64,
 }
 
 /// One person in the room.
 struct Occupant {
     /// The client behind the nickname.
     jid: FullJid,
-    /// Where its stanzas go; refreshed by each stanza it sends, so a
-    /// session that replaced an older one with the same JID is reached.
+    /// The session that joined (or re-joined): only it speaks for the
+    /// occupant, and only its end removes the occupant.
+    session: u64,
+    /// Where its stanzas go: that session.
     mailbox: Recipient<ToSession>,
     /// Its presence payload (show, status, …) without MUC elements,
     /// repeated in what others see.
@@ -68,6 +87,10 @@ impl Occupant {
 struct Join {
     /// The joining client.
     from: FullJid,
+    /// Its session.
+    session: u64,
+    /// The service's number for the join presence, for `Released`.
+    number: u64,
     /// Where its room traffic will go.
     mailbox: Recipient<ToSession>,
     /// The nickname it asked for.
@@ -90,9 +113,10 @@ pub(super) struct Room {
     occupants: HashMap<String, Occupant>,
     /// Nickname of each occupant's real JID.
     nicks: HashMap<FullJid, String>,
-    /// Joins waiting for the gate; they hold a place against
-    /// `max_occupants` and keep the room from vanishing meanwhile.
-    pending: HashSet<FullJid>,
+    /// Joins waiting for the gate, with the session that asked; they hold
+    /// a place against `max_occupants` and keep the room from vanishing
+    /// meanwhile.
+    pending: HashMap<FullJid, u64>,
     /// The subject and the nickname that set it.
     subject: Option<(String, String)>,
     /// The last `history` groupchat messages, with their delay stamps.
@@ -122,7 +146,7 @@ impl Room {
             service,
             occupants: HashMap::new(),
             nicks: HashMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             subject: None,
             history: VecDeque::new(),
             fresh,
@@ -149,10 +173,35 @@ impl Room {
         }
     }
 
-    fn reply_error(msg: &Incoming, error: StanzaError) {
-        if let Some(reply) = stanza::error_reply(&msg.stanza, error) {
-            msg.mailbox.do_send(ToSession::Stanza(reply));
+    /// The nickname of `jid` when `session` is the one in the room.
+    fn nick_of(&self, jid: &FullJid, session: u64) -> Option<String> {
+        self.nicks
+            .get(jid)
+            .filter(|nick| self.occupants[*nick].session == session)
+            .cloned()
+    }
+
+    /// Ends the gated join of `jid` if `session` asked for it; says whether
+    /// it did.
+    fn take_pending(&mut self, jid: &FullJid, session: u64) -> bool {
+        let asked = self.pending.get(jid) == Some(&session);
+        if asked {
+            self.pending.remove(jid);
         }
+        asked
+    }
+
+    /// Tells the service that `session` holds no place here after the
+    /// presence numbered `number`, unless it does.
+    fn release_unless_held(&self, jid: &FullJid, session: u64, number: u64) {
+        if self.pending.get(jid) == Some(&session) || self.nick_of(jid, session).is_some() {
+            return;
+        }
+        self.service.do_send(Released {
+            name: self.name.clone(),
+            session,
+            presence: number,
+        });
     }
 
     /// `occupant`'s presence as `viewer` sees it, with the status codes.
@@ -220,57 +269,81 @@ impl Room {
         }
     }
 
-    fn handle_presence(&mut self, msg: Incoming, ctx: &mut Context<Self>) {
-        let nick = match msg.stanza.attr("to").and_then(|to| FullJid::new(to).ok()) {
-            Some(to) => to.resource().to_string(),
-            None => return Self::reply_error(&msg, StanzaError::JID_MALFORMED),
+    fn handle_presence(&mut self, msg: Incoming, number: u64, ctx: &mut Context<Self>) {
+        let (from, session) = (msg.from.clone(), msg.session);
+        let Some(nick) = msg.stanza.attr("to").and_then(|to| FullJid::new(to).ok()) else {
+            msg.reply_error(StanzaError::JID_MALFORMED);
+            return self.release_unless_held(&from, session, number);
         };
-        let known = self.nicks.get(&msg.from).cloned();
+        let nick = nick.resource().to_string();
+        // The occupant's nickname, and whether this session is the one in
+        // the room (a newer login bound to the same full JID is not, until
+        // it joins again).
+        let known = self
+            .nicks
+            .get(&from)
+            .map(|current| (current.clone(), self.occupants[current].session == session));
         match (msg.stanza.attr("type"), known) {
-            (Some("unavailable"), Some(current)) => {
+            (Some("unavailable"), Some((current, true))) => {
                 if let Some(occupant) = self.occupants.get_mut(&current) {
                     occupant.presence = presence_payload(&msg.stanza);
                 }
                 self.remove(&current);
             }
-            (None, Some(current)) if current == nick => {
+            // Gives up a join the gate is still deciding.
+            (Some("unavailable"), _) => {
+                self.take_pending(&from, session);
+            }
+            (None, Some((current, true))) if current == nick => {
                 if let Some(occupant) = self.occupants.get_mut(&current) {
                     occupant.presence = presence_payload(&msg.stanza);
-                    occupant.mailbox = msg.mailbox;
                 }
                 self.broadcast_presence(&current, &[SELF_PRESENCE], &[], false);
             }
-            (None, Some(current)) => self.change_nick(msg, current, nick),
-            (None, None) => self.join(msg, nick, ctx),
-            // Gives up a join the gate is still deciding.
-            (Some("unavailable"), None) => {
-                self.pending.remove(&msg.from);
+            (None, Some((current, true))) => self.change_nick(msg, current, nick),
+            (None, Some((current, false))) if current == nick => self.rejoin(msg, &current),
+            // A newer login joins under another nickname: the old session's
+            // occupant leaves, the new one joins like anyone else.
+            (None, Some((current, false))) => {
+                self.remove(&current);
+                self.join(msg, nick, number, ctx);
             }
+            (None, None) => self.join(msg, nick, number, ctx),
             // Errors and presence from non-occupants that is not a join.
             _ => {}
         }
+        self.release_unless_held(&from, session, number);
     }
 
-    fn join(&mut self, msg: Incoming, nick: String, ctx: &mut Context<Self>) {
-        if self.pending.contains(&msg.from) {
-            return;
+    fn join(&mut self, msg: Incoming, nick: String, number: u64, ctx: &mut Context<Self>) {
+        match self.pending.get(&msg.from) {
+            // Already at the gate.
+            Some(&session) if session == msg.session => return,
+            // A newer login of the same JID takes over the join; the older
+            // session's answer from the gate is dropped.
+            Some(_) => {
+                self.pending.remove(&msg.from);
+            }
+            None => {}
         }
         if let Err(error) = self.admissible(&nick) {
-            return Self::reply_error(&msg, error);
+            return msg.reply_error(error);
         }
         let join = Join {
             from: msg.from,
+            session: msg.session,
+            number,
             mailbox: msg.mailbox,
             nick,
             presence: msg.stanza,
         };
         let gate = match &self.settings.gate {
-            Some((gate, config)) if MucGate::is_gated(config, &join.from, &self.name) => {
+            Some((gate, rooms)) if rooms.is_gated(join.from.domain().as_str(), &self.name) => {
                 gate.clone()
             }
             _ => return self.admit(join),
         };
-        self.pending.insert(join.from.clone());
+        self.pending.insert(join.from.clone(), join.session);
         let check = Check {
             user: join.from.clone(),
             room: self.jid.clone(),
@@ -280,29 +353,28 @@ impl Room {
             gate.send(check)
                 .into_actor(self)
                 .map(move |answer, room, ctx| {
-                    if !room.pending.remove(&join.from) {
+                    if !room.take_pending(&join.from, join.session) {
                         // The client left (or its session ended) while the
                         // gate was deciding: no one to admit or to tell.
                         return room.vacate_if_empty(ctx);
                     }
-                    let allowed = match answer {
-                        Ok(decision) => decision.allows(),
+                    let verdict = match answer {
+                        Ok(Decision::Allowed) => room.admissible(&join.nick),
+                        // No room in the gate's queue: try again later.
+                        Ok(Decision::Failed(GateError::Busy)) => {
+                            Err(StanzaError::RESOURCE_CONSTRAINT)
+                        }
+                        Ok(_) => Err(StanzaError::NOT_AUTHORIZED),
                         Err(error) => {
                             tracing::warn!(%error, "MUC gate unreachable; join denied");
-                            false
+                            Err(StanzaError::NOT_AUTHORIZED)
                         }
-                    };
-                    let verdict = if allowed {
-                        room.admissible(&join.nick)
-                    } else {
-                        Err(StanzaError::NOT_AUTHORIZED)
                     };
                     match verdict {
                         Ok(()) => room.admit(join),
                         Err(error) => {
-                            if let Some(reply) = stanza::error_reply(&join.presence, error) {
-                                join.mailbox.do_send(ToSession::Stanza(reply));
-                            }
+                            reply_error(&join.mailbox, &join.presence, error);
+                            room.release_unless_held(&join.from, join.session, join.number);
                             room.vacate_if_empty(ctx);
                         }
                     }
@@ -328,18 +400,14 @@ impl Room {
         } else {
             ("none", "participant")
         };
-        let history_limit = requested_history(&join.presence).unwrap_or(usize::MAX);
         let occupant = Occupant {
             jid: join.from.clone(),
+            session: join.session,
             mailbox: join.mailbox,
             presence: presence_payload(&join.presence),
             affiliation,
             role,
         };
-        // Everyone already in, as the newcomer sees them.
-        for (nick, other) in &self.occupants {
-            occupant.send(self.presence_of(nick, other, &occupant, &[]));
-        }
         self.occupants.insert(join.nick.clone(), occupant);
         self.nicks.insert(join.from, join.nick.clone());
         metrics::gauge!("gatehouse_muc_occupants").increment(1.0);
@@ -348,8 +416,38 @@ impl Room {
         } else {
             &[SELF_PRESENCE]
         };
-        self.broadcast_presence(&join.nick, self_codes, &[], false);
-        let newcomer = &self.occupants[&join.nick];
+        self.welcome(&join.nick, self_codes, &join.presence);
+    }
+
+    /// The occupant's client logged in again (a new session bound to the
+    /// same full JID) and joins under the same nickname: the new session
+    /// takes the place, keeping affiliation and role, and gets the whole
+    /// join sequence. The others see a presence update (the occupant never
+    /// left), not a leave and a join.
+    fn rejoin(&mut self, msg: Incoming, nick: &str) {
+        let occupant = self
+            .occupants
+            .get_mut(nick)
+            .expect("nicks and occupants agree");
+        occupant.session = msg.session;
+        occupant.mailbox = msg.mailbox;
+        occupant.presence = presence_payload(&msg.stanza);
+        self.welcome(nick, &[SELF_PRESENCE], &msg.stanza);
+    }
+
+    /// The join sequence for the occupant `nick`, who just came in (or
+    /// back): everyone else's presence, its own presence (with
+    /// `self_codes`; the others get it too), the history `presence` asks
+    /// for, then the subject.
+    fn welcome(&self, nick: &str, self_codes: &[&str], presence: &Element) {
+        let newcomer = &self.occupants[nick];
+        for (other_nick, other) in &self.occupants {
+            if other_nick != nick {
+                newcomer.send(self.presence_of(other_nick, other, newcomer, &[]));
+            }
+        }
+        self.broadcast_presence(nick, self_codes, &[], false);
+        let history_limit = requested_history(presence).unwrap_or(usize::MAX);
         let skip = self.history.len().saturating_sub(history_limit);
         for message in self.history.iter().skip(skip) {
             newcomer.send(message.clone());
@@ -372,13 +470,12 @@ impl Room {
 
     fn change_nick(&mut self, msg: Incoming, current: String, nick: String) {
         if self.occupants.contains_key(&nick) {
-            return Self::reply_error(&msg, StanzaError::CONFLICT);
+            return msg.reply_error(StanzaError::CONFLICT);
         }
         let mut occupant = self
             .occupants
             .remove(&current)
             .expect("nicks and occupants agree");
-        occupant.mailbox = msg.mailbox;
         // The old nickname goes unavailable, naming the new one (303).
         for (viewer_nick, viewer) in self
             .occupants
@@ -418,19 +515,16 @@ impl Room {
     }
 
     fn handle_message(&mut self, msg: Incoming) {
-        let Some(sender) = self.nicks.get(&msg.from).cloned() else {
-            return Self::reply_error(&msg, StanzaError::NOT_ACCEPTABLE);
+        let Some(sender) = self.nick_of(&msg.from, msg.session) else {
+            return msg.reply_error(StanzaError::NOT_ACCEPTABLE);
         };
-        if let Some(occupant) = self.occupants.get_mut(&sender) {
-            occupant.mailbox = msg.mailbox.clone();
-        }
         let to = msg.stanza.attr("to").and_then(|to| Jid::new(to).ok());
         let groupchat = msg.stanza.attr("type") == Some("groupchat");
         match to.as_ref().and_then(|to| to.resource()) {
             None if groupchat => self.groupchat(msg, &sender),
             None if msg.stanza.attr("type") == Some("error") => {}
-            None => Self::reply_error(&msg, StanzaError::FEATURE_NOT_IMPLEMENTED),
-            Some(_) if groupchat => Self::reply_error(&msg, StanzaError::BAD_REQUEST),
+            None => msg.reply_error(StanzaError::FEATURE_NOT_IMPLEMENTED),
+            Some(_) if groupchat => msg.reply_error(StanzaError::BAD_REQUEST),
             Some(target) => match self.occupants.get(target.as_str()) {
                 Some(target) => {
                     // A private message: relayed with the sender's occupant JID.
@@ -439,7 +533,7 @@ impl Room {
                     message.append_child(Element::bare("x", NS_MUC_USER));
                     target.send(message);
                 }
-                None => Self::reply_error(&msg, StanzaError::ITEM_NOT_FOUND),
+                None => msg.reply_error(StanzaError::ITEM_NOT_FOUND),
             },
         }
     }
@@ -447,7 +541,14 @@ impl Room {
     fn groupchat(&mut self, msg: Incoming, sender: &str) {
         let mut message = msg.stanza;
         stanza::set_attr(&mut message, "from", self.occupant_jid(sender));
-        let subject = message.get_child("subject", ns::CLIENT).map(Element::text);
+        // XEP-0045 §8.1: only a message with a subject and neither body
+        // nor thread changes the subject; with either it is a normal
+        // message.
+        let subject = message
+            .get_child("subject", ns::CLIENT)
+            .filter(|_| !message.has_child("body", ns::CLIENT))
+            .filter(|_| !message.has_child("thread", ns::CLIENT))
+            .map(Element::text);
         match subject {
             Some(text) => self.subject = Some((sender.to_owned(), text)),
             None if self.settings.history > 0 => {
@@ -474,48 +575,31 @@ impl Room {
     }
 
     fn handle_iq(&mut self, msg: Incoming) {
-        let iq = &msg.stanza;
-        if !stanza::is_iq_request(iq) {
-            return;
-        }
-        let to_room = iq
+        let to_room = msg
+            .stanza
             .attr("to")
             .and_then(|to| Jid::new(to).ok())
             .is_some_and(|to| to.is_bare());
-        let get = iq.attr("type") == Some("get");
-        let payload = iq.children().next();
-        let answer = match payload.map(|p| (p.ns(), p.name())) {
-            Some((space, "query")) if to_room && get && space == ns::DISCO_INFO => {
-                Some(Some(self.disco_info()))
+        let owner = self
+            .nick_of(&msg.from, msg.session)
+            .is_some_and(|nick| self.occupants[&nick].affiliation == "owner");
+        msg.answer_iq(|iq| {
+            if !to_room {
+                return None;
             }
-            Some((space, "query")) if to_room && get && space == ns::DISCO_ITEMS => {
-                Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
-            }
-            // Instant-room confirmation (XEP-0045 §10.1.2): accepted, the
-            // room needs no configuration.
-            Some((space, "query"))
-                if to_room && !get && space == NS_MUC_OWNER && self.is_owner(&msg.from) =>
-            {
-                payload
-                    .and_then(|p| p.get_child("x", NS_DATA))
+            match disco_request(iq) {
+                Some(Disco::Info) => Some(Some(self.disco_info())),
+                Some(Disco::Items) => Some(Some(Element::bare("query", ns::DISCO_ITEMS))),
+                // Instant-room confirmation (XEP-0045 §10.1.2): accepted,
+                // the room needs no configuration.
+                None if owner && iq.attr("type") == Some("set") => iq
+                    .get_child("query", NS_MUC_OWNER)
+                    .and_then(|query| query.get_child("x", NS_DATA))
                     .filter(|x| matches!(x.attr("type"), Some("submit") | Some("cancel")))
-                    .map(|_| None)
+                    .map(|_| None),
+                None => None,
             }
-            _ => None,
-        };
-        match answer {
-            Some(payload) => msg
-                .mailbox
-                .do_send(ToSession::Stanza(stanza::iq_result(iq, payload))),
-            None => Self::reply_error(&msg, StanzaError::SERVICE_UNAVAILABLE),
-        }
-    }
-
-    fn is_owner(&self, jid: &FullJid) -> bool {
-        self.nicks
-            .get(jid)
-            .and_then(|nick| self.occupants.get(nick))
-            .is_some_and(|o| o.affiliation == "owner")
+        });
     }
 
     fn disco_info(&self) -> Element {
@@ -586,10 +670,17 @@ impl Actor for Room {
     type Context = Context<Self>;
 }
 
-impl Handler<Incoming> for Room {
+impl Handler<Deliver> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        Deliver {
+            stanza: msg,
+            number,
+        }: Deliver,
+        ctx: &mut Self::Context,
+    ) {
         if self.closed {
             // The service forgets this room once it reads our `Vacated`;
             // handing the stanza back makes it create a fresh one.
@@ -597,7 +688,7 @@ impl Handler<Incoming> for Room {
             return;
         }
         match msg.stanza.name() {
-            "presence" => self.handle_presence(msg, ctx),
+            "presence" => self.handle_presence(msg, number, ctx),
             "message" => self.handle_message(msg),
             _ => self.handle_iq(msg),
         }
@@ -613,8 +704,8 @@ impl Handler<Leave> for Room {
             return;
         }
         // A join still at the gate is abandoned.
-        self.pending.remove(&msg.jid);
-        if let Some(nick) = self.nicks.get(&msg.jid).cloned() {
+        self.take_pending(&msg.jid, msg.session);
+        if let Some(nick) = self.nick_of(&msg.jid, msg.session) {
             if let Some(occupant) = self.occupants.get_mut(&nick) {
                 occupant.presence.clear();
             }

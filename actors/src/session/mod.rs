@@ -218,9 +218,7 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kill.cancel();
         if let Some(jid) = self.jid.take() {
-            if let Some(muc) = &self.services.muc {
-                muc.service.do_send(muc::Departed { jid: jid.clone() });
-            }
+            self.leave_rooms(jid.clone());
             self.services.router.do_send(router::Unbind {
                 jid,
                 session_id: self.id,
@@ -266,8 +264,11 @@ impl Handler<ToSession> for Session {
                 None => self.send(&el),
             },
             ToSession::Replaced => {
-                // The newer session owns the JID now: do not unbind it.
-                self.jid = None;
+                // The newer session owns the JID now: do not unbind it,
+                // but leave the rooms (they tell the sessions apart).
+                if let Some(jid) = self.jid.take() {
+                    self.leave_rooms(jid);
+                }
                 self.stream_error(StreamErrorCondition::Conflict);
                 self.close();
             }
@@ -339,6 +340,16 @@ impl Session {
 
     fn send(&mut self, el: &Element) {
         self.send_raw(stanza::to_bytes(el));
+    }
+
+    /// Tells the MUC service that this session is gone from its rooms.
+    fn leave_rooms(&self, jid: FullJid) {
+        if let Some(muc) = &self.services.muc {
+            muc.service.do_send(muc::Departed {
+                jid,
+                session: self.id,
+            });
+        }
     }
 
     /// Asks the I/O task to close after what is queued.
@@ -649,6 +660,7 @@ impl Session {
             {
                 muc.service.do_send(muc::Incoming {
                     from: me,
+                    session: self.id,
                     mailbox: ctx.address().recipient(),
                     stanza: el,
                 });
