@@ -5,6 +5,7 @@
 //! the generator spends far less CPU per login than the server it drives.
 
 use base64::Engine;
+use memchr::memmem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,9 @@ pub enum Outcome {
     ConnectionRefused,
     ConnectionReset,
     Timeout,
+    /// The generator itself failed (out of file descriptors or local
+    /// ports): not the server's doing.
+    ClientError,
 }
 
 impl Outcome {
@@ -39,6 +43,7 @@ impl Outcome {
             Outcome::ConnectionRefused => "connection-refused",
             Outcome::ConnectionReset => "connection-reset",
             Outcome::Timeout => "timeout",
+            Outcome::ClientError => "client-error",
         }
     }
 }
@@ -47,11 +52,53 @@ impl Outcome {
 pub struct Target {
     pub addr: SocketAddr,
     pub domain: String,
+    /// The client's stream header for `domain`, rendered once.
+    header: Vec<u8>,
     /// Present when STARTTLS is used (certificates are not verified: this
     /// is a load tool for servers on loopback).
     pub tls: Option<TlsConnector>,
     /// Per-login limit (connect to roster answer; holding is not limited).
     pub timeout: Duration,
+}
+
+impl Target {
+    pub fn new(
+        addr: SocketAddr,
+        domain: &str,
+        tls: Option<TlsConnector>,
+        timeout: Duration,
+    ) -> Self {
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+        );
+        Target {
+            addr,
+            domain: domain.to_owned(),
+            header: header.into_bytes(),
+            tls,
+            timeout,
+        }
+    }
+}
+
+/// One account's SASL PLAIN request, rendered once and reused by every
+/// login of that account.
+pub struct Credentials {
+    auth: Vec<u8>,
+}
+
+impl Credentials {
+    pub fn new(user: &str, password: &str) -> Self {
+        let payload =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+        );
+        Credentials {
+            auth: auth.into_bytes(),
+        }
+    }
 }
 
 /// A TLS connector that accepts any certificate.
@@ -119,8 +166,15 @@ enum Stop {
     Outcome(Outcome),
 }
 
+/// errno values that mean this process, not the server, ran out of
+/// something: EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL.
+const LOCAL_ERRNOS: [i32; 5] = [24, 23, 105, 12, 99];
+
 impl From<std::io::Error> for Stop {
     fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error().is_some_and(|n| LOCAL_ERRNOS.contains(&n)) {
+            return Stop::Outcome(Outcome::ClientError);
+        }
         Stop::Outcome(match e.kind() {
             std::io::ErrorKind::ConnectionRefused => Outcome::ConnectionRefused,
             std::io::ErrorKind::TimedOut => Outcome::Timeout,
@@ -132,42 +186,70 @@ impl From<std::io::Error> for Stop {
 /// A connection with a read buffer scanned for markers.
 struct Conn<S> {
     stream: S,
+    /// What the server sent that no marker has consumed yet.
     buf: Vec<u8>,
+    /// Where the unscanned part of `buf` starts, per call of `until`: bytes
+    /// already scanned are not scanned again when more arrive.
+    scanned: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn send(&mut self, data: &str) -> Result<(), Stop> {
-        self.stream.write_all(data.as_bytes()).await?;
+    fn new(stream: S) -> Self {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(1024),
+            scanned: 0,
+        }
+    }
+
+    async fn send(&mut self, data: &[u8]) -> Result<(), Stop> {
+        self.stream.write_all(data).await?;
         Ok(())
     }
 
     /// Reads until one of `markers` appears; returns its index and the
     /// bytes read up to the end of the marker (which leave the buffer).
     async fn until(&mut self, markers: &[&str]) -> Result<(usize, Vec<u8>), Stop> {
+        self.scanned = 0;
         loop {
+            // A marker may straddle the old and new bytes: rescan from the
+            // longest marker's length before the new ones.
+            let longest = markers.iter().map(|m| m.len()).max().unwrap_or(0);
+            let from = self.scanned.saturating_sub(longest);
             let found = markers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| find(&self.buf, m.as_bytes()).map(|at| (at, i, m.len())))
+                .filter_map(|(i, m)| {
+                    find(&self.buf[from..], m.as_bytes()).map(|at| (from + at, i, m.len()))
+                })
                 .min();
             if let Some((at, i, len)) = found {
                 return Ok((i, self.buf.drain(..at + len).collect()));
             }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
+            self.scanned = self.buf.len();
+            self.buf.reserve(4096);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(Stop::Outcome(Outcome::ConnectionReset));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
-    async fn open(&mut self, domain: &str) -> Result<(), Stop> {
-        self.send(&format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
-        ))
-        .await?;
+    /// Reads the answer to the IQ with `id` (its whole start tag) and
+    /// fails unless it is a result: a bind or roster error is no login.
+    async fn result_of(&mut self, id: &str) -> Result<(), Stop> {
+        let (_, mut text) = self.until(&[id]).await?;
+        let (_, rest) = self.until(&[">"]).await?;
+        text.extend_from_slice(&rest);
+        let tag = &text[memchr::memrchr(b'<', &text).unwrap_or(0)..];
+        if find(tag, b"type='result'").is_some() || find(tag, b"type=\"result\"").is_some() {
+            Ok(())
+        } else {
+            Err(Stop::Outcome(Outcome::OtherFailure))
+        }
+    }
+
+    async fn open(&mut self, header: &[u8]) -> Result<(), Stop> {
+        self.send(header).await?;
         match self
             .until(&[
                 "</stream:features>",
@@ -183,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memmem::find(haystack, needle)
 }
 
 /// Keeps a logged-in session open.
@@ -199,14 +281,13 @@ pub struct Hold {
 /// if the server drops it meanwhile).
 pub async fn login(
     target: &Target,
-    user: &str,
-    password: &str,
+    credentials: &Credentials,
     hold: Option<Hold>,
 ) -> (Outcome, Duration) {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + target.timeout;
     let mut took = None;
-    let outcome = match run(target, user, password, deadline, hold, started, &mut took).await {
+    let outcome = match run(target, credentials, deadline, hold, started, &mut took).await {
         Ok(()) => Outcome::Success,
         Err(Stop::Outcome(outcome)) => outcome,
     };
@@ -225,8 +306,7 @@ async fn by<T>(
 
 async fn run(
     target: &Target,
-    user: &str,
-    password: &str,
+    credentials: &Credentials,
     deadline: tokio::time::Instant,
     hold: Option<Hold>,
     started: Instant,
@@ -237,15 +317,12 @@ async fn run(
     })
     .await?;
     let _ = tcp.set_nodelay(true);
-    let plain = Conn {
-        stream: tcp,
-        buf: Vec::new(),
-    };
+    let plain = Conn::new(tcp);
     match &target.tls {
-        None => session(plain, target, user, password, deadline, hold, started, took).await,
+        None => session(plain, target, credentials, deadline, hold, started, took).await,
         Some(connector) => {
-            let tls = by(deadline, starttls(plain, connector, &target.domain)).await?;
-            session(tls, target, user, password, deadline, hold, started, took).await
+            let tls = by(deadline, starttls(plain, connector, target)).await?;
+            session(tls, target, credentials, deadline, hold, started, took).await
         }
     }
 }
@@ -253,43 +330,36 @@ async fn run(
 async fn starttls(
     mut plain: Conn<TcpStream>,
     connector: &TlsConnector,
-    domain: &str,
+    target: &Target,
 ) -> Result<Conn<tokio_rustls::client::TlsStream<TcpStream>>, Stop> {
-    plain.open(domain).await?;
+    plain.open(&target.header).await?;
     plain
-        .send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         .await?;
     if plain.until(&["<proceed", "<failure"]).await?.0 != 0 {
         return Err(Stop::Outcome(Outcome::OtherFailure));
     }
-    let name = ServerName::try_from(domain.to_owned())
+    let name = ServerName::try_from(target.domain.clone())
         .map_err(|_| Stop::Outcome(Outcome::OtherFailure))?;
     let tls = connector.connect(name, plain.stream).await?;
-    Ok(Conn {
-        stream: tls,
-        buf: Vec::new(),
-    })
+    Ok(Conn::new(tls))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Conn<S>,
     target: &Target,
-    user: &str,
-    password: &str,
+    credentials: &Credentials,
     deadline: tokio::time::Instant,
     hold: Option<Hold>,
     started: Instant,
     took: &mut Option<Duration>,
 ) -> Result<(), Stop> {
-    by(
-        deadline,
-        login_steps(&mut conn, &target.domain, user, password),
-    )
-    .await?;
+    by(deadline, login_steps(&mut conn, target, credentials)).await?;
     *took = Some(started.elapsed());
     if let Some(Hold { up, mut release }) = hold {
         let _ = up.send(());
+        // The login's buffer is not needed while the session sits idle.
+        conn.buf = Vec::new();
         let mut scratch = [0u8; 1024];
         loop {
             tokio::select! {
@@ -300,23 +370,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    conn.send("</stream:stream>").await?;
+    conn.send(b"</stream:stream>").await?;
     let _ = conn.stream.shutdown().await;
     Ok(())
 }
 
 async fn login_steps<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    domain: &str,
-    user: &str,
-    password: &str,
+    target: &Target,
+    credentials: &Credentials,
 ) -> Result<(), Stop> {
-    conn.open(domain).await?;
-    let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    conn.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
-    ))
-    .await?;
+    conn.open(&target.header).await?;
+    conn.send(&credentials.auth).await?;
     let (answer, text) = conn
         .until(&["<success", "</failure>", "</stream:error>"])
         .await?;
@@ -331,12 +396,12 @@ async fn login_steps<S: AsyncRead + AsyncWrite + Unpin>(
             },
         ));
     }
-    conn.open(domain).await?;
-    conn.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    conn.open(&target.header).await?;
+    conn.send(b"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
         .await?;
-    conn.until(&["bind1"]).await?;
-    conn.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+    conn.result_of("bind1").await?;
+    conn.send(b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq><presence/>")
         .await?;
-    conn.until(&["roster1"]).await?;
+    conn.result_of("roster1").await?;
     Ok(())
 }

@@ -11,9 +11,9 @@ pub mod client;
 mod stats;
 
 use clap::{Parser, ValueEnum};
-use client::{Outcome, Target};
+use client::{Credentials, Outcome, Target};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,17 +29,17 @@ pub enum Mode {
 #[derive(Parser, Debug)]
 #[command(version)]
 pub struct Args {
-    /// Server address (loopback only).
+    /// Server address, HOST:PORT (it must resolve to loopback).
     #[arg(long, default_value = "127.0.0.1:5222")]
-    pub target: SocketAddr,
+    pub target: String,
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
-    /// User name pattern; `{n}` is replaced by 1..=users.
-    #[arg(long, default_value = "user{n}")]
+    /// User name pattern; `{i}` is replaced by 1..=users.
+    #[arg(long, default_value = "user{i}")]
     pub user: String,
-    /// Password pattern; `{n}` as for --user.
-    #[arg(long, default_value = "pass{n}")]
+    /// Password pattern; `{i}` as for --user.
+    #[arg(long, default_value = "pass{i}")]
     pub password: String,
     /// How many distinct users to cycle through.
     #[arg(long, default_value_t = 1000)]
@@ -65,7 +65,12 @@ pub struct Args {
     /// Per-login timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
-    /// Server process to measure (CPU seconds, RSS).
+    /// Hold mode: how long every session stays open after the last one is
+    /// up, before the server's RSS is taken (lets the login's garbage and
+    /// timers settle).
+    #[arg(long, default_value_t = 2.0)]
+    pub hold_seconds: f64,
+    /// Server process to measure (CPU seconds, RSS before, peak and after).
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Runtime worker threads of the generator.
@@ -106,32 +111,81 @@ fn percentiles(durations: &[Duration]) -> Option<[f64; 4]> {
     Some([at(0.50), at(0.95), at(0.99), ms[ms.len() - 1]])
 }
 
-fn credentials(args: &Args, i: usize) -> (String, String) {
-    let n = (i % args.users.max(1) + 1).to_string();
-    (
-        args.user.replace("{n}", &n),
-        args.password.replace("{n}", &n),
+/// Every account the run uses, rendered once; login `i` uses entry
+/// `i % len`.
+fn credentials(args: &Args) -> Arc<Vec<Credentials>> {
+    let accounts = args.users.clamp(1, args.count.max(1));
+    Arc::new(
+        (1..=accounts)
+            .map(|n| {
+                let n = n.to_string();
+                Credentials::new(
+                    &args.user.replace("{i}", &n),
+                    &args.password.replace("{i}", &n),
+                )
+            })
+            .collect(),
     )
+}
+
+/// The one address `target` names, if it is on loopback.
+fn loopback(target: &str) -> Result<SocketAddr, String> {
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target}: no address"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "refusing {target} ({addr}): only loopback targets are allowed"
+        ))
+    }
+}
+
+/// The server's resident memory: before the run, its highest while the
+/// run went on (sampled every 100 ms), and after.
+#[derive(Clone, Copy, Default)]
+struct ServerMemory {
+    before: u64,
+    peak: u64,
+    after: u64,
+}
+
+/// Samples `pid`'s RSS every 100 ms until `done` turns true; returns the
+/// highest seen.
+async fn peak_rss(pid: String, mut done: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let mut peak = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        if let Some(sample) = stats::sample(&pid) {
+            peak = peak.max(sample.rss_bytes);
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.changed() => return peak,
+        }
+    }
 }
 
 /// Runs the storm `args` describe and returns the report (text, or one
 /// JSON object with `--json`). Refuses any target not on loopback.
 pub async fn storm(args: &Args) -> Result<String, String> {
-    if !args.target.ip().is_loopback() {
-        return Err(format!(
-            "refusing {}: only loopback targets are allowed",
-            args.target
-        ));
-    }
-    let target = Arc::new(Target {
-        addr: args.target,
-        domain: args.domain.clone(),
-        tls: args.starttls.then(client::insecure_tls),
-        timeout: Duration::from_secs_f64(args.timeout),
-    });
+    let target = Arc::new(Target::new(
+        loopback(&args.target)?,
+        &args.domain,
+        args.starttls.then(client::insecure_tls),
+        Duration::from_secs_f64(args.timeout),
+    ));
+    let creds = credentials(args);
     let results = Arc::new(Mutex::new(Results::default()));
     let server_pid = args.server_pid.map(|p| p.to_string());
     let server_before = server_pid.as_deref().and_then(stats::sample);
+    let (run_over, watch_run) = tokio::sync::watch::channel(false);
+    let peak = server_pid
+        .clone()
+        .map(|pid| tokio::spawn(peak_rss(pid, watch_run)));
     let self_before = stats::sample("self");
     let started = Instant::now();
     let limit = Duration::from_secs_f64(args.max_seconds);
@@ -148,10 +202,10 @@ pub async fn storm(args: &Args) -> Result<String, String> {
                 if started.elapsed() > limit {
                     break;
                 }
-                let (user, password) = credentials(args, i);
-                let (target, results) = (target.clone(), results.clone());
+                let (target, results, creds) = (target.clone(), results.clone(), creds.clone());
                 tasks.push(tokio::spawn(async move {
-                    let (outcome, took) = client::login(&target, &user, &password, None).await;
+                    let (outcome, took) =
+                        client::login(&target, &creds[i % creds.len()], None).await;
                     results.lock().unwrap().add(outcome, took);
                 }));
             }
@@ -164,21 +218,15 @@ pub async fn storm(args: &Args) -> Result<String, String> {
             let workers: Vec<_> = (0..args.concurrency.max(1))
                 .map(|_| {
                     let (target, results, next) = (target.clone(), results.clone(), next.clone());
-                    let (count, creds): (usize, Vec<(String, String)>) = (
-                        args.count,
-                        (0..args.users.max(1))
-                            .map(|i| credentials(args, i))
-                            .collect(),
-                    );
+                    let (count, creds) = (args.count, creds.clone());
                     tokio::spawn(async move {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= count || started.elapsed() > limit {
                                 return;
                             }
-                            let (user, password) = &creds[i % creds.len()];
                             let (outcome, took) =
-                                client::login(&target, user, password, None).await;
+                                client::login(&target, &creds[i % creds.len()], None).await;
                             results.lock().unwrap().add(outcome, took);
                         }
                     })
@@ -198,16 +246,15 @@ pub async fn storm(args: &Args) -> Result<String, String> {
                     break;
                 }
                 let permit = gate.clone().acquire_owned().await.expect("semaphore open");
-                let (user, password) = credentials(args, i);
                 let (target, results, release) = (target.clone(), results.clone(), hold.clone());
+                let creds = creds.clone();
                 let (up, is_up) = tokio::sync::oneshot::channel();
                 let (settled, on_settled) = tokio::sync::oneshot::channel::<()>();
                 ups.push(on_settled);
                 tasks.push(tokio::spawn(async move {
                     let login = client::login(
                         &target,
-                        &user,
-                        &password,
+                        &creds[i % creds.len()],
                         Some(client::Hold { up, release }),
                     );
                     tokio::pin!(login);
@@ -225,10 +272,12 @@ pub async fn storm(args: &Args) -> Result<String, String> {
                     results.lock().unwrap().add(outcome, took);
                 }));
             }
-            // Every session is up or failed: measure while all are held.
+            // Every session is up or failed: let them settle, then measure
+            // while all are held.
             for up in ups {
                 let _ = up.await;
             }
+            tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
             held_rss = server_pid
                 .as_deref()
                 .and_then(stats::sample)
@@ -243,78 +292,102 @@ pub async fn storm(args: &Args) -> Result<String, String> {
     let wall = started.elapsed().as_secs_f64();
     let server_after = server_pid.as_deref().and_then(stats::sample);
     let self_after = stats::sample("self");
+    let _ = run_over.send(true);
+    let peak = match peak {
+        Some(task) => task.await.unwrap_or(0),
+        None => 0,
+    };
+    let memory = match (server_before, server_after) {
+        (Some(before), Some(after)) => Some(ServerMemory {
+            before: before.rss_bytes,
+            peak: peak.max(before.rss_bytes).max(after.rss_bytes),
+            after: after.rss_bytes,
+        }),
+        _ => None,
+    };
+    let cpu = |before: Option<stats::Sample>, after: Option<stats::Sample>| {
+        Some(after?.cpu_seconds - before?.cpu_seconds)
+    };
     let results = results.lock().unwrap();
     Ok(render(
         args,
         &results,
         wall,
-        (server_before, server_after, held_rss),
-        (self_before, self_after),
+        Measured {
+            server_cpu: cpu(server_before, server_after),
+            own_cpu: cpu(self_before, self_after),
+            memory,
+            held_rss,
+        },
     ))
 }
 
-fn render(
-    args: &Args,
-    results: &Results,
-    wall: f64,
-    server: (Option<stats::Sample>, Option<stats::Sample>, Option<u64>),
-    me: (Option<stats::Sample>, Option<stats::Sample>),
-) -> String {
+/// What was measured around the run, besides the logins themselves.
+struct Measured {
+    /// CPU seconds the server used during the run.
+    server_cpu: Option<f64>,
+    /// CPU seconds the generator used during the run.
+    own_cpu: Option<f64>,
+    memory: Option<ServerMemory>,
+    /// Hold mode: the server's RSS while every session was held.
+    held_rss: Option<u64>,
+}
+
+fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> String {
     let total = results.total();
     let successes = results.count(Outcome::Success);
     let per_thousand =
-        |before: Option<stats::Sample>, after: Option<stats::Sample>| match (before, after) {
-            (Some(b), Some(a)) if total > 0 => {
-                Some((a.cpu_seconds - b.cpu_seconds) / total as f64 * 1000.0)
-            }
-            _ => None,
-        };
-    let server_cpu = per_thousand(server.0, server.1);
-    let own_cpu = per_thousand(me.0, me.1);
-    let rss_per_session = match (server.0, server.2) {
-        (Some(before), Some(held)) if successes > 0 => {
-            Some((held as f64 - before.rss_bytes as f64) / successes as f64)
+        |cpu: Option<f64>, n: usize| cpu.filter(|_| n > 0).map(|c| c / n as f64 * 1000.0);
+    let server_cpu = per_thousand(measured.server_cpu, total);
+    let server_cpu_per_success = per_thousand(measured.server_cpu, successes);
+    let own_cpu = per_thousand(measured.own_cpu, total);
+    let rss_per_session = match (measured.memory, measured.held_rss) {
+        (Some(memory), Some(held)) if successes > 0 => {
+            Some((held as f64 - memory.before as f64) / successes as f64)
         }
         _ => None,
     };
-    let success_ms = percentiles(
-        results
-            .by_outcome
-            .get(&Outcome::Success)
-            .map_or(&[], Vec::as_slice),
-    );
-    let refused_ms = percentiles(
-        results
-            .by_outcome
-            .get(&Outcome::TemporaryAuthFailure)
-            .map_or(&[], Vec::as_slice),
-    );
+    let latency: Vec<(Outcome, [f64; 4])> = results
+        .by_outcome
+        .iter()
+        .filter_map(|(outcome, took)| Some((*outcome, percentiles(took)?)))
+        .collect();
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("null".to_owned(), |v| format!("{v:.digits$}"));
-    let quantiles = |q: Option<[f64; 4]>| {
-        q.map_or("null".to_owned(), |[p50, p95, p99, max]| {
-            format!("{{\"p50\":{p50:.2},\"p95\":{p95:.2},\"p99\":{p99:.2},\"max\":{max:.2}}}")
-        })
-    };
     if args.json {
         let outcomes: Vec<String> = results
             .by_outcome
             .iter()
             .map(|(o, v)| format!("\"{}\":{}", o.label(), v.len()))
             .collect();
+        let latency: Vec<String> = latency
+            .iter()
+            .map(|(o, [p50, p95, p99, max])| {
+                format!(
+                    "\"{}\":{{\"p50\":{p50:.2},\"p95\":{p95:.2},\"p99\":{p99:.2},\"max\":{max:.2}}}",
+                    o.label()
+                )
+            })
+            .collect();
+        let memory = measured.memory.map_or("null".to_owned(), |m| {
+            format!(
+                "{{\"before\":{},\"peak\":{},\"after\":{}}}",
+                m.before, m.peak, m.after
+            )
+        });
         return format!(
             "{{\"mode\":\"{:?}\",\"logins\":{total},\"seconds\":{wall:.3},\"logins_per_second\":{:.1},\
-             \"outcomes\":{{{}}},\"success_ms\":{},\"temporary_failure_ms\":{},\
-             \"server_cpu_seconds_per_1000\":{},\"loadgen_cpu_seconds_per_1000\":{},\
-             \"server_rss_bytes\":{},\"server_rss_bytes_per_held_session\":{}}}",
+             \"outcomes\":{{{}}},\"latency_ms\":{{{}}},\
+             \"server_cpu_seconds_per_1000\":{},\"server_cpu_seconds_per_1000_successes\":{},\
+             \"loadgen_cpu_seconds_per_1000\":{},\
+             \"server_rss_bytes\":{memory},\"server_rss_bytes_per_held_session\":{}}}",
             args.mode,
             successes as f64 / wall,
             outcomes.join(","),
-            quantiles(success_ms),
-            quantiles(refused_ms),
+            latency.join(","),
             opt(server_cpu, 4),
+            opt(server_cpu_per_success, 4),
             opt(own_cpu, 4),
-            server.1.map_or("null".to_owned(), |s| s.rss_bytes.to_string()),
             opt(rss_per_session, 0),
         );
     }
@@ -330,29 +403,29 @@ fn render(
             durations.len()
         ));
     }
-    if let Some([p50, p95, p99, max]) = success_ms {
+    for (outcome, [p50, p95, p99, max]) in &latency {
         out.push_str(&format!(
-            "  success latency ms      p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}\n"
-        ));
-    }
-    if let Some([p50, p95, p99, max]) = refused_ms {
-        out.push_str(&format!(
-            "  refusal latency ms      p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}\n"
+            "  {:<24}ms p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}\n",
+            outcome.label()
         ));
     }
     out.push_str(&format!(
-        "  CPU s per 1000 logins   server {}  loadgen {}\n",
+        "  CPU s per 1000 logins   server {} ({} per 1000 successes)  loadgen {}\n",
         opt(server_cpu, 3),
+        opt(server_cpu_per_success, 3),
         opt(own_cpu, 3)
     ));
-    if let Some(after) = server.1 {
+    if let Some(m) = measured.memory {
+        let mib = |b: u64| b as f64 / 1048576.0;
         out.push_str(&format!(
-            "  server RSS              {:.1} MiB\n",
-            after.rss_bytes as f64 / 1048576.0
+            "  server RSS MiB          before {:.1}  peak {:.1}  after {:.1}\n",
+            mib(m.before),
+            mib(m.peak),
+            mib(m.after)
         ));
     }
     if let Some(per) = rss_per_session {
-        out.push_str(&format!("  server RSS per held session {:.0} bytes\n", per));
+        out.push_str(&format!("  server RSS per held session {per:.0} bytes\n"));
     }
     out
 }
