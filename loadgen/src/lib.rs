@@ -190,6 +190,9 @@ pub async fn storm(args: &Args) -> Result<String, String> {
     let started = Instant::now();
     let limit = Duration::from_secs_f64(args.max_seconds);
     let mut held_rss = None;
+    // Hold mode: when the last session was up (the held time is no part of
+    // the login rate).
+    let mut logins_over = None;
 
     match args.mode {
         Mode::Open => {
@@ -277,6 +280,7 @@ pub async fn storm(args: &Args) -> Result<String, String> {
             for up in ups {
                 let _ = up.await;
             }
+            logins_over = Some(started.elapsed());
             tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
             held_rss = server_pid
                 .as_deref()
@@ -289,7 +293,7 @@ pub async fn storm(args: &Args) -> Result<String, String> {
         }
     }
 
-    let wall = started.elapsed().as_secs_f64();
+    let wall = logins_over.unwrap_or_else(|| started.elapsed()).as_secs_f64();
     let server_after = server_pid.as_deref().and_then(stats::sample);
     let self_after = stats::sample("self");
     let _ = run_over.send(true);
