@@ -293,7 +293,9 @@ pub async fn storm(args: &Args) -> Result<String, String> {
         }
     }
 
-    let wall = logins_over.unwrap_or_else(|| started.elapsed()).as_secs_f64();
+    let wall = logins_over
+        .unwrap_or_else(|| started.elapsed())
+        .as_secs_f64();
     let server_after = server_pid.as_deref().and_then(stats::sample);
     let self_after = stats::sample("self");
     let _ = run_over.send(true);
