@@ -16,7 +16,8 @@ use base64::Engine;
 use common::*;
 use processes::{pids as recorded_pids, running};
 use std::net::SocketAddr;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Waits until `f` returns Some, or panics after PATIENCE.
@@ -52,6 +53,34 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .and_then(|v| v.parse().ok())
+}
+
+/// The server process and the directory of its auth processes' pid files.
+/// If the test fails midway, the server and every recorded process still
+/// running are killed rather than left behind.
+struct Cleanup {
+    /// The `gatehouse` process under test.
+    server: Child,
+    /// Where the wrappers and fixture programs record their pids.
+    pids: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        for pid in recorded_pids(&self.pids)
+            .into_iter()
+            .filter(|&pid| running(pid))
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 /// A login on a fresh connection; its SASL failure condition.
@@ -92,14 +121,17 @@ timeout = "60s"
     )
     .unwrap();
     let log_path = dir.join("gatehouse.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("gatehouse starts");
+    let mut server = Cleanup {
+        server: Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "trace")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("gatehouse starts"),
+        pids: pids.clone(),
+    };
     let read_log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
     let (c2s, http) = wait_for("the listening line", || {
         read_log()
@@ -144,21 +176,22 @@ timeout = "60s"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Every wrapper and program up now: the first three pairs, and the
-    // replacements of the two that crashed or answered garbage.
-    let started = wait_for("the auth processes", || {
+    // Every wrapper and program recorded: the first three pairs, and the
+    // replacements of the two that crashed or answered garbage; of them,
+    // exactly the current three pairs run (none of the replaced ones).
+    let started = wait_for("only the current auth processes to run", || {
         let recorded = recorded_pids(&pids);
         let up = recorded.iter().filter(|&&pid| running(pid)).count();
         (recorded.len() >= 2 * (PROCESSES + 2) && up == 2 * PROCESSES).then_some(recorded)
     });
 
     let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
+        .args([&format!("-{signal}"), &server.server.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     assert_eq!(online.stream_error().await, "system-shutdown");
-    let exit = wait_for("the server to exit", || child.try_wait().unwrap());
+    let exit = wait_for("the server to exit", || server.server.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
     hung.abort();
 
