@@ -14,7 +14,8 @@ use gatehouse_actors::auth::{
 /// Starts the backend's pool. Must be called inside an actix System.
 pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
     // What the backend's protocol can do at all: mod_auth_external's
-    // generic protocol has no register or remove command.
+    // generic protocol has no register or remove command (and the pool
+    // refuses them as not supported).
     let (pool, protocol_can_manage_accounts) = match config.backend {
         AuthBackendKind::External => {
             let external = config
@@ -26,14 +27,14 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 ExternalProtocol::Ejabberd => Protocol::Ejabberd,
             };
             let pool = PoolHandle::start_external(ExternalConfig {
-                command: external.command.0.clone(),
+                command: external.command.argv().to_vec(),
                 protocol,
                 processes: external.processes,
                 queue: external.queue,
                 timeout: external.timeout,
                 queue_timeout: external.queue_timeout,
             });
-            (pool, protocol == Protocol::Ejabberd)
+            (pool, protocol.manages_accounts())
         }
         AuthBackendKind::Http => {
             let http = config

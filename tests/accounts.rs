@@ -353,3 +353,23 @@ fn the_user_command_exits_3_when_the_backend_is_down_and_2_on_a_bad_ca_file() {
         assert!(text.contains("auth.http.ca_file"), "{ca}: {text}");
     }
 }
+
+#[test]
+fn the_user_command_refuses_what_the_generic_protocol_lacks() {
+    let dir = tempdir();
+    let record = dir.join("requests.log");
+    let path = dir.join("gatehouse.toml");
+    let flags = format!(r#", "--record", "{}""#, record.display());
+    std::fs::write(&path, config(&fixture_auth(&flags))).unwrap();
+    for action in ["add", "remove"] {
+        let (code, text) = user_command(&path, action, "erin@localhost", "S3cret-pw");
+        assert_eq!(code, 2, "{action}: {text}");
+        assert!(text.contains("not support"), "{action}: {text}");
+        assert!(!text.contains("S3cret-pw"), "{action}: {text}");
+    }
+    let (code, text) = user_command(&path, "check", "alice@localhost", "wonderland");
+    assert_eq!(code, 0, "{text}");
+    // Only the check ever reached the process.
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+}

@@ -51,6 +51,7 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_auth_workers",
         "gatehouse_auth_process_restarts_total",
         "gatehouse_auth_rejected_total",
+        "gatehouse_auth_timeouts_total",
         "gatehouse_logins_total",
         "gatehouse_sessions",
         "gatehouse_connections",

@@ -1,6 +1,8 @@
 //! The external-process backend (mod_auth_external / ejabberd extauth):
 //! the two wire protocols, request validation, and one long-running child
-//! process per worker.
+//! process per worker. Each child leads its own process group, and the
+//! whole group is killed with it, so nothing a wrapper script started
+//! outlives it.
 //!
 //! It owns the bytes exchanged with a child process. It must not queue or
 //! schedule requests (the pool does) nor know about XMPP.
@@ -36,6 +38,25 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Whether the protocol has `tryregister` and `removeuser`:
+    /// mod_auth_external's generic protocol has only `auth`, `isuser` and
+    /// `setpass`.
+    pub fn manages_accounts(self) -> bool {
+        self == Protocol::Ejabberd
+    }
+
+    /// Whether the protocol has `command` at all.
+    fn has(self, command: &AuthCommand) -> bool {
+        match command {
+            AuthCommand::Auth { .. } | AuthCommand::IsUser { .. } | AuthCommand::SetPass { .. } => {
+                true
+            }
+            AuthCommand::TryRegister { .. } | AuthCommand::RemoveUser { .. } => {
+                self.manages_accounts()
+            }
+        }
+    }
+
     /// The longest request this protocol carries (without a line's `\n`).
     fn max_request(self) -> usize {
         match self {
@@ -84,14 +105,18 @@ impl PoolHandle {
     }
 }
 
-/// The request text `cmd:user:host[:pass]`, or why it cannot be sent: a
+/// The request text `cmd:user:host[:pass]`, or why it cannot be sent:
+/// `NotSupported` for a command the protocol lacks; `InvalidRequest` for a
 /// NUL, CR or LF anywhere, a `:` in the user or host (they are delimited by
-/// it; only the password, which comes last, may hold one), or too long for
-/// the protocol.
-pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String, &'static str> {
+/// it; only the password, which comes last, may hold one), or a request too
+/// long for the protocol.
+pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String, AuthError> {
+    if !protocol.has(command) {
+        return Err(AuthError::NotSupported);
+    }
     let (user, host, password) = command.parts();
     if user.contains(':') || host.contains(':') {
-        return Err("user or host contains ':'");
+        return Err(AuthError::InvalidRequest("user or host contains ':'"));
     }
     let mut line = format!("{}:{user}:{host}", command.name());
     if let Some(password) = password {
@@ -99,10 +124,12 @@ pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String,
         line.push_str(password.expose());
     }
     if line.bytes().any(|b| matches!(b, b'\0' | b'\r' | b'\n')) {
-        return Err("NUL, CR or LF in the request");
+        return Err(AuthError::InvalidRequest("NUL, CR or LF in the request"));
     }
     if line.len() > protocol.max_request() {
-        return Err("request too long for the protocol");
+        return Err(AuthError::InvalidRequest(
+            "request too long for the protocol",
+        ));
     }
     Ok(line)
 }
@@ -128,11 +155,16 @@ impl WorkerFactory for ExternalBackend {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
+        let group = ProcessGroup {
+            id: child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()),
+        };
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         Ok(ExternalProcess {
+            group,
             child,
             protocol: self.protocol,
             requests: FramedWrite::new(stdin, Wire::requests(self.protocol)),
@@ -148,8 +180,38 @@ impl WorkerFactory for ExternalBackend {
 /// What a process said when nobody asked.
 const UNSOLICITED: &str = "the process wrote output without being asked";
 
+/// The process group an auth process leads: it and whatever it started
+/// (a wrapper script's real program). Killed on stop, and on drop, so
+/// nothing outlives a pool that was dropped without a shutdown
+/// (`kill_on_drop` reaches the direct child only).
+struct ProcessGroup {
+    /// The group's id, the leader's pid; `None` once killed.
+    id: Option<libc::pid_t>,
+}
+
+impl ProcessGroup {
+    /// Sends SIGKILL to every process in the group, once. Linux does not
+    /// reuse a group's id while any member is alive, so even after the
+    /// leader was reaped (an exit noticed while idle) the signal reaches
+    /// exactly the group's survivors.
+    fn kill(&mut self) {
+        if let Some(id) = self.id.take() {
+            // SAFETY: killpg only sends a signal; it touches no memory.
+            unsafe { libc::killpg(id, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// One running auth process.
 pub struct ExternalProcess {
+    /// The process's group: killed on stop and on drop.
+    group: ProcessGroup,
     /// Killed (and reaped) on stop; killed on drop as a last resort.
     child: Child,
     /// Checked again before writing, so nothing unsendable is ever written.
@@ -166,8 +228,7 @@ impl Worker for ExternalProcess {
     async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
         // Validated before admission; checked again so nothing unsendable
         // can ever be written.
-        let line = request_line(command, self.protocol)
-            .map_err(|why| WorkerFailure::Failed(AuthError::InvalidRequest(why)))?;
+        let line = request_line(command, self.protocol).map_err(WorkerFailure::Failed)?;
         // Bytes already read but never asked for would be taken as (part
         // of) this request's reply.
         if !self.replies.read_buffer().is_empty() {
@@ -206,6 +267,8 @@ impl Worker for ExternalProcess {
     }
 
     async fn stop(mut self) {
+        self.group.kill();
+        // The leader may have left its group.
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -353,6 +416,18 @@ mod tests {
             request_line(&remove, Protocol::Ejabberd).unwrap(),
             "removeuser:bob:h"
         );
+        let register = AuthCommand::TryRegister {
+            user: "bob".into(),
+            host: "h".into(),
+            password: Password::new("x"),
+        };
+        assert_eq!(
+            request_line(&register, Protocol::Ejabberd).unwrap(),
+            "tryregister:bob:h:x"
+        );
+        // mod_auth_external's protocol has neither.
+        assert_eq!(request_line(&remove, g), Err(AuthError::NotSupported));
+        assert_eq!(request_line(&register, g), Err(AuthError::NotSupported));
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub enum AuthError {
     /// The worker took longer than the request timeout to answer.
     #[error("auth backend did not answer in time")]
     Timeout,
+    /// No answer reached the caller within its overall deadline (queue
+    /// timeout plus request timeout, plus a margin): the pool itself is
+    /// stalled or overloaded, not a worker.
+    #[error("auth pool gave no answer within the caller's deadline")]
+    DeadlinePassed,
     /// The worker failed while serving the request: it exited, closed its
     /// output or answered something that is not a valid reply.
     #[error("auth backend failed: {0}")]
@@ -138,7 +143,8 @@ pub enum AuthError {
     /// The pool is shutting down.
     #[error("auth pool is shut down")]
     ShutDown,
-    /// The backend does not implement this command (HTTP 501).
+    /// The backend does not implement this command (HTTP 501, or a command
+    /// the external protocol lacks). It was never sent.
     #[error("the auth backend does not support this")]
     NotSupported,
 }

@@ -82,8 +82,9 @@ pub struct PoolConfig {
 }
 
 /// Checks a command before it is admitted: a request the backend's protocol
-/// cannot carry is refused without being queued.
-pub type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), &'static str> + Send + Sync>;
+/// cannot carry (`InvalidRequest`) or does not have (`NotSupported`) is
+/// refused without being queued.
+pub type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), AuthError> + Send + Sync>;
 
 /// A request on its way to a worker.
 struct Job {
@@ -156,7 +157,9 @@ impl PoolHandle {
             "queue_full",
             "queue_timeout",
             "invalid_request",
+            "not_supported",
             "shut_down",
+            "deadline",
         ] {
             metrics::counter!("gatehouse_auth_rejected_total", "backend" => backend, "reason" => reason).absolute(0);
         }
@@ -195,12 +198,15 @@ impl PoolHandle {
     }
 
     /// Asks the backend. `Ok` is its yes or no; every error but
-    /// `InvalidRequest` is temporary. Never waits longer than the queue
-    /// timeout plus the request timeout.
+    /// `InvalidRequest` and `NotSupported` is temporary. Never waits longer
+    /// than the queue timeout plus the request timeout (plus a margin).
     pub async fn call(&self, command: AuthCommand) -> Result<bool, AuthError> {
-        if let Err(why) = (self.validate)(&command) {
-            self.rejected("invalid_request");
-            return Err(AuthError::InvalidRequest(why));
+        if let Err(error) = (self.validate)(&command) {
+            self.rejected(match error {
+                AuthError::NotSupported => "not_supported",
+                _ => "invalid_request",
+            });
+            return Err(error);
         }
         if self.stop.is_cancelled() {
             self.rejected("shut_down");
@@ -222,7 +228,13 @@ impl PoolHandle {
             Ok(Ok(result)) => result,
             // The pool dropped the request: it is shutting down.
             Ok(Err(_)) => Err(AuthError::ShutDown),
-            Err(_) => Err(AuthError::Timeout),
+            // Every request the pool holds is bounded by the timeouts, so
+            // the pool itself is stalled. Dropping `answer` tells it that
+            // nobody waits for this request any more.
+            Err(_) => {
+                self.rejected("deadline");
+                Err(AuthError::DeadlinePassed)
+            }
         }
     }
 
@@ -600,7 +612,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "gatehouse_auth_rejected_total",
-        "Auth requests refused without an answer, by reason: queue_full, queue_timeout, invalid_request, shut_down"
+        "Auth requests refused without an answer, by reason: queue_full, queue_timeout, invalid_request, not_supported, shut_down, deadline"
     );
     describe_counter!(
         "gatehouse_auth_timeouts_total",
