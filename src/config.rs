@@ -253,7 +253,7 @@ pub struct HttpAuthConfig {
 impl fmt::Debug for HttpAuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpAuthConfig")
-            .field("url", &gatehouse_actors::auth::redacted_url(&self.url))
+            .field("url", &gatehouse_actors::redact::redacted_url(&self.url))
             .field("credentials", &self.credentials)
             .field("max_in_flight", &self.max_in_flight)
             .field("queue", &self.queue)

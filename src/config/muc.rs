@@ -6,6 +6,7 @@
 //! into the MUC actors.
 
 use super::{domain_problem, Problems, Secret};
+use gatehouse_actors::redact::redacted_url;
 use serde::Deserialize;
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -81,7 +82,7 @@ pub struct MucHttpAuthConfig {
 impl fmt::Debug for MucHttpAuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MucHttpAuthConfig")
-            .field("url", &masked_url(&self.url))
+            .field("url", &redacted_url(&self.url))
             .field("enabled_for", &self.enabled_for)
             .field("disabled_for", &self.disabled_for)
             .field("insecure", &self.insecure)
@@ -91,23 +92,6 @@ impl fmt::Debug for MucHttpAuthConfig {
             .field("queue", &self.queue)
             .finish()
     }
-}
-
-/// `url` with its user info and query (API keys often live there) shown
-/// as `***`; all of it masked when it is not a URL.
-fn masked_url(url: &str) -> String {
-    let Ok(mut url) = url::Url::parse(url) else {
-        return "***".to_owned();
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        // Only URLs that cannot have user info refuse these.
-        let _ = url.set_username("***");
-        let _ = url.set_password(None);
-    }
-    if url.query().is_some() {
-        url.set_query(Some("***"));
-    }
-    url.to_string()
 }
 
 fn default_max_occupants() -> usize {
@@ -273,14 +257,6 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         assert_eq!(format!("{:?}", Secret("Basic abc".into())), "***");
-        assert_eq!(
-            masked_url("https://user:pw@gate.example/check?key=s3cr3t"),
-            "https://***@gate.example/check?***"
-        );
-        assert_eq!(
-            masked_url("http://gate.example/check"),
-            "http://gate.example/check"
-        );
         let config: MucHttpAuthConfig = toml::from_str(
             "url = \"https://gate.example/c?api_key=s3cr3t\"\nauthorization_header = \"Bearer tok\"",
         )

@@ -57,7 +57,7 @@ pub struct HttpConfig {
 impl fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpConfig")
-            .field("url", &redacted_url(&self.url))
+            .field("url", &crate::redact::redacted_url(&self.url))
             .field(
                 "credentials",
                 &self
@@ -70,21 +70,6 @@ impl fmt::Debug for HttpConfig {
             .field("timeout", &self.timeout)
             .field("queue_timeout", &self.queue_timeout)
             .finish()
-    }
-}
-
-/// The URL for logs and `Debug`: a password in it (which the backend
-/// refuses, but a config may still hold one) is masked, and text that is
-/// not a URL at all is not shown, since it may hold one unparsed.
-pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        Err(_) => "(not a URL)".to_owned(),
     }
 }
 

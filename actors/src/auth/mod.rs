@@ -17,7 +17,7 @@ mod pool;
 pub use authenticator::{Authenticator, Capabilities};
 pub use cache::{AuthCache, CacheKey, CachedUser, Generation};
 pub use external::{request_line, ExternalBackend, ExternalConfig, Protocol};
-pub use http::{ca_certificates, redacted_url, HttpBackend, HttpConfig, HttpSetupError};
+pub use http::{ca_certificates, HttpBackend, HttpConfig, HttpSetupError};
 pub use pool::{
     describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure,
 };

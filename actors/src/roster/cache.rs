@@ -83,7 +83,9 @@ pub struct RosterUrl(String);
 
 impl fmt::Debug for RosterUrl {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.debug_tuple("RosterUrl").field(&self.redacted()).finish()
+        f.debug_tuple("RosterUrl")
+            .field(&crate::redact::redacted_url(&self.0))
+            .finish()
     }
 }
 
@@ -112,23 +114,6 @@ impl RosterUrl {
     }
 
     /// The template with any user information and query replaced by `***`.
-    fn redacted(&self) -> String {
-        let Ok(mut url) = reqwest::Url::parse(&self.0) else {
-            // `parse` accepted the template, so this does not happen; show
-            // nothing rather than a secret if it ever does.
-            return "***".into();
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            // Only fails for URLs without a host, which `parse` refused.
-            let _ = url.set_password(None);
-            let _ = url.set_username("***");
-        }
-        if url.query().is_some() {
-            url.set_query(Some("***"));
-        }
-        url.to_string()
-    }
-
     /// The URL of `user`'s roster.
     fn for_user(&self, user: &str) -> String {
         self.0.replace(
