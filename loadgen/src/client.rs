@@ -405,3 +405,64 @@ async fn login_steps<S: AsyncRead + AsyncWrite + Unpin>(
     conn.result_of("roster1").await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose server side writes `replies` in small pieces, so
+    /// markers straddle reads.
+    fn conn_with(replies: &'static [u8]) -> Conn<tokio::io::DuplexStream> {
+        let (client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            for piece in replies.chunks(3) {
+                server.write_all(piece).await.unwrap();
+            }
+            let _ = server.shutdown().await;
+        });
+        Conn::new(client)
+    }
+
+    #[tokio::test]
+    async fn markers_are_found_across_reads_and_consumed() {
+        let mut conn = conn_with(b"<stream:features><bind/></stream:features><success/>");
+        let (which, text) = conn
+            .until(&["<failure", "</stream:features>"])
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(which, 1);
+        assert!(text.ends_with(b"</stream:features>"));
+        assert_eq!(conn.until(&["<success"]).await.ok().unwrap().0, 0);
+    }
+
+    #[tokio::test]
+    async fn only_a_result_completes_an_iq_step() {
+        let mut ok = conn_with(b"<iq id=\"bind1\" type=\"result\"><bind/></iq>");
+        assert!(ok.result_of("bind1").await.is_ok());
+        let mut error = conn_with(b"<iq type='error' id='bind1'><error/></iq>");
+        assert!(matches!(
+            error.result_of("bind1").await,
+            Err(Stop::Outcome(Outcome::OtherFailure))
+        ));
+        let mut gone = conn_with(b"<iq type='result' id='roster");
+        assert!(matches!(
+            gone.result_of("roster1").await,
+            Err(Stop::Outcome(Outcome::ConnectionReset))
+        ));
+    }
+
+    #[test]
+    fn the_generators_own_shortages_are_its_own_outcome() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(matches!(
+            Stop::from(emfile),
+            Stop::Outcome(Outcome::ClientError)
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            Stop::from(refused),
+            Stop::Outcome(Outcome::ConnectionRefused)
+        ));
+    }
+}

@@ -435,3 +435,33 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_allowed() {
+        assert_eq!(loopback("127.0.0.1:5222").unwrap().port(), 5222);
+        assert!(loopback("[::1]:5222").is_ok());
+        assert!(loopback("10.0.0.1:5222")
+            .unwrap_err()
+            .contains("only loopback"));
+        assert!(loopback("no port").is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentiles(&ms), Some([50.0, 95.0, 99.0, 100.0]));
+        assert_eq!(percentiles(&[]), None);
+    }
+
+    #[test]
+    fn accounts_are_rendered_once_each() {
+        let args = Args::parse_from(["gatehouse-loadgen", "--users", "3", "--count", "10"]);
+        assert_eq!(credentials(&args).len(), 3);
+        let few = Args::parse_from(["gatehouse-loadgen", "--users", "50", "--count", "2"]);
+        assert_eq!(credentials(&few).len(), 2);
+    }
+}
