@@ -11,8 +11,11 @@
 //! them into listeners, pools and TLS acceptors is the caller's job.
 //!
 //! Secrets (`auth.http.credentials`, `roster.authorization_header`,
-//! `roster_admin.token`) are [`Secret`]s, whose `Debug` prints `***`, so
-//! that `{:?}` of a whole `Config` stays safe to log.
+//! `roster_admin.token`, `muc.http_auth.authorization_header`) are
+//! [`Secret`]s, whose `Debug` prints `***`, and the URLs that may carry
+//! credentials (`auth.http.url`, `roster.url`, `muc.http_auth.url`) are
+//! shown without user info or query, so that `{:?}` of a whole `Config`
+//! stays safe to log.
 
 mod muc;
 
@@ -85,7 +88,7 @@ pub struct Config {
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
 /// `mod_http_roster_admin`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RosterConfig {
     /// URL of a user's roster; `%s` is replaced by the URL-encoded username
@@ -171,12 +174,13 @@ pub struct C2sConfig {
     pub max_outbound_queue: usize,
 }
 
-/// `[http]`: the listener for `/metrics` and `/health`.
+/// `[http]`: the listener for `/metrics`, `/health` and, with `[roster]`,
+/// `/roster_admin/refresh`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address and port of the HTTP listener; loopback by default because
-    /// metrics are not meant for the public.
+    /// metrics and the roster refresh are not meant for the public.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
 }
@@ -248,6 +252,19 @@ pub struct HttpAuthConfig {
     /// too; the operating system's certificate store is not read.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for RosterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RosterConfig")
+            .field("url", &gatehouse_actors::redact::redacted_url(&self.url))
+            .field("cache_capacity", &self.cache_capacity)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("authorization_header", &self.authorization_header)
+            .finish()
+    }
 }
 
 impl fmt::Debug for HttpAuthConfig {

@@ -2,8 +2,10 @@
 //! with explicit histogram buckets (without them every histogram would
 //! render as a summary) and a periodic upkeep task.
 //!
-//! It owns how metrics are exported, not which ones exist: each component
-//! records and describes its own.
+//! It owns how metrics are exported, and the help text and zero values of
+//! the series that the application's dashboards rely on before anything
+//! has happened (logins, sessions, the auth cache, and the labelled roster
+//! and MUC series); each actor records its own and describes the rest.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;

@@ -366,7 +366,11 @@ fn roster_sections_load_with_defaults_and_hide_their_secrets() {
     assert_eq!(admin.max_body_bytes, 65_536);
     let debug = format!("{config:?}");
     assert!(
-        !debug.contains("s3cret") && !debug.contains("t0ken"),
+        !debug.contains("s3cret") && !debug.contains("t0ken") && !debug.contains("format=json"),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("https://app.example.com/contacts/%s?***"),
         "{debug}"
     );
 

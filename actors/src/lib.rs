@@ -1,10 +1,13 @@
 //! Gatehouse's domain: the actors and the protocols they speak.
 //!
 //! - [`session`]: one Session actor per client connection (XMPP stream,
-//!   STARTTLS, SASL, binding) and its I/O task.
-//! - [`router`]: the Router actor, the registry of bound resources.
-//! - [`auth`]: the AuthPool actor and the external-process backend.
+//!   STARTTLS, SASL, binding, XEP-0077 accounts) and its I/O task.
+//! - [`router`]: the Router actor, the registry of bound resources and of
+//!   online users' rosters; presence and roster pushes.
+//! - [`auth`]: the AuthPool actor, the external-process and HTTP backends,
+//!   the result cache and the `Authenticator` sessions use.
 //! - [`roster`]: rosters from the application and the RosterCache actor.
+//! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
 //! - [`redact`]: what of a configured URL may appear in logs.
 //!

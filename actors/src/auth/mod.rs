@@ -143,8 +143,9 @@ pub enum AuthError {
     /// The pool is shutting down.
     #[error("auth pool is shut down")]
     ShutDown,
-    /// The backend does not implement this command (HTTP 501, or a command
-    /// the external protocol lacks). It was never sent.
+    /// The backend does not implement this command: it answered HTTP 501,
+    /// or the external protocol lacks the command (then it was never
+    /// written to a process).
     #[error("the auth backend does not support this")]
     NotSupported,
 }

@@ -1,6 +1,6 @@
 //! The AuthPool actor: admission, a bounded FIFO queue, dispatch to idle
 //! workers, and the pool metrics. It is the same for every backend kind;
-//! what a worker is (a child process, later an HTTP client slot) is behind
+//! what a worker is (a child process, or an HTTP connection slot) is behind
 //! the [`WorkerFactory`] and [`Worker`] traits.
 //!
 //! Backpressure is enforced outside the actor's mailbox: actix's `do_send`

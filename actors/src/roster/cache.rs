@@ -113,7 +113,6 @@ impl RosterUrl {
         Ok(RosterUrl(template.to_owned()))
     }
 
-    /// The template with any user information and query replaced by `***`.
     /// The URL of `user`'s roster.
     fn for_user(&self, user: &str) -> String {
         self.0.replace(
