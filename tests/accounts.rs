@@ -148,6 +148,70 @@ async fn nothing_is_offered_unless_allowed_and_supported() {
         .has_child("register", REGISTER_FEATURE));
 }
 
+/// Sends a ping to the server and returns the next element: the ping's
+/// answer only if nothing was sent before it.
+async fn next_after_ping(client: &mut Client) -> minidom::Element {
+    client
+        .send("<iq type='get' id='ping'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    client.element().await
+}
+
+#[actix_rt::test]
+async fn results_and_errors_are_neither_acted_on_nor_answered() {
+    let server = TestServer::start(&ejabberd("allow_account_removal = true"));
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    for kind in ["result", "error"] {
+        alice
+            .send(&format!(
+                "<iq type='{kind}' id='x'><query xmlns='{REGISTER}'><remove/></query></iq>\
+                 <iq type='{kind}' id='y'><query xmlns='{REGISTER}'>\
+                 <username>alice</username><password>n3w</password></query></iq>"
+            ))
+            .await;
+        let answer = next_after_ping(&mut alice).await;
+        assert_eq!(answer.attr("id"), Some("ping"), "{kind}: {answer:?}");
+        assert_eq!(answer.attr("type"), Some("result"), "{kind}: {answer:?}");
+    }
+    // Neither removed nor changed: the old password still logs in.
+    let (_again, _) = Client::login(server.c2s, "alice", "wonderland", "r2").await;
+}
+
+/// Logs alice in to a server started from `toml` and sends her account
+/// get; the answer.
+async fn account_get(toml: &str) -> minidom::Element {
+    let server = TestServer::start(toml);
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    alice
+        .send(&format!(
+            "<iq type='get' id='g'><query xmlns='{REGISTER}'/></iq>"
+        ))
+        .await;
+    let answer = alice.element().await;
+    assert_eq!(answer.attr("id"), Some("g"), "{answer:?}");
+    answer
+}
+
+#[actix_rt::test]
+async fn an_account_get_with_nothing_offered_is_service_unavailable() {
+    // The generic protocol cannot register; removal is off by default.
+    let nothing = config(&fixture_auth("").replace(
+        "[auth.external]",
+        "allow_password_change = false\n[auth.external]",
+    ));
+    let answer = account_get(&nothing).await;
+    assert_eq!(
+        stanza_condition(&answer).as_deref(),
+        Some("service-unavailable"),
+        "{answer:?}"
+    );
+    // With something offered (password change, the default), a get says
+    // what is registered.
+    let answer = account_get(&config(&fixture_auth(""))).await;
+    let query = answer.get_child("query", REGISTER).expect("an answer");
+    assert!(query.has_child("registered", REGISTER), "{answer:?}");
+}
+
 #[actix_rt::test]
 async fn a_501_reaches_the_client_as_feature_not_implemented() {
     let backend = Backend::start(&[("alice", &["wonderland"])]);

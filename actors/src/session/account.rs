@@ -115,8 +115,9 @@ impl Session {
         })
     }
 
-    /// `jabber:iq:register` from a logged-in user: what is registered, a
-    /// password change, or removal of the account.
+    /// `jabber:iq:register` from a logged-in user: what is registered (when
+    /// some operation is offered), a password change, or removal of the
+    /// account. Results and errors are ignored.
     pub(super) fn account(&mut self, iq: Element) -> ResponseActFuture<Self, Next> {
         let capabilities = self.services.auth.capabilities();
         let user = self.user.clone().expect("authenticated");
@@ -124,7 +125,18 @@ impl Session {
         let query = iq
             .get_child("query", ns::REGISTER)
             .expect("routed here for this payload");
+        // Results and errors are never answered (RFC 6120 §8.2.3), nor
+        // acted on: only a `set` changes the account.
+        if !stanza::is_iq_request(&iq) {
+            return ready(Next::Continue);
+        }
         if iq.attr("type") == Some("get") {
+            if !capabilities.any() {
+                // No XEP-0077 operation is offered: the namespace is as
+                // unknown as any other IQ the server does not serve.
+                self.reply_error(&iq, StanzaError::SERVICE_UNAVAILABLE);
+                return ready(Next::Continue);
+            }
             let mut info = Element::bare("query", ns::REGISTER);
             info.append_child(Element::bare("registered", ns::REGISTER));
             info.append_child(
