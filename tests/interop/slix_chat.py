@@ -35,8 +35,10 @@ async def main():
     if str(msg["from"]) != "alice@localhost/slix":
         raise RuntimeError(f"message from {msg['from']}")
 
-    rtt = await alice.plugin["xep_0199"].ping(jid="localhost", timeout=TIMEOUT)
-    print(f"ping rtt {rtt:.4f}s")
+    # Not ping(): for the client's own server it counts an error answer as
+    # success. send_ping() raises IqError on one and IqTimeout on none.
+    await alice.plugin["xep_0199"].send_ping("localhost", timeout=TIMEOUT)
+    print("ping ok")
 
     await finish(alice, bob)
 
