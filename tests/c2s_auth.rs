@@ -22,10 +22,23 @@ timeout = "1s"
     ))
 }
 
+const SUCCESS: &str = r#"gatehouse_logins_total{result="success"}"#;
+const NOT_AUTHORIZED: &str = r#"gatehouse_logins_total{result="not_authorized"}"#;
+const MALFORMED: &str = r#"gatehouse_logins_total{result="malformed"}"#;
+const TEMPORARY_FAILURE: &str = r#"gatehouse_logins_total{result="temporary_failure"}"#;
+const TIMEOUTS: &str = r#"gatehouse_auth_timeouts_total{backend="external"}"#;
+
+/// How much each of `series` grew in `scrape` since `before` (a scrape
+/// taken earlier), in order.
+fn deltas<const N: usize>(before: &str, scrape: &str, series: [&str; N]) -> [f64; N] {
+    series.map(|s| sample(scrape, s) - sample(before, s))
+}
+
 #[actix_rt::test]
 async fn right_and_wrong_passwords_both_protocols() {
     for protocol in ["generic", "ejabberd"] {
         let server = TestServer::start(&external(protocol, ""));
+        let before = server.metrics().await;
         assert_eq!(
             try_login(&server, "alice", "wonderland").await,
             Ok(()),
@@ -53,14 +66,13 @@ async fn right_and_wrong_passwords_both_protocols() {
             Ok(()),
             "{protocol}"
         );
-        let scrape = server.metrics().await;
-        assert!(sample(&scrape, r#"gatehouse_logins_total{result="success"}"#) >= 3.0);
-        assert!(
-            sample(
-                &scrape,
-                r#"gatehouse_logins_total{result="not_authorized"}"#
-            ) >= 2.0
-        );
+        // A login is counted before its answer is sent. Every test in this
+        // binary logs in (successes and refusals) on the one shared
+        // recorder, concurrently: lower bounds of this pass's own logins.
+        let [success, refused] =
+            deltas(&before, &server.metrics().await, [SUCCESS, NOT_AUTHORIZED]);
+        assert!(success >= 3.0, "{protocol}: {success} successes counted");
+        assert!(refused >= 2.0, "{protocol}: {refused} refusals counted");
     }
 }
 
@@ -73,6 +85,7 @@ async fn a_password_with_a_newline_never_reaches_the_process() {
             protocol,
             &format!(r#", "--record", "{}""#, record.display()),
         ));
+        let before = server.metrics().await;
         for bad in ["wonder\nland", "wonder\rland", "wonderland\n1"] {
             assert_eq!(
                 try_login(&server, "alice", bad).await,
@@ -81,8 +94,9 @@ async fn a_password_with_a_newline_never_reaches_the_process() {
         }
         // The next login still works, and is the only request recorded.
         assert_eq!(try_login(&server, "alice", "wonderland").await, Ok(()));
-        let scrape = server.metrics().await;
-        assert!(sample(&scrape, r#"gatehouse_logins_total{result="malformed"}"#) >= 3.0);
+        // Only this test sends malformed logins in this binary: exact.
+        let [malformed] = deltas(&before, &server.metrics().await, [MALFORMED]);
+        assert_eq!(malformed, 3.0, "{protocol}");
     }
     let recorded = std::fs::read_to_string(&record).unwrap();
     assert_eq!(recorded.lines().count(), 2, "{recorded}");
@@ -96,11 +110,9 @@ async fn a_password_with_a_newline_never_reaches_the_process() {
 async fn a_broken_process_is_a_temporary_failure_and_is_restarted() {
     for protocol in ["generic", "ejabberd"] {
         let server = TestServer::start(&external(protocol, r#", "--late", "2""#));
+        let pass_start = server.metrics().await;
         for user in ["crash", "hang", "garbage", "late"] {
-            let before = sample(
-                &server.metrics().await,
-                r#"gatehouse_auth_process_restarts_total{backend="external"}"#,
-            );
+            let before = server.metrics().await;
             assert_eq!(
                 try_login(&server, user, "x").await,
                 Err("temporary-auth-failure".into()),
@@ -123,23 +135,25 @@ async fn a_broken_process_is_a_temporary_failure_and_is_restarted() {
             let restarts = r#"gatehouse_auth_process_restarts_total{backend="external"}"#;
             let scrape = server
                 .metrics_when(&format!("{protocol} {user}: restart counted"), |scrape| {
-                    sample(scrape, restarts) > before
+                    deltas(&before, scrape, [restarts])[0] > 0.0
                 })
                 .await;
-            assert!(
-                sample(
-                    &scrape,
-                    r#"gatehouse_logins_total{result="temporary_failure"}"#
-                ) >= 1.0,
-                "{scrape}"
-            );
+            // The burst test's refusals are temporary failures too, and
+            // may run meanwhile: a lower bound of this login's own count.
+            let [failed] = deltas(&before, &scrape, [TEMPORARY_FAILURE]);
+            assert!(failed >= 1.0, "{protocol} {user}: {failed} counted");
         }
-        let scrape = server.metrics().await;
-        assert!(
-            sample(
-                &scrape,
-                r#"gatehouse_auth_timeouts_total{backend="external"}"#
-            ) >= 2.0
+        // The hang and the late answer time out; no other test in this
+        // binary lets a request time out, so the count is exact.
+        let scrape = server
+            .metrics_when(&format!("{protocol}: timeouts counted"), |scrape| {
+                deltas(&pass_start, scrape, [TIMEOUTS])[0] >= 2.0
+            })
+            .await;
+        assert_eq!(
+            deltas(&pass_start, &scrape, [TIMEOUTS]),
+            [2.0],
+            "{protocol}"
         );
     }
 }
