@@ -3,64 +3,28 @@
 //! one hung mid-request, one that ignores the end of its input, and what a
 //! wrapper script started; exit status 0), and no password ever appears in
 //! its log output, even at trace level and with a backend that crashes,
-//! hangs or answers garbage.
-//!
-//! The server's stderr (and so its auth processes' stderr) goes to a file:
-//! nothing here waits for a pipe the children hold to close.
+//! hangs or answers garbage (external), or answers 500, times out or is
+//! down (HTTP).
 
 mod common;
 #[path = "common/processes.rs"]
 mod processes;
 
-use base64::Engine;
+use common::backend::{closed_address, Backend, Mode};
+use common::server_process::{assert_no_passwords, wait_for, ServerProcess};
 use common::*;
 use processes::{pids as recorded_pids, running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Waits until `f` returns Some, or panics after PATIENCE.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn field(line: &str, key: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-}
 
 /// The server process and the directory of its auth processes' pid files.
 /// If the test fails midway, the server and every recorded process still
 /// running are killed rather than left behind.
 struct Cleanup {
     /// The `gatehouse` process under test.
-    server: Child,
+    server: ServerProcess,
     /// Where the wrappers and fixture programs record their pids.
     pids: PathBuf,
 }
@@ -70,8 +34,7 @@ impl Drop for Cleanup {
         if !std::thread::panicking() {
             return;
         }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        self.server.kill();
         for pid in recorded_pids(&self.pids)
             .into_iter()
             .filter(|&pid| running(pid))
@@ -120,25 +83,11 @@ timeout = "60s"
         )),
     )
     .unwrap();
-    let log_path = dir.join("gatehouse.log");
     let mut server = Cleanup {
-        server: Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "trace")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("gatehouse starts"),
+        server: ServerProcess::start(&config_path, dir.join("gatehouse.log")),
         pids: pids.clone(),
     };
-    let read_log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    let (c2s, http) = wait_for("the listening line", || {
-        read_log()
-            .lines()
-            .find(|l| l.contains("Gatehouse is listening"))
-            .and_then(|l| Some((field(l, "c2s=")?, field(l, "http=")?)))
-    });
+    let (c2s, http) = server.server.listeners();
 
     // Logins with secrets that must not show up in the log.
     let secrets = [
@@ -185,13 +134,8 @@ timeout = "60s"
         (recorded.len() >= 2 * (PROCESSES + 2) && up == 2 * PROCESSES).then_some(recorded)
     });
 
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &server.server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let exit = server.server.signal_and_wait(signal);
     assert_eq!(online.stream_error().await, "system-shutdown");
-    let exit = wait_for("the server to exit", || server.server.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
     hung.abort();
 
@@ -200,19 +144,9 @@ timeout = "60s"
     wait_for("every auth process to end", || {
         started.iter().all(|&pid| !running(pid)).then_some(())
     });
-    let log = read_log();
+    let log = server.server.log();
     assert!(log.contains("login"), "the log is not empty: {log}");
-    for (user, password) in secrets {
-        let secret = password.rsplit('\n').next().unwrap();
-        assert!(
-            !log.contains(secret),
-            "password {secret:?} in the log:\n{log}"
-        );
-        // The base64 PLAIN payload would reveal it too.
-        let encoded =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        assert!(!log.contains(&encoded), "PLAIN payload in the log");
-    }
+    assert_no_passwords(&log, &secrets);
 }
 
 #[actix_rt::test]
@@ -223,4 +157,77 @@ async fn sigterm_shuts_down_gracefully_and_logs_no_password() {
 #[actix_rt::test]
 async fn sigint_shuts_down_gracefully_and_logs_no_password() {
     shuts_down_gracefully_and_logs_no_password("INT").await;
+}
+
+/// Starts the binary with the HTTP backend at `url` (requests time out
+/// after `timeout`), logging into `dir/NAME.log`.
+fn http_server(dir: &std::path::Path, name: &str, url: &str, timeout: Duration) -> ServerProcess {
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config_path,
+        config(&format!(
+            "[auth]\nbackend = \"http\"\n[auth.http]\nurl = \"{url}\"\ntimeout = \"{}ms\"\n",
+            timeout.as_millis()
+        )),
+    )
+    .unwrap();
+    ServerProcess::start(&config_path, dir.join(format!("{name}.log")))
+}
+
+#[actix_rt::test]
+async fn the_http_backend_logs_no_password() {
+    // Long enough for a healthy answer on a loaded machine.
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let dir = tempdir();
+    let up = [
+        ("alice", "Http-Right-S3cret"),
+        ("alice", "Http-Wrong-S3cret"),
+        ("alice", "Http-500-S3cret"),
+        ("alice", "Http-Slow-S3cret"),
+    ];
+    let backend = Backend::start(&[("alice", &[up[0].1])]);
+    let mut server = http_server(&dir, "up", &backend.url(), TIMEOUT);
+    let (c2s, _) = server.listeners();
+    let (_online, _) = Client::login(c2s, up[0].0, up[0].1, "r").await;
+    assert_eq!(failed_login(c2s, up[1].0, up[1].1).await, "not-authorized");
+    backend.set_mode(Mode::Fixed(500, "Internal Server Error"));
+    assert_eq!(
+        failed_login(c2s, up[2].0, up[2].1).await,
+        "temporary-auth-failure",
+        "500"
+    );
+    backend.set_mode(Mode::Slow(TIMEOUT * 5));
+    assert_eq!(
+        failed_login(c2s, up[3].0, up[3].1).await,
+        "temporary-auth-failure",
+        "timeout"
+    );
+    assert_eq!(server.signal_and_wait("TERM").code(), Some(0));
+    // Every password did reach the backend: the server had it in hand.
+    let sent: Vec<_> = backend
+        .requests()
+        .iter()
+        .filter_map(|r| r.params().get("pass").cloned())
+        .collect();
+    for (_, password) in up {
+        assert!(sent.iter().any(|p| p == password), "{password} not sent");
+    }
+    let log = server.log();
+    assert!(log.contains("login"), "the log is not empty: {log}");
+    assert_no_passwords(&log, &up);
+
+    // A backend that is down: nothing listens on its port.
+    let down = [("alice", "Http-Down-S3cret")];
+    let url = format!("http://{}/api", closed_address());
+    let mut server = http_server(&dir, "down", &url, TIMEOUT);
+    let (c2s, _) = server.listeners();
+    assert_eq!(
+        failed_login(c2s, down[0].0, down[0].1).await,
+        "temporary-auth-failure",
+        "down"
+    );
+    assert_eq!(server.signal_and_wait("TERM").code(), Some(0));
+    let log = server.log();
+    assert!(log.contains("login"), "the log is not empty: {log}");
+    assert_no_passwords(&log, &down);
 }

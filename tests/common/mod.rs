@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod roster_service;
+pub mod server_process;
 
 use base64::Engine;
 use bytes::BytesMut;
