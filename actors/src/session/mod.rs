@@ -698,6 +698,7 @@ impl Session {
                 let to = Jid::from(me.to_bare());
                 self.services.router.do_send(router::Route {
                     from: me,
+                    session_id: self.id,
                     to,
                     stanza: el,
                 });
@@ -712,6 +713,7 @@ impl Session {
             }
             (_, Some(to)) => self.services.router.do_send(router::Route {
                 from: me,
+                session_id: self.id,
                 to,
                 stanza: el,
             }),
@@ -731,6 +733,7 @@ impl Session {
             _ => {
                 self.services.router.do_send(router::Broadcast {
                     from,
+                    session_id: self.id,
                     presence,
                     roster: None,
                 });
@@ -754,6 +757,7 @@ impl Session {
                     };
                     act.services.router.do_send(router::Broadcast {
                         from,
+                        session_id: act.id,
                         presence,
                         roster,
                     });
