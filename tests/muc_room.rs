@@ -248,6 +248,21 @@ async fn messages_subject_private_and_history() {
         .await;
     assert_eq!(condition(&bob.element().await), "item-not-found");
 
+    // `<history maxchars='0'/>` asks for no history: presences, then the
+    // subject only.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    colon
+        .send("<presence to='tea@rooms.localhost/Colon'><x xmlns='http://jabber.org/protocol/muc'><history maxchars='0'/></x></presence>")
+        .await;
+    let got = until(&mut colon, |el| el.is("message", CLIENT)).await;
+    assert_eq!(
+        got.get_child("subject", CLIENT)
+            .map(|s| s.text())
+            .as_deref(),
+        Some("Cake"),
+        "{got:?}"
+    );
+
     let scrape = server.metrics().await;
     assert!(sample(&scrape, "gatehouse_muc_messages_total") >= 7.0);
     for name in [
