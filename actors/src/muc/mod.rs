@@ -489,16 +489,59 @@ mod tests {
     }
 
     fn service_with_max_rooms(max_rooms: usize) -> Addr<MucService> {
+        start_service(max_rooms, None)
+    }
+
+    fn start_service(max_rooms: usize, gate: Option<GateConfig>) -> Addr<MucService> {
         MucService::start(MucConfig {
             domain: "rooms.example".into(),
             persistent_rooms: HashSet::new(),
             max_occupants: 10,
             max_rooms,
             history: 5,
-            gate: None,
+            gate,
         })
         .unwrap()
         .service
+    }
+
+    /// A real HTTP join gate on port 0 that admits the first `allow`
+    /// joins and denies the rest; counts the requests it answered.
+    async fn gate_admitting(allow: usize) -> (GateConfig, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        actix_rt::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let body = format!("{{\"allowed\": {}}}", n < allow);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        let config = GateConfig {
+            url: url.parse().unwrap(),
+            rooms: GatedRooms::Every,
+            insecure: false,
+            authorization_header: None,
+            timeout: Duration::from_secs(15),
+            max_in_flight: 4,
+            queue: 4,
+        };
+        (config, asked)
     }
 
     /// `(from, type)` of an occupant's unavailable presence.
@@ -674,5 +717,24 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_newer_session_taking_the_place_asks_the_gate_again() {
+        // The gate admits the first login, then the user is revoked.
+        let (gate, asked) = gate_admitting(1).await;
+        let muc = start_service(10, Some(gate));
+        let mut old = Client::new("alice@example/r", 1);
+        let mut new = Client::new("alice@example/r", 2);
+        old.send(&muc, join("Alice"));
+        assert_eq!(old.next().await.attr("type"), None, "admitted");
+        old.next().await; // the subject
+
+        // The newer login's join reaches the room before the older
+        // session's departure: the gate is asked, and says no.
+        new.send(&muc, join("Alice"));
+        let refused = new.next().await;
+        assert_eq!(condition(&refused), "not-authorized");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -302,7 +302,10 @@ impl Room {
                 self.broadcast_presence(&current, &[SELF_PRESENCE], &[], false);
             }
             (None, Some((current, true))) => self.change_nick(msg, current, nick),
-            (None, Some((current, false))) if current == nick => self.rejoin(msg, &current),
+            // A newer login joins under the same nickname: it takes the old
+            // session's place once admitted (asking the gate again, so a
+            // revoked user does not keep the place by logging in anew).
+            (None, Some((current, false))) if current == nick => self.join(msg, nick, number, ctx),
             // A newer login joins under another nickname: the old session's
             // occupant leaves, the new one joins like anyone else.
             (None, Some((current, false))) => {
@@ -327,9 +330,6 @@ impl Room {
             }
             None => {}
         }
-        if let Err(error) = self.admissible(&nick) {
-            return msg.reply_error(error);
-        }
         let join = Join {
             from: msg.from,
             session: msg.session,
@@ -338,11 +338,14 @@ impl Room {
             nick,
             presence: msg.stanza,
         };
+        if let Err(error) = self.enterable(&join) {
+            return reply_error(&join.mailbox, &join.presence, error);
+        }
         let gate = match &self.settings.gate {
             Some((gate, rooms)) if rooms.is_gated(join.from.domain().as_str(), &self.name) => {
                 gate.clone()
             }
-            _ => return self.admit(join),
+            _ => return self.enter(join),
         };
         self.pending.insert(join.from.clone(), join.session);
         let check = Check {
@@ -360,7 +363,7 @@ impl Room {
                         return room.vacate_if_empty(ctx);
                     }
                     let verdict = match answer {
-                        Ok(Decision::Allowed) => room.admissible(&join.nick),
+                        Ok(Decision::Allowed) => room.enterable(&join),
                         // No room in the gate's queue: try again later.
                         Ok(Decision::Failed(GateError::Busy)) => {
                             Err(StanzaError::RESOURCE_CONSTRAINT)
@@ -372,7 +375,7 @@ impl Room {
                         }
                     };
                     match verdict {
-                        Ok(()) => room.admit(join),
+                        Ok(()) => room.enter(join),
                         Err(error) => {
                             reply_error(&join.mailbox, &join.presence, error);
                             room.release_unless_held(&join.from, join.session, join.number);
@@ -381,6 +384,30 @@ impl Room {
                     }
                 }),
         );
+    }
+
+    /// Whether `join` holds the place of an older session of the same
+    /// JID under the same nickname (a newer login taking over).
+    fn takes_over(&self, join: &Join) -> bool {
+        self.nicks.get(&join.from) == Some(&join.nick)
+    }
+
+    /// Whether `join` may enter now: a takeover always may, a newcomer if
+    /// its nickname is free and the room not full.
+    fn enterable(&self, join: &Join) -> Result<(), StanzaError> {
+        if self.takes_over(join) {
+            return Ok(());
+        }
+        self.admissible(&join.nick)
+    }
+
+    /// Lets an enterable `join` in.
+    fn enter(&mut self, join: Join) {
+        if self.takes_over(&join) {
+            self.rejoin(join);
+        } else {
+            self.admit(join);
+        }
     }
 
     /// Whether a newcomer may take `nick` now.
@@ -425,15 +452,15 @@ impl Room {
     /// takes the place, keeping affiliation and role, and gets the whole
     /// join sequence. The others see a presence update (the occupant never
     /// left), not a leave and a join.
-    fn rejoin(&mut self, msg: Incoming, nick: &str) {
+    fn rejoin(&mut self, join: Join) {
         let occupant = self
             .occupants
-            .get_mut(nick)
+            .get_mut(&join.nick)
             .expect("nicks and occupants agree");
-        occupant.session = msg.session;
-        occupant.mailbox = msg.mailbox;
-        occupant.presence = presence_payload(&msg.stanza);
-        self.welcome(nick, &[SELF_PRESENCE], &msg.stanza);
+        occupant.session = join.session;
+        occupant.mailbox = join.mailbox;
+        occupant.presence = presence_payload(&join.presence);
+        self.welcome(&join.nick, &[SELF_PRESENCE], &join.presence);
     }
 
     /// The join sequence for the occupant `nick`, who just came in (or
