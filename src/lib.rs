@@ -220,6 +220,7 @@ fn muc_settings(muc: &config::MucConfig) -> MucConfig {
         domain: muc.domain.clone(),
         persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
         max_occupants: muc.max_occupants,
+        max_rooms: muc.max_rooms,
         history: muc.history,
         gate: muc.http_auth.as_ref().map(|gate| GateConfig {
             url: gate.parsed_url(),

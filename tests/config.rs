@@ -97,6 +97,21 @@ fn every_invalid_file_names_its_file_and_keys() {
 }
 
 #[test]
+fn config_errors_name_normalised_rooms_and_hide_url_secrets() {
+    let error = Config::load(&fixture("invalid/muc_gate_room_not_normalised.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\"strasse\""), "{error}");
+    let error = Config::load(&fixture("invalid/muc_gate_bad_url_with_secrets.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("gate.example"), "{error}");
+    for secret in ["hunter2", "s3cr3t", "gateuser"] {
+        assert!(!error.contains(secret), "{error}");
+    }
+}
+
+#[test]
 fn minimal_file_gets_every_default() {
     let config = Config::load(&fixture("valid/minimal.toml")).unwrap();
     assert_eq!(config.hosts, ["localhost"]);
@@ -396,6 +411,7 @@ fn muc_defaults_and_the_gate_header_is_masked() {
     assert_eq!(muc.domain, "rooms.localhost");
     assert!(muc.persistent_rooms.is_empty());
     assert_eq!(muc.max_occupants, 1000);
+    assert_eq!(muc.max_rooms, 10_000);
     assert_eq!(muc.history, 20);
     assert!(muc.http_auth.is_none());
 

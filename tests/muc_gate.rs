@@ -1,5 +1,9 @@
 //! The MUC HTTP join gate (`mod_muc_http_auth`) against a real HTTP server
 //! started by each test, which records every request it gets.
+//!
+//! Every test here holds `METRICS` throughout: the servers of one test
+//! binary share one metrics recorder, and the decision counters are
+//! asserted exactly, so no two tests may count decisions at once.
 
 mod common;
 mod muc_support;
@@ -19,17 +23,40 @@ async fn login(server: &TestServer, user: &str, password: &str) -> Client {
     Client::login(server.c2s, user, password, "r").await.0
 }
 
-async fn decisions(server: &TestServer, outcome: &str) -> f64 {
-    sample(
-        &server.metrics().await,
-        &format!("gatehouse_muc_gate_decisions_total{{outcome=\"{outcome}\"}}"),
-    )
+/// Held by every test here for its whole run (taken first, so released
+/// after its servers stopped): decision counts are then this test's own.
+static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The decision counts by outcome: allowed, denied, error.
+async fn all_decisions(server: &TestServer) -> [f64; 3] {
+    let scrape = server.metrics().await;
+    ["allowed", "denied", "error"].map(|outcome| {
+        sample(
+            &scrape,
+            &format!("gatehouse_muc_gate_decisions_total{{outcome=\"{outcome}\"}}"),
+        )
+    })
 }
 
-/// Held by every test here whose gate denies joins, so that the test of
-/// failures can assert that no denial was counted while it ran (all
-/// servers of this binary share one metrics recorder).
-static DENIALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Waits until the decision counts reach `before` plus `delta` (a decision
+/// is counted just after the client gets its answer), then checks they
+/// are exactly that: nothing else counted.
+async fn decisions_moved(server: &TestServer, what: &str, before: [f64; 3], delta: [f64; 3]) {
+    let wanted: Vec<f64> = before.iter().zip(delta).map(|(b, d)| b + d).collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = all_decisions(server).await;
+        if now.iter().zip(&wanted).all(|(n, w)| n >= w) {
+            assert_eq!(now.to_vec(), wanted, "{what}: allowed, denied, error");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {now:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Allows alice, denies everyone else with a reason for the logs.
 fn alice_only(request: &GateRequest) -> Reply {
@@ -42,11 +69,10 @@ fn alice_only(request: &GateRequest) -> Reply {
 
 #[actix_rt::test]
 async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
-    let _denials = DENIALS.lock().await;
+    let _metrics = METRICS.lock().await;
     let gate = Gate::start(alice_only).await;
     let server = gated(&gate.url, "");
-    let allowed_before = decisions(&server, "allowed").await;
-    let denied_before = decisions(&server, "denied").await;
+    let before = all_decisions(&server).await;
 
     let mut alice = login(&server, "alice", "wonderland").await;
     let got = join(&mut alice, "tea", "Alice").await.unwrap();
@@ -89,8 +115,7 @@ async fn allowed_and_denied_joins_and_no_recheck_on_nick_change() {
     until(&mut alice, |el| el.get_child("show", CLIENT).is_some()).await;
     assert_eq!(gate.requests().len(), 2);
 
-    assert!(decisions(&server, "allowed").await > allowed_before);
-    assert!(decisions(&server, "denied").await > denied_before);
+    decisions_moved(&server, "one allowed, one denied", before, [1.0, 1.0, 0.0]).await;
     let scrape = server.metrics().await;
     assert!(sample(&scrape, "gatehouse_muc_gate_duration_seconds_count") >= 2.0);
     assert!(scrape.contains("# TYPE gatehouse_muc_gate_duration_seconds histogram"));
@@ -117,8 +142,21 @@ fn slow_for(
 
 #[actix_rt::test]
 async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
-    let gate = Gate::start(slow_for("userJID", "bob@localhost", Duration::from_secs(1))).await;
-    let server = gated(&gate.url, "");
+    let _metrics = METRICS.lock().await;
+    // Bob's answer is held until his disconnect was handled.
+    let gate = Gate::start(|request| {
+        let allowed = r#"{"allowed": true}"#.to_owned();
+        if request.params["userJID"] == "bob@localhost" {
+            Reply::Held(allowed)
+        } else {
+            Reply::json(&allowed)
+        }
+    })
+    .await;
+    let server = TestServer::start(&muc_config(&format!(
+        "max_occupants = 2\n[muc.http_auth]\nurl = \"{}\"",
+        gate.url
+    )));
     let mut alice = login(&server, "alice", "wonderland").await;
     join(&mut alice, "tea", "Alice").await.unwrap();
     // Bob asks to join, then his connection drops before the gate answers.
@@ -127,9 +165,29 @@ async fn a_client_gone_while_the_gate_decides_is_not_admitted() {
         .await;
     gate.received(2).await;
     drop(bob);
-    gate.answered(2).await;
-    // The gate said yes, but nobody was there to admit: "Bob" is free.
+    // His join at the gate holds the room's second place: once the room
+    // has handled the disconnect, the place is free and Colon gets it.
     let mut colon = login(&server, "colon", "pa:ss:word").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match join(&mut colon, "tea", "Colon").await {
+            Ok(_) => break,
+            Err(condition) => assert_eq!(condition, "service-unavailable", "room full"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the disconnect never freed the place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    colon
+        .send("<presence to='tea@rooms.localhost/Colon' type='unavailable'/>")
+        .await;
+    until(&mut colon, |el| el.attr("type") == Some("unavailable")).await;
+    // Only now does the gate say yes; nobody is there to admit: "Bob" is
+    // free.
+    gate.release();
+    gate.answered(3).await; // Alice, Colon, then Bob
     let got = join(&mut colon, "tea", "Bob").await.unwrap();
     let present: Vec<_> = got
         .iter()
@@ -157,21 +215,9 @@ async fn the_only_slot_taken(delay: Duration, extra: &str) -> (Gate, TestServer,
     (gate, server, alice, bob)
 }
 
-/// Scrapes until more than `before` gate errors were counted (a decision
-/// is counted just after the client gets its answer).
-async fn errors_above(server: &TestServer, what: &str, before: f64) -> String {
-    server
-        .metrics_when(what, |scrape| {
-            sample(
-                scrape,
-                "gatehouse_muc_gate_decisions_total{outcome=\"error\"}",
-            ) > before
-        })
-        .await
-}
-
 #[actix_rt::test]
 async fn requests_in_flight_are_bounded() {
+    let _metrics = METRICS.lock().await;
     let (gate, _server, mut alice, mut bob) =
         the_only_slot_taken(Duration::from_millis(500), "timeout = \"10s\"").await;
     // The second join waits for the only slot: its request reaches the
@@ -191,7 +237,7 @@ fn oversized_verdict() -> String {
 
 #[actix_rt::test]
 async fn every_failure_denies_and_counts_as_error() {
-    let _denials = DENIALS.lock().await;
+    let _metrics = METRICS.lock().await;
     let gate = Gate::start(|request| match request.params["nickname"].as_str() {
         "hang" => Reply::Hang,
         "e500" => Reply::Status(500, r#"{"allowed": true}"#.into()),
@@ -212,8 +258,7 @@ async fn every_failure_denies_and_counts_as_error() {
         "hang", "e500", "text", "missing", "string", "number", "huge", "refused",
     ];
     for nick in kinds {
-        let errors = decisions(&server, "error").await;
-        let denied = decisions(&server, "denied").await;
+        let before = all_decisions(&server).await;
         let client = if nick == "refused" {
             &mut bob
         } else {
@@ -224,18 +269,9 @@ async fn every_failure_denies_and_counts_as_error() {
             Err("not-authorized".into()),
             "{nick}"
         );
-        // Other tests of this binary may add errors meanwhile, never
-        // denials. (Every server here shares one recorder, so the refused
-        // gate's server counts in this scrape too.)
-        let scrape = errors_above(&server, nick, errors).await;
-        assert_eq!(
-            sample(
-                &scrape,
-                "gatehouse_muc_gate_decisions_total{outcome=\"denied\"}"
-            ),
-            denied,
-            "{nick}"
-        );
+        // (Both servers share the recorder, so this scrape counts the
+        // refused gate's server too.)
+        decisions_moved(&server, nick, before, [0.0, 0.0, 1.0]).await;
     }
     // A gate that answers properly still admits.
     join(&mut alice, "tea", "fine").await.unwrap();
@@ -243,11 +279,12 @@ async fn every_failure_denies_and_counts_as_error() {
 
 #[actix_rt::test]
 async fn a_full_waiting_queue_refuses_at_once() {
+    let _metrics = METRICS.lock().await;
     let (gate, server, _alice, mut bob) =
         the_only_slot_taken(Duration::from_secs(20), "queue = 0\ntimeout = \"20s\"").await;
     // The only slot is taken and nobody may wait: refused without asking
     // the gate, with an error that says to try again later.
-    let errors = decisions(&server, "error").await;
+    let before = all_decisions(&server).await;
     bob.send("<presence to='tea@rooms.localhost/fast'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
         .await;
     let refused = bob.element().await;
@@ -255,7 +292,7 @@ async fn a_full_waiting_queue_refuses_at_once() {
     assert_eq!(condition(&refused), "resource-constraint");
     assert_eq!(error_type(&refused), "wait");
     assert_eq!(gate.requests().len(), 1);
-    errors_above(&server, "busy counted as error", errors).await;
+    decisions_moved(&server, "busy counted as error", before, [0.0, 0.0, 1.0]).await;
 }
 
 /// Joins `room` as alice and says whether she got in.
@@ -284,7 +321,7 @@ fn rooms_asked(gate: &Gate) -> Vec<String> {
 async fn enabled_for_and_disabled_for_pick_the_gated_rooms() {
     let lists = r#"{ localhost = ["tea"], all = ["coffee"], "other.example" = ["juice"] }"#;
     // Alice is at localhost: lists for other.example do not apply to her.
-    let _denials = DENIALS.lock().await;
+    let _metrics = METRICS.lock().await;
     for (key, gated_rooms, free_rooms) in [
         ("enabled_for", ["coffee", "tea"], ["juice", "lobby"]),
         ("disabled_for", ["juice", "lobby"], ["coffee", "tea"]),
@@ -308,6 +345,7 @@ async fn enabled_for_and_disabled_for_pick_the_gated_rooms() {
 
 #[actix_rt::test]
 async fn existing_query_encoding_and_authorization_header() {
+    let _metrics = METRICS.lock().await;
     let gate = Gate::start(|_| Reply::json(r#"{"allowed": true}"#)).await;
     let url = format!("{}?tenant=7&x=a%20b", gate.url);
     let server = gated(&url, "authorization_header = \"Bearer s3cr3t:token==\"");
@@ -328,16 +366,19 @@ async fn existing_query_encoding_and_authorization_header() {
 
 #[actix_rt::test]
 async fn insecure_accepts_a_self_signed_gate_and_secure_refuses_it() {
+    let _metrics = METRICS.lock().await;
     let gate = Gate::start_tls(|_| Reply::json(r#"{"allowed": true}"#)).await;
     assert!(gate.url.starts_with("https://"));
     let insecure = gated(&gate.url, "insecure = true");
+    let before = all_decisions(&insecure).await;
     assert!(alice_gets_in(&insecure, "tea").await);
+    decisions_moved(&insecure, "admitted", before, [1.0, 0.0, 0.0]).await;
     assert_eq!(gate.requests().len(), 1);
 
     let secure = gated(&gate.url, "insecure = false");
-    let errors_before = decisions(&secure, "error").await;
+    let before = all_decisions(&secure).await;
     assert!(!alice_gets_in(&secure, "tea").await);
     // The handshake failed, so no request reached the gate.
     assert_eq!(gate.requests().len(), 1);
-    assert!(decisions(&secure, "error").await > errors_before);
+    decisions_moved(&secure, "handshake failure", before, [0.0, 0.0, 1.0]).await;
 }

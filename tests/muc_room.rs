@@ -116,6 +116,38 @@ async fn nick_change_leave_and_disconnect() {
 }
 
 #[actix_rt::test]
+async fn broadcast_unavailable_presence_leaves_every_room() {
+    // RFC 6121 §4.6.3 / XEP-0045: a client that goes unavailable but
+    // stays connected is no longer in its rooms.
+    let server = TestServer::start(&muc_config("max_occupants = 2"));
+    let mut alice = login(&server, "alice", "wonderland").await;
+    let mut bob = login(&server, "bob", "builder").await;
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    join(&mut alice, "tea", "A").await.unwrap();
+    join(&mut bob, "tea", "B").await.unwrap();
+    let from_room = |el: &minidom::Element| {
+        el.is("presence", CLIENT)
+            && el
+                .attr("from")
+                .is_some_and(|f| f.starts_with("tea@rooms.localhost/"))
+    };
+    until(&mut alice, from_room).await; // B arrives
+    join(&mut colon, "tea", "C")
+        .await
+        .expect_err("the room is full");
+
+    bob.send("<presence type='unavailable'/>").await;
+    let gone = until(&mut alice, from_room).await;
+    assert_eq!(gone.attr("from"), Some("tea@rooms.localhost/B"));
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    let own = until(&mut bob, from_room).await;
+    assert_eq!(own.attr("type"), Some("unavailable"));
+    assert_eq!(codes(&own), ["110"]);
+    // B's place is free: the occupant count dropped to one.
+    join(&mut colon, "tea", "C").await.unwrap();
+}
+
+#[actix_rt::test]
 async fn messages_subject_private_and_history() {
     let server = TestServer::start(&muc_config("history = 3"));
     let mut alice = login(&server, "alice", "wonderland").await;
@@ -215,6 +247,21 @@ async fn messages_subject_private_and_history() {
     bob.send("<message to='tea@rooms.localhost/Nobody' type='chat'><body>?</body></message>")
         .await;
     assert_eq!(condition(&bob.element().await), "item-not-found");
+
+    // `<history maxchars='0'/>` asks for no history: presences, then the
+    // subject only.
+    let mut colon = login(&server, "colon", "pa:ss:word").await;
+    colon
+        .send("<presence to='tea@rooms.localhost/Colon'><x xmlns='http://jabber.org/protocol/muc'><history maxchars='0'/></x></presence>")
+        .await;
+    let got = until(&mut colon, |el| el.is("message", CLIENT)).await;
+    assert_eq!(
+        got.get_child("subject", CLIENT)
+            .map(|s| s.text())
+            .as_deref(),
+        Some("Cake"),
+        "{got:?}"
+    );
 
     let scrape = server.metrics().await;
     assert!(sample(&scrape, "gatehouse_muc_messages_total") >= 7.0);

@@ -14,6 +14,19 @@ use std::time::Duration;
 
 const ROSTER: &str = "jabber:iq:roster";
 
+/// Held for its whole run by every test here (taken first, so released
+/// after its servers stopped): the servers of one test binary share one
+/// metrics recorder, and the roster counters are asserted exactly.
+static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One sample of `series` now.
+async fn counted(server: &TestServer, series: &str) -> f64 {
+    sample(&server.metrics().await, series)
+}
+
+/// Refreshes of invalid usernames.
+const REFRESH_ERRORS: &str = r#"gatehouse_roster_refresh_users_total{result="error"}"#;
+
 /// Sends an HTTP request to the server's HTTP listener; returns the status
 /// and the JSON body.
 async fn call(
@@ -158,6 +171,7 @@ async fn online(server: &TestServer, user: &str, password: &str, resource: &str)
 
 #[actix_rt::test]
 async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     backend.set(
         "alice",
@@ -202,6 +216,8 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
         "alice",
         r#"{"bob@localhost": {"name": "Bobby", "groups": ["Friends"]}, "heidi@localhost": {}}"#,
     );
+    const PUSHES: &str = "gatehouse_roster_pushes_total";
+    let pushes = counted(&server, PUSHES).await;
     assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
 
     let mut vers = Vec::new();
@@ -266,12 +282,13 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
         );
     }
     assert_eq!(backend.requests("alice"), 2);
-    let scrape = server.metrics().await;
-    assert!(sample(&scrape, "gatehouse_roster_pushes_total") >= 6.0);
+    // Three changes to each of the two resources that asked.
+    assert_eq!(counted(&server, PUSHES).await - pushes, 6.0);
 }
 
 #[actix_rt::test]
 async fn a_refresh_names_users_as_logins_do() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
@@ -308,6 +325,7 @@ async fn a_refresh_names_users_as_logins_do() {
 /// the answer, or pushed after it.
 #[actix_rt::test]
 async fn refreshes_around_the_end_of_fetches_leave_the_new_rosters() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     let users: Vec<u32> = (0..40).collect();
     for n in &users {
@@ -368,25 +386,37 @@ async fn refreshes_around_the_end_of_fetches_leave_the_new_rosters() {
 
 #[actix_rt::test]
 async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
-    // Long enough that the refresh surely lands while the fetch is in
-    // flight, even on a loaded machine; later fetches are quick.
-    backend.delay("alice", Duration::from_secs(3));
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    // The service reads the old roster and answers only when released.
+    backend.hold();
+    let mut arrivals = backend.arrivals();
     alice
         .send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
         .await;
-    // The service has read the old roster and is still answering.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while backend.requests("alice") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no fetch started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    while arrivals.recv().await.expect("backend answers") != "alice" {}
     backend.set("alice", r#"{"grace@localhost": {}}"#);
-    backend.delay("alice", Duration::ZERO);
-    assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
+    // The refresh drops alice's roster, then counts the invalid name "no
+    // one" as an error: once that is counted, the refresh surely landed
+    // while the fetch is in flight, and the fetch may end.
+    let errors = counted(&server, REFRESH_ERRORS).await;
+    let release_once_landed = async {
+        server
+            .metrics_when("the refresh landed", |scrape| {
+                sample(scrape, REFRESH_ERRORS) > errors
+            })
+            .await;
+        backend.release();
+    };
+    let (refreshed, ()) = futures_util::future::join(
+        refresh(&server, r#"["alice", "no one"]"#),
+        release_once_landed,
+    )
+    .await;
+    assert_eq!(refreshed, (200, ok(1, 1)));
 
     let jids = |answer: Element| -> Vec<String> {
         answer
@@ -405,6 +435,7 @@ async fn a_refresh_during_a_fetch_leaves_the_new_roster() {
 
 #[actix_rt::test]
 async fn refresh_bodies_get_their_status_codes() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     let server = TestServer::start(&config(&roster_auth(
         &backend.url(),
@@ -451,10 +482,8 @@ async fn refresh_bodies_get_their_status_codes() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     assert_eq!(refresh(&server, "[]").await, (200, ok(0, 0)));
-    // Not usernames: counted as errors, the rest is done. Only this test
-    // refreshes invalid names, so its `error` delta is exact; other tests
-    // in this binary drop and re-fetch rosters meanwhile, so those deltas
-    // are lower bounds.
+    // Not usernames: counted as errors, the rest is done. No other test
+    // runs meanwhile (`METRICS`), so the deltas are exact.
     let before = server.metrics().await;
     assert_eq!(
         refresh(&server, r#"["alice", "", "x@y", "bob", "Alice"]"#).await,
@@ -466,7 +495,7 @@ async fn refresh_bodies_get_their_status_codes() {
         sample(&after, &series) - sample(&before, &series)
     };
     assert_eq!(delta("error"), 2.0);
-    assert!(delta("dropped") >= 2.0);
+    assert_eq!(delta("dropped"), 2.0);
     let (status, body) = refresh(&server, r#"["", "x@y"]"#).await;
     assert_eq!((status, &body["status"]), (200, &Value::from("error")));
     assert_eq!(
@@ -478,6 +507,7 @@ async fn refresh_bodies_get_their_status_codes() {
 
 #[actix_rt::test]
 async fn ten_thousand_usernames_are_refreshed_at_once() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     backend.set("alice", r#"{"bob@localhost": {}}"#);
     let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
@@ -504,6 +534,7 @@ async fn ten_thousand_usernames_are_refreshed_at_once() {
 
 #[actix_rt::test]
 async fn the_bearer_token_is_enforced_when_set() {
+    let _metrics = METRICS.lock().await;
     let backend = RosterService::start();
     let server = TestServer::start(&config(&roster_auth(
         &backend.url(),

@@ -55,6 +55,9 @@ pub struct Unbind {
 #[rtype(result = "()")]
 pub struct Broadcast {
     pub from: FullJid,
+    /// The sender's session: presence from a session a newer one replaced
+    /// is dropped, so it never lands on the newer one's entry.
+    pub session_id: u64,
     pub presence: Element,
     /// The user's roster, when the session fetched it for this presence
     /// (initial presence); otherwise the one the Router holds is used.
@@ -102,6 +105,10 @@ pub struct OnlineUsers {
 #[rtype(result = "()")]
 pub struct Route {
     pub from: FullJid,
+    /// The sender's session: directed presence from a session a newer one
+    /// replaced is dropped, since its recipients were already told the
+    /// resource went away and would not be told again.
+    pub session_id: u64,
     pub to: Jid,
     pub stanza: Element,
 }
@@ -182,6 +189,12 @@ impl Router {
     /// routers (as the tests do).
     fn count_bound(delta: f64) {
         metrics::gauge!("gatehouse_sessions").increment(delta);
+    }
+
+    /// Whether `session_id` is the session bound to `jid` now (not one a
+    /// newer session replaced, nor one already unbound).
+    fn is_current(&self, jid: &FullJid, session_id: u64) -> bool {
+        self.find(jid).is_some_and(|r| r.session_id == session_id)
     }
 
     fn find(&self, jid: &FullJid) -> Option<&Resource> {
@@ -488,7 +501,10 @@ impl Handler<Broadcast> for Router {
         let Some(resources) = self.users.get_mut(&bare) else {
             return;
         };
-        let Some(me) = resources.iter_mut().find(|r| r.resource == resource) else {
+        let Some(me) = resources
+            .iter_mut()
+            .find(|r| r.resource == resource && r.session_id == msg.session_id)
+        else {
             return;
         };
         let was_available = me.presence.is_some();
@@ -527,6 +543,9 @@ impl Handler<Route> for Router {
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
         if msg.stanza.name() == "presence" {
+            if !self.is_current(&msg.from, msg.session_id) {
+                return;
+            }
             self.track_directed(&msg);
         }
         match msg.to.try_as_full() {
@@ -583,5 +602,144 @@ impl Handler<OnlineUsers> for Router {
                 .filter(|jid| self.users.contains_key(jid))
                 .collect(),
         )
+    }
+}
+
+/// A stand-in for a session in unit tests: an actor that keeps the
+/// stanzas it is sent, for the test to read in order.
+#[cfg(test)]
+pub(crate) mod inbox {
+    use super::ToSession;
+    use actix::prelude::*;
+    use minidom::Element;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// Forwards each stanza to the test.
+    struct Inbox(mpsc::UnboundedSender<Element>);
+
+    impl Actor for Inbox {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ToSession> for Inbox {
+        type Result = ();
+
+        fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+            if let ToSession::Stanza(el) = msg {
+                let _ = self.0.send(el);
+            }
+        }
+    }
+
+    /// Starts an inbox: the mailbox to hand out and where its stanzas
+    /// arrive.
+    pub fn start() -> (Recipient<ToSession>, mpsc::UnboundedReceiver<Element>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Inbox(tx).start().recipient(), rx)
+    }
+
+    /// The next stanza, within a generous deadline.
+    pub async fn next(rx: &mut mpsc::UnboundedReceiver<Element>) -> Element {
+        tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("a stanza in time")
+            .expect("inbox open")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Orderings no test over TCP can pin down: presence a replaced session
+    //! sends after the Router bound its successor, before the replaced one
+    //! learns of it. The real Router runs; an inbox stands in for each
+    //! session.
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// One bound session: its JID, its id, and what the Router sent it.
+    struct Client {
+        jid: FullJid,
+        session_id: u64,
+        inbox: mpsc::UnboundedReceiver<Element>,
+    }
+
+    impl Client {
+        fn bind(router: &Addr<Router>, jid: &str, session_id: u64) -> Client {
+            let (mailbox, inbox) = inbox::start();
+            let jid = FullJid::new(jid).unwrap();
+            router.do_send(Bind {
+                jid: jid.clone(),
+                session_id,
+                mailbox,
+            });
+            Client {
+                jid,
+                session_id,
+                inbox,
+            }
+        }
+
+        /// Broadcast available presence with `status` to tell it apart.
+        fn available(&self, router: &Addr<Router>, status: &str) {
+            router.do_send(Broadcast {
+                from: self.jid.clone(),
+                session_id: self.session_id,
+                presence: presence(status),
+                roster: None,
+            });
+        }
+
+        /// Directed available presence with `status` to `to`.
+        fn direct(&self, router: &Addr<Router>, to: &str, status: &str) {
+            let mut stanza = presence(status);
+            stanza::set_attr(&mut stanza, "to", to);
+            router.do_send(Route {
+                from: self.jid.clone(),
+                session_id: self.session_id,
+                to: Jid::new(to).unwrap(),
+                stanza,
+            });
+        }
+
+        async fn next(&mut self) -> Element {
+            inbox::next(&mut self.inbox).await
+        }
+    }
+
+    fn presence(status: &str) -> Element {
+        format!("<presence xmlns='jabber:client'><status>{status}</status></presence>")
+            .parse()
+            .unwrap()
+    }
+
+    fn status(el: &Element) -> String {
+        el.get_child("status", crate::xmpp::ns::CLIENT)
+            .map(Element::text)
+            .unwrap_or_default()
+    }
+
+    #[actix_rt::test]
+    async fn a_replaced_sessions_late_presence_does_not_land_on_its_successor() {
+        let router = Router::default().start();
+        let mut phone = Client::bind(&router, "alice@example/phone", 1);
+        let mut bob = Client::bind(&router, "bob@example/r", 2);
+        phone.available(&router, "phone");
+        bob.available(&router, "bob");
+        let old = Client::bind(&router, "alice@example/laptop", 3);
+        let mut new = Client::bind(&router, "alice@example/laptop", 4);
+
+        // The older session's presence, sent before it handled Replaced,
+        // reaches the Router after the newer one's Bind: dropped.
+        old.available(&router, "old");
+        old.direct(&router, "bob@example/r", "old directed");
+        new.available(&router, "new");
+        new.direct(&router, "bob@example/r", "new directed");
+
+        assert_eq!(status(&phone.next().await), "new", "own resource");
+        assert_eq!(status(&bob.next().await), "new directed");
+        // The newer session, available for the first time, gets the
+        // presence of the user's other resources.
+        assert_eq!(status(&new.next().await), "phone");
     }
 }

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 /// Beyond this one room's fan-out is a denial of service on its own.
 const MAX_OCCUPANTS: RangeInclusive<usize> = 1..=100_000;
+/// Each room is an actor with its own state; this bounds the memory one
+/// user creating rooms can take.
+const MAX_ROOMS: RangeInclusive<usize> = 1..=1_000_000;
 /// Every stored message is kept in memory per room.
 const HISTORY: RangeInclusive<usize> = 0..=10_000;
 /// Zero would deny every gated join.
@@ -35,6 +38,10 @@ pub struct MucConfig {
     /// Occupants one room admits, so one room cannot grow without bound.
     #[serde(default = "default_max_occupants")]
     pub max_occupants: usize,
+    /// Rooms that exist at once (persistent ones included), so joins to
+    /// ever new names cannot grow the server without bound.
+    #[serde(default = "default_max_rooms")]
+    pub max_rooms: usize,
     /// Groupchat messages a room keeps and sends to each joiner.
     #[serde(default = "default_history")]
     pub history: usize,
@@ -98,6 +105,10 @@ fn default_max_occupants() -> usize {
     1000
 }
 
+fn default_max_rooms() -> usize {
+    10_000
+}
+
 fn default_history() -> usize {
     20
 }
@@ -136,6 +147,7 @@ impl MucConfig {
             }
         }
         problems.range("muc.max_occupants", self.max_occupants, MAX_OCCUPANTS);
+        problems.range("muc.max_rooms", self.max_rooms, MAX_ROOMS);
         problems.range("muc.history", self.history, HISTORY);
         if let Some(gate) = &self.http_auth {
             gate.validate(problems);
@@ -210,35 +222,40 @@ impl MucHttpAuthConfig {
     }
 }
 
+/// The gate URL, or why it is not one; the reason shows the URL without
+/// user info and query, which may hold credentials.
 fn gate_url(text: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let shown = redacted_url(text);
+    let url = url::Url::parse(text).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(format!(
-            "{text:?} must be an http:// or https:// URL with a host"
+            "{shown:?} must be an http:// or https:// URL with a host"
         ));
     }
     if url.fragment().is_some() {
-        return Err(format!("{text:?} must not have a #fragment"));
+        return Err(format!("{shown:?} must not have a #fragment"));
     }
     Ok(url)
 }
 
 /// Why `room` is not a room localpart as it appears in JIDs, if it is not.
-/// Names are compared exactly, so uppercase (which JIDs fold) is refused.
-fn room_problem(room: &str) -> Option<&'static str> {
-    if room.is_empty() || room.len() > 1023 {
-        Some("a room name must be 1 to 1023 bytes")
-    } else if room.contains('@') {
-        Some("write the room's localpart only (\"teaparty\", not \"teaparty@rooms.example\")")
-    } else if room
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || "\"&'/:<>".contains(c))
-    {
-        Some("a room name must not contain spaces or any of \" & ' / : < >")
-    } else if room.chars().any(char::is_uppercase) {
-        Some("write room names in lowercase, as they appear in JIDs")
-    } else {
-        None
+/// Names are compared exactly with the localparts of room JIDs, which are
+/// normalised (nodeprep: case folded, `ß` → `ss`, …), so a name that
+/// normalisation changes would never match and is refused with its
+/// normalised form.
+fn room_problem(room: &str) -> Option<String> {
+    if room.contains('@') {
+        return Some(
+            "write the room's localpart only (\"teaparty\", not \"teaparty@rooms.example\")".into(),
+        );
+    }
+    match jid::NodePart::new(room) {
+        Err(error) => Some(format!("not a valid JID localpart: {error}")),
+        Ok(normalised) if normalised.as_str() != room => Some(format!(
+            "room JIDs are normalised, so write it as {:?}",
+            normalised.as_str()
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -249,7 +266,8 @@ mod tests {
     #[test]
     fn room_names() {
         assert_eq!(room_problem("teaparty"), None);
-        for bad in ["", "a@b", "a b", "A", "a/b"] {
+        assert!(room_problem("straße").unwrap().contains("\"strasse\""));
+        for bad in ["", "a@b", "a b", "A", "a/b", "a'b", &"a".repeat(1024)] {
             assert!(room_problem(bad).is_some(), "{bad}");
         }
     }

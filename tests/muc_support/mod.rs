@@ -47,6 +47,9 @@ pub enum Reply {
     Status(u16, String),
     /// Answers with status 200 and this body after a while.
     After(Duration, String),
+    /// Answers with status 200 and this body once the test calls
+    /// `Gate::release`, so that it can order what happens meanwhile.
+    Held(String),
     /// Never answers.
     Hang,
 }
@@ -65,6 +68,8 @@ pub struct Gate {
     requests: Arc<Mutex<Vec<GateRequest>>>,
     /// Responses written so far.
     answered: Arc<AtomicUsize>,
+    /// One permit per `Reply::Held` answer the test released.
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gate {
@@ -110,6 +115,8 @@ impl Gate {
         let recorded = requests.clone();
         let answered = Arc::new(AtomicUsize::new(0));
         let counted = answered.clone();
+        let held = Arc::new(tokio::sync::Semaphore::new(0));
+        let releases = held.clone();
         let policy = Arc::new(policy);
         tokio::spawn(async move {
             loop {
@@ -117,15 +124,19 @@ impl Gate {
                     return;
                 };
                 let (recorded, policy, tls) = (recorded.clone(), policy.clone(), tls.clone());
-                let counted = counted.clone();
+                let (counted, releases) = (counted.clone(), releases.clone());
                 tokio::spawn(async move {
+                    let answered = Answered {
+                        count: &counted,
+                        releases: &releases,
+                    };
                     match tls {
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(socket).await {
-                                answer(stream, &recorded, &*policy, &counted).await;
+                                answer(stream, &recorded, &*policy, answered).await;
                             }
                         }
-                        None => answer(socket, &recorded, &*policy, &counted).await,
+                        None => answer(socket, &recorded, &*policy, answered).await,
                     }
                 });
             }
@@ -134,7 +145,13 @@ impl Gate {
             url: format!("{scheme}://127.0.0.1:{port}/check"),
             requests,
             answered,
+            held,
         }
+    }
+
+    /// Lets one `Reply::Held` answer go.
+    pub fn release(&self) {
+        self.held.add_permits(1);
     }
 
     /// Every request so far.
@@ -175,13 +192,22 @@ pub async fn refused_url() -> String {
     format!("http://127.0.0.1:{port}/check")
 }
 
+/// The gate's shared answering state, for one connection.
+#[derive(Clone, Copy)]
+struct Answered<'a> {
+    /// Responses written so far.
+    count: &'a AtomicUsize,
+    /// Released `Reply::Held` answers.
+    releases: &'a tokio::sync::Semaphore,
+}
+
 /// Reads one request head, records it, answers per `policy`, and counts
-/// the response in `answered` once written.
+/// the response once written.
 async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     mut stream: S,
     recorded: &Mutex<Vec<GateRequest>>,
     policy: &(dyn Fn(&GateRequest) -> Reply + Send + Sync),
-    answered: &AtomicUsize,
+    answered: Answered<'_>,
 ) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -211,7 +237,7 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         target,
         headers,
         params,
-        answered_before: answered.load(Ordering::SeqCst),
+        answered_before: answered.count.load(Ordering::SeqCst),
     };
     recorded.lock().unwrap().push(request.clone());
     let (status, body) = match policy(&request) {
@@ -223,6 +249,15 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
             tokio::time::sleep(delay).await;
             (200, body)
         }
+        Reply::Held(body) => {
+            answered
+                .releases
+                .acquire()
+                .await
+                .expect("never closed")
+                .forget();
+            (200, body)
+        }
         Reply::Status(status, body) => (status, body),
     };
     let response = format!(
@@ -231,7 +266,7 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         body.len()
     );
     if stream.write_all(response.as_bytes()).await.is_ok() {
-        answered.fetch_add(1, Ordering::SeqCst);
+        answered.count.fetch_add(1, Ordering::SeqCst);
     }
     let _ = stream.shutdown().await;
 }

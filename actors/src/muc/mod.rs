@@ -33,6 +33,9 @@ pub struct MucConfig {
     pub persistent_rooms: HashSet<String>,
     /// Occupants a room admits; one more gets `<service-unavailable/>`.
     pub max_occupants: usize,
+    /// Rooms the service holds at once, persistent ones included; a join
+    /// that would create one more gets `<resource-constraint/>`.
+    pub max_rooms: usize,
     /// Groupchat messages a room keeps and sends to joiners.
     pub history: usize,
     /// The join gate, when `[muc.http_auth]` is configured.
@@ -175,6 +178,8 @@ struct RoomSettings {
     persistent_rooms: HashSet<String>,
     /// Occupants (and joins at the gate) a room admits.
     max_occupants: usize,
+    /// Rooms the service creates at most.
+    max_rooms: usize,
     /// Groupchat messages a room keeps for joiners.
     history: usize,
     /// The gate and which rooms it decides for, when configured.
@@ -197,6 +202,7 @@ impl MucService {
             domain: config.domain,
             persistent_rooms: config.persistent_rooms,
             max_occupants: config.max_occupants,
+            max_rooms: config.max_rooms,
             history: config.history,
             gate,
         });
@@ -214,16 +220,35 @@ impl MucService {
         metrics::gauge!("gatehouse_muc_rooms").set(self.rooms.len() as f64);
     }
 
-    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> Addr<Room> {
-        if let Some(room) = self.rooms.get(name) {
+    /// The live room `jid`, created if there is none.
+    fn room(&mut self, jid: BareJid, ctx: &mut Context<Self>) -> Addr<Room> {
+        let name = jid.node().map(|n| n.to_string()).unwrap_or_default();
+        if let Some(room) = self.rooms.get(&name) {
             return room.clone();
         }
-        let jid = BareJid::new(&format!("{name}@{}", self.settings.domain))
-            .expect("the caller checked the room JID");
-        let room = Room::new(jid, name.to_owned(), self.settings.clone(), ctx.address()).start();
-        self.rooms.insert(name.to_owned(), room.clone());
+        let room = Room::new(jid, name.clone(), self.settings.clone(), ctx.address()).start();
+        self.rooms.insert(name, room.clone());
         self.set_rooms_gauge();
         room
+    }
+
+    /// Why `stanza`, addressed to a room that does not exist, does not
+    /// create it, if it does not. XEP-0045 §7.2: only available presence
+    /// with the MUC `<x/>` creates a room (anything else is
+    /// `<item-not-found/>`, as in Prosody); beyond `max_rooms` it is
+    /// refused with `<resource-constraint/>` (wait: rooms go away when
+    /// emptied).
+    fn creation_refused(&self, stanza: &Element) -> Option<StanzaError> {
+        let join = stanza.name() == "presence"
+            && stanza.attr("type").is_none()
+            && stanza.has_child("x", NS_MUC);
+        if !join {
+            Some(StanzaError::ITEM_NOT_FOUND)
+        } else if self.rooms.len() >= self.settings.max_rooms {
+            Some(StanzaError::RESOURCE_CONSTRAINT)
+        } else {
+            None
+        }
     }
 
     /// IQs to the service domain itself: disco#info and disco#items.
@@ -260,7 +285,14 @@ impl Actor for MucService {
     fn started(&mut self, ctx: &mut Self::Context) {
         let names: Vec<String> = self.settings.persistent_rooms.iter().cloned().collect();
         for name in names {
-            self.room(&name, ctx);
+            // Configuration validation refuses names that are not JID
+            // localparts; one that slips through is skipped, not fatal.
+            match BareJid::new(&format!("{name}@{}", self.settings.domain)) {
+                Ok(jid) => {
+                    self.room(jid, ctx);
+                }
+                Err(error) => tracing::error!(room = %name, %error, "persistent room skipped"),
+            }
         }
     }
 }
@@ -269,20 +301,31 @@ impl Handler<Incoming> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
-        let to = msg.stanza.attr("to").and_then(|to| Jid::new(to).ok());
-        let Some(name) = to.as_ref().and_then(|to| to.node()).map(|n| n.to_string()) else {
+        let Some(room_jid) = msg
+            .stanza
+            .attr("to")
+            .and_then(|to| Jid::new(to).ok())
+            .filter(|to| to.node().is_some())
+            .map(|to| to.to_bare())
+        else {
             return self.service_iq(&msg);
         };
+        let name = room_jid.node().map(|n| n.to_string()).unwrap_or_default();
         let presence = msg.stanza.name() == "presence";
-        // A presence that is not a join or nick change (unavailable, error)
-        // never creates a room.
-        let creates = presence && msg.stanza.attr("type").is_none();
-        if !creates && !self.rooms.contains_key(&name) {
-            // Leaving a room that is gone needs no answer.
-            if !presence {
-                msg.reply_error(StanzaError::ITEM_NOT_FOUND);
+        if !self.rooms.contains_key(&name) {
+            if let Some(refusal) = self.creation_refused(&msg.stanza) {
+                // RFC 6120 §8.2.3: results and errors are never answered;
+                // leaving a room that is gone needs no answer either.
+                let answered = match msg.stanza.name() {
+                    "iq" => stanza::is_iq_request(&msg.stanza),
+                    "presence" => msg.stanza.attr("type").is_none(),
+                    _ => true,
+                };
+                if answered {
+                    msg.reply_error(refusal);
+                }
+                return;
             }
-            return;
         }
         self.last_presence += 1;
         if presence {
@@ -291,7 +334,7 @@ impl Handler<Incoming> for MucService {
                 .or_default()
                 .insert(name.clone(), self.last_presence);
         }
-        self.room(&name, ctx).do_send(room::Deliver {
+        self.room(room_jid, ctx).do_send(room::Deliver {
             stanza: msg,
             number: self.last_presence,
         });
@@ -377,25 +420,9 @@ mod tests {
     //! next join. The real service and rooms run; an inbox stands in for
     //! each client's session.
     use super::*;
+    use crate::router::inbox;
     use std::time::Duration;
     use tokio::sync::mpsc;
-
-    /// Keeps what the MUC sends one client.
-    struct Inbox(mpsc::UnboundedSender<Element>);
-
-    impl Actor for Inbox {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<ToSession> for Inbox {
-        type Result = ();
-
-        fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
-            if let ToSession::Stanza(el) = msg {
-                let _ = self.0.send(el);
-            }
-        }
-    }
 
     /// One client session: its JID, its id, and what the MUC sent it.
     struct Client {
@@ -407,11 +434,11 @@ mod tests {
 
     impl Client {
         fn new(jid: &str, session: u64) -> Client {
-            let (tx, inbox) = mpsc::unbounded_channel();
+            let (mailbox, inbox) = inbox::start();
             Client {
                 jid: FullJid::new(jid).unwrap(),
                 session,
-                mailbox: Inbox(tx).start().recipient(),
+                mailbox,
                 inbox,
             }
         }
@@ -434,10 +461,7 @@ mod tests {
         }
 
         async fn next(&mut self) -> Element {
-            tokio::time::timeout(Duration::from_secs(15), self.inbox.recv())
-                .await
-                .expect("a stanza in time")
-                .expect("inbox open")
+            inbox::next(&mut self.inbox).await
         }
     }
 
@@ -461,15 +485,63 @@ mod tests {
     }
 
     fn service() -> Addr<MucService> {
+        service_with_max_rooms(10)
+    }
+
+    fn service_with_max_rooms(max_rooms: usize) -> Addr<MucService> {
+        start_service(max_rooms, None)
+    }
+
+    fn start_service(max_rooms: usize, gate: Option<GateConfig>) -> Addr<MucService> {
         MucService::start(MucConfig {
             domain: "rooms.example".into(),
             persistent_rooms: HashSet::new(),
             max_occupants: 10,
+            max_rooms,
             history: 5,
-            gate: None,
+            gate,
         })
         .unwrap()
         .service
+    }
+
+    /// A real HTTP join gate on port 0 that admits the first `allow`
+    /// joins and denies the rest; counts the requests it answered.
+    async fn gate_admitting(allow: usize) -> (GateConfig, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        actix_rt::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let body = format!("{{\"allowed\": {}}}", n < allow);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        let config = GateConfig {
+            url: url.parse().unwrap(),
+            rooms: GatedRooms::Every,
+            insecure: false,
+            authorization_header: None,
+            timeout: Duration::from_secs(15),
+            max_in_flight: 4,
+            queue: 4,
+        };
+        (config, asked)
     }
 
     /// `(from, type)` of an occupant's unavailable presence.
@@ -563,5 +635,106 @@ mod tests {
         // The newer session's end removes Alice.
         new.depart(&muc);
         assert_eq!(from_and_type(&bob.next().await), left("Alice"));
+    }
+
+    /// The defined condition of an error reply.
+    fn condition(el: &Element) -> String {
+        assert_eq!(el.attr("type"), Some("error"), "{el:?}");
+        el.get_child("error", ns::CLIENT)
+            .and_then(|e| e.children().next())
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default()
+    }
+
+    #[actix_rt::test]
+    async fn only_a_muc_join_creates_a_room_and_results_are_never_answered() {
+        let muc = service();
+        let mut alice = Client::new("alice@example/r", 1);
+        for kind in ["result", "error"] {
+            alice.send(
+                &muc,
+                stanza(&format!(
+                    "<iq xmlns='jabber:client' type='{kind}' id='{kind}' to='tea@rooms.example'/>"
+                )),
+            );
+        }
+        alice.send(
+            &muc,
+            stanza("<presence xmlns='jabber:client' to='tea@rooms.example/Alice'/>"),
+        );
+        let refused = alice.next().await;
+        assert_eq!(
+            refused.name(),
+            "presence",
+            "the IQ result and error got no answer"
+        );
+        assert_eq!(condition(&refused), "item-not-found");
+        alice.send(
+            &muc,
+            stanza("<iq xmlns='jabber:client' type='get' id='q' to='tea@rooms.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+        );
+        let refused = alice.next().await;
+        assert_eq!(refused.attr("id"), Some("q"));
+        assert_eq!(condition(&refused), "item-not-found");
+
+        alice.send(&muc, join("Alice"));
+        let own = alice.next().await;
+        assert_eq!(
+            from_and_type(&own),
+            ("tea@rooms.example/Alice".to_owned(), None)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_join_beyond_max_rooms_is_refused_until_a_room_goes_away() {
+        let muc = service_with_max_rooms(1);
+        let mut alice = Client::new("alice@example/r", 1);
+        let mut bob = Client::new("bob@example/r", 2);
+        alice.send(&muc, join("Alice"));
+        alice.next().await; // Alice
+        alice.next().await; // the subject
+        let coffee = stanza(&format!(
+            "<presence xmlns='jabber:client' to='coffee@rooms.example/Bob'>\
+             <x xmlns='{NS_MUC}'/></presence>"
+        ));
+        bob.send(&muc, coffee.clone());
+        assert_eq!(condition(&bob.next().await), "resource-constraint");
+
+        // The room goes away with its last occupant; then there is room.
+        alice.depart(&muc);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            bob.send(&muc, coffee.clone());
+            let got = bob.next().await;
+            if got.attr("type") != Some("error") {
+                assert_eq!(got.attr("from"), Some("coffee@rooms.example/Bob"));
+                break;
+            }
+            assert_eq!(condition(&got), "resource-constraint");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tea never went away"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_newer_session_taking_the_place_asks_the_gate_again() {
+        // The gate admits the first login, then the user is revoked.
+        let (gate, asked) = gate_admitting(1).await;
+        let muc = start_service(10, Some(gate));
+        let mut old = Client::new("alice@example/r", 1);
+        let mut new = Client::new("alice@example/r", 2);
+        old.send(&muc, join("Alice"));
+        assert_eq!(old.next().await.attr("type"), None, "admitted");
+        old.next().await; // the subject
+
+        // The newer login's join reaches the room before the older
+        // session's departure: the gate is asked, and says no.
+        new.send(&muc, join("Alice"));
+        let refused = new.next().await;
+        assert_eq!(condition(&refused), "not-authorized");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

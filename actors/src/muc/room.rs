@@ -119,8 +119,9 @@ pub(super) struct Room {
     pending: HashMap<FullJid, u64>,
     /// The subject and the nickname that set it.
     subject: Option<(String, String)>,
-    /// The last `history` groupchat messages, with their delay stamps.
-    history: VecDeque<Element>,
+    /// The last `history` groupchat messages, with their delay stamps and
+    /// when they were sent (for `<history seconds=…/>`).
+    history: VecDeque<(SystemTime, Element)>,
     /// True until the first occupant of a room that is not persistent is
     /// admitted: that one created the room (201) and owns it.
     fresh: bool,
@@ -301,7 +302,10 @@ impl Room {
                 self.broadcast_presence(&current, &[SELF_PRESENCE], &[], false);
             }
             (None, Some((current, true))) => self.change_nick(msg, current, nick),
-            (None, Some((current, false))) if current == nick => self.rejoin(msg, &current),
+            // A newer login joins under the same nickname: it takes the old
+            // session's place once admitted (asking the gate again, so a
+            // revoked user does not keep the place by logging in anew).
+            (None, Some((current, false))) if current == nick => self.join(msg, nick, number, ctx),
             // A newer login joins under another nickname: the old session's
             // occupant leaves, the new one joins like anyone else.
             (None, Some((current, false))) => {
@@ -326,9 +330,6 @@ impl Room {
             }
             None => {}
         }
-        if let Err(error) = self.admissible(&nick) {
-            return msg.reply_error(error);
-        }
         let join = Join {
             from: msg.from,
             session: msg.session,
@@ -337,11 +338,14 @@ impl Room {
             nick,
             presence: msg.stanza,
         };
+        if let Err(error) = self.enterable(&join) {
+            return reply_error(&join.mailbox, &join.presence, error);
+        }
         let gate = match &self.settings.gate {
             Some((gate, rooms)) if rooms.is_gated(join.from.domain().as_str(), &self.name) => {
                 gate.clone()
             }
-            _ => return self.admit(join),
+            _ => return self.enter(join),
         };
         self.pending.insert(join.from.clone(), join.session);
         let check = Check {
@@ -359,7 +363,7 @@ impl Room {
                         return room.vacate_if_empty(ctx);
                     }
                     let verdict = match answer {
-                        Ok(Decision::Allowed) => room.admissible(&join.nick),
+                        Ok(Decision::Allowed) => room.enterable(&join),
                         // No room in the gate's queue: try again later.
                         Ok(Decision::Failed(GateError::Busy)) => {
                             Err(StanzaError::RESOURCE_CONSTRAINT)
@@ -371,7 +375,7 @@ impl Room {
                         }
                     };
                     match verdict {
-                        Ok(()) => room.admit(join),
+                        Ok(()) => room.enter(join),
                         Err(error) => {
                             reply_error(&join.mailbox, &join.presence, error);
                             room.release_unless_held(&join.from, join.session, join.number);
@@ -380,6 +384,30 @@ impl Room {
                     }
                 }),
         );
+    }
+
+    /// Whether `join` holds the place of an older session of the same
+    /// JID under the same nickname (a newer login taking over).
+    fn takes_over(&self, join: &Join) -> bool {
+        self.nicks.get(&join.from) == Some(&join.nick)
+    }
+
+    /// Whether `join` may enter now: a takeover always may, a newcomer if
+    /// its nickname is free and the room not full.
+    fn enterable(&self, join: &Join) -> Result<(), StanzaError> {
+        if self.takes_over(join) {
+            return Ok(());
+        }
+        self.admissible(&join.nick)
+    }
+
+    /// Lets an enterable `join` in.
+    fn enter(&mut self, join: Join) {
+        if self.takes_over(&join) {
+            self.rejoin(join);
+        } else {
+            self.admit(join);
+        }
     }
 
     /// Whether a newcomer may take `nick` now.
@@ -424,15 +452,15 @@ impl Room {
     /// takes the place, keeping affiliation and role, and gets the whole
     /// join sequence. The others see a presence update (the occupant never
     /// left), not a leave and a join.
-    fn rejoin(&mut self, msg: Incoming, nick: &str) {
+    fn rejoin(&mut self, join: Join) {
         let occupant = self
             .occupants
-            .get_mut(nick)
+            .get_mut(&join.nick)
             .expect("nicks and occupants agree");
-        occupant.session = msg.session;
-        occupant.mailbox = msg.mailbox;
-        occupant.presence = presence_payload(&msg.stanza);
-        self.welcome(nick, &[SELF_PRESENCE], &msg.stanza);
+        occupant.session = join.session;
+        occupant.mailbox = join.mailbox;
+        occupant.presence = presence_payload(&join.presence);
+        self.welcome(&join.nick, &[SELF_PRESENCE], &join.presence);
     }
 
     /// The join sequence for the occupant `nick`, who just came in (or
@@ -447,9 +475,8 @@ impl Room {
             }
         }
         self.broadcast_presence(nick, self_codes, &[], false);
-        let history_limit = requested_history(presence).unwrap_or(usize::MAX);
-        let skip = self.history.len().saturating_sub(history_limit);
-        for message in self.history.iter().skip(skip) {
+        let request = HistoryRequest::of(presence);
+        for message in request.pick(&self.history, SystemTime::now()) {
             newcomer.send(message.clone());
         }
         newcomer.send(self.subject_message());
@@ -552,19 +579,17 @@ impl Room {
         match subject {
             Some(text) => self.subject = Some((sender.to_owned(), text)),
             None if self.settings.history > 0 => {
+                let now = SystemTime::now();
                 let mut stored = message.clone();
                 stored.append_child(stanza::element(
                     "delay",
                     NS_DELAY,
-                    &[
-                        ("from", self.jid.as_str()),
-                        ("stamp", &utc_stamp(SystemTime::now())),
-                    ],
+                    &[("from", self.jid.as_str()), ("stamp", &utc_stamp(now))],
                 ));
                 if self.history.len() == self.settings.history {
                     self.history.pop_front();
                 }
-                self.history.push_back(stored);
+                self.history.push_back((now, stored));
             }
             None => {}
         }
@@ -634,14 +659,71 @@ fn presence_payload(presence: &Element) -> Vec<Element> {
         .collect()
 }
 
-/// `<history maxstanzas='N'/>` in a join (XEP-0045 §7.2.15).
-fn requested_history(presence: &Element) -> Option<usize> {
-    presence
-        .get_child("x", NS_MUC)?
-        .get_child("history", NS_MUC)?
-        .attr("maxstanzas")?
-        .parse()
-        .ok()
+/// The history a joiner asks for with `<history/>` (XEP-0045 §7.2.15):
+/// each limit that is set applies; none set means the whole history.
+/// `since` is not honoured (the other limits still apply).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct HistoryRequest {
+    /// At most this many messages.
+    maxstanzas: Option<usize>,
+    /// At most this many characters of whole stanzas, counted as the
+    /// bytes of each stored stanza serialised (never fewer than its
+    /// characters, so a joiner never gets more than it asked for).
+    maxchars: Option<usize>,
+    /// Only messages sent at most this many seconds ago.
+    seconds: Option<u64>,
+}
+
+impl HistoryRequest {
+    /// The request in a join `presence`; unparsable limits are ignored.
+    fn of(presence: &Element) -> HistoryRequest {
+        let Some(history) = presence
+            .get_child("x", NS_MUC)
+            .and_then(|x| x.get_child("history", NS_MUC))
+        else {
+            return HistoryRequest::default();
+        };
+        fn limit<T: std::str::FromStr>(history: &Element, name: &str) -> Option<T> {
+            history.attr(name).and_then(|v| v.trim().parse().ok())
+        }
+        HistoryRequest {
+            maxstanzas: limit(history, "maxstanzas"),
+            maxchars: limit(history, "maxchars"),
+            seconds: limit(history, "seconds"),
+        }
+    }
+
+    /// The newest messages of `history` (oldest first, as sent at `sent`)
+    /// within every limit, oldest first.
+    fn pick<'a>(
+        &self,
+        history: &'a VecDeque<(SystemTime, Element)>,
+        now: SystemTime,
+    ) -> Vec<&'a Element> {
+        let mut picked = Vec::new();
+        let mut chars = 0;
+        for (sent, message) in history.iter().rev() {
+            if self.maxstanzas.is_some_and(|max| picked.len() >= max) {
+                break;
+            }
+            let age = now.duration_since(*sent).unwrap_or_default();
+            if self
+                .seconds
+                .is_some_and(|max| age.as_secs_f64() > max as f64)
+            {
+                break;
+            }
+            if let Some(max) = self.maxchars {
+                chars += stanza::to_bytes(message).len();
+                if chars > max {
+                    break;
+                }
+            }
+            picked.push(message);
+        }
+        picked.reverse();
+        picked
+    }
 }
 
 /// XEP-0082 `CCYY-MM-DDThh:mm:ssZ`.
@@ -727,5 +809,45 @@ mod tests {
             utc_stamp(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
             "2024-02-29T12:34:56Z"
         );
+    }
+
+    fn history_request(x: &str) -> HistoryRequest {
+        let presence: Element =
+            format!("<presence xmlns='jabber:client'><x xmlns='{NS_MUC}'>{x}</x></presence>")
+                .parse()
+                .unwrap();
+        HistoryRequest::of(&presence)
+    }
+
+    #[test]
+    fn history_limits() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let history: VecDeque<(SystemTime, Element)> = [100, 10, 0]
+            .into_iter()
+            .map(|ago| {
+                let message = format!(
+                    "<message xmlns='jabber:client' type='groupchat'><body>{ago}s ago</body></message>"
+                );
+                (now - Duration::from_secs(ago), message.parse().unwrap())
+            })
+            .collect();
+        let bodies = |x: &str| -> Vec<String> {
+            history_request(x)
+                .pick(&history, now)
+                .iter()
+                .map(|m| m.get_child("body", ns::CLIENT).unwrap().text())
+                .collect()
+        };
+        assert_eq!(bodies(""), ["100s ago", "10s ago", "0s ago"]);
+        assert_eq!(bodies("<history maxstanzas='2'/>"), ["10s ago", "0s ago"]);
+        assert!(bodies("<history maxchars='0'/>").is_empty());
+        let one = stanza::to_bytes(&history[2].1).len();
+        assert_eq!(
+            bodies(&format!("<history maxchars='{}'/>", one + 1)),
+            ["0s ago"]
+        );
+        assert_eq!(bodies("<history seconds='30'/>"), ["10s ago", "0s ago"]);
+        assert_eq!(bodies("<history seconds='30' maxstanzas='1'/>"), ["0s ago"]);
+        assert!(bodies("<history maxstanzas='0'/>").is_empty());
     }
 }

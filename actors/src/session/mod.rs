@@ -698,6 +698,7 @@ impl Session {
                 let to = Jid::from(me.to_bare());
                 self.services.router.do_send(router::Route {
                     from: me,
+                    session_id: self.id,
                     to,
                     stanza: el,
                 });
@@ -712,6 +713,7 @@ impl Session {
             }
             (_, Some(to)) => self.services.router.do_send(router::Route {
                 from: me,
+                session_id: self.id,
                 to,
                 stanza: el,
             }),
@@ -720,17 +722,23 @@ impl Session {
     }
 
     /// The resource's own presence, broadcast by the Router to the user's
-    /// resources and contacts. The first available presence fetches the
+    /// resources and contacts; unavailable presence also leaves the rooms. The first available presence fetches the
     /// roster, unless a roster get already did: without it the Router would
     /// not know the contacts. A failed fetch is logged and the presence
     /// reaches the user's own resources only.
     fn own_presence(&mut self, from: FullJid, presence: Element) -> ResponseActFuture<Self, Next> {
+        if presence.attr("type") == Some("unavailable") {
+            // RFC 6121 §4.6.3 / XEP-0045 §7.14: broadcast unavailable
+            // presence also leaves every room.
+            self.leave_rooms(from.clone());
+        }
         let initial = presence.attr("type").is_none() && !self.roster_loaded;
         let cache = match &self.services.roster {
             Some(cache) if initial => cache.clone(),
             _ => {
                 self.services.router.do_send(router::Broadcast {
                     from,
+                    session_id: self.id,
                     presence,
                     roster: None,
                 });
@@ -754,6 +762,7 @@ impl Session {
                     };
                     act.services.router.do_send(router::Broadcast {
                         from,
+                        session_id: act.id,
                         presence,
                         roster,
                     });
