@@ -144,7 +144,12 @@ pub async fn manage_user(
             "{user:?} is not a valid user name"
         )));
     };
-    let password = || Password::new(password.clone().unwrap_or_default());
+    let password = match (action.needs_password(), password) {
+        (true, Some(password)) if !password.is_empty() => password,
+        (true, _) => return Ok(UserOutcome::Invalid("the password is empty".into())),
+        (false, _) => String::new(),
+    };
+    let password = || Password::new(password.clone());
     let auth = start(&config.auth)?;
     let answer = match action {
         UserAction::Add => auth.register(&user, host, password()).await,

@@ -6,6 +6,7 @@
 //! call [`Server::bind`] to learn the bound addresses, then
 //! [`Server::run`].
 
+pub mod cli;
 pub mod config;
 pub mod signal;
 

@@ -273,6 +273,16 @@ fn user_command(
     jid: &str,
     password: &str,
 ) -> (i32, String) {
+    user_command_with_stdin(config_path, action, jid, format!("{password}\n").as_bytes())
+}
+
+/// Runs `gatehouse user ACTION JID` with exactly `stdin` as its input.
+fn user_command_with_stdin(
+    config_path: &std::path::Path,
+    action: &str,
+    jid: &str,
+    stdin: &[u8],
+) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["user", "--config"])
         .arg(config_path)
@@ -282,7 +292,7 @@ fn user_command(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
@@ -322,6 +332,23 @@ fn the_user_command_talks_to_the_backend() {
         assert_eq!(code, 2, "{action}: {text}");
         assert!(text.contains("does not support"), "{action}: {text}");
     }
+}
+
+#[test]
+fn the_user_command_refuses_an_empty_password_before_asking_the_backend() {
+    let backend = Backend::start(&[("erin", &["pw"])]);
+    let dir = tempdir();
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, http(&backend, "")).unwrap();
+    for action in ["add", "passwd", "check"] {
+        for stdin in [&b""[..], b"\n", b"\r\n"] {
+            let (code, text) = user_command_with_stdin(&path, action, "erin@localhost", stdin);
+            assert_eq!(code, 2, "{action} {stdin:?}: {text}");
+            assert!(text.contains("password is empty"), "{action}: {text}");
+        }
+    }
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert_eq!(backend.passwords("erin"), Some(vec!["pw".to_owned()]));
 }
 
 #[test]
