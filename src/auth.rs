@@ -88,12 +88,14 @@ pub enum UserAction {
     Remove,
     /// Check a password (`check_password` / `auth`).
     Check,
+    /// Ask whether the account exists (`user_exists` / `isuser`).
+    Exists,
 }
 
 impl UserAction {
     /// Whether the action takes a password.
     pub fn needs_password(self) -> bool {
-        !matches!(self, UserAction::Remove)
+        !matches!(self, UserAction::Remove | UserAction::Exists)
     }
 }
 
@@ -156,6 +158,7 @@ pub async fn manage_user(
         UserAction::Passwd => auth.set_password(&user, host, password()).await,
         UserAction::Remove => auth.remove_user(&user, host).await,
         UserAction::Check => auth.check_password(&user, host, password()).await,
+        UserAction::Exists => auth.user_exists(&user, host).await,
     };
     auth.shutdown().await;
     Ok(match (action, answer) {
@@ -170,6 +173,8 @@ pub async fn manage_user(
         }
         (UserAction::Check, Ok(true)) => UserOutcome::Done("password is correct"),
         (UserAction::Check, Ok(false)) => UserOutcome::Refused("wrong password or no such user"),
+        (UserAction::Exists, Ok(true)) => UserOutcome::Done("exists"),
+        (UserAction::Exists, Ok(false)) => UserOutcome::Refused("no such user"),
         (_, Err(AuthError::NotSupported)) => {
             UserOutcome::Invalid("the backend does not support this".into())
         }

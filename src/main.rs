@@ -55,6 +55,8 @@ enum UserCommand {
     Remove { jid: String },
     /// Check a password.
     Check { jid: String },
+    /// Check that an account exists (exit 0 yes, 1 no); reads no password.
+    Exists { jid: String },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
                 UserCommand::Passwd { jid } => (UserAction::Passwd, jid),
                 UserCommand::Remove { jid } => (UserAction::Remove, jid),
                 UserCommand::Check { jid } => (UserAction::Check, jid),
+                UserCommand::Exists { jid } => (UserAction::Exists, jid),
             };
             cli::user(&config, action, &jid)
         }

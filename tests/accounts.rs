@@ -308,7 +308,11 @@ fn the_user_command_talks_to_the_backend() {
     let dir = tempdir();
     let path = dir.join("gatehouse.toml");
     std::fs::write(&path, http(&backend, "")).unwrap();
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
     assert_eq!(user_command(&path, "add", "erin@localhost", "pw one").0, 0);
+    let (code, text) = user_command(&path, "exists", "erin@localhost", "");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("erin@localhost: exists"), "{text}");
     assert_eq!(user_command(&path, "add", "erin@localhost", "again").0, 1);
     assert_eq!(
         user_command(&path, "check", "erin@localhost", "pw one").0,
@@ -322,12 +326,14 @@ fn the_user_command_talks_to_the_backend() {
     assert_eq!(backend.passwords("erin"), Some(vec!["pw two".to_owned()]));
     assert_eq!(user_command(&path, "remove", "erin@localhost", "").0, 0);
     assert_eq!(backend.passwords("erin"), None);
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
+    assert_eq!(backend.count("/api/user_exists"), 3);
     let (code, text) = user_command(&path, "add", "erin@elsewhere", "x");
     assert_eq!(code, 2, "{text}");
     assert!(!text.contains("pw one"));
     // Unsupported (501) is the operator's input problem: 2.
     backend.set_mode(Mode::Fixed(501, ""));
-    for action in ["add", "passwd", "remove"] {
+    for action in ["add", "passwd", "remove", "exists"] {
         let (code, text) = user_command(&path, action, "erin@localhost", "pw");
         assert_eq!(code, 2, "{action}: {text}");
         assert!(text.contains("does not support"), "{action}: {text}");
@@ -363,8 +369,10 @@ fn the_user_command_exits_3_when_the_backend_is_down_and_2_on_a_bad_ca_file() {
         ))
     };
     std::fs::write(&path, section("")).unwrap();
-    let (code, text) = user_command(&path, "check", "erin@localhost", "pw");
-    assert_eq!(code, 3, "{text}");
+    for action in ["check", "exists"] {
+        let (code, text) = user_command(&path, action, "erin@localhost", "pw");
+        assert_eq!(code, 3, "{action}: {text}");
+    }
     // A CA file that cannot be read (a directory), or whose PEM is broken,
     // is a config problem, reported before any backend is asked.
     let broken = dir.join("broken.pem");
@@ -396,7 +404,10 @@ fn the_user_command_refuses_what_the_generic_protocol_lacks() {
     }
     let (code, text) = user_command(&path, "check", "alice@localhost", "wonderland");
     assert_eq!(code, 0, "{text}");
-    // Only the check ever reached the process.
+    // The generic protocol has isuser.
+    assert_eq!(user_command(&path, "exists", "alice@localhost", "").0, 0);
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
+    // Only the check and the two isuser ever reached the process.
     let recorded = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    assert_eq!(recorded.lines().count(), 3, "{recorded}");
 }

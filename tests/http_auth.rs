@@ -262,7 +262,7 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
 
     // What is stored is the salted key and the owner, nothing else (the
     // unit tests also compare keys with unsalted hashes).
-    let stored = auth.cache().expect("cache enabled").snapshot();
+    let stored = auth.cached_entries();
     assert_eq!(stored.len(), 2);
     for (key, owner) in &stored {
         let dump = format!("{key:?} {owner:?} {}", String::from_utf8_lossy(key));
@@ -283,14 +283,14 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
             .await,
         Ok(true)
     );
-    assert!(auth.cache().unwrap().snapshot().is_empty());
+    assert!(auth.cached_entries().is_empty());
     assert_eq!(check("alice", "app-token-1").await, Ok(false));
     assert_eq!(check("alice", "new").await, Ok(true));
 
     // Removal drops them too.
-    assert_eq!(auth.cache().unwrap().snapshot().len(), 1);
+    assert_eq!(auth.cached_entries().len(), 1);
     assert_eq!(auth.remove_user("alice", "localhost").await, Ok(true));
-    assert!(auth.cache().unwrap().snapshot().is_empty());
+    assert!(auth.cached_entries().is_empty());
 
     // A check asked before a password change and answered after it (yes:
     // the old password was right when the backend looked) is not cached.
@@ -312,7 +312,7 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
         "answered before the change"
     );
     assert!(
-        auth.cache().unwrap().snapshot().is_empty(),
+        auth.cached_entries().is_empty(),
         "the old password was cached after the change"
     );
     backend.set_mode(Mode::Normal);

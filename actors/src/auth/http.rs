@@ -223,7 +223,7 @@ struct Shared {
 }
 
 /// Hands out slots; a slot connects on its first request.
-pub struct HttpBackend {
+pub(crate) struct HttpBackend {
     shared: Arc<Shared>,
 }
 
@@ -246,7 +246,7 @@ impl WorkerFactory for HttpBackend {
 }
 
 /// One request in flight at a time, over the slot's own connection.
-pub struct HttpSlot {
+pub(crate) struct HttpSlot {
     shared: Arc<Shared>,
     /// The keep-alive connection, when open and idle. It is taken out for
     /// each request and put back only when the answer was read in full, so
