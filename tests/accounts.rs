@@ -9,9 +9,7 @@ use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-const REGISTER: &str = "jabber:iq:register";
-const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
-const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+use gatehouse_actors::xmpp::ns::{DISCO_INFO, REGISTER, REGISTER_FEATURE};
 
 fn http(backend: &Backend, flags: &str) -> String {
     config(&format!(

@@ -297,7 +297,7 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
     backend.set_mode_for("check_password", Mode::Slow(Duration::from_secs(2)));
     let asked_so_far = backend.count("/api/check_password");
     let racing = actix_rt::spawn(check("bob", "old"));
-    poll_until("the slow check reached the backend", || {
+    eventually("the slow check to reach the backend", PATIENCE, || {
         backend.count("/api/check_password") > asked_so_far
     })
     .await;
@@ -321,14 +321,6 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
 }
 
 /// Waits (generously) until `ready` holds.
-async fn poll_until(what: &str, ready: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn every_status_code_maps_as_specified() {
     let backend = Backend::start(&[]);
@@ -518,7 +510,7 @@ async fn a_full_pool_refuses_at_once() {
         client.open("localhost").await;
         client.auth("alice", "wonderland").await
     });
-    poll_until("the first login reached the backend", || {
+    eventually("the first login to reach the backend", PATIENCE, || {
         backend.count("/api/check_password") == 1
     })
     .await;
