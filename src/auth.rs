@@ -42,10 +42,10 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 .as_ref()
                 .expect("validated: [auth.http] is present");
             let ca_pem = match &http.ca_file {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .map_err(|e| RunError::Auth(format!("{}: {e}", path.display())))?,
-                ),
+                Some(path) => Some(std::fs::read(path).map_err(|source| RunError::AuthCaFile {
+                    path: path.clone(),
+                    source,
+                })?),
                 None => None,
             };
             let pool = PoolHandle::start_http(HttpConfig {
@@ -61,7 +61,7 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 queue_timeout: http.queue_timeout,
                 ca_pem,
             })
-            .map_err(|e| RunError::Auth(format!("HTTP client: {e}")))?;
+            .map_err(RunError::AuthHttp)?;
             (pool, true)
         }
     };

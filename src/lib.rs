@@ -37,21 +37,34 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A listener could not bind (or report its address).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The c2s certificate or key could not be read or used.
     #[error("TLS: {path}: {reason}")]
     Tls { path: PathBuf, reason: String },
+    /// The operator HTTP listener could not start.
     #[error("HTTP listener: {0}")]
-    Http(std::io::Error),
-    #[error("auth backend: {0}")]
-    Auth(String),
+    Http(#[source] std::io::Error),
+    /// `[auth.http] ca_file` could not be read.
+    #[error("auth backend: {}: {source}", path.display())]
+    AuthCaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP auth backend's client could not be set up.
+    #[error("auth backend: HTTP client: {0}")]
+    AuthHttp(#[source] gatehouse_actors::auth::HttpSetupError),
+    /// The roster cache's HTTP client could not be set up.
     #[error("roster: {0}")]
     Roster(#[from] RosterError),
+    /// The MUC gate's HTTP client could not be set up.
     #[error("MUC gate HTTP client: {0}")]
-    MucGate(reqwest::Error),
+    MucGate(#[source] reqwest::Error),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
