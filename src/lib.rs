@@ -75,7 +75,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// A started server: listeners bound, actors running.
 pub struct Server {
+    /// Where the c2s listener is bound (the real port when 0 was asked).
     c2s_addr: SocketAddr,
+    /// Where the operator HTTP listener is bound.
     http_addr: SocketAddr,
     /// Session arbiters, one per core; stopped last.
     arbiters: Arc<Vec<Arbiter>>,
@@ -83,7 +85,9 @@ pub struct Server {
     shutdown: CancellationToken,
     /// Every connection's I/O task, awaited during shutdown.
     connections: TaskTracker,
+    /// The auth pool, shut down (its processes stopped) after the sessions.
     auth: Authenticator,
+    /// The operator HTTP server, stopped during shutdown.
     http: actix_web::dev::ServerHandle,
 }
 

@@ -18,10 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How logins are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    /// At a fixed rate (--rate), whatever the server's latency.
     Open,
+    /// --concurrency clients each logging in again as soon as done.
     Closed,
+    /// --count sessions logged in and kept open, then the server's memory
+    /// is measured.
     Hold,
 }
 
@@ -47,6 +52,8 @@ pub struct Args {
     /// Negotiate STARTTLS (the certificate is not verified).
     #[arg(long)]
     pub starttls: bool,
+    /// How logins are started: open (fixed rate), closed (fixed
+    /// concurrency) or hold (log in and keep sessions open).
     #[arg(long, value_enum, default_value_t = Mode::Closed)]
     pub mode: Mode,
     /// Logins started per second (open mode).
@@ -84,6 +91,7 @@ pub struct Args {
 /// Every finished login.
 #[derive(Default)]
 struct Results {
+    /// Each login's duration, grouped by how it ended.
     by_outcome: BTreeMap<Outcome, Vec<Duration>>,
 }
 
@@ -172,8 +180,11 @@ fn loopback(target: &str) -> Result<SocketAddr, StormError> {
 /// run went on (sampled every 100 ms), and after.
 #[derive(Clone, Copy, Default)]
 struct ServerMemory {
+    /// RSS in bytes before the first login.
     before: u64,
+    /// The highest RSS sampled during the run.
     peak: u64,
+    /// RSS once the run ended (in hold mode: with every session still up).
     after: u64,
 }
 

@@ -31,7 +31,9 @@ pub(crate) type CacheKey = [u8; 32];
 /// Gatehouse can drop that user's entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedUser {
+    /// The user part, as the check was asked.
     pub user: String,
+    /// The host the user logged in to.
     pub host: String,
 }
 

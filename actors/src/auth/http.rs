@@ -224,6 +224,7 @@ struct Shared {
 
 /// Hands out slots; a slot connects on its first request.
 pub(crate) struct HttpBackend {
+    /// Endpoint, TLS and credentials, handed to every slot it starts.
     shared: Arc<Shared>,
 }
 
@@ -247,6 +248,7 @@ impl WorkerFactory for HttpBackend {
 
 /// One request in flight at a time, over the slot's own connection.
 pub(crate) struct HttpSlot {
+    /// Where and how to connect, shared with the other slots.
     shared: Arc<Shared>,
     /// The keep-alive connection, when open and idle. It is taken out for
     /// each request and put back only when the answer was read in full, so
