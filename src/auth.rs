@@ -8,7 +8,7 @@
 use crate::config::{AuthBackendKind, AuthConfig, ExternalProtocol};
 use crate::RunError;
 use gatehouse_actors::auth::{
-    AuthCache, Authenticator, Capabilities, ExternalConfig, HttpConfig, PoolHandle, Protocol,
+    AuthCache, Authenticator, Capabilities, ExternalConfig, HttpAuthSettings, PoolHandle, Protocol,
 };
 
 /// Starts the backend's pool. Must be called inside an actix System.
@@ -48,7 +48,7 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 })?),
                 None => None,
             };
-            let pool = PoolHandle::start_http(HttpConfig {
+            let pool = PoolHandle::start_http(HttpAuthSettings {
                 url: http.url.clone(),
                 credentials: http.credentials.as_ref().map(|secret| {
                     let (user, password) =

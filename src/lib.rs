@@ -19,7 +19,7 @@ use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
-use gatehouse_actors::muc::{MucConfig, MucService};
+use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
@@ -233,8 +233,8 @@ impl Server {
 }
 
 /// The MUC actors' settings from `[muc]`.
-fn muc_settings(muc: &config::MucConfig) -> MucConfig {
-    MucConfig {
+fn muc_settings(muc: &config::MucConfig) -> MucSettings {
+    MucSettings {
         domain: muc.domain.clone(),
         persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
         max_occupants: muc.max_occupants,

@@ -470,7 +470,7 @@ fn credentials_in_the_url_are_refused_and_never_printed() {
         !shown.contains("s3cret") && !shown.contains("t0ken"),
         "{shown}"
     );
-    let actor = gatehouse_actors::auth::HttpConfig {
+    let actor = gatehouse_actors::auth::HttpAuthSettings {
         url: http.url.clone(),
         credentials: Some(("gate".into(), "t0ken".into())),
         max_in_flight: 1,

@@ -17,7 +17,7 @@ mod pool;
 pub use authenticator::{Authenticator, Capabilities};
 pub use cache::{AuthCache, CachedUser};
 pub use external::{ExternalConfig, Protocol};
-pub use http::{ca_certificates, HttpConfig, HttpSetupError};
+pub use http::{ca_certificates, HttpAuthSettings, HttpSetupError};
 pub use pool::{describe_metrics, PoolHandle};
 
 use std::fmt;
