@@ -2,7 +2,8 @@
 //! endpoints, and the wiring and shutdown of the actors that live in
 //! `gatehouse_actors`.
 //!
-//! [`run`] is the whole server; `main` only parses the command line. Tests
+//! [`run`] is the whole server; [`cli`] runs each command and `main` only
+//! parses the command line. Tests
 //! call [`Server::bind`] to learn the bound addresses, then
 //! [`Server::run`].
 
