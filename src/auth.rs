@@ -8,7 +8,7 @@
 use crate::config::{AuthBackendKind, AuthConfig, ExternalProtocol};
 use crate::RunError;
 use gatehouse_actors::auth::{
-    AuthCache, Authenticator, Capabilities, ExternalConfig, HttpConfig, PoolHandle, Protocol,
+    AuthCache, Authenticator, Capabilities, ExternalConfig, HttpAuthSettings, PoolHandle, Protocol,
 };
 
 /// Starts the backend's pool. Must be called inside an actix System.
@@ -42,13 +42,13 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 .as_ref()
                 .expect("validated: [auth.http] is present");
             let ca_pem = match &http.ca_file {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .map_err(|e| RunError::Auth(format!("{}: {e}", path.display())))?,
-                ),
+                Some(path) => Some(std::fs::read(path).map_err(|source| RunError::AuthCaFile {
+                    path: path.clone(),
+                    source,
+                })?),
                 None => None,
             };
-            let pool = PoolHandle::start_http(HttpConfig {
+            let pool = PoolHandle::start_http(HttpAuthSettings {
                 url: http.url.clone(),
                 credentials: http.credentials.as_ref().map(|secret| {
                     let (user, password) =
@@ -61,7 +61,7 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 queue_timeout: http.queue_timeout,
                 ca_pem,
             })
-            .map_err(|e| RunError::Auth(format!("HTTP client: {e}")))?;
+            .map_err(RunError::AuthHttp)?;
             (pool, true)
         }
     };
@@ -88,12 +88,14 @@ pub enum UserAction {
     Remove,
     /// Check a password (`check_password` / `auth`).
     Check,
+    /// Ask whether the account exists (`user_exists` / `isuser`).
+    Exists,
 }
 
 impl UserAction {
     /// Whether the action takes a password.
     pub fn needs_password(self) -> bool {
-        !matches!(self, UserAction::Remove)
+        !matches!(self, UserAction::Remove | UserAction::Exists)
     }
 }
 
@@ -144,13 +146,19 @@ pub async fn manage_user(
             "{user:?} is not a valid user name"
         )));
     };
-    let password = || Password::new(password.clone().unwrap_or_default());
+    let password = match (action.needs_password(), password) {
+        (true, Some(password)) if !password.is_empty() => password,
+        (true, _) => return Ok(UserOutcome::Invalid("the password is empty".into())),
+        (false, _) => String::new(),
+    };
+    let password = || Password::new(password.clone());
     let auth = start(&config.auth)?;
     let answer = match action {
         UserAction::Add => auth.register(&user, host, password()).await,
         UserAction::Passwd => auth.set_password(&user, host, password()).await,
         UserAction::Remove => auth.remove_user(&user, host).await,
         UserAction::Check => auth.check_password(&user, host, password()).await,
+        UserAction::Exists => auth.user_exists(&user, host).await,
     };
     auth.shutdown().await;
     Ok(match (action, answer) {
@@ -165,6 +173,8 @@ pub async fn manage_user(
         }
         (UserAction::Check, Ok(true)) => UserOutcome::Done("password is correct"),
         (UserAction::Check, Ok(false)) => UserOutcome::Refused("wrong password or no such user"),
+        (UserAction::Exists, Ok(true)) => UserOutcome::Done("exists"),
+        (UserAction::Exists, Ok(false)) => UserOutcome::Refused("no such user"),
         (_, Err(AuthError::NotSupported)) => {
             UserOutcome::Invalid("the backend does not support this".into())
         }

@@ -795,6 +795,17 @@ fn validate_hosts(hosts: &[String], problems: &mut Problems) {
     }
 }
 
+/// Why `value` cannot be a configured `Authorization` header value, if it
+/// cannot: it must hold something besides blanks, and only printable ASCII
+/// or tabs (no line breaks, which would start another header).
+fn header_value_problem(value: &str) -> Option<&'static str> {
+    let printable = value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+    (value.trim().is_empty() || !printable)
+        .then_some("must be a non-empty header value of printable ASCII (no line breaks)")
+}
+
 /// Why `domain` is not a lowercase DNS name (or IPv4 address), if it is not.
 /// Uppercase is refused rather than folded, so that the names in the config
 /// are exactly the names that appear in JIDs, logs and metrics.
@@ -983,17 +994,9 @@ impl RosterConfig {
         problems.duration("roster.ttl", self.ttl);
         problems.duration("roster.timeout", self.timeout);
         problems.range("roster.max_in_flight", self.max_in_flight, MAX_IN_FLIGHT);
-        if let Some(header) = &self.authorization_header {
-            let value = header.0.as_str();
-            if value.trim().is_empty()
-                || !value
-                    .bytes()
-                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-            {
-                problems.add(
-                    "roster.authorization_header",
-                    "must be a non-empty header value of printable ASCII (no line breaks)",
-                );
+        if let Some(Secret(header)) = &self.authorization_header {
+            if let Some(why) = header_value_problem(header) {
+                problems.add("roster.authorization_header", why);
             }
         }
     }

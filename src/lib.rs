@@ -2,10 +2,12 @@
 //! endpoints, and the wiring and shutdown of the actors that live in
 //! `gatehouse_actors`.
 //!
-//! [`run`] is the whole server; `main` only parses the command line. Tests
+//! [`run`] is the whole server; [`cli`] runs each command and `main` only
+//! parses the command line. Tests
 //! call [`Server::bind`] to learn the bound addresses, then
 //! [`Server::run`].
 
+pub mod cli;
 pub mod config;
 pub mod signal;
 
@@ -18,7 +20,7 @@ use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
-use gatehouse_actors::muc::{MucConfig, MucService};
+use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
@@ -36,21 +38,34 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A listener could not bind (or report its address).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The c2s certificate or key could not be read or used.
     #[error("TLS: {path}: {reason}")]
     Tls { path: PathBuf, reason: String },
+    /// The operator HTTP listener could not start.
     #[error("HTTP listener: {0}")]
-    Http(std::io::Error),
-    #[error("auth backend: {0}")]
-    Auth(String),
+    Http(#[source] std::io::Error),
+    /// `[auth.http] ca_file` could not be read.
+    #[error("auth backend: {}: {source}", path.display())]
+    AuthCaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP auth backend's client could not be set up.
+    #[error("auth backend: HTTP client: {0}")]
+    AuthHttp(#[source] gatehouse_actors::auth::HttpSetupError),
+    /// The roster cache's HTTP client could not be set up.
     #[error("roster: {0}")]
     Roster(#[from] RosterError),
+    /// The MUC gate's HTTP client could not be set up.
     #[error("MUC gate HTTP client: {0}")]
-    MucGate(reqwest::Error),
+    MucGate(#[source] reqwest::Error),
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -61,7 +76,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// A started server: listeners bound, actors running.
 pub struct Server {
+    /// Where the c2s listener is bound (the real port when 0 was asked).
     c2s_addr: SocketAddr,
+    /// Where the operator HTTP listener is bound.
     http_addr: SocketAddr,
     /// Session arbiters, one per core; stopped last.
     arbiters: Arc<Vec<Arbiter>>,
@@ -69,7 +86,9 @@ pub struct Server {
     shutdown: CancellationToken,
     /// Every connection's I/O task, awaited during shutdown.
     connections: TaskTracker,
+    /// The auth pool, shut down (its processes stopped) after the sessions.
     auth: Authenticator,
+    /// The operator HTTP server, stopped during shutdown.
     http: actix_web::dev::ServerHandle,
 }
 
@@ -215,8 +234,8 @@ impl Server {
 }
 
 /// The MUC actors' settings from `[muc]`.
-fn muc_settings(muc: &config::MucConfig) -> MucConfig {
-    MucConfig {
+fn muc_settings(muc: &config::MucConfig) -> MucSettings {
+    MucSettings {
         domain: muc.domain.clone(),
         persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
         max_occupants: muc.max_occupants,

@@ -1,17 +1,14 @@
-//! The `gatehouse` command line: parse arguments, load the config, start
-//! logging and run the server (or only check the config).
+//! The `gatehouse` command line: parse the arguments and dispatch.
 //!
-//! Owns: argument parsing, exit codes and the logging setup.
-//! Must not touch: anything the server does; that is `gatehouse::run`.
+//! Owns: argument parsing only. Must not touch: what a command does, its
+//! messages or exit codes; that is `gatehouse::cli`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gatehouse::auth::{manage_user, UserAction, UserOutcome};
-use gatehouse::config::Config;
-use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use gatehouse::auth::UserAction;
+use gatehouse::cli;
 
 /// An XMPP server whose users, rosters and rooms live in another application.
 #[derive(Parser)]
@@ -58,107 +55,25 @@ enum UserCommand {
     Remove { jid: String },
     /// Check a password.
     Check { jid: String },
+    /// Check that an account exists (exit 0 yes, 1 no); reads no password.
+    Exists { jid: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match (cli.command, cli.config) {
-        (Some(Command::CheckConfig { file }), _) => check_config(&file),
-        (Some(Command::User { config, action }), _) => user(&config, action),
-        (None, Some(config)) => serve(&config),
+    ExitCode::from(match (cli.command, cli.config) {
+        (Some(Command::CheckConfig { file }), _) => cli::check_config(&file),
+        (Some(Command::User { config, action }), _) => {
+            let (action, jid) = match action {
+                UserCommand::Add { jid } => (UserAction::Add, jid),
+                UserCommand::Passwd { jid } => (UserAction::Passwd, jid),
+                UserCommand::Remove { jid } => (UserAction::Remove, jid),
+                UserCommand::Check { jid } => (UserAction::Check, jid),
+                UserCommand::Exists { jid } => (UserAction::Exists, jid),
+            };
+            cli::user(&config, action, &jid)
+        }
+        (None, Some(config)) => cli::serve(&config),
         (None, None) => unreachable!("clap requires --config without a subcommand"),
-    }
-}
-
-fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            println!("{error}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn serve(file: &Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let config = match Config::load(file) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(config = %file.display(), "starting gatehouse {}", env!("CARGO_PKG_VERSION"));
-    let result = actix_rt::System::new()
-        .block_on(gatehouse::run(config, gatehouse::signal::shutdown_signal()));
-    match result {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("gatehouse: {error}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn user(file: &Path, command: UserCommand) -> ExitCode {
-    let (action, jid) = match command {
-        UserCommand::Add { jid } => (UserAction::Add, jid),
-        UserCommand::Passwd { jid } => (UserAction::Passwd, jid),
-        UserCommand::Remove { jid } => (UserAction::Remove, jid),
-        UserCommand::Check { jid } => (UserAction::Check, jid),
-    };
-    let config = match Config::load(file) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
-        }
-    };
-    let password = match action.needs_password().then(read_password).transpose() {
-        Ok(password) => password,
-        Err(error) => {
-            eprintln!("cannot read the password: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let outcome = actix_rt::System::new().block_on(manage_user(&config, action, &jid, password));
-    match outcome {
-        Ok(outcome) => {
-            match &outcome {
-                UserOutcome::Done(what) | UserOutcome::Refused(what) => println!("{jid}: {what}"),
-                UserOutcome::Invalid(why) | UserOutcome::Unavailable(why) => {
-                    eprintln!("{jid}: {why}")
-                }
-            }
-            ExitCode::from(outcome.exit_code())
-        }
-        Err(error) => {
-            eprintln!("gatehouse: {error}");
-            ExitCode::from(3)
-        }
-    }
-}
-
-/// The password from the terminal without echo, or the first line of
-/// standard input.
-fn read_password() -> std::io::Result<String> {
-    if std::io::stdin().is_terminal() {
-        return rpassword::prompt_password("Password: ");
-    }
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    })
 }

@@ -9,9 +9,7 @@ use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-const REGISTER: &str = "jabber:iq:register";
-const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
-const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+use gatehouse_actors::xmpp::ns::{DISCO_INFO, REGISTER, REGISTER_FEATURE};
 
 fn http(backend: &Backend, flags: &str) -> String {
     config(&format!(
@@ -337,6 +335,16 @@ fn user_command(
     jid: &str,
     password: &str,
 ) -> (i32, String) {
+    user_command_with_stdin(config_path, action, jid, format!("{password}\n").as_bytes())
+}
+
+/// Runs `gatehouse user ACTION JID` with exactly `stdin` as its input.
+fn user_command_with_stdin(
+    config_path: &std::path::Path,
+    action: &str,
+    jid: &str,
+    stdin: &[u8],
+) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["user", "--config"])
         .arg(config_path)
@@ -346,7 +354,11 @@ fn user_command(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    // `remove` and `exists` read no password and may exit before the
+    // input is written.
+    if let Err(error) = child.stdin.take().unwrap().write_all(stdin) {
+        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+    }
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
@@ -362,7 +374,11 @@ fn the_user_command_talks_to_the_backend() {
     let dir = tempdir();
     let path = dir.join("gatehouse.toml");
     std::fs::write(&path, http(&backend, "")).unwrap();
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
     assert_eq!(user_command(&path, "add", "erin@localhost", "pw one").0, 0);
+    let (code, text) = user_command(&path, "exists", "erin@localhost", "");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("erin@localhost: exists"), "{text}");
     assert_eq!(user_command(&path, "add", "erin@localhost", "again").0, 1);
     assert_eq!(
         user_command(&path, "check", "erin@localhost", "pw one").0,
@@ -376,16 +392,35 @@ fn the_user_command_talks_to_the_backend() {
     assert_eq!(backend.passwords("erin"), Some(vec!["pw two".to_owned()]));
     assert_eq!(user_command(&path, "remove", "erin@localhost", "").0, 0);
     assert_eq!(backend.passwords("erin"), None);
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
+    assert_eq!(backend.count("/api/user_exists"), 3);
     let (code, text) = user_command(&path, "add", "erin@elsewhere", "x");
     assert_eq!(code, 2, "{text}");
     assert!(!text.contains("pw one"));
     // Unsupported (501) is the operator's input problem: 2.
     backend.set_mode(Mode::Fixed(501, ""));
-    for action in ["add", "passwd", "remove"] {
+    for action in ["add", "passwd", "remove", "exists"] {
         let (code, text) = user_command(&path, action, "erin@localhost", "pw");
         assert_eq!(code, 2, "{action}: {text}");
         assert!(text.contains("does not support"), "{action}: {text}");
     }
+}
+
+#[test]
+fn the_user_command_refuses_an_empty_password_before_asking_the_backend() {
+    let backend = Backend::start(&[("erin", &["pw"])]);
+    let dir = tempdir();
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, http(&backend, "")).unwrap();
+    for action in ["add", "passwd", "check"] {
+        for stdin in [&b""[..], b"\n", b"\r\n"] {
+            let (code, text) = user_command_with_stdin(&path, action, "erin@localhost", stdin);
+            assert_eq!(code, 2, "{action} {stdin:?}: {text}");
+            assert!(text.contains("password is empty"), "{action}: {text}");
+        }
+    }
+    assert!(backend.requests().is_empty(), "{:?}", backend.requests());
+    assert_eq!(backend.passwords("erin"), Some(vec!["pw".to_owned()]));
 }
 
 #[test]
@@ -400,8 +435,10 @@ fn the_user_command_exits_3_when_the_backend_is_down_and_2_on_a_bad_ca_file() {
         ))
     };
     std::fs::write(&path, section("")).unwrap();
-    let (code, text) = user_command(&path, "check", "erin@localhost", "pw");
-    assert_eq!(code, 3, "{text}");
+    for action in ["check", "exists"] {
+        let (code, text) = user_command(&path, action, "erin@localhost", "pw");
+        assert_eq!(code, 3, "{action}: {text}");
+    }
     // A CA file that cannot be read (a directory), or whose PEM is broken,
     // is a config problem, reported before any backend is asked.
     let broken = dir.join("broken.pem");
@@ -433,7 +470,10 @@ fn the_user_command_refuses_what_the_generic_protocol_lacks() {
     }
     let (code, text) = user_command(&path, "check", "alice@localhost", "wonderland");
     assert_eq!(code, 0, "{text}");
-    // Only the check ever reached the process.
+    // The generic protocol has isuser.
+    assert_eq!(user_command(&path, "exists", "alice@localhost", "").0, 0);
+    assert_eq!(user_command(&path, "exists", "erin@localhost", "").0, 1);
+    // Only the check and the two isuser ever reached the process.
     let recorded = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    assert_eq!(recorded.lines().count(), 3, "{recorded}");
 }

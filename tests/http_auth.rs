@@ -262,7 +262,7 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
 
     // What is stored is the salted key and the owner, nothing else (the
     // unit tests also compare keys with unsalted hashes).
-    let stored = auth.cache().expect("cache enabled").snapshot();
+    let stored = auth.cached_entries();
     assert_eq!(stored.len(), 2);
     for (key, owner) in &stored {
         let dump = format!("{key:?} {owner:?} {}", String::from_utf8_lossy(key));
@@ -283,21 +283,21 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
             .await,
         Ok(true)
     );
-    assert!(auth.cache().unwrap().snapshot().is_empty());
+    assert!(auth.cached_entries().is_empty());
     assert_eq!(check("alice", "app-token-1").await, Ok(false));
     assert_eq!(check("alice", "new").await, Ok(true));
 
     // Removal drops them too.
-    assert_eq!(auth.cache().unwrap().snapshot().len(), 1);
+    assert_eq!(auth.cached_entries().len(), 1);
     assert_eq!(auth.remove_user("alice", "localhost").await, Ok(true));
-    assert!(auth.cache().unwrap().snapshot().is_empty());
+    assert!(auth.cached_entries().is_empty());
 
     // A check asked before a password change and answered after it (yes:
     // the old password was right when the backend looked) is not cached.
     backend.set_mode_for("check_password", Mode::Slow(Duration::from_secs(2)));
     let asked_so_far = backend.count("/api/check_password");
     let racing = actix_rt::spawn(check("bob", "old"));
-    poll_until("the slow check reached the backend", || {
+    eventually("the slow check to reach the backend", PATIENCE, || {
         backend.count("/api/check_password") > asked_so_far
     })
     .await;
@@ -312,7 +312,7 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
         "answered before the change"
     );
     assert!(
-        auth.cache().unwrap().snapshot().is_empty(),
+        auth.cached_entries().is_empty(),
         "the old password was cached after the change"
     );
     backend.set_mode(Mode::Normal);
@@ -321,14 +321,6 @@ async fn the_cache_serves_repeat_logins_and_never_stores_a_password() {
 }
 
 /// Waits (generously) until `ready` holds.
-async fn poll_until(what: &str, ready: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn every_status_code_maps_as_specified() {
     let backend = Backend::start(&[]);
@@ -478,7 +470,7 @@ fn credentials_in_the_url_are_refused_and_never_printed() {
         !shown.contains("s3cret") && !shown.contains("t0ken"),
         "{shown}"
     );
-    let actor = gatehouse_actors::auth::HttpConfig {
+    let actor = gatehouse_actors::auth::HttpAuthSettings {
         url: http.url.clone(),
         credentials: Some(("gate".into(), "t0ken".into())),
         max_in_flight: 1,
@@ -518,7 +510,7 @@ async fn a_full_pool_refuses_at_once() {
         client.open("localhost").await;
         client.auth("alice", "wonderland").await
     });
-    poll_until("the first login reached the backend", || {
+    eventually("the first login to reach the backend", PATIENCE, || {
         backend.count("/api/check_password") == 1
     })
     .await;

@@ -19,10 +19,6 @@ fn gated(url: &str, extra: &str) -> TestServer {
     )))
 }
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
-    Client::login(server.c2s, user, password, "r").await.0
-}
-
 /// Held by every test here for its whole run (taken first, so released
 /// after its servers stopped): decision counts are then this test's own.
 static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -250,7 +246,7 @@ async fn every_failure_denies_and_counts_as_error() {
     })
     .await;
     let server = gated(&gate.url, "timeout = \"1s\"");
-    let refused = gated(&refused_url().await, "");
+    let refused = gated(&refused_url(), "");
     let mut alice = login(&server, "alice", "wonderland").await;
     let mut bob = login(&refused, "bob", "builder").await;
     // The last kind: nothing listens on the gate's port.

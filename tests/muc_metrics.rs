@@ -7,10 +7,6 @@ mod muc_support;
 use common::*;
 use muc_support::*;
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
-    Client::login(server.c2s, user, password, "r").await.0
-}
-
 /// Scrapes until the rooms and occupants gauges read `rooms` and
 /// `occupants`.
 async fn gauges(server: &TestServer, rooms: f64, occupants: f64) {

@@ -8,10 +8,6 @@ mod muc_support;
 use common::*;
 use muc_support::*;
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
-    Client::login(server.c2s, user, password, "r").await.0
-}
-
 #[actix_rt::test]
 async fn join_order_status_codes_and_conflict() {
     let server = TestServer::start(&muc_config(""));

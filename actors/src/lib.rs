@@ -10,12 +10,15 @@
 //! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
 //! - [`redact`]: what of a configured URL may appear in logs.
+//! - [`outbound_http`]: the sensitive `Authorization` header and the
+//!   bounded body read shared by requests to the application.
 //!
 //! It must not read configuration files or bind listeners: the `gatehouse`
 //! application does that and hands plain settings in.
 
 pub mod auth;
 pub mod muc;
+pub mod outbound_http;
 pub mod redact;
 pub mod roster;
 pub mod router;

@@ -8,6 +8,8 @@
 //! and its workers run on the test's actix System, so every metric they
 //! record lands there and tests do not see each other's counters.
 
+#[path = "../../tests/common/poll.rs"]
+mod poll;
 #[path = "../../tests/common/processes.rs"]
 mod processes;
 
@@ -15,6 +17,7 @@ use gatehouse_actors::auth::{
     AuthCommand, AuthError, ExternalConfig, Password, PoolHandle, Protocol,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use poll::eventually;
 use processes::{pids, running};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -162,15 +165,6 @@ fn metric(handle: &PrometheusHandle, name: &str, labels: &[(&str, &str)]) -> f64
             .then(|| value.parse().unwrap())
         })
         .unwrap_or(0.0)
-}
-
-/// Waits until `condition` holds, failing the test after `limit`.
-async fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until `n` processes are up and idle.

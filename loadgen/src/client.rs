@@ -50,7 +50,9 @@ impl Outcome {
 
 /// What every virtual client needs.
 pub struct Target {
+    /// The server's c2s address (loopback only).
     pub addr: SocketAddr,
+    /// The XMPP domain every client logs in to.
     pub domain: String,
     /// The client's stream header for `domain`, rendered once.
     header: Vec<u8>,
@@ -85,6 +87,7 @@ impl Target {
 /// One account's SASL PLAIN request, rendered once and reused by every
 /// login of that account.
 pub struct Credentials {
+    /// The whole `<auth mechanism='PLAIN'>` element, ready to write.
     auth: Vec<u8>,
 }
 
@@ -185,6 +188,7 @@ impl From<std::io::Error> for Stop {
 
 /// A connection with a read buffer scanned for markers.
 struct Conn<S> {
+    /// The socket, plain or TLS.
     stream: S,
     /// What the server sent that no marker has consumed yet.
     buf: Vec<u8>,

@@ -18,10 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How logins are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    /// At a fixed rate (--rate), whatever the server's latency.
     Open,
+    /// --concurrency clients each logging in again as soon as done.
     Closed,
+    /// --count sessions logged in and kept open, then the server's memory
+    /// is measured.
     Hold,
 }
 
@@ -47,6 +52,8 @@ pub struct Args {
     /// Negotiate STARTTLS (the certificate is not verified).
     #[arg(long)]
     pub starttls: bool,
+    /// How logins are started: open (fixed rate), closed (fixed
+    /// concurrency) or hold (log in and keep sessions open).
     #[arg(long, value_enum, default_value_t = Mode::Closed)]
     pub mode: Mode,
     /// Logins started per second (open mode).
@@ -84,6 +91,7 @@ pub struct Args {
 /// Every finished login.
 #[derive(Default)]
 struct Results {
+    /// Each login's duration, grouped by how it ended.
     by_outcome: BTreeMap<Outcome, Vec<Duration>>,
 }
 
@@ -128,19 +136,43 @@ fn credentials(args: &Args) -> Arc<Vec<Credentials>> {
     )
 }
 
+/// Why a storm could not start: its target is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum StormError {
+    /// The target is not a HOST:PORT that resolves.
+    #[error("{target}: {source}")]
+    Resolve {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target resolves to no address at all.
+    #[error("{target}: no address")]
+    NoAddress { target: String },
+    /// The target is off loopback; the generator only loads local servers.
+    #[error("refusing {target} ({addr}): only loopback targets are allowed")]
+    NotLoopback { target: String, addr: SocketAddr },
+}
+
 /// The one address `target` names, if it is on loopback.
-fn loopback(target: &str) -> Result<SocketAddr, String> {
+fn loopback(target: &str) -> Result<SocketAddr, StormError> {
     let addr = target
         .to_socket_addrs()
-        .map_err(|e| format!("{target}: {e}"))?
+        .map_err(|source| StormError::Resolve {
+            target: target.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{target}: no address"))?;
+        .ok_or_else(|| StormError::NoAddress {
+            target: target.to_owned(),
+        })?;
     if addr.ip().is_loopback() {
         Ok(addr)
     } else {
-        Err(format!(
-            "refusing {target} ({addr}): only loopback targets are allowed"
-        ))
+        Err(StormError::NotLoopback {
+            target: target.to_owned(),
+            addr,
+        })
     }
 }
 
@@ -148,8 +180,11 @@ fn loopback(target: &str) -> Result<SocketAddr, String> {
 /// run went on (sampled every 100 ms), and after.
 #[derive(Clone, Copy, Default)]
 struct ServerMemory {
+    /// RSS in bytes before the first login.
     before: u64,
+    /// The highest RSS sampled during the run.
     peak: u64,
+    /// RSS once the run ended (in hold mode: with every session still up).
     after: u64,
 }
 
@@ -171,7 +206,7 @@ async fn peak_rss(pid: String, mut done: tokio::sync::watch::Receiver<bool>) -> 
 
 /// Runs the storm `args` describe and returns the report (text, or one
 /// JSON object with `--json`). Refuses any target not on loopback.
-pub async fn storm(args: &Args) -> Result<String, String> {
+pub async fn storm(args: &Args) -> Result<String, StormError> {
     let target = Arc::new(Target::new(
         loopback(&args.target)?,
         &args.domain,
@@ -444,10 +479,13 @@ mod tests {
     fn only_loopback_targets_are_allowed() {
         assert_eq!(loopback("127.0.0.1:5222").unwrap().port(), 5222);
         assert!(loopback("[::1]:5222").is_ok());
-        assert!(loopback("10.0.0.1:5222")
-            .unwrap_err()
-            .contains("only loopback"));
-        assert!(loopback("no port").is_err());
+        let refused = loopback("10.0.0.1:5222").unwrap_err();
+        assert!(matches!(refused, StormError::NotLoopback { .. }));
+        assert!(refused.to_string().contains("only loopback"));
+        assert!(matches!(
+            loopback("no port"),
+            Err(StormError::Resolve { .. })
+        ));
     }
 
     #[test]

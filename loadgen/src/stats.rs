@@ -7,7 +7,9 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// CPU time (user + system) and RSS of one process at one moment.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
+    /// User plus system CPU time used so far.
     pub cpu_seconds: f64,
+    /// Resident set size.
     pub rss_bytes: u64,
 }
 

@@ -5,7 +5,8 @@
 //! rest of the file's format or start anything: `Server::bind` turns them
 //! into the MUC actors.
 
-use super::{domain_problem, Problems, Secret};
+use super::{domain_problem, header_value_problem, Problems, Secret};
+use gatehouse_actors::outbound_http::sensitive_header_value;
 use gatehouse_actors::redact::redacted_url;
 use serde::Deserialize;
 use std::fmt;
@@ -187,15 +188,8 @@ impl MucHttpAuthConfig {
             }
         }
         if let Some(Secret(header)) = &self.authorization_header {
-            if header.is_empty()
-                || !header
-                    .chars()
-                    .all(|c| c == '\t' || (' '..='~').contains(&c))
-            {
-                problems.add(
-                    "muc.http_auth.authorization_header",
-                    "must be non-empty printable ASCII (no line breaks)",
-                );
+            if let Some(why) = header_value_problem(header) {
+                problems.add("muc.http_auth.authorization_header", why);
             }
         }
         problems.duration("muc.http_auth.timeout", self.timeout);
@@ -212,12 +206,11 @@ impl MucHttpAuthConfig {
         gate_url(&self.url).expect("validated: muc.http_auth.url")
     }
 
-    /// The `Authorization` header value; validation has checked it is
-    /// printable ASCII, which is what a header value may be.
+    /// The `Authorization` header value, marked sensitive; validation has
+    /// checked it is printable ASCII, which is what a header value may be.
     pub fn authorization_value(&self) -> Option<reqwest::header::HeaderValue> {
         self.authorization_header.as_ref().map(|Secret(header)| {
-            reqwest::header::HeaderValue::from_str(header)
-                .expect("validated: muc.http_auth.authorization_header")
+            sensitive_header_value(header).expect("validated: muc.http_auth.authorization_header")
         })
     }
 }

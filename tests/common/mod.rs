@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod backend;
+pub mod poll;
 pub mod roster_service;
 pub mod server_process;
 
@@ -18,9 +19,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub const STREAMS: &str = "http://etherx.jabber.org/streams";
-pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-pub const CLIENT: &str = "jabber:client";
+// The server's own namespaces; not every test binary uses each.
+#[allow(unused_imports)]
+pub use gatehouse_actors::xmpp::ns::{CLIENT, SASL, STREAMS};
+#[allow(unused_imports)]
+pub use poll::eventually;
 
 /// How long a test waits for one thing from the server.
 pub const PATIENCE: Duration = Duration::from_secs(15);

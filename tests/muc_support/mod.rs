@@ -14,9 +14,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 
 pub const MUC: &str = "rooms.localhost";
-pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
-pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
-pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+// The server's own namespaces; not every test binary uses each.
+#[allow(unused_imports)]
+pub use gatehouse_actors::muc::{NS_MUC, NS_MUC_USER};
+#[allow(unused_imports)]
+pub use gatehouse_actors::xmpp::ns::STANZA_ERRORS;
 
 /// The test server config with a `[muc]` section; `extra` goes at its end
 /// (more `[muc]` keys, then e.g. a `[muc.http_auth]` table).
@@ -161,35 +163,29 @@ impl Gate {
 
     /// Waits until the gate has written `n` responses.
     pub async fn answered(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.answered.load(Ordering::SeqCst) < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gate answered too few"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the gate to answer enough requests", PATIENCE, || {
+            self.answered.load(Ordering::SeqCst) >= n
+        })
+        .await;
     }
 
     /// Waits until the gate has received `n` requests.
     pub async fn received(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.requests.lock().unwrap().len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gate got too few requests"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the gate to receive enough requests", PATIENCE, || {
+            self.requests.lock().unwrap().len() >= n
+        })
+        .await;
     }
 }
 
-/// A URL on which nothing listens: connections are refused.
-pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/check")
+/// A gate URL on which nothing listens: connections are refused.
+pub fn refused_url() -> String {
+    format!("http://{}/check", crate::common::backend::closed_address())
+}
+
+/// Logs `user` in with resource `r`.
+pub async fn login(server: &TestServer, user: &str, password: &str) -> Client {
+    Client::login(server.c2s, user, password, "r").await.0
 }
 
 /// The gate's shared answering state, for one connection.
@@ -298,7 +294,7 @@ pub async fn join(c: &mut Client, room: &str, nick: &str) -> Result<Vec<Element>
 /// The defined condition of an error stanza.
 pub fn condition(el: &Element) -> String {
     el.get_child("error", CLIENT)
-        .and_then(|e| e.children().find(|c| c.ns() == STANZAS))
+        .and_then(|e| e.children().find(|c| c.ns() == STANZA_ERRORS))
         .map(|c| c.name().to_owned())
         .unwrap_or_default()
 }

@@ -5,7 +5,7 @@
 //! It owns the order of cache and backend and the cache's invalidation. It
 //! must not speak a backend's protocol (the pool's workers do).
 
-use super::cache::AuthCache;
+use super::cache::{AuthCache, CacheKey, CachedUser};
 use super::{AuthCommand, AuthError, Password, PoolHandle};
 use std::sync::Arc;
 
@@ -27,10 +27,16 @@ impl Capabilities {
     }
 }
 
+/// The auth front door: cheap to clone, one per session and one for the
+/// `gatehouse user` command.
 #[derive(Clone)]
 pub struct Authenticator {
+    /// The bounded pool that asks the backend.
     pool: PoolHandle,
+    /// Recent successful checks, when `[auth.cache]` is enabled; shared by
+    /// every clone so a password change invalidates it for all sessions.
     cache: Option<Arc<AuthCache>>,
+    /// What clients may do besides logging in, fixed at startup.
     capabilities: Capabilities,
 }
 
@@ -47,9 +53,16 @@ impl Authenticator {
         self.capabilities
     }
 
-    /// The cache, when enabled.
-    pub fn cache(&self) -> Option<&AuthCache> {
-        self.cache.as_deref()
+    /// What the cache holds (nothing when it is disabled): salted keys and
+    /// whose they are. It exists only for the integration test that proves
+    /// no password is ever stored (tests/http_auth.rs); the server never
+    /// reads it.
+    #[doc(hidden)]
+    pub fn cached_entries(&self) -> Vec<(CacheKey, CachedUser)> {
+        self.cache
+            .as_deref()
+            .map(AuthCache::snapshot)
+            .unwrap_or_default()
     }
 
     /// Is this the user's password? A cache hit answers without the backend.

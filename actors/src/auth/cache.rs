@@ -25,20 +25,22 @@ use std::time::Duration;
 const STRIPES: usize = 256;
 
 /// A cache key: the salted hash of one set of valid credentials.
-pub type CacheKey = [u8; 32];
+pub(crate) type CacheKey = [u8; 32];
 
 /// Who an entry belongs to, so a password change or removal through
 /// Gatehouse can drop that user's entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedUser {
+    /// The user part, as the check was asked.
     pub user: String,
+    /// The host the user logged in to.
     pub host: String,
 }
 
 /// A user's generation as read when a check began; see
 /// [`AuthCache::generation`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// Which stripe the user falls in.
     stripe: usize,
     /// The stripe's counter at the time.
@@ -96,7 +98,7 @@ impl AuthCache {
 
     /// The user's generation now: read it before asking the backend and
     /// pass it to [`AuthCache::remember`].
-    pub fn generation(&self, user: &str, host: &str) -> Generation {
+    pub(crate) fn generation(&self, user: &str, host: &str) -> Generation {
         let stripe = self.stripe(user, host);
         Generation {
             stripe,
@@ -116,7 +118,7 @@ impl AuthCache {
     }
 
     /// True when these credentials were accepted recently.
-    pub fn check(&self, user: &str, host: &str, password: &str) -> bool {
+    pub(crate) fn check(&self, user: &str, host: &str, password: &str) -> bool {
         let hit = self.entries.contains_key(&self.key(user, host, password));
         let name = if hit {
             "gatehouse_auth_cache_hits_total"
@@ -130,7 +132,7 @@ impl AuthCache {
     /// Remembers credentials the backend just accepted, unless the user's
     /// password was changed or the user removed since `asked` was read:
     /// the answer may be about the old password.
-    pub fn remember(&self, user: &str, host: &str, password: &str, asked: Generation) {
+    pub(crate) fn remember(&self, user: &str, host: &str, password: &str, asked: Generation) {
         let generation = self.lock(asked.stripe);
         if *generation != asked.value {
             return;
@@ -145,7 +147,7 @@ impl AuthCache {
     /// Drops every entry of a user (after a password change or removal)
     /// and moves the user's generation, so checks already under way are
     /// not remembered.
-    pub fn forget(&self, user: &str, host: &str) {
+    pub(crate) fn forget(&self, user: &str, host: &str) {
         let mut generation = self.lock(self.stripe(user, host));
         *generation += 1;
         let (user, host) = (user.to_owned(), host.to_owned());
@@ -155,9 +157,10 @@ impl AuthCache {
             .invalidate_entries_if(move |_, owner| owner.user == user && owner.host == host);
     }
 
-    /// Everything stored, for diagnostics and for tests that prove no
-    /// password is kept.
-    pub fn snapshot(&self) -> Vec<(CacheKey, CachedUser)> {
+    /// Everything stored: the salted key and whose it is. Read only by
+    /// [`Authenticator::cached_entries`](super::Authenticator::cached_entries)
+    /// and the unit tests, to prove no password is kept.
+    pub(crate) fn snapshot(&self) -> Vec<(CacheKey, CachedUser)> {
         self.entries.run_pending_tasks();
         self.entries.iter().map(|(k, v)| (*k, v)).collect()
     }

@@ -110,7 +110,7 @@ impl PoolHandle {
 /// NUL, CR or LF anywhere, a `:` in the user or host (they are delimited by
 /// it; only the password, which comes last, may hold one), or a request too
 /// long for the protocol.
-pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String, AuthError> {
+pub(crate) fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String, AuthError> {
     if !protocol.has(command) {
         return Err(AuthError::NotSupported);
     }
@@ -135,7 +135,7 @@ pub fn request_line(command: &AuthCommand, protocol: Protocol) -> Result<String,
 }
 
 /// Starts auth processes.
-pub struct ExternalBackend {
+pub(crate) struct ExternalBackend {
     /// The program and its arguments, spawned once per (re)start.
     command: Vec<String>,
     /// The framing each new process speaks.
@@ -209,7 +209,7 @@ impl Drop for ProcessGroup {
 }
 
 /// One running auth process.
-pub struct ExternalProcess {
+pub(crate) struct ExternalProcess {
     /// The process's group: killed on stop and on drop.
     group: ProcessGroup,
     /// Killed (and reaped) on stop; killed on drop as a last resort.
@@ -277,7 +277,7 @@ impl Worker for ExternalProcess {
 /// Why a reply was not a valid answer. The text never holds what the
 /// process wrote.
 #[derive(Debug, thiserror::Error)]
-pub enum ReplyError {
+pub(crate) enum ReplyError {
     #[error("invalid reply (not a \"1\" or \"0\" answer)")]
     Garbage,
     #[error("cannot read from the process: {0}")]

@@ -37,7 +37,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Settings of the HTTP backend.
 #[derive(Clone)]
-pub struct HttpConfig {
+pub struct HttpAuthSettings {
     /// Base URL; requests go to `URL/METHOD`.
     pub url: String,
     /// Optional `user:password` sent as HTTP Basic credentials.
@@ -54,9 +54,9 @@ pub struct HttpConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-impl fmt::Debug for HttpConfig {
+impl fmt::Debug for HttpAuthSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConfig")
+        f.debug_struct("HttpAuthSettings")
             .field("url", &crate::redact::redacted_url(&self.url))
             .field(
                 "credentials",
@@ -87,7 +87,7 @@ pub enum HttpSetupError {
 impl PoolHandle {
     /// Starts a pool over the HTTP backend. Must be called inside a running
     /// actix System.
-    pub fn start_http(config: HttpConfig) -> Result<PoolHandle, HttpSetupError> {
+    pub fn start_http(config: HttpAuthSettings) -> Result<PoolHandle, HttpSetupError> {
         let url = url::Url::parse(&config.url).map_err(|e| HttpSetupError::Url(e.to_string()))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(HttpSetupError::Url(
@@ -223,7 +223,8 @@ struct Shared {
 }
 
 /// Hands out slots; a slot connects on its first request.
-pub struct HttpBackend {
+pub(crate) struct HttpBackend {
+    /// Endpoint, TLS and credentials, handed to every slot it starts.
     shared: Arc<Shared>,
 }
 
@@ -246,7 +247,8 @@ impl WorkerFactory for HttpBackend {
 }
 
 /// One request in flight at a time, over the slot's own connection.
-pub struct HttpSlot {
+pub(crate) struct HttpSlot {
+    /// Where and how to connect, shared with the other slots.
     shared: Arc<Shared>,
     /// The keep-alive connection, when open and idle. It is taken out for
     /// each request and put back only when the answer was read in full, so

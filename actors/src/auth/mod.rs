@@ -15,12 +15,10 @@ mod http;
 mod pool;
 
 pub use authenticator::{Authenticator, Capabilities};
-pub use cache::{AuthCache, CacheKey, CachedUser, Generation};
-pub use external::{request_line, ExternalBackend, ExternalConfig, Protocol};
-pub use http::{ca_certificates, HttpBackend, HttpConfig, HttpSetupError};
-pub use pool::{
-    describe_metrics, AuthPool, PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure,
-};
+pub use cache::{AuthCache, CachedUser};
+pub use external::{ExternalConfig, Protocol};
+pub use http::{ca_certificates, HttpAuthSettings, HttpSetupError};
+pub use pool::{describe_metrics, PoolHandle};
 
 use std::fmt;
 

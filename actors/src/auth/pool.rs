@@ -27,7 +27,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 
 /// Why a worker could not answer a request.
 #[derive(Debug)]
-pub enum WorkerFailure {
+pub(crate) enum WorkerFailure {
     /// It did not answer within the request timeout.
     Timeout,
     /// It exited, closed its output, or answered something invalid: it must
@@ -39,7 +39,7 @@ pub enum WorkerFailure {
 }
 
 /// One worker: serves one request at a time.
-pub trait Worker: Send + 'static {
+pub(crate) trait Worker: Send + 'static {
     /// Whether a request that timed out leaves the worker unusable. True for
     /// a process (a late answer would be read as the next reply); false for
     /// an HTTP slot, whose abandoned request is simply dropped.
@@ -58,7 +58,7 @@ pub trait Worker: Send + 'static {
 }
 
 /// Starts workers of one kind.
-pub trait WorkerFactory: Send + Sync + 'static {
+pub(crate) trait WorkerFactory: Send + Sync + 'static {
     type Worker: Worker;
     /// Starts a new worker.
     fn start(&self) -> impl Future<Output = std::io::Result<Self::Worker>> + Send;
@@ -68,7 +68,7 @@ pub trait WorkerFactory: Send + Sync + 'static {
 
 /// Settings of one pool, independent of the backend kind.
 #[derive(Clone, Debug)]
-pub struct PoolConfig {
+pub(crate) struct PoolConfig {
     /// The `backend` label on every metric.
     pub backend: &'static str,
     /// Workers, each serving one request at a time.
@@ -84,7 +84,7 @@ pub struct PoolConfig {
 /// Checks a command before it is admitted: a request the backend's protocol
 /// cannot carry (`InvalidRequest`) or does not have (`NotSupported`) is
 /// refused without being queued.
-pub type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), AuthError> + Send + Sync>;
+pub(crate) type Validator = Arc<dyn Fn(&AuthCommand) -> Result<(), AuthError> + Send + Sync>;
 
 /// A request on its way to a worker.
 struct Job {
@@ -132,7 +132,7 @@ impl Drop for Admission {
 impl PoolHandle {
     /// Starts the pool actor and one task per worker on the current actix
     /// arbiter.
-    pub fn start<F: WorkerFactory>(
+    pub(crate) fn start<F: WorkerFactory>(
         config: PoolConfig,
         factory: F,
         validate: Validator,
@@ -252,7 +252,7 @@ impl PoolHandle {
 }
 
 /// The queue and the idle workers.
-pub struct AuthPool {
+pub(crate) struct AuthPool {
     /// The `backend` label on the pool's metrics.
     backend: &'static str,
     /// Waiting requests, oldest first.

@@ -8,6 +8,7 @@
 //! with a [`Decision`], and the Room acts on it. It fails closed: anything
 //! but a 2xx JSON answer with a boolean `allowed` denies.
 
+use crate::outbound_http::{read_bounded_body, BodyError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid};
 use std::collections::{BTreeMap, BTreeSet};
@@ -195,21 +196,13 @@ fn request_url(base: &url::Url, check: &Check) -> url::Url {
 }
 
 /// Reads a 2xx body, failing once it is longer than `MAX_BODY_BYTES`.
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, GateError> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
-    {
-        return Err(GateError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(GateError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, GateError> {
+    read_bounded_body(response, MAX_BODY_BYTES)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge => GateError::TooLarge,
+            BodyError::Transport(error) => transport(error),
+        })
 }
 
 /// A transport error, its URL removed.

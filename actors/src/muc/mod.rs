@@ -26,7 +26,7 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 /// Settings of the service, from `[muc]`.
-pub struct MucConfig {
+pub struct MucSettings {
     /// The service's domain, e.g. `rooms.example`.
     pub domain: String,
     /// Room localparts that stay when their last occupant leaves.
@@ -189,7 +189,7 @@ struct RoomSettings {
 impl MucService {
     /// Starts the service (and the gate, if configured) on the current
     /// arbiter.
-    pub fn start(config: MucConfig) -> Result<MucHandle, reqwest::Error> {
+    pub fn start(config: MucSettings) -> Result<MucHandle, reqwest::Error> {
         let gate = match config.gate {
             Some(gate) => {
                 let rooms = gate.rooms.clone();
@@ -493,7 +493,7 @@ mod tests {
     }
 
     fn start_service(max_rooms: usize, gate: Option<GateConfig>) -> Addr<MucService> {
-        MucService::start(MucConfig {
+        MucService::start(MucSettings {
             domain: "rooms.example".into(),
             persistent_rooms: HashSet::new(),
             max_occupants: 10,

@@ -9,6 +9,7 @@
 //! them.
 
 use super::{ParseError, Roster};
+use crate::outbound_http::{read_bounded_body, sensitive_header_value, BodyError};
 use crate::router::{OnlineUsers, RosterChanged, Router};
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -245,13 +246,9 @@ impl RosterCache {
         let authorization = settings
             .authorization
             .as_deref()
-            .map(|value| {
-                let mut value = HeaderValue::from_str(value)
-                    .map_err(|_| RosterError::Setup("invalid authorization header".into()))?;
-                value.set_sensitive(true);
-                Ok::<_, RosterError>(value)
-            })
-            .transpose()?;
+            .map(sensitive_header_value)
+            .transpose()
+            .map_err(|_| RosterError::Setup("invalid authorization header".into()))?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(settings.max_in_flight)
             .build()
@@ -380,18 +377,16 @@ impl Shared {
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
-        let mut response = request.send().await.map_err(request_error)?;
+        let response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(RosterError::Status(response.status().as_u16()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > MAX_ROSTER_BYTES {
-                return Err(RosterError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_bounded_body(response, MAX_ROSTER_BYTES)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => RosterError::TooLarge,
+                BodyError::Transport(error) => request_error(error),
+            })
     }
 }
 

@@ -50,10 +50,15 @@ pub(crate) enum Outbound {
 
 /// Everything one I/O task needs.
 pub(crate) struct Connection {
+    /// The client's socket, plain until STARTTLS upgrades it.
     pub socket: Transport,
+    /// The acceptor for STARTTLS, when the server has a certificate.
     pub tls: Option<TlsAcceptor>,
+    /// The session actor that reads the parsed stream and decides.
     pub session: Addr<Session>,
+    /// What the session wants written, in order.
     pub outbound: mpsc::Receiver<Outbound>,
+    /// Turns the bytes read into stream events; reset after STARTTLS.
     pub parser: StreamParser,
     /// Cancelled by the session to drop the connection at once (a client
     /// too slow to read what it is sent).

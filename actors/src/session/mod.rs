@@ -60,6 +60,7 @@ pub struct C2sSettings {
 /// The shared services a session talks to.
 #[derive(Clone)]
 pub struct Services {
+    /// Resources, presence and roster pushes between sessions.
     pub router: Addr<Router>,
     /// The auth backend (pool and cache) and the account operations the
     /// deployment allows.
@@ -172,12 +173,15 @@ pub struct Session {
     id: u64,
     /// For logs.
     peer: SocketAddr,
+    /// The c2s limits and hosts, shared by every session.
     settings: Arc<C2sSettings>,
+    /// The actors this session asks (router, auth, rosters, MUC).
     services: Services,
     /// To the I/O task; bounded by `max_outbound_queue`.
     out: mpsc::Sender<Outbound>,
     /// Drops the connection at once when `out` is full.
     kill: CancellationToken,
+    /// Where the stream is: which inputs are allowed next.
     phase: Phase,
     /// Whether our stream header went out: a stream error needs one first.
     header_sent: bool,
@@ -189,6 +193,7 @@ pub struct Session {
     user: Option<String>,
     /// The bound full JID.
     jid: Option<FullJid>,
+    /// Failed SASL attempts so far; past the limit the stream is closed.
     sasl_failures: u32,
     /// Whether the Router holds this user's roster on this session's behalf
     /// (after a roster get or an initial presence that fetched it).

@@ -7,7 +7,9 @@ use base64::Engine;
 /// nodeprep.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PlainCredentials {
+    /// The authentication identity, nodeprepped.
     pub user: String,
+    /// The password, masked in `Debug`.
     pub password: Password,
 }
 

@@ -42,9 +42,10 @@ pub enum StreamEvent {
 /// The attributes of a stream header that the server acts on.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StreamHeader {
+    /// The host the client wants: which virtual host serves the stream.
     pub to: Option<String>,
+    /// `1.0` for an RFC 6120 stream (features, SASL); absent for legacy.
     pub version: Option<String>,
-    pub lang: Option<String>,
 }
 
 /// Why the stream cannot go on. Each maps to one stream error condition.
@@ -297,7 +298,6 @@ impl StreamParser {
         Ok(StreamEvent::Open(StreamHeader {
             to: get("to"),
             version: get("version"),
-            lang: attrs.get(Namespace::xml(), "lang").cloned(),
         }))
     }
 }
