@@ -23,15 +23,19 @@ fn gated(url: &str, extra: &str) -> TestServer {
 /// after its servers stopped): decision counts are then this test's own.
 static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The decision counts by outcome: allowed, denied, error.
-async fn all_decisions(server: &TestServer) -> [f64; 3] {
-    let scrape = server.metrics().await;
+/// The decision counts in `scrape` by outcome: allowed, denied, error.
+fn decision_counts(scrape: &str) -> [f64; 3] {
     ["allowed", "denied", "error"].map(|outcome| {
         sample(
-            &scrape,
+            scrape,
             &format!("gatehouse_muc_gate_decisions_total{{outcome=\"{outcome}\"}}"),
         )
     })
+}
+
+/// The decision counts now.
+async fn all_decisions(server: &TestServer) -> [f64; 3] {
+    decision_counts(&server.metrics().await)
 }
 
 /// Waits until the decision counts reach `before` plus `delta` (a decision
@@ -39,19 +43,16 @@ async fn all_decisions(server: &TestServer) -> [f64; 3] {
 /// are exactly that: nothing else counted.
 async fn decisions_moved(server: &TestServer, what: &str, before: [f64; 3], delta: [f64; 3]) {
     let wanted: Vec<f64> = before.iter().zip(delta).map(|(b, d)| b + d).collect();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = all_decisions(server).await;
-        if now.iter().zip(&wanted).all(|(n, w)| n >= w) {
-            assert_eq!(now.to_vec(), wanted, "{what}: allowed, denied, error");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {now:?}, wanted {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reached = |scrape: &str| {
+        let now = decision_counts(scrape);
+        now.iter().zip(&wanted).all(|(n, w)| n >= w)
+    };
+    let scrape = server.metrics_when(what, reached).await;
+    assert_eq!(
+        decision_counts(&scrape).to_vec(),
+        wanted,
+        "{what}: allowed, denied, error"
+    );
 }
 
 /// Allows alice, denies everyone else with a reason for the logs.
