@@ -33,6 +33,7 @@ pub fn start(config: &AuthConfig) -> Result<Authenticator, RunError> {
                 queue: external.queue,
                 timeout: external.timeout,
                 queue_timeout: external.queue_timeout,
+                reply_grace: external.reply_grace,
             });
             (pool, protocol.manages_accounts())
         }

@@ -46,6 +46,9 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 const PROCESSES: RangeInclusive<usize> = 1..=1024;
 /// Zero means "never wait": refuse a login at once when all processes are busy.
 const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
+/// `auth.external.reply_grace` holds a process for this long after every
+/// answer; more than this would cap a pool's throughput for nothing.
+const MAX_REPLY_GRACE: Duration = Duration::from_secs(1);
 /// Concurrent requests to an HTTP backend (the auth API, the roster
 /// service); beyond this the application is the problem.
 const MAX_IN_FLIGHT: RangeInclusive<usize> = 1..=4096;
@@ -368,6 +371,13 @@ pub struct ExternalAuthConfig {
     /// How long a request may wait in the queue for a free process.
     #[serde(default = "default_auth_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// How long a process's output must stay quiet after an answer before
+    /// the answer is trusted. The protocols carry no request id: a program
+    /// that wrote a stray line would otherwise have its real answer read
+    /// as the reply to the next request (someone else's login). `0s`
+    /// trusts every answer at once.
+    #[serde(default = "default_reply_grace", with = "humantime_serde")]
+    pub reply_grace: Duration,
 }
 
 /// Wire protocols of external authentication programs.
@@ -462,6 +472,10 @@ fn default_auth_queue() -> usize {
 
 fn default_auth_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_reply_grace() -> Duration {
+    Duration::from_millis(2)
 }
 
 fn default_roster_cache_capacity() -> u64 {
@@ -982,6 +996,20 @@ impl ExternalAuthConfig {
         problems.range("auth.external.queue", self.queue, AUTH_QUEUE);
         problems.duration("auth.external.timeout", self.timeout);
         problems.duration("auth.external.queue_timeout", self.queue_timeout);
+        // Compared with the timeout only when that is valid itself: one
+        // wrong key, one problem.
+        let timeout_valid = !self.timeout.is_zero() && self.timeout <= MAX_DURATION;
+        if self.reply_grace > MAX_REPLY_GRACE || (timeout_valid && self.reply_grace >= self.timeout)
+        {
+            problems.add(
+                "auth.external.reply_grace",
+                format!(
+                    "must be at most {} and less than auth.external.timeout (got {})",
+                    humantime::format_duration(MAX_REPLY_GRACE),
+                    humantime::format_duration(self.reply_grace)
+                ),
+            );
+        }
     }
 }
 

@@ -131,6 +131,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(external.queue, 1024);
     assert_eq!(external.timeout, Duration::from_secs(5));
     assert_eq!(external.queue_timeout, Duration::from_secs(5));
+    assert_eq!(external.reply_grace, Duration::from_millis(2));
 }
 
 #[test]
@@ -179,6 +180,7 @@ fn full_file_sets_every_key() {
     assert_eq!(external.queue, 2000);
     assert_eq!(external.timeout, Duration::from_secs(2));
     assert_eq!(external.queue_timeout, Duration::from_millis(750));
+    assert_eq!(external.reply_grace, Duration::from_millis(5));
 }
 
 #[test]

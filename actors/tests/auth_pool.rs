@@ -66,6 +66,8 @@ struct Setup {
     queue: usize,
     timeout: Duration,
     queue_timeout: Duration,
+    /// How long output must stay quiet after an answer.
+    reply_grace: Duration,
     /// Extra fixture arguments (`--delay`, `--late`, ...).
     args: Vec<String>,
     /// Start the fixture through `auth-wrapper.sh` (a child, not `exec`),
@@ -81,6 +83,7 @@ impl Default for Setup {
             queue: 8,
             timeout: Duration::from_secs(10),
             queue_timeout: Duration::from_secs(10),
+            reply_grace: Duration::from_millis(2),
             args: Vec::new(),
             wrapped_in: None,
         }
@@ -123,6 +126,7 @@ impl Setup {
             queue: self.queue,
             timeout: self.timeout,
             queue_timeout: self.queue_timeout,
+            reply_grace: self.reply_grace,
         })
     }
 }
@@ -518,6 +522,82 @@ async fn a_process_that_exits_or_talks_while_idle_is_replaced_at_once() {
             assert_eq!(pool.call(auth("alice", "wonderland")).await, Ok(true));
             pool.shutdown().await;
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A program that answers twice (the fixture's `chatty`, its second "1"
+/// written `gap` seconds after the first, before it reads the next
+/// request) while wrong passwords for alice arrive concurrently: no
+/// second answer is ever taken for alice's reply. Every answer followed
+/// by more output within the grace window fails as a temporary error and
+/// replaces the process; the right passwords work throughout and after.
+#[actix_rt::test]
+async fn a_second_answer_is_never_taken_for_another_request() {
+    for protocol in PROTOCOLS {
+        for gap in [0.001, 0.2] {
+            let metrics = Metrics::new();
+            let _installed = metrics.install();
+            let h = metrics.handle();
+            let pool = Setup {
+                protocol,
+                processes: 2,
+                queue: 64,
+                // Wide enough that a loaded CI machine cannot stretch the
+                // moment between a stray and the real answer beyond it
+                // (the residual case the README names).
+                reply_grace: Duration::from_millis(50),
+                ..Setup::default()
+            }
+            .arg("--chatty-gap", gap)
+            .start();
+            workers_up(&h, 2).await;
+            let until = Instant::now() + Duration::from_millis(1500);
+            let callers = (0..8).map(|i| {
+                let pool = pool.clone();
+                actix_rt::spawn(async move {
+                    let (user, password) = match i % 4 {
+                        0 => ("chatty", "x"),
+                        1 => ("bob", "builder"),
+                        _ => ("alice", "wrong"),
+                    };
+                    let mut answers = Vec::new();
+                    while Instant::now() < until {
+                        answers.push((user, pool.call(auth(user, password)).await));
+                    }
+                    answers
+                })
+            });
+            let mut answers = Vec::new();
+            for caller in callers.collect::<Vec<_>>() {
+                answers.extend(caller.await.unwrap());
+            }
+            let count = |who: &str, wanted: fn(&Result<bool, AuthError>) -> bool| {
+                answers
+                    .iter()
+                    .filter(|(user, answer)| *user == who && wanted(answer))
+                    .count()
+            };
+            let what = format!("{protocol:?}, second answer after {gap} s");
+            assert_eq!(count("alice", |a| *a == Ok(true)), 0, "{what}");
+            assert_eq!(count("bob", |a| *a == Ok(false)), 0, "{what}");
+            assert!(count("alice", |a| *a == Ok(false)) > 0, "{what}");
+            // Only temporary errors besides the honest answers.
+            assert!(
+                answers
+                    .iter()
+                    .all(|(_, a)| matches!(a, Ok(_) | Err(AuthError::BackendFailed(_)))),
+                "{what}: {answers:?}"
+            );
+            assert!(
+                metric(&h, "gatehouse_auth_process_restarts_total", &[]) >= 1.0,
+                "{what}"
+            );
+            // The right passwords still work once the pool has settled.
+            workers_up(&h, 2).await;
+            assert_eq!(pool.call(auth("alice", "wonderland")).await, Ok(true));
+            assert_eq!(pool.call(auth("alice", "wrong")).await, Ok(false));
+            pool.shutdown().await;
         }
     }
 }
@@ -1011,6 +1091,7 @@ async fn a_program_that_cannot_start_never_says_wrong_password() {
         queue: 4,
         timeout: Duration::from_secs(1),
         queue_timeout: Duration::from_millis(300),
+        reply_grace: Duration::from_millis(2),
     });
     let started = Instant::now();
     for _ in 0..4 {

@@ -11,6 +11,7 @@ use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure};
 use super::{AuthCommand, AuthError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,10 @@ pub struct ExternalConfig {
     pub timeout: Duration,
     /// How long a request may wait in the queue.
     pub queue_timeout: Duration,
+    /// How long a process's output must stay quiet after an answer before
+    /// the answer is trusted (see `ExternalProcess::confirm`); zero
+    /// trusts every answer at once.
+    pub reply_grace: Duration,
 }
 
 impl PoolHandle {
@@ -99,6 +104,7 @@ impl PoolHandle {
             ExternalBackend {
                 command: config.command,
                 protocol,
+                reply_grace: config.reply_grace,
             },
             Arc::new(move |command| request_line(command, protocol).map(drop)),
         )
@@ -140,6 +146,8 @@ pub(crate) struct ExternalBackend {
     command: Vec<String>,
     /// The framing each new process speaks.
     protocol: Protocol,
+    /// How long each new process must stay quiet after an answer.
+    reply_grace: Duration,
 }
 
 impl WorkerFactory for ExternalBackend {
@@ -167,6 +175,7 @@ impl WorkerFactory for ExternalBackend {
             group,
             child,
             protocol: self.protocol,
+            reply_grace: self.reply_grace,
             requests: FramedWrite::new(stdin, Wire::requests(self.protocol)),
             replies: FramedRead::new(stdout, Wire::replies(self.protocol)),
         })
@@ -179,6 +188,8 @@ impl WorkerFactory for ExternalBackend {
 
 /// What a process said when nobody asked.
 const UNSOLICITED: &str = "the process wrote output without being asked";
+/// What a process said right after an answer.
+const MORE_THAN_ONE_ANSWER: &str = "the process wrote more output right after its answer";
 
 /// The process group an auth process leads: it and whatever it started
 /// (a wrapper script's real program). Killed on stop, and on drop, so
@@ -216,6 +227,10 @@ pub(crate) struct ExternalProcess {
     child: Child,
     /// Checked again before writing, so nothing unsendable is ever written.
     protocol: Protocol,
+    /// How long the output must stay quiet after an answer before it is
+    /// trusted: these protocols carry no request id, so an answer is only
+    /// known to be this request's if nothing follows it.
+    reply_grace: Duration,
     /// The process's stdin, framing requests.
     requests: FramedWrite<ChildStdin, Wire>,
     /// The process's stdout, decoding replies.
@@ -229,25 +244,29 @@ impl Worker for ExternalProcess {
         // Validated before admission; checked again so nothing unsendable
         // can ever be written.
         let line = request_line(command, self.protocol).map_err(WorkerFailure::Failed)?;
-        // Bytes already read but never asked for would be taken as (part
-        // of) this request's reply.
-        if !self.replies.read_buffer().is_empty() {
-            return Err(WorkerFailure::Broken(UNSOLICITED.into()));
+        // Output nobody asked for, read or still in the pipe, would be
+        // taken as (part of) this request's reply: the process is condemned
+        // before anything is written, and the request can go elsewhere.
+        if self.has_unread_output() {
+            return Err(WorkerFailure::Unsent(UNSOLICITED.into()));
         }
         self.requests.send(line).await.map_err(|e| {
             WorkerFailure::Broken(format!("cannot write to the process: {}", e.kind()))
         })?;
-        match self.replies.next().await {
-            Some(Ok(answer)) => Ok(answer),
-            Some(Err(e)) => Err(WorkerFailure::Broken(e.to_string())),
-            None => Err(WorkerFailure::Broken(
-                "the process closed its output (exited?)".into(),
-            )),
-        }
+        let answer = match self.replies.next().await {
+            Some(Ok(answer)) => answer,
+            Some(Err(e)) => return Err(WorkerFailure::Broken(e.to_string())),
+            None => {
+                return Err(WorkerFailure::Broken(
+                    "the process closed its output (exited?)".into(),
+                ))
+            }
+        };
+        self.confirm(answer).await
     }
 
     async fn broken(&mut self) -> String {
-        if !self.replies.read_buffer().is_empty() {
+        if self.has_unread_output() {
             return UNSOLICITED.into();
         }
         // While idle, any byte at all is unsolicited: read the pipe itself
@@ -272,6 +291,55 @@ impl Worker for ExternalProcess {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+impl ExternalProcess {
+    /// Whether the process wrote anything not yet taken as an answer:
+    /// bytes the codec has read, or bytes still waiting in the pipe (which
+    /// the async reader has not been woken for yet).
+    fn has_unread_output(&self) -> bool {
+        !self.replies.read_buffer().is_empty() || pipe_holds_bytes(self.replies.get_ref())
+    }
+
+    /// Trusts `answer` only once the process's output has stayed quiet for
+    /// `reply_grace`. A program that writes a stray line (a second answer,
+    /// a debug print) and then reads the next request puts the stray in
+    /// front of that request's real answer, which follows within moments:
+    /// so an answer followed by more output is not this request's, the
+    /// request fails as a temporary error and the process is replaced. A
+    /// process that closes its output after answering has said nothing
+    /// more; the idle watcher replaces it.
+    async fn confirm(&mut self, answer: bool) -> Result<bool, WorkerFailure> {
+        if self.has_unread_output() {
+            return Err(WorkerFailure::Broken(MORE_THAN_ONE_ANSWER.into()));
+        }
+        if self.reply_grace.is_zero() {
+            return Ok(answer);
+        }
+        let mut byte = [0; 1];
+        let more = self.replies.get_mut().read(&mut byte);
+        match tokio::time::timeout(self.reply_grace, more).await {
+            // Quiet for the whole window, or closed: nothing followed.
+            Err(_) | Ok(Ok(0)) => Ok(answer),
+            Ok(Ok(_)) => Err(WorkerFailure::Broken(MORE_THAN_ONE_ANSWER.into())),
+            Ok(Err(e)) => Err(WorkerFailure::Broken(format!(
+                "cannot read from the process: {}",
+                e.kind()
+            ))),
+        }
+    }
+}
+
+/// Whether bytes wait unread in the pipe behind `stdout`, asked of the
+/// kernel (`FIONREAD`) rather than of the async reader, whose readiness
+/// lags until the reactor's next poll. An error counts as bytes: a pipe
+/// that cannot be asked is not trusted.
+fn pipe_holds_bytes(stdout: &ChildStdout) -> bool {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a live local; the descriptor is owned by `stdout` and open.
+    let status = unsafe { libc::ioctl(stdout.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    status != 0 || pending > 0
 }
 
 /// Why a reply was not a valid answer. The text never holds what the
@@ -477,6 +545,26 @@ mod tests {
             .unwrap();
         assert_eq!(&out[..2], &[0x01, 0x35]);
         assert_eq!(&out[2..], long.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn bytes_waiting_in_the_pipe_are_seen_before_anything_reads_them() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 0.3; printf 1; sleep 5"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        assert!(!pipe_holds_bytes(&stdout), "nothing written yet");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pipe_holds_bytes(&stdout) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the byte never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn decode_all(protocol: Protocol, input: &[u8]) -> Vec<Result<bool, String>> {

@@ -36,6 +36,10 @@ pub(crate) enum WorkerFailure {
     /// The request failed but the worker is fine (an HTTP 5xx, a refused
     /// connection): the caller gets this error, the worker serves on.
     Failed(AuthError),
+    /// The worker was found broken before anything of the request was
+    /// sent (a process with unread output): it is replaced, and the
+    /// request goes back to the front of the queue for another worker.
+    Unsent(String),
 }
 
 /// One worker: serves one request at a time.
@@ -544,13 +548,17 @@ impl<F: WorkerFactory> Slot<F> {
                 Some(Err(_)) => Err(WorkerFailure::Timeout),
             };
             let result = match &outcome {
-                Ok(true) => "success",
-                Ok(false) => "failure",
-                Err(WorkerFailure::Timeout) => "timeout",
-                Err(_) => "error",
+                Ok(true) => Some("success"),
+                Ok(false) => Some("failure"),
+                Err(WorkerFailure::Timeout) => Some("timeout"),
+                // Nothing was asked: there is no request to time.
+                Err(WorkerFailure::Unsent(_)) => None,
+                Err(_) => Some("error"),
             };
-            metrics::histogram!("gatehouse_auth_request_duration_seconds", "backend" => self.backend, "result" => result)
-                .record(started.elapsed().as_secs_f64());
+            if let Some(result) = result {
+                metrics::histogram!("gatehouse_auth_request_duration_seconds", "backend" => self.backend, "result" => result)
+                    .record(started.elapsed().as_secs_f64());
+            }
             let replace = match outcome {
                 Ok(answer) => {
                     *backoff = BACKOFF.0;
@@ -572,6 +580,11 @@ impl<F: WorkerFactory> Slot<F> {
                     let _ = job
                         .reply
                         .send(Err(AuthError::BackendFailed(reason.clone())));
+                    Some(reason)
+                }
+                Err(WorkerFailure::Unsent(reason)) => {
+                    // The request waits for the next worker, first in line.
+                    self.pool.do_send(Requeue(job));
                     Some(reason)
                 }
             };
