@@ -79,6 +79,7 @@ fn describe() {
         "gatehouse_account_operations_total",
         "XEP-0077 account operations by operation and result"
     );
+    gatehouse_actors::session::describe_metrics();
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
     gatehouse_actors::muc::describe_metrics();

@@ -7,12 +7,14 @@
 //! decides about the stream (restart, STARTTLS, close) before reading on.
 //! It must not interpret stanzas: that is the Session's job.
 
+use super::tls::{self, HandshakeFailure};
 use super::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::StreamParser;
 use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -28,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 /// size is what a held session costs.
 pub(crate) type Transport = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-/// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to the client may block before it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes gathered from the outbound queue into one write.
@@ -52,6 +52,8 @@ pub(crate) enum Outbound {
 pub(crate) struct Connection {
     /// The client's socket, plain until STARTTLS upgrades it.
     pub socket: Transport,
+    /// The client's address, for what the operator is told about it.
+    pub peer: SocketAddr,
     /// The acceptor for STARTTLS, when the server has a certificate.
     pub tls: Option<TlsAcceptor>,
     /// The session actor that reads the parsed stream and decides.
@@ -82,6 +84,7 @@ impl Connection {
     pub(crate) async fn run(self) {
         let Connection {
             socket,
+            peer,
             tls,
             session,
             mut outbound,
@@ -137,10 +140,20 @@ impl Connection {
                             if let Err(e) = Box::pin(drain(&mut writer, &mut outbound, &kill)).await {
                                 break e;
                             }
-                            let Some(acceptor) = tls.as_ref().filter(|_| buf.is_empty()) else {
+                            // Whitespace after <starttls/> is legal
+                            // (a keepalive, a client's newline); anything
+                            // else came before <proceed/> and would be
+                            // lost under the handshake.
+                            if !buf.iter().all(u8::is_ascii_whitespace) {
+                                HandshakeFailure::DataBeforeHandshake
+                                    .report(peer, &"data after <starttls/> before <proceed/>");
+                                break End::TlsFailed;
+                            }
+                            buf = BytesMut::new();
+                            let Some(acceptor) = tls.as_ref() else {
                                 break End::TlsFailed;
                             };
-                            match Box::pin(upgrade(reader.unsplit(writer), acceptor)).await {
+                            match Box::pin(tls::upgrade(reader.unsplit(writer), acceptor, peer)).await {
                                 Some(secure) => (reader, writer) = tokio::io::split(secure),
                                 None => break End::TlsFailed,
                             }
@@ -250,22 +263,5 @@ async fn close(
         Ok(()) | Err(End::Closed)
     ) {
         let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
-    }
-}
-
-async fn upgrade(socket: Transport, acceptor: &TlsAcceptor) -> Option<Transport> {
-    let Either::Left(tcp) = socket else {
-        return None;
-    };
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(Either::Right(Box::new(tls))),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            None
-        }
     }
 }

@@ -10,6 +10,7 @@
 mod account;
 mod connection;
 mod sasl;
+mod tls;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::muc::{self, MucHandle};
@@ -76,6 +77,12 @@ pub struct Services {
     pub shutdown: CancellationToken,
 }
 
+/// Help texts of the session's own metrics, and their labelled series
+/// registered at zero.
+pub fn describe_metrics() {
+    tls::describe_metrics();
+}
+
 /// Starts a session and its I/O task on the current arbiter.
 pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -109,6 +116,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     .start();
     let io = Connection {
         socket: Either::Left(socket),
+        peer,
         tls,
         session,
         outbound,

@@ -1,0 +1,169 @@
+//! STARTTLS against the real binary over real TCP: whitespace a client
+//! sends after `<starttls/>` is not in the way of the handshake, and every
+//! failed handshake is counted by reason and logged at `info` with the
+//! client's address.
+
+mod common;
+
+use common::server_process::ServerProcess;
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+
+/// Reads until what arrived contains `marker`; returns all of it.
+async fn read_until(stream: &mut (impl AsyncRead + Unpin), marker: &str) -> String {
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while !String::from_utf8_lossy(&seen).contains(marker) {
+            let mut chunk = [0; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "EOF before {marker:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {marker:?} in time"));
+    String::from_utf8(seen).unwrap()
+}
+
+/// Waits until the server closes the connection; what it sent is ignored.
+async fn closed(stream: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut sink))
+        .await
+        .expect("the server closed the connection");
+}
+
+/// A stream at the point where the server has said `<proceed/>`; `after`
+/// is sent right behind `<starttls/>`.
+async fn proceed(c2s: SocketAddr, after: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(c2s).await.unwrap();
+    tcp.write_all(HEADER.as_bytes()).await.unwrap();
+    read_until(&mut tcp, "</stream:features>").await;
+    tcp.write_all(format!("{STARTTLS}{after}").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut tcp, "<proceed").await;
+    tcp
+}
+
+fn connector(roots: RootCertStore) -> TlsConnector {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+fn trusting(ca: &str) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    connector(roots)
+}
+
+fn localhost() -> ServerName<'static> {
+    ServerName::try_from("localhost").unwrap()
+}
+
+/// Writes `toml` into a fresh directory and starts the binary with it.
+fn start(toml: &str) -> ServerProcess {
+    let dir = tempdir();
+    let config_path = dir.join("gatehouse.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    ServerProcess::start(&config_path, dir.join("gatehouse.log"))
+}
+
+fn failures(scrape: &str, reason: &str) -> f64 {
+    sample(
+        scrape,
+        &format!("gatehouse_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[actix_rt::test]
+async fn whitespace_after_starttls_is_skipped_and_failed_handshakes_are_counted_and_logged() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let server = start(&toml);
+    let (c2s, http) = server.listeners();
+
+    // go-sendxmpp writes a newline after <starttls/>: the handshake works.
+    let tcp = proceed(c2s, "\n").await;
+    let mut tls = trusting(&ca).connect(localhost(), tcp).await.unwrap();
+    tls.write_all(HEADER.as_bytes()).await.unwrap();
+    let features = read_until(&mut tls, "</stream:features>").await;
+    assert!(features.contains("PLAIN"), "{features}");
+
+    let before = http_get(http, "/metrics").await;
+    // Not TLS at all.
+    let mut tcp = proceed(c2s, "").await;
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    closed(&mut tcp).await;
+    // A client that does not trust the certificate says so with an alert.
+    let tcp = proceed(c2s, "").await;
+    let refused = connector(RootCertStore::empty())
+        .connect(localhost(), tcp)
+        .await;
+    assert!(refused.is_err(), "the client must not trust an unknown CA");
+    // A client that gives up before its handshake.
+    drop(proceed(c2s, "").await);
+    // A stanza sent before <proceed/> would be lost under the handshake.
+    closed(&mut proceed(c2s, "<presence/>").await).await;
+
+    let reasons = [
+        "not_tls",
+        "alert_from_client",
+        "closed_by_client",
+        "data_before_handshake",
+    ];
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let after = loop {
+        let scrape = http_get(http, "/metrics").await;
+        if reasons
+            .iter()
+            .all(|r| failures(&scrape, r) > failures(&before, r))
+        {
+            break scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted:\n{scrape}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for reason in reasons {
+        assert_eq!(
+            failures(&after, reason) - failures(&before, reason),
+            1.0,
+            "{reason}"
+        );
+        let logged = server.log();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("TLS handshake failed") && l.contains(reason))
+            .unwrap_or_else(|| panic!("no log line for {reason}:\n{logged}"));
+        assert!(line.contains(" INFO "), "{line}");
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    }
+    for reason in ["timeout", "incompatible", "other"] {
+        assert_eq!(failures(&after, reason), 0.0, "{reason}");
+    }
+}
