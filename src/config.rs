@@ -43,6 +43,9 @@ const BACKLOG: RangeInclusive<u32> = 1..=65_535;
 /// Zero would disconnect a client on its first stanza; the upper bound keeps
 /// one slow client from holding an unbounded amount of memory.
 const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
+/// Below 4 KiB a client would be dropped for reading at a normal pace;
+/// above 1 GiB one slow client could hold most of a machine.
+const OUTBOUND_BYTES: RangeInclusive<usize> = 4096..=1 << 30;
 const PROCESSES: RangeInclusive<usize> = 1..=1024;
 /// Zero means "never wait": refuse a login at once when all processes are busy.
 const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
@@ -175,6 +178,11 @@ pub struct C2sConfig {
     /// slow reader cannot make the server buffer without bound.
     #[serde(default = "default_max_outbound_queue")]
     pub max_outbound_queue: usize,
+    /// Bytes queued to a slow client before it is disconnected: the stanza
+    /// count alone lets large stanzas pile up. One stanza larger than this
+    /// is still sent when nothing else is queued (a big roster).
+    #[serde(default = "default_max_outbound_bytes")]
+    pub max_outbound_bytes: usize,
 }
 
 /// `[http]`: the listener for `/metrics`, `/health` and, with `[roster]`,
@@ -457,6 +465,10 @@ fn default_unauthenticated_timeout() -> Duration {
 
 fn default_max_outbound_queue() -> usize {
     1024
+}
+
+fn default_max_outbound_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_processes() -> usize {
@@ -897,6 +909,11 @@ impl C2sConfig {
             "c2s.max_outbound_queue",
             self.max_outbound_queue,
             OUTBOUND_QUEUE,
+        );
+        problems.range(
+            "c2s.max_outbound_bytes",
+            self.max_outbound_bytes,
+            OUTBOUND_BYTES,
         );
     }
 }

@@ -181,6 +181,7 @@ impl Server {
             max_stanza_bytes: config.c2s.max_stanza_bytes,
             unauthenticated_timeout: config.c2s.unauthenticated_timeout,
             max_outbound_queue: config.c2s.max_outbound_queue,
+            max_outbound_bytes: config.c2s.max_outbound_bytes,
         });
         actix_rt::spawn(c2s::accept_loop(
             listener,

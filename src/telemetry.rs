@@ -64,10 +64,6 @@ fn describe() {
     );
     describe_gauge!("gatehouse_connections", "Open client TCP connections");
     describe_counter!(
-        "gatehouse_slow_client_disconnects_total",
-        "Connections dropped because the client did not read what it was sent"
-    );
-    describe_counter!(
         "gatehouse_auth_cache_hits_total",
         "Password checks answered by the result cache, by backend"
     );
@@ -98,7 +94,6 @@ fn register_at_zero() {
         metrics::counter!("gatehouse_logins_total", "result" => result).absolute(0);
     }
     for name in [
-        "gatehouse_slow_client_disconnects_total",
         "gatehouse_roster_cache_hits_total",
         "gatehouse_roster_cache_misses_total",
         "gatehouse_roster_pushes_total",

@@ -270,6 +270,12 @@ impl Client {
         self.stream.write_all(data).await.expect("write");
     }
 
+    /// The socket, for a test that reads or writes it on its own from now
+    /// on (whatever was read but not yet parsed is dropped).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// The next stream-level event from the server; `None` on EOF.
     pub async fn next(&mut self) -> Option<StreamEvent> {
         loop {

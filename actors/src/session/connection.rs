@@ -16,6 +16,8 @@ use futures_channel::mpsc;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -39,6 +41,26 @@ const MAX_WRITE_BATCH: usize = 64 * 1024;
 /// connection holds no read buffer at all.
 const READ_CHUNK: usize = 4096;
 
+/// Bytes handed to the I/O task (or held for it) and not yet written to
+/// the socket: the session adds what it queues and refuses to queue past
+/// `max_outbound_bytes`; the I/O task subtracts what it has written.
+#[derive(Clone, Default)]
+pub(crate) struct QueuedBytes(Arc<AtomicUsize>);
+
+impl QueuedBytes {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn written(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// What the session hands the I/O task.
 #[derive(Debug)]
 pub(crate) enum Outbound {
@@ -60,6 +82,8 @@ pub(crate) struct Connection {
     pub session: Addr<Session>,
     /// What the session wants written, in order.
     pub outbound: mpsc::Receiver<Outbound>,
+    /// Bytes in `outbound` not yet written; lowered as writes complete.
+    pub queued: QueuedBytes,
     /// Turns the bytes read into stream events; reset after STARTTLS.
     pub parser: StreamParser,
     /// Cancelled by the session to drop the connection at once (a client
@@ -88,6 +112,7 @@ impl Connection {
             tls,
             session,
             mut outbound,
+            queued,
             mut parser,
             kill,
             shutdown,
@@ -120,12 +145,12 @@ impl Connection {
                 }
                 item = outbound.next() => match item {
                     Some(Outbound::Data(first)) => {
-                        if let Err(e) = Box::pin(write_batch(&mut writer, first, &mut outbound, &kill)).await {
+                        if let Err(e) = Box::pin(write_batch(&mut writer, first, &mut outbound, &queued, &kill)).await {
                             break e;
                         }
                     }
                     Some(Outbound::Close) | None => {
-                        Box::pin(close(&mut writer, &mut outbound, &kill)).await;
+                        Box::pin(close(&mut writer, &mut outbound, &queued, &kill)).await;
                         break End::Closed;
                     }
                 },
@@ -137,7 +162,7 @@ impl Connection {
                         Ok(Next::StartTls) => {
                             // The client waits for <proceed/> before its
                             // handshake, so nothing may be buffered yet.
-                            if let Err(e) = Box::pin(drain(&mut writer, &mut outbound, &kill)).await {
+                            if let Err(e) = Box::pin(drain(&mut writer, &mut outbound, &queued, &kill)).await {
                                 break e;
                             }
                             // Whitespace after <starttls/> is legal
@@ -160,7 +185,7 @@ impl Connection {
                             parser.reset();
                         }
                         Ok(Next::Close) => {
-                            Box::pin(close(&mut writer, &mut outbound, &kill)).await;
+                            Box::pin(close(&mut writer, &mut outbound, &queued, &kill)).await;
                             break End::Closed;
                         }
                         Err(_) => break End::SessionGone,
@@ -204,6 +229,7 @@ async fn write_batch(
     writer: &mut WriteHalf<Transport>,
     first: Bytes,
     outbound: &mut mpsc::Receiver<Outbound>,
+    queued: &QueuedBytes,
     kill: &CancellationToken,
 ) -> Result<(), End> {
     let mut batch = BytesMut::from(&first[..]);
@@ -230,6 +256,7 @@ async fn write_batch(
             Err(_) => return Err(End::Io(std::io::ErrorKind::TimedOut.into())),
         },
     }
+    queued.written(batch.len());
     if close_after {
         let _ = writer.shutdown().await;
         return Err(End::Closed);
@@ -241,11 +268,12 @@ async fn write_batch(
 async fn drain(
     writer: &mut WriteHalf<Transport>,
     outbound: &mut mpsc::Receiver<Outbound>,
+    queued: &QueuedBytes,
     kill: &CancellationToken,
 ) -> Result<(), End> {
     loop {
         match outbound.try_recv() {
-            Ok(Outbound::Data(first)) => write_batch(writer, first, outbound, kill).await?,
+            Ok(Outbound::Data(first)) => write_batch(writer, first, outbound, queued, kill).await?,
             Ok(Outbound::Close) => return Err(End::Closed),
             Err(_) => return Ok(()),
         }
@@ -256,10 +284,11 @@ async fn drain(
 async fn close(
     writer: &mut WriteHalf<Transport>,
     outbound: &mut mpsc::Receiver<Outbound>,
+    queued: &QueuedBytes,
     kill: &CancellationToken,
 ) {
     if matches!(
-        drain(writer, outbound, kill).await,
+        drain(writer, outbound, queued, kill).await,
         Ok(()) | Err(End::Closed)
     ) {
         let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;

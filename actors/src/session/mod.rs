@@ -20,7 +20,7 @@ use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser};
 use actix::prelude::*;
 use bytes::Bytes;
-use connection::{Connection, Outbound};
+use connection::{Connection, Outbound, QueuedBytes};
 use futures_channel::mpsc;
 use jid::{FullJid, Jid};
 use minidom::Element;
@@ -56,6 +56,9 @@ pub struct C2sSettings {
     /// Stanzas queued towards a client before it counts as too slow and is
     /// dropped.
     pub max_outbound_queue: usize,
+    /// Bytes queued towards a client before it counts as too slow and is
+    /// dropped; one larger stanza still goes out when nothing is queued.
+    pub max_outbound_bytes: usize,
 }
 
 /// The shared services a session talks to.
@@ -80,6 +83,14 @@ pub struct Services {
 /// Help texts of the session's own metrics, and their labelled series
 /// registered at zero.
 pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_slow_client_disconnects_total",
+        "Connections dropped because the client did not read what it was sent, by the limit it hit: stanzas (c2s.max_outbound_queue), bytes (c2s.max_outbound_bytes)"
+    );
+    for limit in SlowLimit::ALL {
+        metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
+            .absolute(0);
+    }
     tls::describe_metrics();
 }
 
@@ -91,6 +102,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     // block up front, which keeps an idle session small.
     let (out, outbound) = mpsc::channel(settings.max_outbound_queue - 1);
     let kill = CancellationToken::new();
+    let queued = QueuedBytes::default();
     let parser = StreamParser::new(settings.max_stanza_bytes);
     let connection_tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
@@ -101,6 +113,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         settings,
         services,
         out,
+        queued: queued.clone(),
         kill: kill.clone(),
         phase: Phase::AwaitHeader,
         header_sent: false,
@@ -120,6 +133,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         tls,
         session,
         outbound,
+        queued,
         parser,
         kill,
         shutdown,
@@ -187,6 +201,9 @@ pub struct Session {
     services: Services,
     /// To the I/O task; bounded by `max_outbound_queue`.
     out: mpsc::Sender<Outbound>,
+    /// Bytes in `out` and `held` not yet written; bounded by
+    /// `max_outbound_bytes`.
+    queued: QueuedBytes,
     /// Drops the connection at once when `out` is full.
     kill: CancellationToken,
     /// Where the stream is: which inputs are allowed next.
@@ -209,7 +226,7 @@ pub struct Session {
     /// Stanzas from the Router held back while a roster get waits for the
     /// Router's answer, so that no roster push reaches the client before
     /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
-    held: Option<Vec<Element>>,
+    held: Option<Vec<Bytes>>,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
 }
@@ -271,11 +288,7 @@ impl Handler<ToSession> for Session {
             return;
         }
         match msg {
-            ToSession::Stanza(el) => match &mut self.held {
-                Some(held) if held.len() < self.settings.max_outbound_queue => held.push(el),
-                Some(_) => self.too_slow(),
-                None => self.send(&el),
-            },
+            ToSession::Stanza(el) => self.deliver(&el),
             ToSession::Replaced => {
                 // The newer session owns the JID now: do not unbind it,
                 // but leave the rooms (they tell the sessions apart).
@@ -308,6 +321,29 @@ impl Handler<ConnectionLost> for Session {
     }
 }
 
+/// Which bound a slow client hit: the `limit` label of
+/// `gatehouse_slow_client_disconnects_total`.
+#[derive(Debug, Clone, Copy)]
+enum SlowLimit {
+    /// `max_outbound_queue` stanzas were waiting.
+    Stanzas,
+    /// `max_outbound_bytes` bytes were waiting.
+    Bytes,
+}
+
+impl SlowLimit {
+    /// Every limit, for registering the counter at zero.
+    const ALL: [SlowLimit; 2] = [SlowLimit::Stanzas, SlowLimit::Bytes];
+
+    /// The metric label.
+    fn as_str(self) -> &'static str {
+        match self {
+            SlowLimit::Stanzas => "stanzas",
+            SlowLimit::Bytes => "bytes",
+        }
+    }
+}
+
 /// `<failure><CONDITION/></failure>` in the SASL namespace.
 fn sasl_failure(condition: &str) -> Element {
     let mut failure = Element::bare("failure", ns::SASL);
@@ -336,17 +372,60 @@ impl Session {
         if self.closing {
             return;
         }
-        match self.out.try_send(Outbound::Data(data.into())) {
+        let data = data.into();
+        if self.reserve(data.len()) {
+            self.enqueue(data);
+        }
+    }
+
+    /// Counts `len` more bytes towards `max_outbound_bytes`; false (and
+    /// the client dropped) when they do not fit. Something larger than the
+    /// bound fits only when nothing else waits, so a big roster still goes
+    /// out, while a reader that stopped reading is dropped at the bound.
+    fn reserve(&mut self, len: usize) -> bool {
+        let queued = self.queued.get();
+        if queued > 0 && queued + len > self.settings.max_outbound_bytes {
+            self.too_slow(SlowLimit::Bytes);
+            return false;
+        }
+        self.queued.add(len);
+        true
+    }
+
+    /// Hands counted bytes to the I/O task.
+    fn enqueue(&mut self, data: Bytes) {
+        if self.closing {
+            return;
+        }
+        match self.out.try_send(Outbound::Data(data)) {
             Ok(()) => {}
-            Err(e) if e.is_full() => self.too_slow(),
+            Err(e) if e.is_full() => self.too_slow(SlowLimit::Stanzas),
             Err(_) => self.closing = true,
         }
     }
 
-    /// More is waiting for the client than `max_outbound_queue`: drop it.
-    fn too_slow(&mut self) {
-        tracing::info!(peer = %self.peer, "client too slow to read; dropping connection");
-        metrics::counter!("gatehouse_slow_client_disconnects_total").increment(1);
+    /// A stanza from the Router: sent, or held while a roster get waits
+    /// (held stanzas count towards both bounds like queued ones).
+    fn deliver(&mut self, el: &Element) {
+        let Some(held) = &self.held else {
+            return self.send(el);
+        };
+        if held.len() >= self.settings.max_outbound_queue {
+            return self.too_slow(SlowLimit::Stanzas);
+        }
+        let data = stanza::to_bytes(el);
+        if self.reserve(data.len()) {
+            if let Some(held) = &mut self.held {
+                held.push(data);
+            }
+        }
+    }
+
+    /// More is waiting for the client than `limit` allows: drop it.
+    fn too_slow(&mut self, limit: SlowLimit) {
+        tracing::info!(peer = %self.peer, limit = limit.as_str(), "client too slow to read; dropping connection");
+        metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
+            .increment(1);
         self.closing = true;
         self.kill.cancel();
     }
@@ -847,8 +926,8 @@ impl Session {
                             act.reply_error(&iq, condition);
                         }
                     }
-                    for el in act.held.take().unwrap_or_default() {
-                        act.send(&el);
+                    for data in act.held.take().unwrap_or_default() {
+                        act.enqueue(data);
                     }
                     Next::Continue
                 }),
