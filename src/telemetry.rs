@@ -82,6 +82,7 @@ fn describe() {
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
     gatehouse_actors::muc::describe_metrics();
+    gatehouse_actors::xmpp::stanza::describe_metrics();
 }
 
 /// Counters and gauges that exist before their first event, so a dashboard
@@ -102,6 +103,8 @@ fn register_at_zero() {
         "gatehouse_roster_cache_misses_total",
         "gatehouse_roster_pushes_total",
         "gatehouse_roster_items_skipped_total",
+        "gatehouse_roster_items_sanitized_total",
+        "gatehouse_stanzas_unwritable_total",
         "gatehouse_muc_messages_total",
     ] {
         metrics::counter!(name).absolute(0);

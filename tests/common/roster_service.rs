@@ -10,6 +10,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Characters XML 1.0 cannot carry that a roster service once sent in
+/// names and groups (issue 9), each of which used to end sessions.
+pub const XML_FORBIDDEN: [char; 7] = [
+    '\u{0}', '\u{1}', '\u{8}', '\u{B}', '\u{1F}', '\u{FFFE}', '\u{FFFF}',
+];
+
 /// One roster request the service answered.
 #[derive(Debug, Clone)]
 pub struct Fetch {

@@ -9,6 +9,7 @@
 //! but a 2xx JSON answer with a boolean `allowed` denies.
 
 use crate::outbound_http::{read_bounded_body, BodyError};
+use crate::xmpp::stanza;
 use actix::prelude::*;
 use jid::{BareJid, FullJid};
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,7 +95,9 @@ pub enum GateError {
 #[derive(Debug)]
 pub enum Decision {
     Allowed,
-    /// The gate said no; `reason` is its `error` field, for logs only.
+    /// The gate said no; `reason` is its `error` field, for logs only. It is
+    /// made XML-safe where it is read all the same, like all text from the
+    /// application, so it can never make a stanza unwritable.
     Denied {
         reason: Option<String>,
     },
@@ -219,7 +222,7 @@ fn verdict(body: &[u8]) -> Result<Decision, GateError> {
             reason: value
                 .get("error")
                 .and_then(serde_json::Value::as_str)
-                .map(str::to_owned),
+                .map(|reason| stanza::xml_safe(reason).into_owned()),
         }),
         None => Err(GateError::NoVerdict),
     }
@@ -396,8 +399,8 @@ mod tests {
             verdict(br#"{"allowed": true}"#),
             Ok(Decision::Allowed)
         ));
-        match verdict(br#"{"allowed": false, "error": "nope"}"#).unwrap() {
-            Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("nope")),
+        match verdict(br#"{"allowed": false, "error": "no\u0000pe"}"#).unwrap() {
+            Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("no\u{FFFD}pe")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(verdict(b"yes"), Err(GateError::NotJson(_))));

@@ -73,7 +73,13 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "gatehouse_roster_items_skipped_total",
-        "Malformed contacts skipped in rosters from the application"
+        "Malformed contacts skipped in rosters from the application (including \
+         JIDs with characters XML cannot carry)"
+    );
+    describe_counter!(
+        "gatehouse_roster_items_sanitized_total",
+        "Contacts from the application whose name or groups held characters XML \
+         cannot carry, replaced by U+FFFD"
     );
 }
 
@@ -350,12 +356,25 @@ impl Shared {
         };
         metrics::histogram!("gatehouse_roster_fetch_duration_seconds", "result" => label)
             .record(started.elapsed().as_secs_f64());
-        let (roster, skipped) = result.inspect_err(|error| {
+        let (roster, report) = result.inspect_err(|error| {
             tracing::warn!(user, %error, "roster fetch failed");
         })?;
-        if skipped > 0 {
-            tracing::warn!(user, skipped, "skipped malformed roster items");
-            metrics::counter!("gatehouse_roster_items_skipped_total").increment(skipped as u64);
+        for (items, counter, what) in [
+            (
+                report.skipped,
+                "gatehouse_roster_items_skipped_total",
+                "malformed roster items skipped",
+            ),
+            (
+                report.sanitized,
+                "gatehouse_roster_items_sanitized_total",
+                "roster items whose name or groups had characters XML cannot carry replaced",
+            ),
+        ] {
+            if items > 0 {
+                tracing::warn!(user, items, "{what}");
+                metrics::counter!(counter).increment(items as u64);
+            }
         }
         if self.generation(user).load(Ordering::Acquire) != generation {
             return Err(RosterError::Superseded);

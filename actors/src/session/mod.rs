@@ -343,8 +343,12 @@ impl Session {
         self.kill.cancel();
     }
 
+    /// Sends a stanza; one that cannot be written as XML is dropped (and
+    /// was logged and counted by `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
-        self.send_raw(stanza::to_bytes(el));
+        if let Ok(bytes) = stanza::to_bytes(el) {
+            self.send_raw(bytes);
+        }
     }
 
     /// Tells the MUC service that this session is gone from its rooms.
@@ -416,8 +420,8 @@ impl Session {
         };
         let features = self.features();
         let mut out = String::from("<stream:features>");
-        for f in &features {
-            out.push_str(std::str::from_utf8(&stanza::to_bytes(f)).expect("XML is UTF-8"));
+        for f in features.iter().filter_map(|f| stanza::to_bytes(f).ok()) {
+            out.push_str(&String::from_utf8_lossy(&f));
         }
         out.push_str("</stream:features>");
         self.send_raw(out);
