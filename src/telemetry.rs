@@ -82,6 +82,7 @@ fn describe() {
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
     gatehouse_actors::muc::describe_metrics();
+    gatehouse_actors::outbound_http::describe_metrics();
     gatehouse_actors::xmpp::stanza::describe_metrics();
 }
 
@@ -108,6 +109,10 @@ fn register_at_zero() {
         "gatehouse_muc_messages_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for service in ["roster", "muc_gate", "auth"] {
+        metrics::counter!("gatehouse_http_redirects_refused_total", "service" => service)
+            .absolute(0);
     }
     for result in ["dropped", "refetched", "error"] {
         metrics::counter!("gatehouse_roster_refresh_users_total", "result" => result).absolute(0);

@@ -412,3 +412,33 @@ async fn characters_xml_cannot_carry_are_replaced_in_fetched_names_and_groups() 
     assert_eq!(moved(SKIPPED), 0.0);
     assert_eq!(moved(UNWRITABLE), 0.0);
 }
+
+#[actix_rt::test]
+async fn a_redirecting_roster_service_is_an_error_and_never_followed() {
+    let _metrics = METRICS.lock().await;
+    let elsewhere = RosterService::start();
+    elsewhere.set("alice", r#"{"eve@localhost": {"name": "Eve"}}"#);
+    let backend = RosterService::start();
+    backend.redirect(
+        "alice",
+        &format!("http://{}/contacts/alice", elsewhere.addr),
+    );
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "authorization_header = \"Bearer app-s3cret\"",
+    )));
+    const REFUSED: &str = r#"gatehouse_http_redirects_refused_total{service="roster"}"#;
+    const ERRORS: &str = r#"gatehouse_roster_fetch_duration_seconds_count{result="error"}"#;
+    let before = server.metrics().await;
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    assert_eq!(
+        error_condition(&alice.roster(None).await),
+        "internal-server-error"
+    );
+    let after = server.metrics().await;
+    assert_eq!(sample(&after, REFUSED) - sample(&before, REFUSED), 1.0);
+    assert_eq!(sample(&after, ERRORS) - sample(&before, ERRORS), 1.0);
+    assert_eq!(backend.requests("alice"), 1);
+    assert_eq!(elsewhere.total_requests(), 0, "the redirect was followed");
+    alice.answers_ping().await;
+}

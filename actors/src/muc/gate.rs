@@ -8,7 +8,7 @@
 //! with a [`Decision`], and the Room acts on it. It fails closed: anything
 //! but a 2xx JSON answer with a boolean `allowed` denies.
 
-use crate::outbound_http::{read_bounded_body, BodyError};
+use crate::outbound_http::{client_builder, read_bounded_body, redirect_refused, BodyError};
 use crate::xmpp::stanza;
 use actix::prelude::*;
 use jid::{BareJid, FullJid};
@@ -81,6 +81,9 @@ pub enum GateError {
     Transport(#[source] reqwest::Error),
     #[error("HTTP status {0}")]
     Status(reqwest::StatusCode),
+    /// A 3xx: redirects are not followed (see [`crate::outbound_http`]).
+    #[error("redirect (HTTP {0}), not followed")]
+    Redirect(reqwest::StatusCode),
     #[error("answer longer than {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("every request slot is busy and the waiting queue is full")]
@@ -145,7 +148,7 @@ pub struct MucGate {
 impl MucGate {
     /// Builds the HTTP client. Fails only if the TLS backend cannot start.
     pub fn new(mut config: GateConfig) -> Result<MucGate, reqwest::Error> {
-        let mut builder = reqwest::Client::builder().timeout(config.timeout);
+        let mut builder = client_builder().timeout(config.timeout);
         if config.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -246,6 +249,10 @@ async fn ask(
         request = request.header(reqwest::header::AUTHORIZATION, header.clone());
     }
     let response = request.send().await.map_err(transport)?;
+    if response.status().is_redirection() {
+        redirect_refused("muc_gate");
+        return Err(GateError::Redirect(response.status()));
+    }
     if !response.status().is_success() {
         return Err(GateError::Status(response.status()));
     }

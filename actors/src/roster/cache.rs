@@ -9,7 +9,9 @@
 //! them.
 
 use super::{ParseError, Roster};
-use crate::outbound_http::{read_bounded_body, sensitive_header_value, BodyError};
+use crate::outbound_http::{
+    client_builder, read_bounded_body, redirect_refused, sensitive_header_value, BodyError,
+};
 use crate::router::{OnlineUsers, RosterChanged, Router};
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -173,6 +175,9 @@ pub enum RosterError {
     Request(String),
     #[error("the roster service answered HTTP {0}")]
     Status(u16),
+    /// A 3xx: redirects are not followed (see [`crate::outbound_http`]).
+    #[error("the roster service answered a redirect (HTTP {0}), which is not followed")]
+    Redirect(u16),
     #[error("the roster is larger than {MAX_ROSTER_BYTES} bytes")]
     TooLarge,
     #[error("the roster service answered something that is not a roster: {0}")]
@@ -255,7 +260,7 @@ impl RosterCache {
             .map(sensitive_header_value)
             .transpose()
             .map_err(|_| RosterError::Setup("invalid authorization header".into()))?;
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .pool_max_idle_per_host(settings.max_in_flight)
             .build()
             .map_err(|e| RosterError::Setup(e.to_string()))?;
@@ -397,6 +402,10 @@ impl Shared {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
         let response = request.send().await.map_err(request_error)?;
+        if response.status().is_redirection() {
+            redirect_refused("roster");
+            return Err(RosterError::Redirect(response.status().as_u16()));
+        }
         if !response.status().is_success() {
             return Err(RosterError::Status(response.status().as_u16()));
         }
