@@ -83,6 +83,7 @@ fn describe() {
     gatehouse_actors::roster::describe_metrics();
     gatehouse_actors::muc::describe_metrics();
     gatehouse_actors::outbound_http::describe_metrics();
+    gatehouse_actors::panic_guard::describe_metrics();
     gatehouse_actors::xmpp::stanza::describe_metrics();
 }
 
@@ -110,6 +111,7 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    metrics::counter!("gatehouse_panics_total", "actor" => "session").absolute(0);
     for service in ["roster", "muc_gate", "auth"] {
         metrics::counter!("gatehouse_http_redirects_refused_total", "service" => service)
             .absolute(0);
