@@ -111,7 +111,9 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).absolute(0);
     }
-    metrics::counter!("gatehouse_panics_total", "actor" => "session").absolute(0);
+    for actor in ["session", "router", "muc_service", "muc_room"] {
+        metrics::counter!("gatehouse_panics_total", "actor" => actor).absolute(0);
+    }
     for service in ["roster", "muc_gate", "auth"] {
         metrics::counter!("gatehouse_http_redirects_refused_total", "service" => service)
             .absolute(0);
