@@ -79,6 +79,9 @@ fn describe() {
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();
     gatehouse_actors::muc::describe_metrics();
+    gatehouse_actors::outbound_http::describe_metrics();
+    gatehouse_actors::panic_guard::describe_metrics();
+    gatehouse_actors::xmpp::stanza::describe_metrics();
 }
 
 /// Counters and gauges that exist before their first event, so a dashboard
@@ -98,9 +101,18 @@ fn register_at_zero() {
         "gatehouse_roster_cache_misses_total",
         "gatehouse_roster_pushes_total",
         "gatehouse_roster_items_skipped_total",
+        "gatehouse_roster_items_sanitized_total",
+        "gatehouse_stanzas_unwritable_total",
         "gatehouse_muc_messages_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for actor in ["session", "router", "muc_service", "muc_room"] {
+        metrics::counter!("gatehouse_panics_total", "actor" => actor).absolute(0);
+    }
+    for service in ["roster", "muc_gate", "auth"] {
+        metrics::counter!("gatehouse_http_redirects_refused_total", "service" => service)
+            .absolute(0);
     }
     for result in ["dropped", "refetched", "error"] {
         metrics::counter!("gatehouse_roster_refresh_users_total", "result" => result).absolute(0);

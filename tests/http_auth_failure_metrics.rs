@@ -1,6 +1,6 @@
-//! Per failure mode of the HTTP backend (a 500, a garbage body, a timeout,
-//! a transport error), the metric that mode moves, and that the login
-//! count of wrong passwords does not.
+//! Per failure mode of the HTTP backend (a 500, a redirect, a garbage body,
+//! a timeout, a transport error), the metric that mode moves, and that the
+//! login count of wrong passwords does not.
 //!
 //! Alone in its own test binary on purpose: every in-process server of one
 //! binary shares a single global metrics recorder, so exact deltas hold
@@ -19,6 +19,8 @@ const TIMED_OUT: &str =
     r#"gatehouse_auth_request_duration_seconds_count{backend="http",result="timeout"}"#;
 const TEMPORARY: &str = r#"gatehouse_logins_total{result="temporary_failure"}"#;
 const NOT_AUTHORIZED: &str = r#"gatehouse_logins_total{result="not_authorized"}"#;
+/// Moved by the redirect only, besides `ERRORS`.
+const REDIRECTS: &str = r#"gatehouse_http_redirects_refused_total{service="auth"}"#;
 
 #[actix_rt::test]
 async fn each_failure_mode_moves_its_metric_and_never_not_authorized() {
@@ -38,6 +40,13 @@ async fn each_failure_mode_moves_its_metric_and_never_not_authorized() {
             &server,
             Some(Mode::Fixed(500, "true")),
             "a 500",
+            ERRORS,
+            TIMEOUTS,
+        ),
+        (
+            &server,
+            Some(Mode::Fixed(302, "true")),
+            "a redirect",
             ERRORS,
             TIMEOUTS,
         ),
@@ -79,6 +88,8 @@ async fn each_failure_mode_moves_its_metric_and_never_not_authorized() {
         assert_eq!(delta(TEMPORARY), 1.0, "{what}: {TEMPORARY}");
         assert_eq!(delta(unmoved), 0.0, "{what}: {unmoved}");
         assert_eq!(delta(NOT_AUTHORIZED), 0.0, "{what}: {NOT_AUTHORIZED}");
+        let redirected = if what == "a redirect" { 1.0 } else { 0.0 };
+        assert_eq!(delta(REDIRECTS), redirected, "{what}: {REDIRECTS}");
         if moved == TIMEOUTS {
             assert_eq!(delta(TIMED_OUT), 1.0, "{what}: {TIMED_OUT}");
         }

@@ -61,6 +61,10 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_roster_items_skipped_total",
         "gatehouse_roster_refresh_users_total",
         "gatehouse_roster_pushes_total",
+        "gatehouse_roster_items_sanitized_total",
+        "gatehouse_stanzas_unwritable_total",
+        "gatehouse_http_redirects_refused_total",
+        "gatehouse_panics_total",
     ];
     let scrape = server
         .metrics_when("every required metric", |scrape| {

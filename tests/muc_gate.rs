@@ -275,6 +275,28 @@ async fn every_failure_denies_and_counts_as_error() {
 }
 
 #[actix_rt::test]
+async fn a_redirecting_gate_denies_counts_and_is_never_followed() {
+    let _metrics = METRICS.lock().await;
+    let elsewhere = Gate::start(|_| Reply::json(r#"{"allowed": true}"#)).await;
+    let target = elsewhere.url.clone();
+    let gate = Gate::start(move |_| Reply::Redirect(target.clone())).await;
+    let server = gated(&gate.url, "");
+    const REFUSED: &str = r#"gatehouse_http_redirects_refused_total{service="muc_gate"}"#;
+    let before = all_decisions(&server).await;
+    let refused = sample(&server.metrics().await, REFUSED);
+    let mut alice = login(&server, "alice", "wonderland").await;
+    assert_eq!(
+        join(&mut alice, "tea", "Alice").await,
+        Err("not-authorized".into())
+    );
+    // The redirect is counted before the decision.
+    decisions_moved(&server, "a redirect", before, [0.0, 0.0, 1.0]).await;
+    assert_eq!(sample(&server.metrics().await, REFUSED) - refused, 1.0);
+    assert_eq!(gate.requests().len(), 1);
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+}
+
+#[actix_rt::test]
 async fn a_full_waiting_queue_refuses_at_once() {
     let _metrics = METRICS.lock().await;
     let (gate, server, _alice, mut bob) =

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::roster_service::RosterService;
+use common::roster_service::{RosterService, XML_FORBIDDEN};
 use common::*;
 use minidom::Element;
 
@@ -355,4 +355,90 @@ async fn without_a_roster_service_the_roster_is_empty_and_read_only() {
     c.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>")
         .await;
     assert_eq!(error_condition(&c.element().await), "not-allowed");
+}
+
+#[actix_rt::test]
+async fn characters_xml_cannot_carry_are_replaced_in_fetched_names_and_groups() {
+    let _metrics = METRICS.lock().await;
+    let backend = RosterService::start();
+    // userN's roster has the Nth character in one contact's name and in
+    // another's group, beside a clean contact.
+    for (n, c) in XML_FORBIDDEN.iter().enumerate() {
+        let roster = serde_json::json!({
+            "bob@localhost": {"name": format!("B{c}ob")},
+            "grace@localhost": {"groups": [format!("G{c}")]},
+            "heidi@localhost": {"name": "Heidi", "groups": ["Friends"]},
+        });
+        backend.set(&format!("user{n}"), &roster.to_string());
+    }
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    const SANITIZED: &str = "gatehouse_roster_items_sanitized_total";
+    const SKIPPED: &str = "gatehouse_roster_items_skipped_total";
+    const UNWRITABLE: &str = "gatehouse_stanzas_unwritable_total";
+    let before = server.metrics().await;
+    let mut clients = Vec::new();
+    for (n, c) in XML_FORBIDDEN.iter().enumerate() {
+        let user = format!("user{n}");
+        let (mut client, _) = Client::login(server.c2s, &user, &format!("pass{n}"), "r").await;
+        let answer = client.roster(None).await;
+        assert_eq!(
+            items(&answer),
+            [
+                ("bob@localhost".to_owned(), "B\u{FFFD}ob".to_owned(), vec![]),
+                (
+                    "grace@localhost".to_owned(),
+                    String::new(),
+                    vec!["G\u{FFFD}".to_owned()]
+                ),
+                (
+                    "heidi@localhost".to_owned(),
+                    "Heidi".to_owned(),
+                    vec!["Friends".to_owned()]
+                ),
+            ],
+            "{c:?}"
+        );
+        client.answers_ping().await;
+        clients.push(client);
+    }
+    // Every session is still up once all have been served.
+    for client in &mut clients {
+        client.answers_ping().await;
+    }
+    let after = server.metrics().await;
+    let moved = |series| sample(&after, series) - sample(&before, series);
+    // Two contacts cleaned per roster, none left out, nothing dropped.
+    assert_eq!(moved(SANITIZED), 2.0 * XML_FORBIDDEN.len() as f64);
+    assert_eq!(moved(SKIPPED), 0.0);
+    assert_eq!(moved(UNWRITABLE), 0.0);
+}
+
+#[actix_rt::test]
+async fn a_redirecting_roster_service_is_an_error_and_never_followed() {
+    let _metrics = METRICS.lock().await;
+    let elsewhere = RosterService::start();
+    elsewhere.set("alice", r#"{"eve@localhost": {"name": "Eve"}}"#);
+    let backend = RosterService::start();
+    backend.redirect(
+        "alice",
+        &format!("http://{}/contacts/alice", elsewhere.addr),
+    );
+    let server = TestServer::start(&config(&roster_auth(
+        &backend.url(),
+        "authorization_header = \"Bearer app-s3cret\"",
+    )));
+    const REFUSED: &str = r#"gatehouse_http_redirects_refused_total{service="roster"}"#;
+    const ERRORS: &str = r#"gatehouse_roster_fetch_duration_seconds_count{result="error"}"#;
+    let before = server.metrics().await;
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "a").await;
+    assert_eq!(
+        error_condition(&alice.roster(None).await),
+        "internal-server-error"
+    );
+    let after = server.metrics().await;
+    assert_eq!(sample(&after, REFUSED) - sample(&before, REFUSED), 1.0);
+    assert_eq!(sample(&after, ERRORS) - sample(&before, ERRORS), 1.0);
+    assert_eq!(backend.requests("alice"), 1);
+    assert_eq!(elsewhere.total_requests(), 0, "the redirect was followed");
+    alice.answers_ping().await;
 }

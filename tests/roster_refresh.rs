@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::roster_service::RosterService;
+use common::roster_service::{RosterService, XML_FORBIDDEN};
 use common::*;
 use minidom::Element;
 use serde_json::Value;
@@ -284,6 +284,60 @@ async fn a_refresh_pushes_added_removed_and_renamed_contacts() {
     assert_eq!(backend.requests("alice"), 2);
     // Three changes to each of the two resources that asked.
     assert_eq!(counted(&server, PUSHES).await - pushes, 6.0);
+}
+
+/// Each character XML cannot carry, pushed by a refresh in a contact's
+/// name and in another's group, is replaced; the user's session and its
+/// contacts' sessions stay up.
+#[actix_rt::test]
+async fn pushed_names_and_groups_are_made_xml_safe_and_sessions_stay_up() {
+    let _metrics = METRICS.lock().await;
+    let backend = RosterService::start();
+    backend.set("alice", r#"{"bob@localhost": {}, "grace@localhost": {}}"#);
+    for user in ["bob", "grace"] {
+        backend.set(user, r#"{"alice@localhost": {}}"#);
+    }
+    let server = TestServer::start(&config(&roster_auth(&backend.url(), "")));
+    let mut bob = online(&server, "bob", "builder", "b").await;
+    let mut grace = online(&server, "grace", "grace", "c").await;
+    let mut alice = online(&server, "alice", "wonderland", "a").await;
+    assert_eq!(collect(&mut alice, 2).await.len(), 2);
+    for contact in [&mut bob, &mut grace] {
+        assert_eq!(
+            collect(contact, 1).await,
+            ["presence alice@localhost/a available"]
+        );
+    }
+    const SANITIZED: &str = "gatehouse_roster_items_sanitized_total";
+    const UNWRITABLE: &str = "gatehouse_stanzas_unwritable_total";
+    let before = server.metrics().await;
+    for (n, c) in XML_FORBIDDEN.iter().enumerate() {
+        // A new name and group each time, so each refresh pushes both.
+        let roster = serde_json::json!({
+            "bob@localhost": {"name": format!("Bob{n}{c}")},
+            "grace@localhost": {"groups": [format!("{c}G{n}")]},
+        });
+        backend.set("alice", &roster.to_string());
+        assert_eq!(refresh(&server, r#"["alice"]"#).await, (200, ok(1, 0)));
+        assert_eq!(
+            collect(&mut alice, 2).await,
+            [
+                format!("push bob@localhost both name=Bob{n}\u{FFFD} groups="),
+                format!("push grace@localhost both name= groups=\u{FFFD}G{n}"),
+            ],
+            "{c:?}"
+        );
+    }
+    // Every session is up: Alice's and her contacts' exchange messages.
+    nothing_else(&mut alice, &mut bob, "bob@localhost/b").await;
+    nothing_else(&mut alice, &mut grace, "grace@localhost/c").await;
+    nothing_else(&mut bob, &mut alice, "alice@localhost/a").await;
+    let after = server.metrics().await;
+    let moved = |series| sample(&after, series) - sample(&before, series);
+    // One fetch per refresh, two contacts cleaned in each.
+    assert_eq!(moved(SANITIZED), 2.0 * XML_FORBIDDEN.len() as f64);
+    assert_eq!(moved(UNWRITABLE), 0.0);
+    assert_eq!(backend.requests("alice"), 1 + XML_FORBIDDEN.len());
 }
 
 #[actix_rt::test]

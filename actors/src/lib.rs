@@ -10,8 +10,11 @@
 //! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
 //! - [`redact`]: what of a configured URL may appear in logs.
-//! - [`outbound_http`]: the sensitive `Authorization` header and the
-//!   bounded body read shared by requests to the application.
+//! - [`outbound_http`]: the client that follows no redirect, the sensitive
+//!   `Authorization` header and the bounded body read shared by requests
+//!   to the application.
+//! - [`panic_guard`]: panics caught, logged and counted at an actor's
+//!   boundary.
 //!
 //! It must not read configuration files or bind listeners: the `gatehouse`
 //! application does that and hands plain settings in.
@@ -19,6 +22,7 @@
 pub mod auth;
 pub mod muc;
 pub mod outbound_http;
+pub mod panic_guard;
 pub mod redact;
 pub mod roster;
 pub mod router;

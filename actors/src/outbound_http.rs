@@ -1,12 +1,45 @@
 //! What every HTTP request Gatehouse sends to the application (roster
-//! fetches, MUC join checks) shares: the configured `Authorization` value
-//! as a header that never shows in debug output, and reading a response
-//! body within a size limit.
+//! fetches, MUC join checks) shares: a client that never follows
+//! redirects, the configured `Authorization` value as a header that never
+//! shows in debug output, and reading a response body within a size limit.
+//! The redirect counter is shared with the HTTP auth backend, whose hyper
+//! connections follow nothing by themselves.
 //!
-//! It owns only these two rules; it must not build requests, pick URLs or
+//! It owns only these rules; it must not build requests, pick URLs or
 //! decide what an answer means.
+//!
+//! Redirects are refused, not followed even to the same origin: the
+//! application is configured by URL, so an answer elsewhere is a
+//! misconfiguration or an attack. Following would send the user's name
+//! (and, were it forwarded, the `Authorization` secret) to wherever the
+//! `Location` points, lets anyone who controls an answer make Gatehouse
+//! request internal addresses (SSRF), and serves a stranger's answer as a
+//! roster or a verdict. Prosody's `net.http` does not follow them for these
+//! modules either. A 3xx is an error like a 5xx, and counted apart.
 
 use reqwest::header::{HeaderValue, InvalidHeaderValue};
+
+/// Help texts of the outbound HTTP metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_http_redirects_refused_total",
+        "Answers of the application that were redirects (3xx), treated as errors \
+         and not followed, by service: roster, muc_gate, auth"
+    );
+}
+
+/// The builder every reqwest client to the application starts from: it
+/// follows no redirect, so a 3xx reaches the caller, which must treat it
+/// as an error through [`redirect_refused`].
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+}
+
+/// Counts a 3xx answer of `service` (`roster`, `muc_gate`, `auth`), which
+/// the caller then reports as an error.
+pub fn redirect_refused(service: &'static str) {
+    metrics::counter!("gatehouse_http_redirects_refused_total", "service" => service).increment(1);
+}
 
 /// `value` as a header value marked sensitive, so it is kept out of any
 /// debug output of the request. Fails when it is not a valid header value

@@ -9,6 +9,7 @@
 //! `from` they have already stamped, and rosters fetched by the
 //! RosterCache.
 
+use crate::panic_guard;
 use crate::roster::{Change, Roster};
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
@@ -112,6 +113,12 @@ pub struct Route {
     pub to: Jid,
     pub stanza: Element,
 }
+
+/// The `actor` label of panics caught in the Router's handlers. Every
+/// handler runs under the panic guard: the Router is shared by every
+/// session, so after a panic it logs, counts and serves on rather than
+/// stop routing for everyone.
+const PANIC_LABEL: &str = "router";
 
 /// Directed presence recipients remembered per resource (RFC 6121 §4.6.3);
 /// beyond this many, further ones are not told when the resource leaves,
@@ -428,32 +435,34 @@ impl Handler<Bind> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Bind, _: &mut Self::Context) {
-        let resources = self.users.entry(msg.jid.to_bare()).or_default();
-        let resource = msg.jid.resource().as_str();
-        let new = Resource {
-            resource: resource.to_owned(),
-            session_id: msg.session_id,
-            mailbox: msg.mailbox,
-            wants_roster: false,
-            presence: None,
-            directed: HashSet::new(),
-        };
-        if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
-            let old = std::mem::replace(old, new);
-            old.mailbox.do_send(ToSession::Replaced);
-            let available = old.presence.is_some();
-            if available {
-                self.broadcast_presence(
-                    &msg.jid.to_bare(),
-                    Some(resource),
-                    &unavailable_from(&msg.jid),
-                );
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let resources = self.users.entry(msg.jid.to_bare()).or_default();
+            let resource = msg.jid.resource().as_str();
+            let new = Resource {
+                resource: resource.to_owned(),
+                session_id: msg.session_id,
+                mailbox: msg.mailbox,
+                wants_roster: false,
+                presence: None,
+                directed: HashSet::new(),
+            };
+            if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
+                let old = std::mem::replace(old, new);
+                old.mailbox.do_send(ToSession::Replaced);
+                let available = old.presence.is_some();
+                if available {
+                    self.broadcast_presence(
+                        &msg.jid.to_bare(),
+                        Some(resource),
+                        &unavailable_from(&msg.jid),
+                    );
+                }
+                self.end_directed(&msg.jid, old.directed, available);
+            } else {
+                resources.push(new);
+                Self::count_bound(1.0);
             }
-            self.end_directed(&msg.jid, old.directed, available);
-        } else {
-            resources.push(new);
-            Self::count_bound(1.0);
-        }
+        });
     }
 }
 
@@ -461,27 +470,29 @@ impl Handler<Unbind> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Unbind, _: &mut Self::Context) {
-        let bare = msg.jid.to_bare();
-        let Some(resources) = self.users.get_mut(&bare) else {
-            return;
-        };
-        let Some(pos) = resources.iter().position(|r| {
-            r.resource == msg.jid.resource().as_str() && r.session_id == msg.session_id
-        }) else {
-            return;
-        };
-        let gone = resources.swap_remove(pos);
-        let last = resources.is_empty();
-        Self::count_bound(-1.0);
-        let available = gone.presence.is_some();
-        if available {
-            self.broadcast_presence(&bare, None, &unavailable_from(&msg.jid));
-        }
-        self.end_directed(&msg.jid, gone.directed, available);
-        if last {
-            self.users.remove(&bare);
-            self.rosters.remove(&bare);
-        }
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let bare = msg.jid.to_bare();
+            let Some(resources) = self.users.get_mut(&bare) else {
+                return;
+            };
+            let Some(pos) = resources.iter().position(|r| {
+                r.resource == msg.jid.resource().as_str() && r.session_id == msg.session_id
+            }) else {
+                return;
+            };
+            let gone = resources.swap_remove(pos);
+            let last = resources.is_empty();
+            Self::count_bound(-1.0);
+            let available = gone.presence.is_some();
+            if available {
+                self.broadcast_presence(&bare, None, &unavailable_from(&msg.jid));
+            }
+            self.end_directed(&msg.jid, gone.directed, available);
+            if last {
+                self.users.remove(&bare);
+                self.rosters.remove(&bare);
+            }
+        });
     }
 }
 
@@ -489,52 +500,54 @@ impl Handler<Broadcast> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) {
-        let bare = msg.from.to_bare();
-        let resource = msg.from.resource().as_str();
-        let available = msg.presence.attr("type").is_none();
-        if let Some(roster) = msg.roster {
-            self.apply_roster(&bare, roster, None);
-        }
-        if !is_broadcast(&msg.presence) {
-            return;
-        }
-        let Some(resources) = self.users.get_mut(&bare) else {
-            return;
-        };
-        let Some(me) = resources
-            .iter_mut()
-            .find(|r| r.resource == resource && r.session_id == msg.session_id)
-        else {
-            return;
-        };
-        let was_available = me.presence.is_some();
-        me.presence = available.then(|| msg.presence.clone());
-        let mailbox = me.mailbox.clone();
-        let directed = if available {
-            HashSet::new()
-        } else {
-            std::mem::take(&mut me.directed)
-        };
-        // Own resources see each other like contacts (RFC 6121 §4.2.2): the
-        // others and the contacts get this presence, and a newly available
-        // resource gets the current presence of the others and of the
-        // contacts (§4.2.2's probes, answered from what the Router holds).
-        self.broadcast_presence(&bare, Some(resource), &msg.presence);
-        self.end_directed(&msg.from, directed, true);
-        if available && !was_available {
-            for other in self.users.get(&bare).into_iter().flatten() {
-                if other.resource != resource {
-                    if let Some(p) = &other.presence {
-                        mailbox.do_send(ToSession::Stanza(p.clone()));
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let bare = msg.from.to_bare();
+            let resource = msg.from.resource().as_str();
+            let available = msg.presence.attr("type").is_none();
+            if let Some(roster) = msg.roster {
+                self.apply_roster(&bare, roster, None);
+            }
+            if !is_broadcast(&msg.presence) {
+                return;
+            }
+            let Some(resources) = self.users.get_mut(&bare) else {
+                return;
+            };
+            let Some(me) = resources
+                .iter_mut()
+                .find(|r| r.resource == resource && r.session_id == msg.session_id)
+            else {
+                return;
+            };
+            let was_available = me.presence.is_some();
+            me.presence = available.then(|| msg.presence.clone());
+            let mailbox = me.mailbox.clone();
+            let directed = if available {
+                HashSet::new()
+            } else {
+                std::mem::take(&mut me.directed)
+            };
+            // Own resources see each other like contacts (RFC 6121 §4.2.2): the
+            // others and the contacts get this presence, and a newly available
+            // resource gets the current presence of the others and of the
+            // contacts (§4.2.2's probes, answered from what the Router holds).
+            self.broadcast_presence(&bare, Some(resource), &msg.presence);
+            self.end_directed(&msg.from, directed, true);
+            if available && !was_available {
+                for other in self.users.get(&bare).into_iter().flatten() {
+                    if other.resource != resource {
+                        if let Some(p) = &other.presence {
+                            mailbox.do_send(ToSession::Stanza(p.clone()));
+                        }
+                    }
+                }
+                for contact in self.contacts(&bare) {
+                    for p in self.presences(contact, false) {
+                        mailbox.do_send(ToSession::Stanza(p));
                     }
                 }
             }
-            for contact in self.contacts(&bare) {
-                for p in self.presences(contact, false) {
-                    mailbox.do_send(ToSession::Stanza(p));
-                }
-            }
-        }
+        });
     }
 }
 
@@ -542,26 +555,30 @@ impl Handler<Route> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: Route, _: &mut Self::Context) {
-        if msg.stanza.name() == "presence" {
-            if !self.is_current(&msg.from, msg.session_id) {
-                return;
-            }
-            self.track_directed(&msg);
-        }
-        match msg.to.try_as_full() {
-            Ok(full) => match self.find(full) {
-                Some(target) => target.mailbox.do_send(ToSession::Stanza(msg.stanza)),
-                // RFC 6121 §8.5.3.2: a message to an offline resource is
-                // handled like one to the bare JID; presence is dropped; an
-                // IQ request gets service-unavailable.
-                None if msg.stanza.name() == "message" => self.route_to_bare(&msg, &full.to_bare()),
-                None if stanza::is_iq_request(&msg.stanza) => {
-                    self.bounce(&msg.from, &msg.stanza, StanzaError::SERVICE_UNAVAILABLE)
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            if msg.stanza.name() == "presence" {
+                if !self.is_current(&msg.from, msg.session_id) {
+                    return;
                 }
-                None => {}
-            },
-            Err(bare) => self.route_to_bare(&msg, bare),
-        }
+                self.track_directed(&msg);
+            }
+            match msg.to.try_as_full() {
+                Ok(full) => match self.find(full) {
+                    Some(target) => target.mailbox.do_send(ToSession::Stanza(msg.stanza)),
+                    // RFC 6121 §8.5.3.2: a message to an offline resource is
+                    // handled like one to the bare JID; presence is dropped; an
+                    // IQ request gets service-unavailable.
+                    None if msg.stanza.name() == "message" => {
+                        self.route_to_bare(&msg, &full.to_bare())
+                    }
+                    None if stanza::is_iq_request(&msg.stanza) => {
+                        self.bounce(&msg.from, &msg.stanza, StanzaError::SERVICE_UNAVAILABLE)
+                    }
+                    None => {}
+                },
+                Err(bare) => self.route_to_bare(&msg, bare),
+            }
+        });
     }
 }
 
@@ -569,18 +586,23 @@ impl Handler<UseRoster> for Router {
     type Result = MessageResult<UseRoster>;
 
     fn handle(&mut self, msg: UseRoster, _: &mut Self::Context) -> Self::Result {
-        let bare = msg.jid.to_bare();
-        let resource = msg.jid.resource().as_str();
-        let Some(me) = self
-            .users
-            .get_mut(&bare)
-            .and_then(|rs| rs.iter_mut().find(|r| r.resource == resource))
-            .filter(|r| r.session_id == msg.session_id)
-        else {
-            return MessageResult(msg.roster);
-        };
-        me.wants_roster = true;
-        MessageResult(self.apply_roster(&bare, msg.roster, Some(msg.session_id)))
+        // After a panic the session uses the roster it fetched.
+        let fetched = msg.roster.clone();
+        let used = panic_guard::catch(PANIC_LABEL, || {
+            let bare = msg.jid.to_bare();
+            let resource = msg.jid.resource().as_str();
+            let Some(me) = self
+                .users
+                .get_mut(&bare)
+                .and_then(|rs| rs.iter_mut().find(|r| r.resource == resource))
+                .filter(|r| r.session_id == msg.session_id)
+            else {
+                return msg.roster;
+            };
+            me.wants_roster = true;
+            self.apply_roster(&bare, msg.roster, Some(msg.session_id))
+        });
+        MessageResult(used.unwrap_or(fetched))
     }
 }
 
@@ -588,7 +610,9 @@ impl Handler<RosterChanged> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: RosterChanged, _: &mut Self::Context) {
-        self.apply_roster(&msg.user, msg.roster, None);
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            self.apply_roster(&msg.user, msg.roster, None);
+        });
     }
 }
 
@@ -596,12 +620,15 @@ impl Handler<OnlineUsers> for Router {
     type Result = MessageResult<OnlineUsers>;
 
     fn handle(&mut self, msg: OnlineUsers, _: &mut Self::Context) -> Self::Result {
-        MessageResult(
+        // After a panic no one counts as online: their rosters are dropped
+        // from the cache and fetched again at their next use.
+        let online = panic_guard::catch(PANIC_LABEL, || {
             msg.jids
                 .into_iter()
                 .filter(|jid| self.users.contains_key(jid))
-                .collect(),
-        )
+                .collect()
+        });
+        MessageResult(online.unwrap_or_default())
     }
 }
 

@@ -366,6 +366,15 @@ impl Client {
         self.element().await
     }
 
+    /// Sends a ping and expects its result: the session is still up.
+    pub async fn answers_ping(&mut self) {
+        self.send("<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .await;
+        let answer = self.element().await;
+        assert_eq!(answer.attr("id"), Some("alive"), "{answer:?}");
+        assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    }
+
     pub async fn bind(&mut self, resource: &str) -> String {
         self.send(&format!(
             "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\

@@ -2,13 +2,19 @@
 //! its own thread, serving `GET /contacts/{user}` from rosters the test
 //! sets, logging every request (when it started and ended, and its
 //! `Authorization` header), and optionally answering slowly, with an error
-//! status, or only once the test opens a gate.
+//! status, with a redirect, or only once the test opens a gate.
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Characters XML 1.0 cannot carry that a roster service once sent in
+/// names and groups (issue 9), each of which used to end sessions.
+pub const XML_FORBIDDEN: [char; 7] = [
+    '\u{0}', '\u{1}', '\u{8}', '\u{B}', '\u{1F}', '\u{FFFE}', '\u{FFFF}',
+];
 
 /// One roster request the service answered.
 #[derive(Debug, Clone)]
@@ -34,6 +40,9 @@ pub struct BackendState {
     delays: Mutex<HashMap<String, Duration>>,
     /// HTTP status answered instead of the roster, per username.
     statuses: Mutex<HashMap<String, u16>>,
+    /// `302 Found` to this location answered instead of the roster, per
+    /// username.
+    redirects: Mutex<HashMap<String, String>>,
     /// While false, every answer waits (after reading the roster).
     gate: tokio::sync::watch::Sender<bool>,
     /// Every answered request, in the order they ended.
@@ -49,6 +58,7 @@ impl Default for BackendState {
             requests: Mutex::default(),
             delays: Mutex::default(),
             statuses: Mutex::default(),
+            redirects: Mutex::default(),
             gate: tokio::sync::watch::Sender::new(true),
             log: Mutex::default(),
             arrivals: tokio::sync::broadcast::Sender::new(1024),
@@ -98,6 +108,11 @@ async fn contacts(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
+    if let Some(location) = state.redirects.lock().unwrap().get(&user) {
+        return HttpResponse::Found()
+            .insert_header(("location", location.as_str()))
+            .finish();
+    }
     let status = actix_web::http::StatusCode::from_u16(status.unwrap_or(200)).unwrap();
     HttpResponse::build(status)
         .content_type("application/json")
@@ -160,6 +175,15 @@ impl RosterService {
             .lock()
             .unwrap()
             .insert(user.into(), status);
+    }
+
+    /// Answers `302 Found` to `location` to `user`'s requests.
+    pub fn redirect(&self, user: &str, location: &str) {
+        self.state
+            .redirects
+            .lock()
+            .unwrap()
+            .insert(user.into(), location.into());
     }
 
     /// Holds every answer until [`RosterService::release`].

@@ -47,6 +47,8 @@ pub struct GateRequest {
 pub enum Reply {
     /// Answers with this status and body.
     Status(u16, String),
+    /// Answers `302 Found` to this location.
+    Redirect(String),
     /// Answers with status 200 and this body after a while.
     After(Duration, String),
     /// Answers with status 200 and this body once the test calls
@@ -236,6 +238,8 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         answered_before: answered.count.load(Ordering::SeqCst),
     };
     recorded.lock().unwrap().push(request.clone());
+    // Set by a redirect only.
+    let mut location_header = String::new();
     let (status, body) = match policy(&request) {
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -255,9 +259,13 @@ async fn answer<S: AsyncReadExt + AsyncWriteExt + Unpin>(
             (200, body)
         }
         Reply::Status(status, body) => (status, body),
+        Reply::Redirect(location) => {
+            location_header = format!("Location: {location}\r\n");
+            (302, String::new())
+        }
     };
     let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{location_header}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

@@ -273,6 +273,13 @@ fn interpret(command: &AuthCommand, status: StatusCode, body: &str) -> Result<bo
     match (command, status.as_u16()) {
         (_, 501) => Err(WorkerFailure::Failed(AuthError::NotSupported)),
         (_, 500..=599) => failed(format!("backend answered {status}")),
+        // Never followed (see `crate::outbound_http`): counted apart.
+        (_, 300..=399) => {
+            crate::outbound_http::redirect_refused("auth");
+            failed(format!(
+                "backend answered a redirect ({status}), not followed"
+            ))
+        }
         (AuthCommand::Auth { .. } | AuthCommand::IsUser { .. }, 200) => match body.trim() {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -452,6 +459,8 @@ mod tests {
         assert_eq!(answer(auth(), 200, "yes"), Err("temporary".into()));
         assert_eq!(answer(auth(), 500, "false"), Err("temporary".into()));
         assert_eq!(answer(auth(), 401, ""), Err("temporary".into()));
+        assert_eq!(answer(auth(), 302, "true"), Err("temporary".into()));
+        assert_eq!(answer(register(), 307, ""), Err("temporary".into()));
         assert_eq!(answer(register(), 201, ""), Ok(true));
         assert_eq!(answer(register(), 409, ""), Ok(false));
         assert_eq!(answer(register(), 501, ""), Err("not supported".into()));

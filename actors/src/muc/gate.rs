@@ -8,7 +8,8 @@
 //! with a [`Decision`], and the Room acts on it. It fails closed: anything
 //! but a 2xx JSON answer with a boolean `allowed` denies.
 
-use crate::outbound_http::{read_bounded_body, BodyError};
+use crate::outbound_http::{client_builder, read_bounded_body, redirect_refused, BodyError};
+use crate::xmpp::stanza;
 use actix::prelude::*;
 use jid::{BareJid, FullJid};
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,6 +81,9 @@ pub enum GateError {
     Transport(#[source] reqwest::Error),
     #[error("HTTP status {0}")]
     Status(reqwest::StatusCode),
+    /// A 3xx: redirects are not followed (see [`crate::outbound_http`]).
+    #[error("redirect (HTTP {0}), not followed")]
+    Redirect(reqwest::StatusCode),
     #[error("answer longer than {MAX_BODY_BYTES} bytes")]
     TooLarge,
     #[error("every request slot is busy and the waiting queue is full")]
@@ -94,7 +98,9 @@ pub enum GateError {
 #[derive(Debug)]
 pub enum Decision {
     Allowed,
-    /// The gate said no; `reason` is its `error` field, for logs only.
+    /// The gate said no; `reason` is its `error` field, for logs only. It is
+    /// made XML-safe where it is read all the same, like all text from the
+    /// application, so it can never make a stanza unwritable.
     Denied {
         reason: Option<String>,
     },
@@ -142,7 +148,7 @@ pub struct MucGate {
 impl MucGate {
     /// Builds the HTTP client. Fails only if the TLS backend cannot start.
     pub fn new(mut config: GateConfig) -> Result<MucGate, reqwest::Error> {
-        let mut builder = reqwest::Client::builder().timeout(config.timeout);
+        let mut builder = client_builder().timeout(config.timeout);
         if config.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -219,7 +225,7 @@ fn verdict(body: &[u8]) -> Result<Decision, GateError> {
             reason: value
                 .get("error")
                 .and_then(serde_json::Value::as_str)
-                .map(str::to_owned),
+                .map(|reason| stanza::xml_safe(reason).into_owned()),
         }),
         None => Err(GateError::NoVerdict),
     }
@@ -243,6 +249,10 @@ async fn ask(
         request = request.header(reqwest::header::AUTHORIZATION, header.clone());
     }
     let response = request.send().await.map_err(transport)?;
+    if response.status().is_redirection() {
+        redirect_refused("muc_gate");
+        return Err(GateError::Redirect(response.status()));
+    }
     if !response.status().is_success() {
         return Err(GateError::Status(response.status()));
     }
@@ -396,8 +406,8 @@ mod tests {
             verdict(br#"{"allowed": true}"#),
             Ok(Decision::Allowed)
         ));
-        match verdict(br#"{"allowed": false, "error": "nope"}"#).unwrap() {
-            Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("nope")),
+        match verdict(br#"{"allowed": false, "error": "no\u0000pe"}"#).unwrap() {
+            Decision::Denied { reason } => assert_eq!(reason.as_deref(), Some("no\u{FFFD}pe")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(verdict(b"yes"), Err(GateError::NotJson(_))));

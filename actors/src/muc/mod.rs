@@ -9,6 +9,7 @@
 pub mod gate;
 mod room;
 
+use crate::panic_guard;
 use crate::router::ToSession;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
@@ -19,6 +20,11 @@ use minidom::Element;
 use room::Room;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// The `actor` label of panics caught in the MUC service's handlers. Every
+/// handler runs under the panic guard: the service is shared by every
+/// room and occupant, so after a panic it logs, counts and serves on.
+const PANIC_LABEL: &str = "muc_service";
 
 /// `http://jabber.org/protocol/muc`: the join payload.
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -301,42 +307,44 @@ impl Handler<Incoming> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
-        let Some(room_jid) = msg
-            .stanza
-            .attr("to")
-            .and_then(|to| Jid::new(to).ok())
-            .filter(|to| to.node().is_some())
-            .map(|to| to.to_bare())
-        else {
-            return self.service_iq(&msg);
-        };
-        let name = room_jid.node().map(|n| n.to_string()).unwrap_or_default();
-        let presence = msg.stanza.name() == "presence";
-        if !self.rooms.contains_key(&name) {
-            if let Some(refusal) = self.creation_refused(&msg.stanza) {
-                // RFC 6120 §8.2.3: results and errors are never answered;
-                // leaving a room that is gone needs no answer either.
-                let answered = match msg.stanza.name() {
-                    "iq" => stanza::is_iq_request(&msg.stanza),
-                    "presence" => msg.stanza.attr("type").is_none(),
-                    _ => true,
-                };
-                if answered {
-                    msg.reply_error(refusal);
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let Some(room_jid) = msg
+                .stanza
+                .attr("to")
+                .and_then(|to| Jid::new(to).ok())
+                .filter(|to| to.node().is_some())
+                .map(|to| to.to_bare())
+            else {
+                return self.service_iq(&msg);
+            };
+            let name = room_jid.node().map(|n| n.to_string()).unwrap_or_default();
+            let presence = msg.stanza.name() == "presence";
+            if !self.rooms.contains_key(&name) {
+                if let Some(refusal) = self.creation_refused(&msg.stanza) {
+                    // RFC 6120 §8.2.3: results and errors are never answered;
+                    // leaving a room that is gone needs no answer either.
+                    let answered = match msg.stanza.name() {
+                        "iq" => stanza::is_iq_request(&msg.stanza),
+                        "presence" => msg.stanza.attr("type").is_none(),
+                        _ => true,
+                    };
+                    if answered {
+                        msg.reply_error(refusal);
+                    }
+                    return;
                 }
-                return;
             }
-        }
-        self.last_presence += 1;
-        if presence {
-            self.presence_sent
-                .entry(msg.session)
-                .or_default()
-                .insert(name.clone(), self.last_presence);
-        }
-        self.room(room_jid, ctx).do_send(room::Deliver {
-            stanza: msg,
-            number: self.last_presence,
+            self.last_presence += 1;
+            if presence {
+                self.presence_sent
+                    .entry(msg.session)
+                    .or_default()
+                    .insert(name.clone(), self.last_presence);
+            }
+            self.room(room_jid, ctx).do_send(room::Deliver {
+                stanza: msg,
+                number: self.last_presence,
+            });
         });
     }
 }
@@ -345,19 +353,21 @@ impl Handler<Departed> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Departed, _: &mut Self::Context) {
-        for name in self
-            .presence_sent
-            .remove(&msg.session)
-            .into_iter()
-            .flat_map(HashMap::into_keys)
-        {
-            if let Some(room) = self.rooms.get(&name) {
-                room.do_send(room::Leave {
-                    jid: msg.jid.clone(),
-                    session: msg.session,
-                });
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            for name in self
+                .presence_sent
+                .remove(&msg.session)
+                .into_iter()
+                .flat_map(HashMap::into_keys)
+            {
+                if let Some(room) = self.rooms.get(&name) {
+                    room.do_send(room::Leave {
+                        jid: msg.jid.clone(),
+                        session: msg.session,
+                    });
+                }
             }
-        }
+        });
     }
 }
 
@@ -365,15 +375,17 @@ impl Handler<Released> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Released, _: &mut Self::Context) {
-        let Some(rooms) = self.presence_sent.get_mut(&msg.session) else {
-            return;
-        };
-        if rooms.get(&msg.name) == Some(&msg.presence) {
-            rooms.remove(&msg.name);
-            if rooms.is_empty() {
-                self.presence_sent.remove(&msg.session);
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let Some(rooms) = self.presence_sent.get_mut(&msg.session) else {
+                return;
+            };
+            if rooms.get(&msg.name) == Some(&msg.presence) {
+                rooms.remove(&msg.name);
+                if rooms.is_empty() {
+                    self.presence_sent.remove(&msg.session);
+                }
             }
-        }
+        });
     }
 }
 
@@ -381,14 +393,16 @@ impl Handler<Vacated> for MucService {
     type Result = ();
 
     fn handle(&mut self, msg: Vacated, _: &mut Self::Context) {
-        if self
-            .rooms
-            .get(&msg.name)
-            .is_some_and(|room| *room == msg.room)
-        {
-            self.rooms.remove(&msg.name);
-            self.set_rooms_gauge();
-        }
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            if self
+                .rooms
+                .get(&msg.name)
+                .is_some_and(|room| *room == msg.room)
+            {
+                self.rooms.remove(&msg.name);
+                self.set_rooms_gauge();
+            }
+        });
     }
 }
 

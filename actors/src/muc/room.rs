@@ -10,6 +10,7 @@ use super::{
     disco_request, reply_error, Disco, Incoming, MucService, Released, RoomSettings, Vacated,
     NS_MUC, NS_MUC_USER,
 };
+use crate::panic_guard::{self, Guarded};
 use crate::router::ToSession;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, ErrorType, StanzaError};
@@ -19,6 +20,12 @@ use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The `actor` label of panics caught in a Room's handlers, and in the
+/// gate answer it waits for. A room serves on after a panic: its
+/// occupants are better served by a room in a doubtful state than by one
+/// that silently stops answering.
+const PANIC_LABEL: &str = "muc_room";
 
 const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const NS_DELAY: &str = "urn:xmpp:delay";
@@ -353,37 +360,42 @@ impl Room {
             room: self.jid.clone(),
             nickname: join.nick.clone(),
         };
-        ctx.spawn(
-            gate.send(check)
-                .into_actor(self)
-                .map(move |answer, room, ctx| {
-                    if !room.take_pending(&join.from, join.session) {
-                        // The client left (or its session ended) while the
-                        // gate was deciding: no one to admit or to tell.
-                        return room.vacate_if_empty(ctx);
-                    }
-                    let verdict = match answer {
-                        Ok(Decision::Allowed) => room.enterable(&join),
-                        // No room in the gate's queue: try again later.
-                        Ok(Decision::Failed(GateError::Busy)) => {
-                            Err(StanzaError::RESOURCE_CONSTRAINT)
+        ctx.spawn(Guarded::new(
+            PANIC_LABEL,
+            Box::pin(
+                gate.send(check)
+                    .into_actor(self)
+                    .map(move |answer, room, ctx| {
+                        if !room.take_pending(&join.from, join.session) {
+                            // The client left (or its session ended) while the
+                            // gate was deciding: no one to admit or to tell.
+                            return room.vacate_if_empty(ctx);
                         }
-                        Ok(_) => Err(StanzaError::NOT_AUTHORIZED),
-                        Err(error) => {
-                            tracing::warn!(%error, "MUC gate unreachable; join denied");
-                            Err(StanzaError::NOT_AUTHORIZED)
+                        let verdict = match answer {
+                            Ok(Decision::Allowed) => room.enterable(&join),
+                            // No room in the gate's queue: try again later.
+                            Ok(Decision::Failed(GateError::Busy)) => {
+                                Err(StanzaError::RESOURCE_CONSTRAINT)
+                            }
+                            Ok(_) => Err(StanzaError::NOT_AUTHORIZED),
+                            Err(error) => {
+                                tracing::warn!(%error, "MUC gate unreachable; join denied");
+                                Err(StanzaError::NOT_AUTHORIZED)
+                            }
+                        };
+                        match verdict {
+                            Ok(()) => room.enter(join),
+                            Err(error) => {
+                                reply_error(&join.mailbox, &join.presence, error);
+                                room.release_unless_held(&join.from, join.session, join.number);
+                                room.vacate_if_empty(ctx);
+                            }
                         }
-                    };
-                    match verdict {
-                        Ok(()) => room.enter(join),
-                        Err(error) => {
-                            reply_error(&join.mailbox, &join.presence, error);
-                            room.release_unless_held(&join.from, join.session, join.number);
-                            room.vacate_if_empty(ctx);
-                        }
-                    }
-                }),
-        );
+                    }),
+            ),
+            // After a panic the join is forgotten, as if the gate never answered.
+            |_, _| (),
+        ));
     }
 
     /// Whether `join` holds the place of an older session of the same
@@ -714,7 +726,8 @@ impl HistoryRequest {
                 break;
             }
             if let Some(max) = self.maxchars {
-                chars += stanza::to_bytes(message).len();
+                // A message that cannot be written is never sent either.
+                chars += stanza::to_bytes(message).map_or(0, |bytes| bytes.len());
                 if chars > max {
                     break;
                 }
@@ -763,18 +776,20 @@ impl Handler<Deliver> for Room {
         }: Deliver,
         ctx: &mut Self::Context,
     ) {
-        if self.closed {
-            // The service forgets this room once it reads our `Vacated`;
-            // handing the stanza back makes it create a fresh one.
-            self.service.do_send(msg);
-            return;
-        }
-        match msg.stanza.name() {
-            "presence" => self.handle_presence(msg, number, ctx),
-            "message" => self.handle_message(msg),
-            _ => self.handle_iq(msg),
-        }
-        self.vacate_if_empty(ctx);
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            if self.closed {
+                // The service forgets this room once it reads our `Vacated`;
+                // handing the stanza back makes it create a fresh one.
+                self.service.do_send(msg);
+                return;
+            }
+            match msg.stanza.name() {
+                "presence" => self.handle_presence(msg, number, ctx),
+                "message" => self.handle_message(msg),
+                _ => self.handle_iq(msg),
+            }
+            self.vacate_if_empty(ctx);
+        });
     }
 }
 
@@ -782,18 +797,20 @@ impl Handler<Leave> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        if self.closed {
-            return;
-        }
-        // A join still at the gate is abandoned.
-        self.take_pending(&msg.jid, msg.session);
-        if let Some(nick) = self.nick_of(&msg.jid, msg.session) {
-            if let Some(occupant) = self.occupants.get_mut(&nick) {
-                occupant.presence.clear();
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            if self.closed {
+                return;
             }
-            self.remove(&nick);
-        }
-        self.vacate_if_empty(ctx);
+            // A join still at the gate is abandoned.
+            self.take_pending(&msg.jid, msg.session);
+            if let Some(nick) = self.nick_of(&msg.jid, msg.session) {
+                if let Some(occupant) = self.occupants.get_mut(&nick) {
+                    occupant.presence.clear();
+                }
+                self.remove(&nick);
+            }
+            self.vacate_if_empty(ctx);
+        });
     }
 }
 
@@ -841,7 +858,7 @@ mod tests {
         assert_eq!(bodies(""), ["100s ago", "10s ago", "0s ago"]);
         assert_eq!(bodies("<history maxstanzas='2'/>"), ["10s ago", "0s ago"]);
         assert!(bodies("<history maxchars='0'/>").is_empty());
-        let one = stanza::to_bytes(&history[2].1).len();
+        let one = stanza::to_bytes(&history[2].1).unwrap().len();
         assert_eq!(
             bodies(&format!("<history maxchars='{}'/>", one + 1)),
             ["0s ago"]

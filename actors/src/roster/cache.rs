@@ -9,7 +9,9 @@
 //! them.
 
 use super::{ParseError, Roster};
-use crate::outbound_http::{read_bounded_body, sensitive_header_value, BodyError};
+use crate::outbound_http::{
+    client_builder, read_bounded_body, redirect_refused, sensitive_header_value, BodyError,
+};
 use crate::router::{OnlineUsers, RosterChanged, Router};
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -73,7 +75,13 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "gatehouse_roster_items_skipped_total",
-        "Malformed contacts skipped in rosters from the application"
+        "Malformed contacts skipped in rosters from the application (including \
+         JIDs with characters XML cannot carry)"
+    );
+    describe_counter!(
+        "gatehouse_roster_items_sanitized_total",
+        "Contacts from the application whose name or groups held characters XML \
+         cannot carry, replaced by U+FFFD"
     );
 }
 
@@ -167,6 +175,9 @@ pub enum RosterError {
     Request(String),
     #[error("the roster service answered HTTP {0}")]
     Status(u16),
+    /// A 3xx: redirects are not followed (see [`crate::outbound_http`]).
+    #[error("the roster service answered a redirect (HTTP {0}), which is not followed")]
+    Redirect(u16),
     #[error("the roster is larger than {MAX_ROSTER_BYTES} bytes")]
     TooLarge,
     #[error("the roster service answered something that is not a roster: {0}")]
@@ -249,7 +260,7 @@ impl RosterCache {
             .map(sensitive_header_value)
             .transpose()
             .map_err(|_| RosterError::Setup("invalid authorization header".into()))?;
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .pool_max_idle_per_host(settings.max_in_flight)
             .build()
             .map_err(|e| RosterError::Setup(e.to_string()))?;
@@ -350,12 +361,25 @@ impl Shared {
         };
         metrics::histogram!("gatehouse_roster_fetch_duration_seconds", "result" => label)
             .record(started.elapsed().as_secs_f64());
-        let (roster, skipped) = result.inspect_err(|error| {
+        let (roster, report) = result.inspect_err(|error| {
             tracing::warn!(user, %error, "roster fetch failed");
         })?;
-        if skipped > 0 {
-            tracing::warn!(user, skipped, "skipped malformed roster items");
-            metrics::counter!("gatehouse_roster_items_skipped_total").increment(skipped as u64);
+        for (items, counter, what) in [
+            (
+                report.skipped,
+                "gatehouse_roster_items_skipped_total",
+                "malformed roster items skipped",
+            ),
+            (
+                report.sanitized,
+                "gatehouse_roster_items_sanitized_total",
+                "roster items whose name or groups had characters XML cannot carry replaced",
+            ),
+        ] {
+            if items > 0 {
+                tracing::warn!(user, items, "{what}");
+                metrics::counter!(counter).increment(items as u64);
+            }
         }
         if self.generation(user).load(Ordering::Acquire) != generation {
             return Err(RosterError::Superseded);
@@ -378,6 +402,10 @@ impl Shared {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
         let response = request.send().await.map_err(request_error)?;
+        if response.status().is_redirection() {
+            redirect_refused("roster");
+            return Err(RosterError::Redirect(response.status().as_u16()));
+        }
         if !response.status().is_success() {
             return Err(RosterError::Status(response.status().as_u16()));
         }

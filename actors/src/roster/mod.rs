@@ -19,6 +19,7 @@ use jid::{BareJid, Jid};
 use minidom::Element;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One contact as the application describes it. Every contact has
@@ -43,6 +44,18 @@ pub struct Roster {
     /// The cache generation the roster was fetched under; of two rosters of
     /// one user, the one with the higher generation is newer.
     pub generation: u64,
+}
+
+/// What [`Roster::parse`] had to do to the application's contacts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseReport {
+    /// Contacts left out: not a contact at all (see [`Roster::parse`]), or
+    /// a JID holding a character XML cannot carry (an address cannot be
+    /// repaired without pointing somewhere else).
+    pub skipped: usize,
+    /// Contacts kept whose name or groups held characters XML cannot carry;
+    /// those were replaced by U+FFFD (see [`stanza::xml_safe`]).
+    pub sanitized: usize,
 }
 
 /// Why the application's answer could not be read as a roster.
@@ -89,25 +102,28 @@ impl Roster {
     /// Reads the application's JSON (`{ "jid": { "name": …, "groups": … } }`).
     /// Items that are not a contact (a key that is not a bare JID, a value
     /// that is not an object, a name that is not a string, groups that are
-    /// neither an array of strings nor an object) are skipped; the second
-    /// value counts them.
-    pub fn parse(body: &[u8], generation: u64) -> Result<(Roster, usize), ParseError> {
+    /// neither an array of strings nor an object) are skipped. Names and
+    /// groups are made XML-safe here, where the application's text enters,
+    /// so that every roster stanza built from them can be written. The
+    /// report counts both.
+    pub fn parse(body: &[u8], generation: u64) -> Result<(Roster, ParseReport), ParseError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
         let Value::Object(object) = value else {
             return Err(ParseError::NotAnObject);
         };
         let mut items = BTreeMap::new();
-        let mut skipped = 0;
+        let mut report = ParseReport::default();
         for (key, value) in object {
             match parse_item(&key, &value) {
-                Some((jid, item)) => {
+                Some((jid, item, sanitized)) => {
                     items.insert(jid, item);
+                    report.sanitized += usize::from(sanitized);
                 }
-                None => skipped += 1,
+                None => report.skipped += 1,
             }
         }
-        Ok((Roster::new(items, generation), skipped))
+        Ok((Roster::new(items, generation), report))
     }
 
     /// The `<query xmlns='jabber:iq:roster' ver='…'>` with every item.
@@ -196,39 +212,54 @@ fn item_element(jid: &BareJid, item: Option<&RosterItem>) -> Element {
     el
 }
 
-fn parse_item(key: &str, value: &Value) -> Option<(BareJid, RosterItem)> {
+/// One contact, and whether its name or groups had to be made XML-safe;
+/// `None` when it is not a contact.
+fn parse_item(key: &str, value: &Value) -> Option<(BareJid, RosterItem, bool)> {
     // A full JID (with a resource) is not a contact.
     let jid = Jid::new(key).ok()?.try_into_full().err()?;
     jid.node()?;
+    if !jid.as_str().chars().all(stanza::is_xml_char) {
+        return None;
+    }
     let Value::Object(fields) = value else {
         return None;
     };
     let name = match fields.get("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) if name.is_empty() => None,
-        Some(Value::String(name)) => Some(name.clone()),
+        Some(Value::String(name)) => Some(name.as_str()),
         Some(_) => return None,
     };
     let groups = match fields.get("groups") {
-        None | Some(Value::Null) => BTreeSet::new(),
+        None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(groups)) => groups
             .iter()
-            .map(|g| g.as_str().map(str::to_owned))
-            .collect::<Option<BTreeSet<_>>>()?,
-        Some(Value::Object(groups)) => groups.keys().cloned().collect(),
+            .map(Value::as_str)
+            .collect::<Option<Vec<_>>>()?,
+        Some(Value::Object(groups)) => groups.keys().map(String::as_str).collect(),
         Some(_) => return None,
     };
-    if groups.iter().any(String::is_empty) {
+    if groups.iter().any(|group| group.is_empty()) {
         return None;
     }
-    Some((jid, RosterItem { name, groups }))
+    let mut sanitized = false;
+    let mut clean = |text: &str| {
+        let safe = stanza::xml_safe(text);
+        sanitized |= matches!(safe, Cow::Owned(_));
+        safe.into_owned()
+    };
+    let item = RosterItem {
+        name: name.map(&mut clean),
+        groups: groups.into_iter().map(&mut clean).collect(),
+    };
+    Some((jid, item, sanitized))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> (Roster, usize) {
+    fn parse(json: &str) -> (Roster, ParseReport) {
         Roster::parse(json.as_bytes(), 0).unwrap()
     }
 
@@ -247,7 +278,13 @@ mod tests {
                 "bad-value@example.com": "Marie"
             }"#,
         );
-        assert_eq!(skipped, 6);
+        assert_eq!(
+            skipped,
+            ParseReport {
+                skipped: 6,
+                sanitized: 0
+            }
+        );
         let marie = &roster.items[&BareJid::new("marie@example.com").unwrap()];
         assert_eq!(marie.name.as_deref(), Some("Marie"));
         assert_eq!(marie.groups.iter().collect::<Vec<_>>(), ["Friends", "Work"]);
@@ -303,5 +340,32 @@ mod tests {
             .unwrap();
         assert_eq!(item.attr("subscription"), Some("remove"));
         assert_eq!(push.attr("to"), Some("u@x/r"));
+    }
+
+    #[test]
+    fn names_and_groups_are_made_xml_safe_and_counted() {
+        let (roster, report) = parse(
+            r#"{
+                "a@x": {"name": "A\u0000B", "groups": ["ok", "G\u001f", "\uffff"]},
+                "b@x": {"name": "Bee", "groups": {"\u000b": 1}},
+                "c@x": {"name": "Cee", "groups": ["Friends"]}
+            }"#,
+        );
+        assert_eq!(
+            report,
+            ParseReport {
+                skipped: 0,
+                sanitized: 2
+            }
+        );
+        let a = &roster.items[&BareJid::new("a@x").unwrap()];
+        assert_eq!(a.name.as_deref(), Some("A\u{FFFD}B"));
+        assert_eq!(
+            a.groups.iter().collect::<Vec<_>>(),
+            ["G\u{FFFD}", "ok", "\u{FFFD}"]
+        );
+        let b = &roster.items[&BareJid::new("b@x").unwrap()];
+        assert_eq!(b.groups.iter().collect::<Vec<_>>(), ["\u{FFFD}"]);
+        assert!(stanza::to_bytes(&roster.to_query()).is_ok());
     }
 }

@@ -14,6 +14,7 @@ mod tls;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::muc::{self, MucHandle};
+use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
@@ -37,6 +38,15 @@ use tokio_util::task::TaskTracker;
 
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;
+
+/// The `actor` label of panics caught in a Session's handlers.
+const PANIC_LABEL: &str = "session";
+
+/// The namespace of the IQ payload that makes a session panic, for the
+/// panic guard's tests. It exists only in builds with the
+/// `fault-injection` feature, which only the tests enable.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_INJECTION_NS: &str = "urn:gatehouse:test:fault-injection";
 
 /// Settings shared by every connection of the client listener.
 pub struct C2sSettings {
@@ -257,10 +267,34 @@ impl Actor for Session {
     }
 }
 
+/// Every handler that input from outside reaches (the client's, the
+/// Router's on other clients' behalf) runs under the panic guard: a panic
+/// ends this session only, with `<internal-server-error/>`, logged and
+/// counted, instead of killing the actor silently.
 impl Handler<Inbound> for Session {
     type Result = ResponseActFuture<Self, Next>;
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) -> Self::Result {
+        match panic_guard::catch(PANIC_LABEL, || self.inbound(msg, ctx)) {
+            Ok(next) => Box::pin(Guarded::new(PANIC_LABEL, next, Session::panicked)),
+            Err(Panicked) => ready(self.panicked(ctx)),
+        }
+    }
+}
+
+impl Handler<ToSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        if panic_guard::catch(PANIC_LABEL, || self.routed(msg)).is_err() {
+            self.panicked(ctx);
+        }
+    }
+}
+
+impl Session {
+    /// An event from the I/O task (the client's input), unguarded.
+    fn inbound(&mut self, msg: Inbound, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
         if self.closing {
             return ready(Next::Close);
         }
@@ -278,12 +312,9 @@ impl Handler<Inbound> for Session {
             Inbound::Event(StreamEvent::Element(el)) => self.element(el, ctx),
         }
     }
-}
 
-impl Handler<ToSession> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+    /// A stanza or notice from the Router, unguarded.
+    fn routed(&mut self, msg: ToSession) {
         if self.closing {
             return;
         }
@@ -430,8 +461,21 @@ impl Session {
         self.kill.cancel();
     }
 
+    /// Sends a stanza; one that cannot be written as XML is dropped (and
+    /// was logged and counted by `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
-        self.send_raw(stanza::to_bytes(el));
+        if let Ok(bytes) = stanza::to_bytes(el) {
+            self.send_raw(bytes);
+        }
+    }
+
+    /// After a caught panic this session's state cannot be trusted: the
+    /// stream ends with `<internal-server-error/>`, and the I/O task's end
+    /// stops the actor, which unbinds it as any end does.
+    fn panicked(&mut self, _: &mut Context<Self>) -> Next {
+        let next = self.stream_error(StreamErrorCondition::InternalServerError);
+        self.close();
+        next
     }
 
     /// Tells the MUC service that this session is gone from its rooms.
@@ -503,8 +547,8 @@ impl Session {
         };
         let features = self.features();
         let mut out = String::from("<stream:features>");
-        for f in &features {
-            out.push_str(std::str::from_utf8(&stanza::to_bytes(f)).expect("XML is UTF-8"));
+        for f in features.iter().filter_map(|f| stanza::to_bytes(f).ok()) {
+            out.push_str(&String::from_utf8_lossy(&f));
         }
         out.push_str("</stream:features>");
         self.send_raw(out);
@@ -732,6 +776,10 @@ impl Session {
     ) -> ResponseActFuture<Self, Next> {
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
             return ready(self.stream_error(StreamErrorCondition::UnsupportedStanzaType));
+        }
+        #[cfg(feature = "fault-injection")]
+        if el.is("iq", ns::CLIENT) && el.has_child("panic", FAULT_INJECTION_NS) {
+            panic!("fault injection: a test asked this session to panic");
         }
         let me = self.jid.clone().expect("bound");
         stanza::set_attr(&mut el, "from", me.to_string());

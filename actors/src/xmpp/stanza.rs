@@ -5,6 +5,7 @@ use super::ns;
 use bytes::Bytes;
 use minidom::Element;
 use rxml::{Namespace, NcName};
+use std::borrow::Cow;
 
 /// Sets an unnamespaced attribute. Attribute names used here are constants,
 /// so an invalid name is a programming error.
@@ -27,13 +28,89 @@ pub fn element(name: &str, namespace: &str, attrs: &[(&str, &str)]) -> Element {
     el
 }
 
+/// Help texts of the serialisation metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_stanzas_unwritable_total",
+        "Stanzas dropped because they could not be written as XML (text the \
+         boundary cleaning missed); each is also logged, without content"
+    );
+}
+
+/// An element that cannot be written as XML 1.0, such as one holding a
+/// character XML forbids. It carries the element's name only: its content
+/// may be private.
+#[derive(Debug, thiserror::Error)]
+#[error("<{name}/> cannot be written as XML")]
+pub struct Unwritable {
+    /// The top-level element's local name (`iq`, `message`, ...).
+    pub name: String,
+}
+
 /// Serialises an element for the wire. Top-level stanzas carry their own
 /// `xmlns`, which is valid inside a `jabber:client` stream.
-pub fn to_bytes(el: &Element) -> Bytes {
+///
+/// Text from outside is made XML-safe where it enters (see [`xml_safe`]);
+/// should some still slip through, the element is refused here, logged and
+/// counted in `gatehouse_stanzas_unwritable_total` rather than panicking,
+/// and the caller drops it.
+pub fn to_bytes(el: &Element) -> Result<Bytes, Unwritable> {
     let mut out = Vec::with_capacity(256);
-    el.write_to(&mut out)
-        .expect("writing XML to a Vec cannot fail for a valid element");
-    Bytes::from(out)
+    // minidom panics on text the XML encoder refuses, so what it would
+    // refuse is looked for first; a panic for any other reason is caught
+    // all the same.
+    let written = is_writable(el)
+        && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| el.write_to(&mut out)))
+            .is_ok_and(|result| result.is_ok());
+    if written {
+        return Ok(Bytes::from(out));
+    }
+    let error = Unwritable {
+        name: el.name().to_owned(),
+    };
+    tracing::error!(%error, "stanza dropped");
+    metrics::counter!("gatehouse_stanzas_unwritable_total").increment(1);
+    Err(error)
+}
+
+/// Whether every namespace, attribute value and text node in `el` holds
+/// only characters XML can carry.
+fn is_writable(el: &Element) -> bool {
+    let safe = |text: &str| text.chars().all(is_xml_char);
+    safe(&el.ns())
+        && el.attrs().iter().all(|(_, value)| safe(value))
+        && el.nodes().all(|node| match node {
+            minidom::Node::Element(child) => is_writable(child),
+            minidom::Node::Text(text) => safe(text),
+        })
+}
+
+/// Whether XML 1.0 can carry `c` (its `Char` production): not the C0
+/// controls but tab, line feed and carriage return, and not U+FFFE or
+/// U+FFFF. (A Rust string holds no surrogates.)
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// `text` with every character XML cannot carry replaced by U+FFFD (the
+/// replacement character), borrowed when there was none. Replacing rather
+/// than dropping keeps the damage visible and never turns a name or group
+/// into an empty string.
+pub fn xml_safe(text: &str) -> Cow<'_, str> {
+    if text.chars().all(is_xml_char) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if is_xml_char(c) {
+                    c
+                } else {
+                    char::REPLACEMENT_CHARACTER
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The `type` of a stanza error: what the sender should do next.
@@ -226,9 +303,33 @@ mod tests {
     #[test]
     fn serialises_with_namespace() {
         let el = element("iq", ns::CLIENT, &[("type", "result"), ("id", "a&b")]);
-        let text = String::from_utf8(to_bytes(&el).to_vec()).unwrap();
+        let text = String::from_utf8(to_bytes(&el).unwrap().to_vec()).unwrap();
         assert!(text.starts_with("<iq"), "{text}");
         assert!(text.contains("xmlns='jabber:client'"), "{text}");
         assert!(text.contains("a&amp;b"), "{text}");
+    }
+
+    #[test]
+    fn an_unwritable_element_is_an_error_not_a_panic() {
+        let mut el = element("iq", ns::CLIENT, &[("id", "a\u{1}b")]);
+        assert_eq!(to_bytes(&el).unwrap_err().name, "iq");
+        el = element("iq", ns::CLIENT, &[]);
+        el.append_text("\u{FFFF}");
+        assert!(to_bytes(&el).is_err());
+    }
+
+    #[test]
+    fn xml_safe_replaces_only_what_xml_forbids() {
+        assert!(matches!(xml_safe("tab\tnl\ncr\ré😀"), Cow::Borrowed(_)));
+        for c in [
+            '\u{0}', '\u{1}', '\u{8}', '\u{B}', '\u{C}', '\u{1F}', '\u{FFFE}', '\u{FFFF}',
+        ] {
+            let text = format!("a{c}b");
+            let cleaned = xml_safe(&text);
+            assert_eq!(cleaned, "a\u{FFFD}b", "{c:?}");
+            let mut el = element("item", ns::ROSTER, &[("name", &cleaned)]);
+            el.append_text(cleaned.into_owned());
+            assert!(to_bytes(&el).is_ok(), "{c:?}");
+        }
     }
 }

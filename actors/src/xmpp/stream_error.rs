@@ -9,6 +9,8 @@ pub enum StreamErrorCondition {
     Conflict,
     ConnectionTimeout,
     HostUnknown,
+    /// The server failed while handling the stream (a caught panic).
+    InternalServerError,
     InvalidNamespace,
     NotAuthorized,
     NotWellFormed,
@@ -28,6 +30,7 @@ impl StreamErrorCondition {
             Conflict => "conflict",
             ConnectionTimeout => "connection-timeout",
             HostUnknown => "host-unknown",
+            InternalServerError => "internal-server-error",
             InvalidNamespace => "invalid-namespace",
             NotAuthorized => "not-authorized",
             NotWellFormed => "not-well-formed",

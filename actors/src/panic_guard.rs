@@ -1,0 +1,139 @@
+//! Panics caught at an actor's boundary. Tokio swallows a task's panic, so
+//! without this a panic in a handler would end the actor silently: a
+//! session would vanish without a word to its client, a shared actor (the
+//! Router, the MUC service, a room) would stop serving everyone.
+//!
+//! It owns only catching, logging and counting. What happens next is the
+//! actor's choice: a Session ends its stream with
+//! `<internal-server-error/>`, the shared actors log and serve on.
+//!
+//! The log line never holds the panic's text unless it is a literal from
+//! the source code: a formatted message may carry stanza content, and so
+//! passwords or private messages. (Rust's panic hook still prints its own
+//! line to stderr.)
+
+use actix::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::Poll;
+
+/// Help texts of the panic metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_panics_total",
+        "Panics caught in an actor's handler, by actor: session (that session ends \
+         with internal-server-error), router, muc_service, muc_room (they serve on)"
+    );
+}
+
+/// A handler panicked; the panic has been logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a handler panicked")]
+pub struct Panicked;
+
+/// Runs `body`, catching a panic, which is logged at error level and
+/// counted in `gatehouse_panics_total{actor}`. Whatever `body` had changed
+/// before panicking stays changed: the caller must not trust that state
+/// beyond what it needs to end or go on safely.
+pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Panicked> {
+    catch_unwind(AssertUnwindSafe(body)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(formatted message withheld)");
+        tracing::error!(actor, message, "panic caught in an actor's handler");
+        metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
+        Panicked
+    })
+}
+
+/// A handler's actor future whose every poll runs under [`catch`], so the
+/// continuations a handler schedules (after an auth check, a roster fetch)
+/// are guarded like its body. After a panic it resolves to what `recover`
+/// makes of the actor.
+pub struct Guarded<A: Actor, T> {
+    /// The `actor` label, as for [`catch`].
+    actor: &'static str,
+    /// The handler's future.
+    inner: Pin<Box<dyn ActorFuture<A, Output = T>>>,
+    /// The answer after a panic; it may also act on the actor (end a
+    /// stream).
+    recover: fn(&mut A, &mut A::Context) -> T,
+}
+
+impl<A: Actor, T> Guarded<A, T> {
+    pub fn new(
+        actor: &'static str,
+        inner: Pin<Box<dyn ActorFuture<A, Output = T>>>,
+        recover: fn(&mut A, &mut A::Context) -> T,
+    ) -> Guarded<A, T> {
+        Guarded {
+            actor,
+            inner,
+            recover,
+        }
+    }
+}
+
+impl<A: Actor, T> ActorFuture<A> for Guarded<A, T> {
+    type Output = T;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut A::Context,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<T> {
+        // Every field is Unpin (the inner future is boxed).
+        let this = self.get_mut();
+        let inner = &mut this.inner;
+        match catch(this.actor, || inner.as_mut().poll(act, ctx, task)) {
+            Ok(poll) => poll,
+            Err(Panicked) => Poll::Ready((this.recover)(act, ctx)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An actor whose handler's continuation panics when asked to.
+    struct Probe;
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    /// Answered after a turn of the actor's context; `true` panics there.
+    #[derive(Message)]
+    #[rtype(result = "&'static str")]
+    struct Later(bool);
+
+    impl Handler<Later> for Probe {
+        type Result = ResponseActFuture<Self, &'static str>;
+
+        fn handle(&mut self, Later(fail): Later, _: &mut Context<Self>) -> Self::Result {
+            let continuation = actix::fut::ready(()).map(move |(), _: &mut Probe, _| {
+                assert!(!fail, "continuation fault");
+                "done"
+            });
+            Box::pin(Guarded::new("test", Box::pin(continuation), |_, _| {
+                "recovered"
+            }))
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_continuation_is_recovered_and_the_actor_serves_on() {
+        let probe = Probe.start();
+        assert_eq!(probe.send(Later(true)).await.unwrap(), "recovered");
+        assert_eq!(probe.send(Later(false)).await.unwrap(), "done");
+    }
+
+    #[test]
+    fn catch_returns_the_value_or_panicked() {
+        assert_eq!(catch("test", || 1), Ok(1));
+        assert_eq!(catch("test", || -> i32 { panic!("boom") }), Err(Panicked));
+    }
+}
