@@ -444,7 +444,10 @@ impl Session {
         if held.len() >= self.settings.max_outbound_queue {
             return self.too_slow(SlowLimit::Stanzas);
         }
-        let data = stanza::to_bytes(el);
+        // One that cannot be written was logged and counted; it is dropped.
+        let Ok(data) = stanza::to_bytes(el) else {
+            return;
+        };
         if self.reserve(data.len()) {
             if let Some(held) = &mut self.held {
                 held.push(data);
