@@ -39,6 +39,7 @@ pub fn serve(file: &Path) -> u8 {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    gatehouse_actors::panic_guard::install_hook();
     let Some(config) = load(file) else {
         return 2;
     };

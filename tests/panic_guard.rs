@@ -41,6 +41,16 @@ async fn a_panic_in_a_handler_ends_only_that_session_logged_and_counted() {
         .unwrap_or_else(|| panic!("no log line for the panic:\n{log}"));
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains("session"), "{line}");
+    // The binary's panic hook logs where it happened, not a formatted text.
+    let hook = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(" panic ") && l.contains("place="))
+        .unwrap_or_else(|| panic!("no line from the panic hook:\n{log}"));
+    assert!(hook.contains("actors/src/session/mod.rs:"), "{hook}");
+    assert!(
+        !log.contains("panicked at"),
+        "Rust's default hook printed:\n{log}"
+    );
     // Another session of the same user works.
     let (mut again, _) = Client::login(c2s, "alice", "wonderland", "a").await;
     again.answers_ping().await;

@@ -9,8 +9,9 @@
 //!
 //! The log line never holds the panic's text unless it is a literal from
 //! the source code: a formatted message may carry stanza content, and so
-//! passwords or private messages. (Rust's panic hook still prints its own
-//! line to stderr.)
+//! passwords or private messages. [`install_hook`] replaces Rust's default
+//! panic hook, which would print any message to stderr, with one that logs
+//! by the same rule.
 
 use actix::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,6 +27,34 @@ pub fn describe_metrics() {
     );
 }
 
+/// What of a panic's payload may be logged: a literal from the source
+/// code, never a formatted message.
+fn printable(payload: &(dyn std::any::Any + Send)) -> &'static str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(formatted message withheld)")
+}
+
+/// Replaces the process's panic hook with one that logs the panic's place
+/// and thread at error level, and its message only by [`printable`]'s
+/// rule. For the server binary; a library's tests keep Rust's hook.
+pub fn install_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            place,
+            message = printable(info.payload()),
+            "panic"
+        );
+    }));
+}
+
 /// A handler panicked; the panic has been logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a handler panicked")]
@@ -37,10 +66,7 @@ pub struct Panicked;
 /// beyond what it needs to end or go on safely.
 pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Panicked> {
     catch_unwind(AssertUnwindSafe(body)).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&'static str>()
-            .copied()
-            .unwrap_or("(formatted message withheld)");
+        let message = printable(payload.as_ref());
         tracing::error!(actor, message, "panic caught in an actor's handler");
         metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
         Panicked
