@@ -11,6 +11,7 @@
 
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
+use crate::session::SessionId;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
@@ -36,7 +37,7 @@ pub enum ToSession {
 pub struct Bind {
     pub jid: FullJid,
     /// Tells this session apart from a newer one bound to the same JID.
-    pub session_id: u64,
+    pub session_id: SessionId,
     pub mailbox: Recipient<ToSession>,
 }
 
@@ -46,7 +47,7 @@ pub struct Bind {
 #[rtype(result = "()")]
 pub struct Unbind {
     pub jid: FullJid,
-    pub session_id: u64,
+    pub session_id: SessionId,
 }
 
 /// Presence without a `to`: the resource's own availability, broadcast to
@@ -58,7 +59,7 @@ pub struct Broadcast {
     pub from: FullJid,
     /// The sender's session: presence from a session a newer one replaced
     /// is dropped, so it never lands on the newer one's entry.
-    pub session_id: u64,
+    pub session_id: SessionId,
     pub presence: Element,
     /// The user's roster, when the session fetched it for this presence
     /// (initial presence); otherwise the one the Router holds is used.
@@ -74,7 +75,7 @@ pub struct UseRoster {
     /// The resource that asked.
     pub jid: FullJid,
     /// The resource's session; a replaced session is not marked.
-    pub session_id: u64,
+    pub session_id: SessionId,
     /// The roster the session fetched for it.
     pub roster: Arc<Roster>,
 }
@@ -109,7 +110,7 @@ pub struct Route {
     /// The sender's session: directed presence from a session a newer one
     /// replaced is dropped, since its recipients were already told the
     /// resource went away and would not be told again.
-    pub session_id: u64,
+    pub session_id: SessionId,
     pub to: Jid,
     pub stanza: Element,
 }
@@ -146,7 +147,7 @@ fn unavailable_from(jid: &FullJid) -> Element {
 /// One bound resource.
 struct Resource {
     resource: String,
-    session_id: u64,
+    session_id: SessionId,
     mailbox: Recipient<ToSession>,
     /// Whether the resource asked for its roster (RFC 6121 §2.1.6: only
     /// such "interested" resources receive roster pushes).
@@ -200,7 +201,7 @@ impl Router {
 
     /// Whether `session_id` is the session bound to `jid` now (not one a
     /// newer session replaced, nor one already unbound).
-    fn is_current(&self, jid: &FullJid, session_id: u64) -> bool {
+    fn is_current(&self, jid: &FullJid, session_id: SessionId) -> bool {
         self.find(jid).is_some_and(|r| r.session_id == session_id)
     }
 
@@ -259,7 +260,7 @@ impl Router {
         &mut self,
         user: &BareJid,
         new: Arc<Roster>,
-        except: Option<u64>,
+        except: Option<SessionId>,
     ) -> Arc<Roster> {
         if !self.users.contains_key(user) {
             return new;
@@ -287,7 +288,13 @@ impl Router {
     /// would ask with the new version and never get the rest. Versions are
     /// content digests, so an interim one is the new version with a suffix
     /// no digest has: asking with it gets the whole roster.
-    fn roster_changed(&mut self, user: &BareJid, old: &Roster, new: &Roster, except: Option<u64>) {
+    fn roster_changed(
+        &mut self,
+        user: &BareJid,
+        old: &Roster,
+        new: &Roster,
+        except: Option<SessionId>,
+    ) {
         let changes = old.diff(new);
         let last = changes.len().saturating_sub(1);
         for (n, change) in changes.into_iter().enumerate() {
@@ -687,12 +694,12 @@ mod tests {
     /// One bound session: its JID, its id, and what the Router sent it.
     struct Client {
         jid: FullJid,
-        session_id: u64,
+        session_id: SessionId,
         inbox: mpsc::UnboundedReceiver<Element>,
     }
 
     impl Client {
-        fn bind(router: &Addr<Router>, jid: &str, session_id: u64) -> Client {
+        fn bind(router: &Addr<Router>, jid: &str, session_id: SessionId) -> Client {
             let (mailbox, inbox) = inbox::start();
             let jid = FullJid::new(jid).unwrap();
             router.do_send(Bind {
@@ -749,12 +756,12 @@ mod tests {
     #[actix_rt::test]
     async fn a_replaced_sessions_late_presence_does_not_land_on_its_successor() {
         let router = Router::default().start();
-        let mut phone = Client::bind(&router, "alice@example/phone", 1);
-        let mut bob = Client::bind(&router, "bob@example/r", 2);
+        let mut phone = Client::bind(&router, "alice@example/phone", SessionId::random());
+        let mut bob = Client::bind(&router, "bob@example/r", SessionId::random());
         phone.available(&router, "phone");
         bob.available(&router, "bob");
-        let old = Client::bind(&router, "alice@example/laptop", 3);
-        let mut new = Client::bind(&router, "alice@example/laptop", 4);
+        let old = Client::bind(&router, "alice@example/laptop", SessionId::random());
+        let mut new = Client::bind(&router, "alice@example/laptop", SessionId::random());
 
         // The older session's presence, sent before it handled Replaced,
         // reaches the Router after the newer one's Bind: dropped.

@@ -11,6 +11,7 @@ mod room;
 
 use crate::panic_guard;
 use crate::router::ToSession;
+use crate::session::SessionId;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
@@ -65,7 +66,7 @@ pub struct Incoming {
     pub from: FullJid,
     /// The sender's session id: tells it apart from an older or newer
     /// session bound to the same full JID (a login that replaced it).
-    pub session: u64,
+    pub session: SessionId,
     /// Where the MUC writes to this client: replies, room traffic.
     pub mailbox: Recipient<ToSession>,
     /// The stanza as the client sent it, `to` naming the service, a room
@@ -132,7 +133,7 @@ pub struct Departed {
     /// The JID the session was bound to.
     pub jid: FullJid,
     /// The session that is gone; a newer one with the same JID stays.
-    pub session: u64,
+    pub session: SessionId,
 }
 
 /// A room has no occupants left and is not persistent; sent by the room.
@@ -154,7 +155,7 @@ struct Released {
     /// The room's localpart.
     name: String,
     /// The session that holds no place there.
-    session: u64,
+    session: SessionId,
     /// The number of the presence the room answered: when the session sent
     /// the room another one since, the entry stays (that one may admit it).
     presence: u64,
@@ -171,7 +172,7 @@ pub struct MucService {
     /// session ends. Rooms remove the entries of sessions they do not hold
     /// (`Released`), so this stays as large as the rooms' occupants and
     /// joins in progress.
-    presence_sent: HashMap<u64, HashMap<String, u64>>,
+    presence_sent: HashMap<SessionId, HashMap<String, u64>>,
     /// The number given to the last presence handed to a room.
     last_presence: u64,
 }
@@ -441,13 +442,13 @@ mod tests {
     /// One client session: its JID, its id, and what the MUC sent it.
     struct Client {
         jid: FullJid,
-        session: u64,
+        session: SessionId,
         mailbox: Recipient<ToSession>,
         inbox: mpsc::UnboundedReceiver<Element>,
     }
 
     impl Client {
-        fn new(jid: &str, session: u64) -> Client {
+        fn new(jid: &str, session: SessionId) -> Client {
             let (mailbox, inbox) = inbox::start();
             Client {
                 jid: FullJid::new(jid).unwrap(),
@@ -569,8 +570,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_refusal_does_not_forget_a_join_sent_after_it() {
         let muc = service();
-        let mut alice = Client::new("alice@example/r", 1);
-        let mut bob = Client::new("bob@example/r", 2);
+        let mut alice = Client::new("alice@example/r", SessionId::random());
+        let mut bob = Client::new("bob@example/r", SessionId::random());
         bob.send(&muc, join("Bob"));
         bob.next().await;
         bob.next().await;
@@ -595,9 +596,9 @@ mod tests {
     #[actix_rt::test]
     async fn a_newer_session_joining_before_the_older_departs_takes_its_place() {
         let muc = service();
-        let mut old = Client::new("alice@example/r", 1);
-        let mut new = Client::new("alice@example/r", 2);
-        let mut bob = Client::new("bob@example/r", 3);
+        let mut old = Client::new("alice@example/r", SessionId::random());
+        let mut new = Client::new("alice@example/r", SessionId::random());
+        let mut bob = Client::new("bob@example/r", SessionId::random());
         old.send(&muc, join("Alice"));
         assert!(old.next().await.is("presence", ns::CLIENT));
         old.next().await; // the subject
@@ -663,7 +664,7 @@ mod tests {
     #[actix_rt::test]
     async fn only_a_muc_join_creates_a_room_and_results_are_never_answered() {
         let muc = service();
-        let mut alice = Client::new("alice@example/r", 1);
+        let mut alice = Client::new("alice@example/r", SessionId::random());
         for kind in ["result", "error"] {
             alice.send(
                 &muc,
@@ -702,8 +703,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_join_beyond_max_rooms_is_refused_until_a_room_goes_away() {
         let muc = service_with_max_rooms(1);
-        let mut alice = Client::new("alice@example/r", 1);
-        let mut bob = Client::new("bob@example/r", 2);
+        let mut alice = Client::new("alice@example/r", SessionId::random());
+        let mut bob = Client::new("bob@example/r", SessionId::random());
         alice.send(&muc, join("Alice"));
         alice.next().await; // Alice
         alice.next().await; // the subject
@@ -738,8 +739,8 @@ mod tests {
         // The gate admits the first login, then the user is revoked.
         let (gate, asked) = gate_admitting(1).await;
         let muc = start_service(10, Some(gate));
-        let mut old = Client::new("alice@example/r", 1);
-        let mut new = Client::new("alice@example/r", 2);
+        let mut old = Client::new("alice@example/r", SessionId::random());
+        let mut new = Client::new("alice@example/r", SessionId::random());
         old.send(&muc, join("Alice"));
         assert_eq!(old.next().await.attr("type"), None, "admitted");
         old.next().await; // the subject

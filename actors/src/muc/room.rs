@@ -12,6 +12,7 @@ use super::{
 };
 use crate::panic_guard::{self, Guarded};
 use crate::router::ToSession;
+use crate::session::SessionId;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, ErrorType, StanzaError};
 use actix::prelude::*;
@@ -61,7 +62,7 @@ pub(super) struct Leave {
     /// The JID the session was bound to.
     pub jid: FullJid,
     /// The session that is gone: a newer session of the same JID stays.
-    pub session: u64,
+    pub session: SessionId,
 }
 
 /// One person in the room.
@@ -70,7 +71,7 @@ struct Occupant {
     jid: FullJid,
     /// The session that joined (or re-joined): only it speaks for the
     /// occupant, and only its end removes the occupant.
-    session: u64,
+    session: SessionId,
     /// Where its stanzas go: that session.
     mailbox: Recipient<ToSession>,
     /// Its presence payload (show, status, …) without MUC elements,
@@ -95,7 +96,7 @@ struct Join {
     /// The joining client.
     from: FullJid,
     /// Its session.
-    session: u64,
+    session: SessionId,
     /// The service's number for the join presence, for `Released`.
     number: u64,
     /// Where its room traffic will go.
@@ -123,7 +124,7 @@ pub(super) struct Room {
     /// Joins waiting for the gate, with the session that asked; they hold
     /// a place against `max_occupants` and keep the room from vanishing
     /// meanwhile.
-    pending: HashMap<FullJid, u64>,
+    pending: HashMap<FullJid, SessionId>,
     /// The subject and the nickname that set it.
     subject: Option<(String, String)>,
     /// The last `history` groupchat messages, with their delay stamps and
@@ -182,7 +183,7 @@ impl Room {
     }
 
     /// The nickname of `jid` when `session` is the one in the room.
-    fn nick_of(&self, jid: &FullJid, session: u64) -> Option<String> {
+    fn nick_of(&self, jid: &FullJid, session: SessionId) -> Option<String> {
         self.nicks
             .get(jid)
             .filter(|nick| self.occupants[*nick].session == session)
@@ -191,7 +192,7 @@ impl Room {
 
     /// Ends the gated join of `jid` if `session` asked for it; says whether
     /// it did.
-    fn take_pending(&mut self, jid: &FullJid, session: u64) -> bool {
+    fn take_pending(&mut self, jid: &FullJid, session: SessionId) -> bool {
         let asked = self.pending.get(jid) == Some(&session);
         if asked {
             self.pending.remove(jid);
@@ -201,7 +202,7 @@ impl Room {
 
     /// Tells the service that `session` holds no place here after the
     /// presence numbered `number`, unless it does.
-    fn release_unless_held(&self, jid: &FullJid, session: u64, number: u64) {
+    fn release_unless_held(&self, jid: &FullJid, session: SessionId, number: u64) {
         if self.pending.get(jid) == Some(&session) || self.nick_of(jid, session).is_some() {
             return;
         }

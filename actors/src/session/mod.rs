@@ -9,6 +9,7 @@
 
 mod account;
 mod connection;
+mod id;
 mod sasl;
 mod tls;
 
@@ -23,11 +24,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 use connection::{Connection, Outbound, QueuedBytes};
 use futures_channel::mpsc;
+pub use id::SessionId;
 use jid::{FullJid, Jid};
 use minidom::Element;
 use sasl::PlainError;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -106,7 +107,6 @@ pub fn describe_metrics() {
 
 /// Starts a session and its I/O task on the current arbiter.
 pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     // A futures channel holds `buffer` messages plus one per sender (the
     // session is the only one), and allocates per message rather than a
     // block up front, which keeps an idle session small.
@@ -118,7 +118,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     let shutdown = services.shutdown.clone();
     let tls = settings.tls.clone();
     let session = Session {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        id: SessionId::random(),
         peer,
         settings,
         services,
@@ -200,9 +200,9 @@ pub(crate) struct ConnectionLost;
 pub(crate) struct SystemShutdown;
 
 pub struct Session {
-    /// Unique per connection; tells the Router this session apart from a
-    /// newer one bound to the same full JID.
-    id: u64,
+    /// Unique per login, across nodes; tells the Router and the rooms this
+    /// session apart from a newer one bound to the same full JID.
+    id: SessionId,
     /// For logs.
     peer: SocketAddr,
     /// The c2s limits and hosts, shared by every session.
