@@ -68,6 +68,11 @@ fn describe() {
         "Connections dropped because the client did not read what it was sent"
     );
     describe_counter!(
+        "gatehouse_unauthenticated_budget_refusals_total",
+        "Connections ended with <resource-constraint/> because unauthenticated \
+         partial stanzas would hold more than c2s.max_unauthenticated_partial_bytes"
+    );
+    describe_counter!(
         "gatehouse_auth_cache_hits_total",
         "Password checks answered by the result cache, by backend"
     );
@@ -98,6 +103,7 @@ fn register_at_zero() {
     }
     for name in [
         "gatehouse_slow_client_disconnects_total",
+        "gatehouse_unauthenticated_budget_refusals_total",
         "gatehouse_roster_cache_hits_total",
         "gatehouse_roster_cache_misses_total",
         "gatehouse_roster_pushes_total",
