@@ -155,9 +155,9 @@ enum Markup {
     /// Inside `<?...?>` (the XML declaration); true right after a `?`.
     Declaration(bool),
     /// After `<!`, this many bytes of `[CDATA[` matched so far.
-    Bang(usize),
-    /// Inside a CDATA section, after this many `]` in a row.
-    Cdata(usize),
+    Bang(u8),
+    /// Inside a CDATA section, after this many `]` in a row (saturating).
+    Cdata(u8),
     /// Inside any other `<!...>` (refused by rxml anyway).
     Other,
 }
@@ -211,8 +211,8 @@ impl AttributeCounter {
                 (Markup::Quoted(quote), _) if byte == quote => Markup::StartTag,
                 (Markup::Declaration(true), b'>') => Markup::Text,
                 (Markup::Declaration(_), _) => Markup::Declaration(byte == b'?'),
-                (Markup::Bang(matched), _) if CDATA.get(matched) == Some(&byte) => {
-                    if matched + 1 == CDATA.len() {
+                (Markup::Bang(matched), _) if CDATA.get(usize::from(matched)) == Some(&byte) => {
+                    if usize::from(matched) + 1 == CDATA.len() {
                         Markup::Cdata(0)
                     } else {
                         Markup::Bang(matched + 1)
@@ -220,7 +220,7 @@ impl AttributeCounter {
                 }
                 (Markup::Bang(_), b'>') => Markup::Text,
                 (Markup::Bang(_), _) => Markup::Other,
-                (Markup::Cdata(brackets), b']') => Markup::Cdata(brackets + 1),
+                (Markup::Cdata(brackets), b']') => Markup::Cdata(brackets.saturating_add(1)),
                 (Markup::Cdata(brackets), b'>') if brackets >= 2 => Markup::Text,
                 (Markup::Cdata(_), _) => Markup::Cdata(0),
                 (state, _) => state,
@@ -252,9 +252,12 @@ pub struct StreamParser {
     budget: Option<Reservation>,
     /// True once the stream header has been read.
     in_stream: bool,
-    /// The last bytes consumed (at most `DOCTYPE.len()`), so that a parse
-    /// error right after `<!D` can be told to be a DTD.
-    recent: Vec<u8>,
+    /// The last bytes consumed (the first `recent_len`), so that a parse
+    /// error right after `<!D` can be told to be a DTD. Inline: every
+    /// connection has one, and a held session should stay small.
+    recent: [u8; DOCTYPE.len()],
+    /// How many bytes of `recent` are filled.
+    recent_len: u8,
 }
 
 impl StreamParser {
@@ -270,7 +273,8 @@ impl StreamParser {
             attributes: AttributeCounter::new(),
             budget: budget.map(Reservation::new),
             in_stream: false,
-            recent: Vec::with_capacity(DOCTYPE.len()),
+            recent: [0; DOCTYPE.len()],
+            recent_len: 0,
         }
     }
 
@@ -366,9 +370,11 @@ impl StreamParser {
     /// Keeps the last `DOCTYPE.len()` bytes consumed.
     fn remember(&mut self, consumed: &[u8]) {
         let tail = &consumed[consumed.len().saturating_sub(DOCTYPE.len())..];
-        let overflow = (self.recent.len() + tail.len()).saturating_sub(DOCTYPE.len());
-        self.recent.drain(..overflow);
-        self.recent.extend_from_slice(tail);
+        let filled = usize::from(self.recent_len);
+        let kept = filled.min(DOCTYPE.len() - tail.len());
+        self.recent.copy_within(filled - kept..filled, 0);
+        self.recent[kept..kept + tail.len()].copy_from_slice(tail);
+        self.recent_len = u8::try_from(kept + tail.len()).expect("at most DOCTYPE.len()");
     }
 
     /// Whether the parser failed inside a `<!DOCTYPE`: the last `<!` consumed
@@ -376,10 +382,11 @@ impl StreamParser {
     /// as far as they have arrived. The byte the parser failed on is among
     /// them, so a comment, CDATA or any other `<!x` does not match.
     fn at_doctype(&self, unread: &[u8]) -> bool {
-        let Some(start) = self.recent.windows(2).rposition(|w| w == b"<!") else {
+        let recent = &self.recent[..usize::from(self.recent_len)];
+        let Some(start) = recent.windows(2).rposition(|w| w == b"<!") else {
             return false;
         };
-        let consumed = &self.recent[start..];
+        let consumed = &recent[start..];
         let upcoming = &unread[..unread.len().min(DOCTYPE.len() - consumed.len())];
         let seen = [consumed, upcoming].concat();
         DOCTYPE.starts_with(&seen) && seen.len() > 2
