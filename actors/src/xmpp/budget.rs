@@ -38,8 +38,9 @@ impl PartialStanzaBudget {
         })
     }
 
-    /// Bytes reserved right now (for tests and diagnostics).
-    pub fn reserved(&self) -> usize {
+    /// Bytes reserved right now.
+    #[cfg(test)]
+    pub(crate) fn reserved(&self) -> usize {
         self.reserved.load(Ordering::Relaxed)
     }
 }

@@ -355,7 +355,8 @@ impl StreamParser {
     }
 
     /// Heap bytes the partial stanza holds now (0 between stanzas).
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.stanza.held_bytes()
     }
 

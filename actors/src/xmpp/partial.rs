@@ -29,6 +29,7 @@ use super::parser::{ParseError, MAX_DEPTH};
 use minidom::Element;
 use rxml::{AttrMap, Namespace, NcName};
 
+// Record markers: bytes that UTF-8 never holds (see the module docs).
 const ELEMENT: u8 = 0xF8;
 const ATTRIBUTE: u8 = 0xF9;
 const VALUE: u8 = 0xFA;
@@ -40,8 +41,8 @@ const END: u8 = 0xFC;
 /// the default namespace or binding another prefix to them; an element in
 /// either, or an attribute in the `xmlns` one, cannot be written so that a
 /// namespace-aware parser accepts it (minidom would write `<xmlns:body>`).
-pub(crate) const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
-pub(crate) const XMLNS_NAMESPACE: &str = "http://www.w3.org/2000/xmlns/";
+const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+const XMLNS_NAMESPACE: &str = "http://www.w3.org/2000/xmlns/";
 
 /// Distinct namespaces one stanza may use: its index is one byte in the
 /// log. Real stanzas use a handful (a busy presence perhaps ten).
@@ -88,6 +89,7 @@ impl PartialStanza {
     }
 
     /// Heap bytes this stanza holds: the log and the namespace table.
+    #[cfg(test)]
     pub(crate) fn held_bytes(&self) -> usize {
         self.log.capacity() + self.namespaces_held(self.namespaces.capacity())
     }
@@ -118,8 +120,7 @@ impl PartialStanza {
             return Err(ParseError::ReservedNamespace(namespace.to_string()));
         }
         let index = self.namespace_index(namespace, budget)?;
-        let needed = 2 + name.len();
-        self.grow_for(needed, budget)?;
+        self.grow_for(2 + name.len(), budget)?;
         self.log.extend_from_slice(&[ELEMENT, index]);
         self.log.extend_from_slice(name.as_bytes());
         for ((attr_namespace, attr_name), value) in attrs {
@@ -219,10 +220,8 @@ impl PartialStanza {
             None => {
                 let slots = self.namespaces.capacity().max(self.namespaces.len() + 1);
                 if let Some(reservation) = budget {
-                    let held = self.log.capacity()
-                        + self.namespaces_held(slots)
-                        + namespace.len()
-                        + NAMESPACE_OVERHEAD;
+                    // `slots` counts the new slot; its text is not in yet.
+                    let held = self.log.capacity() + self.namespaces_held(slots) + namespace.len();
                     reservation.resize(held)?;
                 }
                 self.namespaces.reserve_exact(slots - self.namespaces.len());
