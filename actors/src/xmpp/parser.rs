@@ -974,4 +974,105 @@ mod tests {
         assert_eq!(feed(&mut third, &flood(30_000)), Ok(None));
         assert_eq!(budget.reserved(), 0);
     }
+
+    /// Everything `input` gives, fed in pieces of the given sizes (cycled):
+    /// the events up to the first error, and that error.
+    fn outcome_in_pieces(input: &[u8], pieces: &[usize]) -> (Vec<StreamEvent>, Option<ParseError>) {
+        let limits = StanzaLimits {
+            max_bytes: 2048,
+            max_elements: 12,
+            max_attributes: 6,
+        };
+        let mut p = StreamParser::new(limits, None);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut rest = input;
+        for &piece in pieces.iter().cycle() {
+            let (now, later) = rest.split_at(piece.min(rest.len()));
+            buf.extend_from_slice(now);
+            rest = later;
+            loop {
+                match p.next_event(&mut buf) {
+                    Ok(Some(ev)) => out.push(ev),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+            if rest.is_empty() {
+                return (out, None);
+            }
+        }
+        unreachable!("pieces are never empty")
+    }
+
+    /// Mutated stanzas never panic the parser, and how the bytes arrive
+    /// never changes what it makes of them.
+    #[test]
+    fn mutated_input_never_panics_and_chunking_does_not_matter() {
+        let corpus = [
+            "<message to='a@b' id='1'><body>hi &amp; &#x263A; there</body></message>",
+            "<iq type='set' id='x'><query xmlns='jabber:iq:roster'><item jid='b@c' \
+             name='B'><group>G</group></item></query></iq>",
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' \
+             ver='v'/><x xmlns:p='urn:p' p:a='1' b=\"'\"><p:y><![CDATA[<a b='c'>]]]]></p:y></x></presence>",
+            "<message xml:lang='en'><a/><b c='d=e' f='&lt;g&gt;'/>text<h></h></message>",
+            // At the test's limits: six attributes, twelve elements.
+            "<message a='1' b='2' c='3' d='4' e='5' f='6'><a/><a/><a/><a/><a/><a/><a/><a/>\
+             <a/><a/><a/></message>",
+        ];
+        let tokens: [&[u8]; 19] = [
+            b"<",
+            b">",
+            b"/",
+            b"'",
+            b"\"",
+            b"=",
+            b" a='1'",
+            b" k='1' l='2' m='3'",
+            b"<a>",
+            b"</a>",
+            b"<a/><a/><a/><a/><a/><a/><a/><a/>",
+            b"<![CDATA[",
+            b"]]>",
+            b"xmlns:q='urn:q'",
+            b" xmlns='http://www.w3.org/2000/xmlns/'",
+            b"q:",
+            b"&amp;",
+            b"<?x?>",
+            b"\xff",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut random = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for round in 0..3000 {
+            let mut stanza = corpus[round % corpus.len()].as_bytes().to_vec();
+            for _ in 0..1 + random(3) {
+                let at = random(stanza.len() + 1);
+                match random(5) {
+                    0..=2 => {
+                        let token = tokens[random(tokens.len())];
+                        stanza.splice(at..at, token.iter().copied());
+                    }
+                    3 if at < stanza.len() => {
+                        stanza.remove(at);
+                    }
+                    _ => stanza.truncate(at.max(1)),
+                }
+            }
+            let input = [HEADER.as_bytes(), &stanza].concat();
+            let whole = outcome_in_pieces(&input, &[usize::MAX]);
+            for pieces in [&[1][..], &[3, 1, 7], &[64, 5]] {
+                assert_eq!(
+                    outcome_in_pieces(&input, pieces),
+                    whole,
+                    "{}",
+                    String::from_utf8_lossy(&stanza)
+                );
+            }
+        }
+    }
 }
