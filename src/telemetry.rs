@@ -68,17 +68,17 @@ fn describe() {
         "Connections dropped because the client did not read what it was sent"
     );
     describe_counter!(
-        "gatehouse_unauthenticated_budget_refusals_total",
-        "Connections ended with <resource-constraint/> because unauthenticated \
-         partial stanzas would hold more than c2s.max_unauthenticated_partial_bytes"
-    );
-    describe_counter!(
         "gatehouse_auth_cache_hits_total",
         "Password checks answered by the result cache, by backend"
     );
     describe_counter!(
         "gatehouse_auth_cache_misses_total",
         "Password checks the result cache could not answer, by backend"
+    );
+    describe_counter!(
+        "gatehouse_unauthenticated_budget_refusals_total",
+        "Connections ended with <resource-constraint/> because unauthenticated \
+         partial stanzas would hold more than c2s.max_unauthenticated_partial_bytes"
     );
     describe_counter!(
         "gatehouse_account_operations_total",
@@ -103,9 +103,9 @@ fn register_at_zero() {
     }
     for name in [
         "gatehouse_slow_client_disconnects_total",
-        "gatehouse_unauthenticated_budget_refusals_total",
         "gatehouse_roster_cache_hits_total",
         "gatehouse_roster_cache_misses_total",
+        "gatehouse_unauthenticated_budget_refusals_total",
         "gatehouse_roster_pushes_total",
         "gatehouse_roster_items_skipped_total",
         "gatehouse_muc_messages_total",
