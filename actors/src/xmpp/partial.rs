@@ -17,9 +17,10 @@
 //! 0xF8 up, so the markers are such bytes and a string runs up to the next
 //! marker: no lengths are stored. `<a/>` takes four bytes (`ELEMENT`,
 //! index, `a`, `END`), an attribute ` a=''` four, text one per byte plus
-//! one per run; entity references only shrink. Namespaces are held once
-//! each in a small table. The log grows by doubling, so it holds at most
-//! twice what was consumed, plus the table.
+//! one per run; entity references only shrink. So the log is at most 1.2
+//! times the input (`<a/>x` repeated: five bytes in, six logged), and as
+//! it grows by doubling its capacity is at most 2.4 times, plus a 64-byte
+//! minimum and the namespace table (each namespace once, at most 256).
 //!
 //! Growth is reserved from the unauthenticated budget (when the stream
 //! draws from one) *before* it is allocated.
@@ -199,8 +200,8 @@ impl PartialStanza {
         Ok(())
     }
 
-    /// The table index of `namespace`, adding it if new. The last one used
-    /// is tried first: most elements share their parent's.
+    /// The table index of `namespace`, adding it if new. The last one
+    /// added is tried first: most elements share their parent's.
     fn namespace_index(
         &mut self,
         namespace: Namespace<'static>,
