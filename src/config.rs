@@ -38,6 +38,15 @@ use toml::de::{DeTable, DeValue};
 /// RFC 6120 §13.12 asks for at least 10000 in production; smaller limits are
 /// allowed so tests can provoke the limit cheaply.
 const STANZA_BYTES: RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
+/// Below 16 a stanza with a small payload (a presence with caps and a
+/// nickname) stops fitting; above a million the DOM built for one stanza
+/// (~200 bytes an element) would be hundreds of MB.
+const STANZA_ELEMENTS: RangeInclusive<usize> = 16..=1_000_000;
+/// Below 16 a stream header (seven attributes with its declarations) or a
+/// Jingle candidate (twelve) stops fitting.
+const ELEMENT_ATTRIBUTES: RangeInclusive<usize> = 16..=4096;
+/// Below 64 KiB a handful of slow logins could use the budget up.
+const UNAUTHENTICATED_PARTIAL_BYTES: RangeInclusive<usize> = 65_536..=1 << 40;
 /// `listen(2)` takes an `int`; Linux caps it at `somaxconn` anyway.
 const BACKLOG: RangeInclusive<u32> = 1..=65_535;
 /// Zero would disconnect a client on its first stanza; the upper bound keeps
@@ -166,6 +175,23 @@ pub struct C2sConfig {
     /// `<policy-violation/>` before it is buffered whole.
     #[serde(default = "default_max_stanza_bytes")]
     pub max_stanza_bytes: usize,
+    /// Most elements in one stanza (itself included); more end the stream
+    /// with `<policy-violation/>`. Bounds the tree built for a stanza,
+    /// which costs ~200 bytes an element however few bytes it took.
+    #[serde(default = "default_max_stanza_elements")]
+    pub max_stanza_elements: usize,
+    /// Most attributes (namespace declarations included) on one element;
+    /// more end the stream with `<policy-violation/>`. The XML parser
+    /// gathers a start tag's attributes before handing it out.
+    #[serde(default = "default_max_element_attributes")]
+    pub max_element_attributes: usize,
+    /// Bytes that partial stanzas of all not yet authenticated connections
+    /// may hold together (the first 4 KiB of each are not counted); a
+    /// connection that would go past it gets `<resource-constraint/>`.
+    /// Without it, many connections that never log in could each hold a
+    /// stanza just under `max_stanza_bytes`.
+    #[serde(default = "default_max_unauthenticated_partial_bytes")]
+    pub max_unauthenticated_partial_bytes: usize,
     /// Kernel accept queue length: how many connections may wait for
     /// `accept()` during a reconnect storm before the kernel drops SYNs.
     #[serde(default = "default_backlog")]
@@ -453,6 +479,18 @@ fn default_true() -> bool {
 
 fn default_max_stanza_bytes() -> usize {
     256 * 1024
+}
+
+fn default_max_stanza_elements() -> usize {
+    10_000
+}
+
+fn default_max_element_attributes() -> usize {
+    64
+}
+
+fn default_max_unauthenticated_partial_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_backlog() -> u32 {
@@ -903,6 +941,21 @@ impl C2sConfig {
             (None, None) => {}
         }
         problems.range("c2s.max_stanza_bytes", self.max_stanza_bytes, STANZA_BYTES);
+        problems.range(
+            "c2s.max_stanza_elements",
+            self.max_stanza_elements,
+            STANZA_ELEMENTS,
+        );
+        problems.range(
+            "c2s.max_element_attributes",
+            self.max_element_attributes,
+            ELEMENT_ATTRIBUTES,
+        );
+        problems.range(
+            "c2s.max_unauthenticated_partial_bytes",
+            self.max_unauthenticated_partial_bytes,
+            UNAUTHENTICATED_PARTIAL_BYTES,
+        );
         problems.range("c2s.backlog", self.backlog, BACKLOG);
         problems.duration("c2s.unauthenticated_timeout", self.unauthenticated_timeout);
         problems.range(

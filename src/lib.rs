@@ -24,6 +24,7 @@ use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
+use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,7 +179,14 @@ impl Server {
             hosts,
             tls,
             require_tls: config.c2s.require_tls,
-            max_stanza_bytes: config.c2s.max_stanza_bytes,
+            stanza_limits: StanzaLimits {
+                max_bytes: config.c2s.max_stanza_bytes,
+                max_elements: config.c2s.max_stanza_elements,
+                max_attributes: config.c2s.max_element_attributes,
+            },
+            unauthenticated_budget: PartialStanzaBudget::new(
+                config.c2s.max_unauthenticated_partial_bytes,
+            ),
             unauthenticated_timeout: config.c2s.unauthenticated_timeout,
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,

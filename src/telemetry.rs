@@ -72,6 +72,11 @@ fn describe() {
         "Password checks the result cache could not answer, by backend"
     );
     describe_counter!(
+        "gatehouse_unauthenticated_budget_refusals_total",
+        "Connections ended with <resource-constraint/> because unauthenticated \
+         partial stanzas would hold more than c2s.max_unauthenticated_partial_bytes"
+    );
+    describe_counter!(
         "gatehouse_account_operations_total",
         "XEP-0077 account operations by operation and result"
     );
@@ -99,6 +104,7 @@ fn register_at_zero() {
     for name in [
         "gatehouse_roster_cache_hits_total",
         "gatehouse_roster_cache_misses_total",
+        "gatehouse_unauthenticated_budget_refusals_total",
         "gatehouse_roster_pushes_total",
         "gatehouse_roster_items_skipped_total",
         "gatehouse_roster_items_sanitized_total",

@@ -502,3 +502,71 @@ async fn bare_jid_messages_reach_every_top_priority_resource_but_never_a_negativ
     .await;
     assert_eq!(bodies_until(&mut away, "mark2").await, ["mark2"]);
 }
+
+#[actix_rt::test]
+async fn reserved_namespaces_are_refused_at_the_sender_and_never_reach_the_recipient() {
+    const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+    const XML: &str = "http://www.w3.org/XML/1998/namespace";
+    let server = server();
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "desk").await;
+    let to = format!("to='{bob_jid}' type='chat'");
+    let cases = [
+        // The probe's stanza: it reached the recipient as <xmlns:body>,
+        // which expat (slixmpp) rejects as an unbound prefix.
+        format!("<message {to}><body xmlns='{XMLNS}'>hi</body></message>"),
+        format!("<message {to}><p:body xmlns:p='{XMLNS}'>hi</p:body></message>"),
+        format!("<message {to}><body>hi</body><x xmlns:p='{XMLNS}' p:a='1'/></message>"),
+        format!("<message {to}><body xmlns='{XML}'>hi</body></message>"),
+    ];
+    for (n, bad) in cases.iter().enumerate() {
+        let (mut alice, _) =
+            Client::login(server.c2s, "alice", "wonderland", &format!("r{n}")).await;
+        alice.send(bad).await;
+        assert_eq!(alice.stream_error().await, "not-well-formed", "{bad}");
+    }
+    // Bob's stream is untouched: the first thing he gets is the next
+    // normal message, and his parser (rxml, namespace-aware) takes it.
+    let (mut alice, alice_jid) = Client::login(server.c2s, "alice", "wonderland", "ok").await;
+    alice
+        .send(&format!("<message {to}><body>still here</body></message>"))
+        .await;
+    let got = bob.element().await;
+    assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
+    assert_eq!(got.get_child("body", CLIENT).unwrap().text(), "still here");
+}
+
+#[actix_rt::test]
+async fn too_many_elements_or_attributes_are_policy_violations() {
+    let server = TestServer::start(&config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmax_stanza_elements = 100\nmax_element_attributes = 16",
+    ));
+    let attributes = |n: usize| (0..n).map(|i| format!(" a{i}='x'")).collect::<String>();
+    // Before login: one element too many, and a start tag that is still
+    // open when it passes the attribute limit.
+    let flood = format!("<message>{}", "<a/>".repeat(100));
+    assert_eq!(
+        error_for(&server, flood.as_bytes()).await,
+        "policy-violation"
+    );
+    let tag = format!("<message{}", attributes(17));
+    assert_eq!(error_for(&server, tag.as_bytes()).await, "policy-violation");
+    // After login, at the limits the stanza is routed; past them it is not.
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "desk").await;
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    alice
+        .send(&format!(
+            "<message to='{bob_jid}'{}>{}</message>",
+            attributes(14),
+            "<a/>".repeat(99)
+        ))
+        .await;
+    assert_eq!(bob.element().await.children().count(), 99);
+    alice
+        .send(&format!(
+            "<message to='{bob_jid}'>{}</message>",
+            "<a/>".repeat(100)
+        ))
+        .await;
+    assert_eq!(alice.stream_error().await, "policy-violation");
+}

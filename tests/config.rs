@@ -119,6 +119,9 @@ fn minimal_file_gets_every_default() {
     assert_eq!(c2s.listen, addr("127.0.0.1:5222"));
     assert!(c2s.require_tls);
     assert_eq!(c2s.max_stanza_bytes, 262_144);
+    assert_eq!(c2s.max_stanza_elements, 10_000);
+    assert_eq!(c2s.max_element_attributes, 64);
+    assert_eq!(c2s.max_unauthenticated_partial_bytes, 16 * 1024 * 1024);
     assert_eq!(c2s.backlog, 1024);
     assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(30));
     assert_eq!(c2s.max_outbound_queue, 1024);
@@ -170,6 +173,9 @@ fn full_file_sets_every_key() {
     assert_eq!(c2s.listen, addr("0.0.0.0:5223"));
     assert!(c2s.require_tls);
     assert_eq!(c2s.max_stanza_bytes, 65_536);
+    assert_eq!(c2s.max_stanza_elements, 5000);
+    assert_eq!(c2s.max_element_attributes, 32);
+    assert_eq!(c2s.max_unauthenticated_partial_bytes, 8 * 1024 * 1024);
     assert_eq!(c2s.backlog, 4096);
     assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(90));
     assert_eq!(c2s.max_outbound_queue, 500);

@@ -10,7 +10,7 @@ pub mod server_process;
 use base64::Engine;
 use bytes::BytesMut;
 use gatehouse::config::Config;
-use gatehouse_actors::xmpp::{StreamEvent, StreamParser};
+use gatehouse_actors::xmpp::{StanzaLimits, StreamEvent, StreamParser};
 use minidom::Element;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
@@ -258,7 +258,15 @@ impl Client {
         Client {
             stream: TcpStream::connect(addr).await.expect("connect"),
             buf: BytesMut::new(),
-            parser: StreamParser::new(1 << 20),
+            // The server's output, not a client's: no limits but size.
+            parser: StreamParser::new(
+                StanzaLimits {
+                    max_bytes: 1 << 20,
+                    max_elements: usize::MAX,
+                    max_attributes: usize::MAX,
+                },
+                None,
+            ),
         }
     }
 

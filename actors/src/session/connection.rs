@@ -158,7 +158,7 @@ impl Connection {
                     pending = None;
                     match next {
                         Ok(Next::Continue) => {}
-                        Ok(Next::Restart) => parser.reset(),
+                        Ok(Next::Restart) => parser.reset_authenticated(),
                         Ok(Next::StartTls) => {
                             // The client waits for <proceed/> before its
                             // handshake, so nothing may be buffered yet.

@@ -19,7 +19,10 @@ use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
 use crate::xmpp::stanza::{self, StanzaError};
-use crate::xmpp::{ns, ParseError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser};
+use crate::xmpp::{
+    ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
+    StreamHeader, StreamParser,
+};
 use actix::prelude::*;
 use bytes::Bytes;
 use connection::{Connection, Outbound, QueuedBytes};
@@ -58,9 +61,12 @@ pub struct C2sSettings {
     pub tls: Option<TlsAcceptor>,
     /// When true, SASL is offered only after STARTTLS.
     pub require_tls: bool,
-    /// Largest top-level element accepted; larger ones end the stream with
-    /// `<policy-violation/>`.
-    pub max_stanza_bytes: usize,
+    /// Limits on one top-level element (bytes, elements, attributes per
+    /// element); exceeding one ends the stream with `<policy-violation/>`.
+    pub stanza_limits: StanzaLimits,
+    /// What partial stanzas of all unauthenticated streams may hold
+    /// together; past it a stream gets `<resource-constraint/>`.
+    pub unauthenticated_budget: Arc<PartialStanzaBudget>,
     /// A connection not authenticated and bound within this time gets
     /// `<connection-timeout/>`.
     pub unauthenticated_timeout: Duration,
@@ -113,7 +119,10 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     let (out, outbound) = mpsc::channel(settings.max_outbound_queue - 1);
     let kill = CancellationToken::new();
     let queued = QueuedBytes::default();
-    let parser = StreamParser::new(settings.max_stanza_bytes);
+    let parser = StreamParser::new(
+        settings.stanza_limits,
+        Some(settings.unauthenticated_budget.clone()),
+    );
     let connection_tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
     let tls = settings.tls.clone();
