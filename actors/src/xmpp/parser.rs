@@ -310,6 +310,15 @@ impl StreamParser {
     /// it; `Ok(None)` when `buf` ran out first. Bytes after the event stay
     /// in `buf`.
     pub fn next_event(&mut self, buf: &mut BytesMut) -> Result<Option<StreamEvent>, ParseError> {
+        if !self.in_stream && !self.stanza_started {
+            // Whitespace before a stream header is legal between XMPP
+            // streams (a newline a client wrote after `</auth>` or
+            // `<starttls/>`, a keepalive before the first header), but an
+            // XML declaration must be a document's very first bytes: it
+            // never reaches the XML parser.
+            let blank = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            buf.advance(blank);
+        }
         loop {
             // The parser is called even when `buf` is empty: it may hold a
             // finished event (the end of `<a/>`) that needs no more input.
@@ -495,6 +504,37 @@ mod tests {
             out.push(ev);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn whitespace_before_a_header_is_skipped_however_it_arrives() {
+        let mut p = StreamParser::new(limits(4096), None);
+        // In pieces, as keepalives and a client's newlines arrive.
+        for blank in ["\n", " \t\r\n", ""] {
+            let mut buf = BytesMut::from(blank);
+            assert_eq!(p.next_event(&mut buf), Ok(None));
+            assert!(buf.is_empty());
+        }
+        let mut buf = BytesMut::from(format!("\n  {HEADER}\n<presence/>\n").as_str());
+        assert!(matches!(
+            p.next_event(&mut buf),
+            Ok(Some(StreamEvent::Open(_)))
+        ));
+        assert!(matches!(
+            p.next_event(&mut buf),
+            Ok(Some(StreamEvent::Element(_)))
+        ));
+        // A restarted stream (after SASL) may begin with whitespace too.
+        p.reset();
+        let mut buf = BytesMut::from(format!("\n{HEADER}").as_str());
+        assert!(matches!(
+            p.next_event(&mut buf),
+            Ok(Some(StreamEvent::Open(_)))
+        ));
+        // Anything else before the header is still refused.
+        let mut p = StreamParser::new(limits(4096), None);
+        let mut buf = BytesMut::from(format!("x{HEADER}").as_str());
+        assert!(p.next_event(&mut buf).is_err());
     }
 
     #[test]
@@ -914,7 +954,8 @@ mod tests {
         let StreamEvent::Element(el) = &evs[1] else {
             panic!("{evs:?}")
         };
-        let written = String::from_utf8(crate::xmpp::stanza::to_bytes(el).to_vec()).unwrap();
+        let written =
+            String::from_utf8(crate::xmpp::stanza::to_bytes(el).unwrap().to_vec()).unwrap();
         assert!(!written.contains(XMLNS), "{written}");
         // The xml prefix for its own attributes is fine.
         let ok =
