@@ -83,6 +83,37 @@ async fn an_oversized_stanza_is_a_policy_violation() {
     assert_eq!(c.element().await.attr("type"), Some("result"));
 }
 
+/// Whitespace between and around top-level elements is legal (RFC 6120
+/// §11.7) and used as a keepalive; clients such as go-sendxmpp write a
+/// newline after `</auth>`, which then precedes the restarted stream.
+#[actix_rt::test]
+async fn whitespace_before_headers_after_auth_and_between_stanzas_is_skipped() {
+    use base64::Engine;
+    let server = server();
+    let mut c = Client::connect(server.c2s).await;
+    c.send("\n \t\r\n").await;
+    let features = c.open("localhost").await;
+    assert!(features.has_child("mechanisms", SASL), "{features:?}");
+    let payload = base64::engine::general_purpose::STANDARD.encode("\0alice\0wonderland");
+    c.send(&format!(
+        "<auth xmlns='{SASL}' mechanism='PLAIN'>{payload}</auth>\n"
+    ))
+    .await;
+    assert!(c.element().await.is("success", SASL));
+    let features = c.open("localhost").await;
+    assert!(
+        features.has_child("bind", "urn:ietf:params:xml:ns:xmpp-bind"),
+        "{features:?}"
+    );
+    c.bind("ws").await;
+    for _ in 0..3 {
+        c.send("\n  \n<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>\n ")
+            .await;
+        let pong = c.element().await;
+        assert_eq!(pong.attr("type"), Some("result"), "{pong:?}");
+    }
+}
+
 #[actix_rt::test]
 async fn stream_header_checks() {
     let server = server();

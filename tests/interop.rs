@@ -1,5 +1,5 @@
-//! Interoperability: slixmpp (from PyPI) against the real server over
-//! STARTTLS with a certificate made by the test.
+//! Interoperability: slixmpp (from PyPI) and go-sendxmpp (Debian) against
+//! the real server over STARTTLS with a certificate made by the test.
 
 mod common;
 
@@ -91,4 +91,60 @@ async fn slixmpp_gets_its_roster_from_the_application_and_a_push_after_a_refresh
     );
     assert!(stdout.contains("push ok\ninterop ok"), "{stdout}");
     assert_eq!(backend.requests("alice"), 2);
+}
+
+/// go-sendxmpp writes a newline after `<starttls/>` and after `</auth>`
+/// (so the restarted stream begins with whitespace): it must log in and
+/// deliver its message.
+#[actix_rt::test]
+async fn go_sendxmpp_delivers_a_message_over_starttls() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    // STARTTLS offered, not required, so the receiving test client can log
+    // in over plain TCP; go-sendxmpp upgrades whenever it is offered.
+    let server = TestServer::start(&toml.replace("require_tls = true", "require_tls = false"));
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "inbox").await;
+    bob.send("<presence/>").await;
+    let home = tempdir();
+    let mut child = tokio::process::Command::new("go-sendxmpp")
+        .args(["--username", "alice@localhost", "--password", "wonderland"])
+        .args(["--jserver", &format!("localhost:{}", server.c2s.port())])
+        .arg("bob@localhost")
+        // No configuration file of the machine's user; trust the test CA.
+        .env("HOME", &home)
+        .env("SSL_CERT_FILE", &ca)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("go-sendxmpp runs (Debian package go-sendxmpp; .ci/run installs it)");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello from go-sendxmpp\n").await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("go-sendxmpp finished in time")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "go-sendxmpp failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    loop {
+        let el = bob.element().await;
+        if el.is("message", CLIENT) {
+            assert_eq!(
+                el.attr("from").map(|f| f.starts_with("alice@localhost/")),
+                Some(true)
+            );
+            let body = el.get_child("body", CLIENT).map(|b| b.text());
+            assert_eq!(
+                body.as_deref().map(str::trim),
+                Some("hello from go-sendxmpp")
+            );
+            break;
+        }
+    }
 }
