@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 /// Panel targets, named by panel title and legend, that the storm, the
 /// roster refresh and the MUC joins below must move above zero. Every other
-/// target only has to return a finite value (timeouts, restarts, slow
-/// clients and skipped items stay at 0 in a healthy storm).
+/// target only has to return a finite value (timeouts, restarts, skipped
+/// and sanitized items, and every protection and fault counter stay at 0 in
+/// a healthy storm).
 const MOVED_BY_THE_TEST: &[(&str, &str)] = &[
     ("Logins by result", "{{result}}"),
     ("Login latency", "p50"),

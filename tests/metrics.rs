@@ -65,6 +65,9 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_stanzas_unwritable_total",
         "gatehouse_http_redirects_refused_total",
         "gatehouse_panics_total",
+        "gatehouse_tls_handshake_failures_total",
+        "gatehouse_slow_client_disconnects_total",
+        "gatehouse_unauthenticated_budget_refusals_total",
     ];
     let scrape = server
         .metrics_when("every required metric", |scrape| {
