@@ -7,7 +7,7 @@
 //! It owns the handshake only; the connection loop decides when to start
 //! it and what to do with its result.
 
-use super::connection::Transport;
+use super::connection::Socket;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -136,10 +136,10 @@ fn log_allowed() -> bool {
 
 /// Runs the server side of the handshake on a plain socket.
 pub(crate) async fn upgrade(
-    socket: Transport,
+    socket: Socket,
     acceptor: &TlsAcceptor,
     peer: SocketAddr,
-) -> Option<Transport> {
+) -> Option<Socket> {
     let Either::Left(tcp) = socket else {
         // Already secure: the session never asks twice.
         HandshakeFailure::Other.report(peer, &"STARTTLS on a secure stream");
