@@ -26,7 +26,7 @@ use crate::xmpp::{
 };
 use actix::prelude::*;
 use bytes::Bytes;
-use connection::{Connection, Outbound, QueuedBytes};
+use connection::{Connection, Outbound, QueuedBytes, Socket};
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -35,6 +35,7 @@ use sasl::PlainError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use tls::ALPN_XMPP_CLIENT;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
@@ -112,8 +113,38 @@ pub fn describe_metrics() {
     tls::describe_metrics();
 }
 
-/// Starts a session and its I/O task on the current arbiter.
+/// Starts a session and its I/O task on the current arbiter for a plain
+/// TCP connection (STARTTLS offered when a certificate is configured).
 pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
+    start_on(Either::Left(socket), peer, settings, services);
+}
+
+/// Starts a Direct TLS (XEP-0368) connection on the current arbiter: the
+/// TLS handshake first (bounded in time, failures counted like STARTTLS
+/// ones), then a session whose stream is secure from its first header.
+/// The handshake is tracked like a connection, so shutdown waits for it.
+pub fn start_direct_tls(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    peer: SocketAddr,
+    settings: Arc<C2sSettings>,
+    services: Services,
+) {
+    let tracker = services.connections.clone();
+    let shutdown = services.shutdown.clone();
+    actix_rt::spawn(tracker.track_future(async move {
+        let handshake = tls::upgrade(Either::Left(socket), &acceptor, peer);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            secure = handshake => if let Some(secure) = secure {
+                start_on(secure, peer, settings, services);
+            },
+        }
+    }));
+}
+
+/// Starts a session and its I/O task on `socket`, plain or already TLS.
+fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
     // A futures channel holds `buffer` messages plus one per sender (the
     // session is the only one), and allocates per message rather than a
     // block up front, which keeps an idle session small.
@@ -137,7 +168,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         kill: kill.clone(),
         phase: Phase::AwaitHeader,
         header_sent: false,
-        secure: false,
+        secure: matches!(socket, Either::Right(_)),
         host: None,
         user: None,
         jid: None,
@@ -148,7 +179,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     }
     .start();
     let io = Connection {
-        socket: Either::Left(socket),
+        socket,
         peer,
         tls,
         session,
@@ -230,7 +261,8 @@ pub struct Session {
     phase: Phase,
     /// Whether our stream header went out: a stream error needs one first.
     header_sent: bool,
-    /// Whether STARTTLS has completed.
+    /// Whether the stream is encrypted: Direct TLS from the start, or
+    /// after STARTTLS completed.
     secure: bool,
     /// The domain the client addressed, fixed by its first header.
     host: Option<String>,

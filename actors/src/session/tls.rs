@@ -1,4 +1,5 @@
-//! The STARTTLS handshake of a client connection, and what a failed one
+//! The TLS handshake of a client connection (STARTTLS, or Direct TLS from
+//! the first byte), and what a failed one
 //! tells the operator: a reason, counted in
 //! `gatehouse_tls_handshake_failures_total{reason}` and logged at `info`
 //! with the peer address (a few lines a second at most, so a scan cannot
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
+
+/// The ALPN protocol of a Direct TLS client connection (XEP-0368).
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +113,7 @@ impl HandshakeFailure {
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_tls_handshake_failures_total",
-        "STARTTLS handshakes that failed, by reason: data_before_handshake, timeout, closed_by_client, alert_from_client, incompatible, not_tls, other"
+        "TLS handshakes (STARTTLS and Direct TLS) that failed, by reason: data_before_handshake, timeout, closed_by_client, alert_from_client, incompatible, not_tls, other"
     );
     for reason in HandshakeFailure::ALL {
         metrics::counter!("gatehouse_tls_handshake_failures_total", "reason" => reason.as_str())
