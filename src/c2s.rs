@@ -37,8 +37,17 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// Loads a PEM certificate chain and private key into a TLS acceptor.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, RunError> {
+/// The TLS acceptors of the client listeners, from one certificate.
+pub struct TlsAcceptors {
+    /// For STARTTLS on the plain listener: no ALPN (the client asked for
+    /// XMPP already).
+    pub starttls: TlsAcceptor,
+    /// For the Direct TLS listener: ALPN `xmpp-client` (XEP-0368).
+    pub direct: TlsAcceptor,
+}
+
+/// Loads a PEM certificate chain and private key into the TLS acceptors.
+pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> {
     let tls_error = |path: &Path, reason: String| RunError::Tls {
         path: path.to_owned(),
         reason,
@@ -59,7 +68,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, RunError> {
             .with_no_client_auth()
             .with_single_cert(chain, key_der)
             .map_err(|e| tls_error(cert, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let mut direct = config.clone();
+    direct.alpn_protocols = vec![session::ALPN_XMPP_CLIENT.to_vec()];
+    Ok(TlsAcceptors {
+        starttls: TlsAcceptor::from(Arc::new(config)),
+        direct: TlsAcceptor::from(Arc::new(direct)),
+    })
+}
+
+/// What a listener's connections begin with.
+#[derive(Clone)]
+pub enum Entry {
+    /// A plain stream, upgraded by STARTTLS where a certificate is set.
+    Plain,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls(TlsAcceptor),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, RunError> {
@@ -72,6 +95,7 @@ fn read(path: &Path) -> Result<Vec<u8>, RunError> {
 /// Accepts until shutdown, spreading connections over `arbiters`.
 pub async fn accept_loop(
     listener: TcpListener,
+    entry: Entry,
     arbiters: Arc<Vec<Arbiter>>,
     settings: Arc<C2sSettings>,
     services: Services,
@@ -102,11 +126,16 @@ pub async fn accept_loop(
         };
         let arbiter = &arbiters[next % arbiters.len()];
         next = next.wrapping_add(1);
-        let (settings, services) = (settings.clone(), services.clone());
+        let (settings, services, entry) = (settings.clone(), services.clone(), entry.clone());
         arbiter.spawn(async move {
-            match tokio::net::TcpStream::from_std(socket) {
-                Ok(socket) => session::start(socket, peer, settings, services),
-                Err(error) => tracing::warn!(%error, "could not register an accepted socket"),
+            match (tokio::net::TcpStream::from_std(socket), entry) {
+                (Ok(socket), Entry::Plain) => session::start(socket, peer, settings, services),
+                (Ok(socket), Entry::DirectTls(acceptor)) => {
+                    session::start_direct_tls(socket, acceptor, peer, settings, services)
+                }
+                (Err(error), _) => {
+                    tracing::warn!(%error, "could not register an accepted socket")
+                }
             }
         });
     }

@@ -156,9 +156,15 @@ impl Default for RosterAdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct C2sConfig {
-    /// Address and port clients connect to.
+    /// Address and port clients connect to (plain TCP, upgraded with
+    /// STARTTLS).
     #[serde(default = "default_c2s_listen")]
     pub listen: SocketAddr,
+    /// Address and port for Direct TLS (XEP-0368): TLS from the first
+    /// byte, ALPN `xmpp-client`, for clients and networks that only pass
+    /// TLS (port 5223 by convention). Off when absent; needs `tls_cert`.
+    #[serde(default)]
+    pub direct_tls_listen: Option<SocketAddr>,
     /// PEM certificate chain offered in STARTTLS. Relative paths are resolved
     /// from the config file's directory.
     #[serde(default)]
@@ -706,6 +712,22 @@ impl Config {
         let mut problems = Problems::default();
         validate_hosts(&self.hosts, &mut problems);
         self.c2s.validate(&mut problems);
+        if let Some(direct) = self.c2s.direct_tls_listen {
+            for (key, other) in [
+                ("c2s.listen", self.c2s.listen),
+                ("http.listen", self.http.listen),
+            ] {
+                if listeners_conflict(direct, other) {
+                    problems.add(
+                        "c2s.direct_tls_listen",
+                        format!(
+                            "{direct} clashes with {key} = {other}: both would bind port {}",
+                            direct.port()
+                        ),
+                    );
+                }
+            }
+        }
         if listeners_conflict(self.c2s.listen, self.http.listen) {
             problems.add(
                 "http.listen",
@@ -933,6 +955,10 @@ impl C2sConfig {
             }
             (Some(_), None) => problems.add("c2s.tls_key", "must be set when c2s.tls_cert is"),
             (None, Some(_)) => problems.add("c2s.tls_cert", "must be set when c2s.tls_key is"),
+            (None, None) if self.direct_tls_listen.is_some() => problems.add(
+                "c2s.direct_tls_listen",
+                "needs c2s.tls_cert and c2s.tls_key: Direct TLS is TLS from the first byte",
+            ),
             (None, None) if self.require_tls => problems.add(
                 "c2s.tls_cert",
                 "c2s.tls_cert and c2s.tls_key are required when c2s.require_tls = true \

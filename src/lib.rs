@@ -79,6 +79,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub struct Server {
     /// Where the c2s listener is bound (the real port when 0 was asked).
     c2s_addr: SocketAddr,
+    /// Where the Direct TLS listener is bound, when configured.
+    direct_tls_addr: Option<SocketAddr>,
     /// Where the operator HTTP listener is bound.
     http_addr: SocketAddr,
     /// Session arbiters, one per core; stopped last.
@@ -99,7 +101,7 @@ impl Server {
         raise_open_files_limit();
         let metrics = telemetry::handle();
         let tls = match (&config.c2s.tls_cert, &config.c2s.tls_key) {
-            (Some(cert), Some(key)) => Some(c2s::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(c2s::tls_acceptors(cert, key)?),
             _ => None,
         };
         let listener = c2s::bind(config.c2s.listen, config.c2s.backlog)?;
@@ -107,6 +109,18 @@ impl Server {
             addr: config.c2s.listen,
             source,
         })?;
+        let direct_tls = match (config.c2s.direct_tls_listen, &tls) {
+            (Some(addr), Some(tls)) => {
+                let listener = c2s::bind(addr, config.c2s.backlog)?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| RunError::Bind { addr, source })?;
+                Some((listener, bound, tls.direct.clone()))
+            }
+            // Refused by validation: Direct TLS needs a certificate.
+            _ => None,
+        };
+        let direct_tls_addr = direct_tls.as_ref().map(|(_, bound, _)| *bound);
         let http_listener =
             std::net::TcpListener::bind(config.http.listen).map_err(|source| RunError::Bind {
                 addr: config.http.listen,
@@ -177,7 +191,7 @@ impl Server {
         };
         let settings = Arc::new(C2sSettings {
             hosts,
-            tls,
+            tls: tls.map(|tls| tls.starttls),
             require_tls: config.c2s.require_tls,
             stanza_limits: StanzaLimits {
                 max_bytes: config.c2s.max_stanza_bytes,
@@ -191,15 +205,32 @@ impl Server {
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
         });
+        if let Some((listener, _, acceptor)) = direct_tls {
+            actix_rt::spawn(c2s::accept_loop(
+                listener,
+                c2s::Entry::DirectTls(acceptor),
+                arbiters.clone(),
+                settings.clone(),
+                services.clone(),
+            ));
+        }
         actix_rt::spawn(c2s::accept_loop(
             listener,
+            c2s::Entry::Plain,
             arbiters.clone(),
             settings,
             services,
         ));
-        tracing::info!(c2s = %c2s_addr, http = %http_addr, "Gatehouse is listening");
+        match direct_tls_addr {
+            Some(direct_tls) => tracing::info!(
+                c2s = %c2s_addr, direct_tls = %direct_tls, http = %http_addr,
+                "Gatehouse is listening"
+            ),
+            None => tracing::info!(c2s = %c2s_addr, http = %http_addr, "Gatehouse is listening"),
+        }
         Ok(Server {
             c2s_addr,
+            direct_tls_addr,
             http_addr,
             arbiters,
             shutdown,
@@ -212,6 +243,11 @@ impl Server {
     /// The bound client listener address (useful with port 0).
     pub fn c2s_addr(&self) -> SocketAddr {
         self.c2s_addr
+    }
+
+    /// The bound Direct TLS listener address, when one is configured.
+    pub fn direct_tls_addr(&self) -> Option<SocketAddr> {
+        self.direct_tls_addr
     }
 
     /// The bound HTTP listener address.

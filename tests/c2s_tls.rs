@@ -1,7 +1,8 @@
-//! STARTTLS against the real binary over real TCP: whitespace a client
-//! sends after `<starttls/>` is not in the way of the handshake, and every
-//! failed handshake is counted by reason and logged at `info` with the
-//! client's address.
+//! TLS against the real binary over real TCP: whitespace a client sends
+//! after `<starttls/>` is not in the way of the handshake; every failed
+//! handshake is counted by reason and logged at `info` with the client's
+//! address; Direct TLS (XEP-0368) negotiates ALPN `xmpp-client` and
+//! offers SASL at once.
 
 mod common;
 
@@ -61,23 +62,28 @@ async fn proceed(c2s: SocketAddr, after: &str) -> TcpStream {
     tcp
 }
 
-fn connector(roots: RootCertStore) -> TlsConnector {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+fn connector(roots: RootCertStore, alpn: &[&[u8]]) -> TlsConnector {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(config))
 }
 
-fn trusting(ca: &str) -> TlsConnector {
+fn roots(ca: &str) -> RootCertStore {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    connector(roots)
+    roots
+}
+
+fn trusting(ca: &str) -> TlsConnector {
+    connector(roots(ca), &[])
 }
 
 fn localhost() -> ServerName<'static> {
@@ -119,7 +125,7 @@ async fn whitespace_after_starttls_is_skipped_and_failed_handshakes_are_counted_
     closed(&mut tcp).await;
     // A client that does not trust the certificate says so with an alert.
     let tcp = proceed(c2s, "").await;
-    let refused = connector(RootCertStore::empty())
+    let refused = connector(RootCertStore::empty(), &[])
         .connect(localhost(), tcp)
         .await;
     assert!(refused.is_err(), "the client must not trust an unknown CA");
@@ -165,5 +171,52 @@ async fn whitespace_after_starttls_is_skipped_and_failed_handshakes_are_counted_
     }
     for reason in ["timeout", "incompatible", "other"] {
         assert_eq!(failures(&after, reason), 0.0, "{reason}");
+    }
+}
+
+#[actix_rt::test]
+async fn direct_tls_negotiates_alpn_and_offers_sasl_at_once() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    // STARTTLS is required on the plain listener; Direct TLS is TLS anyway.
+    let toml = with_direct_tls(&toml);
+    let server = start(&toml);
+    let (_, http) = server.listeners();
+    let direct = server.direct_tls_listener();
+
+    let tcp = TcpStream::connect(direct).await.unwrap();
+    let mut tls = connector(roots(&ca), &[b"xmpp-client"])
+        .connect(localhost(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"xmpp-client"[..]));
+    tls.write_all(HEADER.as_bytes()).await.unwrap();
+    let features = read_until(&mut tls, "</stream:features>").await;
+    assert!(features.contains("PLAIN"), "{features}");
+    assert!(!features.contains("starttls"), "{features}");
+    let plain = "AGFsaWNlAHdvbmRlcmxhbmQ="; // \0alice\0wonderland
+    tls.write_all(
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut tls, "<success").await;
+
+    // A client that offers no ALPN at all is served too.
+    let tcp = TcpStream::connect(direct).await.unwrap();
+    let mut tls = trusting(&ca).connect(localhost(), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    tls.write_all(HEADER.as_bytes()).await.unwrap();
+    read_until(&mut tls, "</stream:features>").await;
+
+    // Plain XMPP on the TLS port is a failed handshake, counted.
+    let before = http_get(http, "/metrics").await;
+    let mut tcp = TcpStream::connect(direct).await.unwrap();
+    tcp.write_all(HEADER.as_bytes()).await.unwrap();
+    closed(&mut tcp).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while failures(&http_get(http, "/metrics").await, "not_tls") <= failures(&before, "not_tls") {
+        assert!(std::time::Instant::now() < deadline, "not counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

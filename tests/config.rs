@@ -117,6 +117,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(config.hosts, ["localhost"]);
     let c2s = &config.c2s;
     assert_eq!(c2s.listen, addr("127.0.0.1:5222"));
+    assert_eq!(c2s.direct_tls_listen, None);
     assert!(c2s.require_tls);
     assert_eq!(c2s.max_stanza_bytes, 262_144);
     assert_eq!(c2s.max_stanza_elements, 10_000);
@@ -171,6 +172,7 @@ fn full_file_sets_every_key() {
     assert_eq!(config.hosts, ["example.com", "chat.example.com"]);
     let c2s = &config.c2s;
     assert_eq!(c2s.listen, addr("0.0.0.0:5223"));
+    assert_eq!(c2s.direct_tls_listen, Some(addr("0.0.0.0:5224")));
     assert!(c2s.require_tls);
     assert_eq!(c2s.max_stanza_bytes, 65_536);
     assert_eq!(c2s.max_stanza_elements, 5000);

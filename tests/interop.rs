@@ -21,6 +21,19 @@ async fn slixmpp_chats_over_starttls_and_pings() {
 }
 
 #[actix_rt::test]
+async fn slixmpp_logs_in_over_direct_tls() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let toml = with_direct_tls(&toml);
+    let server = TestServer::start(&toml);
+    let port = server.direct_tls.expect("a Direct TLS listener").port();
+    run_interop(
+        "slix_direct_tls.py",
+        &["--port", &port.to_string(), "--ca", &ca],
+    )
+    .await;
+}
+
+#[actix_rt::test]
 async fn no_plain_before_tls_when_tls_is_required() {
     let (toml, _) = tls_config(&fixture_auth(""));
     let server = TestServer::start(&toml);

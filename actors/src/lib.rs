@@ -9,6 +9,8 @@
 //! - [`roster`]: rosters from the application and the RosterCache actor.
 //! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
+//! - [`transport`]: what a session says ([`transport::Output`]) and how
+//!   each transport frames it.
 //! - [`redact`]: what of a configured URL may appear in logs.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests
@@ -27,4 +29,5 @@ pub mod redact;
 pub mod roster;
 pub mod router;
 pub mod session;
+pub mod transport;
 pub mod xmpp;

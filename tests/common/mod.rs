@@ -111,9 +111,20 @@ pub fn with_tls(toml: &str) -> (String, String) {
     (toml, ca)
 }
 
+/// Adds a Direct TLS listener on any free port to a config from
+/// [`with_tls`].
+pub fn with_direct_tls(toml: &str) -> String {
+    toml.replace(
+        "require_tls = true",
+        "require_tls = true\ndirect_tls_listen = \"127.0.0.1:0\"",
+    )
+}
+
 /// A running server; dropping it shuts it down and waits.
 pub struct TestServer {
     pub c2s: SocketAddr,
+    /// The Direct TLS listener, when the config sets `direct_tls_listen`.
+    pub direct_tls: Option<SocketAddr>,
     pub http: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -132,7 +143,11 @@ impl TestServer {
                     .await
                     .expect("server starts");
                 addr_tx
-                    .send((server.c2s_addr(), server.http_addr()))
+                    .send((
+                        server.c2s_addr(),
+                        server.direct_tls_addr(),
+                        server.http_addr(),
+                    ))
                     .unwrap();
                 server
                     .run(async {
@@ -142,9 +157,10 @@ impl TestServer {
                     .expect("clean shutdown");
             });
         });
-        let (c2s, http) = addr_rx.recv_timeout(PATIENCE).expect("server bound");
+        let (c2s, direct_tls, http) = addr_rx.recv_timeout(PATIENCE).expect("server bound");
         TestServer {
             c2s,
+            direct_tls,
             http,
             stop: Some(stop),
             thread: Some(thread),

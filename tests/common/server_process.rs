@@ -80,6 +80,17 @@ impl ServerProcess {
         })
     }
 
+    /// The Direct TLS listener, once the listening line is logged (the
+    /// config must set `c2s.direct_tls_listen`).
+    pub fn direct_tls_listener(&self) -> SocketAddr {
+        wait_for("the listening line with direct_tls", || {
+            self.log()
+                .lines()
+                .find(|l| l.contains("Gatehouse is listening"))
+                .and_then(|l| field(l, "direct_tls="))
+        })
+    }
+
     /// Everything logged so far, without colour codes.
     pub fn log(&self) -> String {
         strip_ansi(&std::fs::read_to_string(&self.log_path).unwrap_or_default())

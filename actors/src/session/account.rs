@@ -162,9 +162,7 @@ impl Session {
                             Ok(true) => {
                                 // The account is gone: so is this stream.
                                 act.send(&stanza::iq_result(&iq, None));
-                                act.send_raw("</stream:stream>");
-                                act.closing = true;
-                                return Next::Close;
+                                return act.end_stream();
                             }
                             Ok(false) => act.reply_error(&iq, StanzaError::NOT_ALLOWED),
                             Err(e) => act.reply_error(&iq, backend_error(&e)),

@@ -9,9 +9,10 @@
 
 use super::tls::{self, HandshakeFailure};
 use super::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
+use crate::transport::{tcp, Output};
 use crate::xmpp::StreamParser;
 use actix::Addr;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 /// A client socket before or after STARTTLS. The TLS state is boxed: it is
 /// several KiB, and most of a storm's connections are idle sockets whose
 /// size is what a held session costs.
-pub(crate) type Transport = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+pub(crate) type Socket = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How long one write to the client may block before it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,8 +65,8 @@ impl QueuedBytes {
 /// What the session hands the I/O task.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// Bytes to write, in order.
-    Data(Bytes),
+    /// Something to say, in order; framed here.
+    Item(Output),
     /// Write what is queued, then close the connection.
     Close,
 }
@@ -73,7 +74,7 @@ pub(crate) enum Outbound {
 /// Everything one I/O task needs.
 pub(crate) struct Connection {
     /// The client's socket, plain until STARTTLS upgrades it.
-    pub socket: Transport,
+    pub socket: Socket,
     /// The client's address, for what the operator is told about it.
     pub peer: SocketAddr,
     /// The acceptor for STARTTLS, when the server has a certificate.
@@ -144,7 +145,7 @@ impl Connection {
                     session.do_send(SystemShutdown);
                 }
                 item = outbound.next() => match item {
-                    Some(Outbound::Data(first)) => {
+                    Some(Outbound::Item(first)) => {
                         if let Err(e) = Box::pin(write_batch(&mut writer, first, &mut outbound, &queued, &kill)).await {
                             break e;
                         }
@@ -210,10 +211,7 @@ impl Connection {
 /// Reads what the socket has (up to [`READ_CHUNK`] bytes) and appends it to
 /// `buf`; 0 at end of stream. While it waits it holds no buffer: the chunk
 /// lives on the stack only for the poll that fills it.
-async fn read_chunk(
-    reader: &mut ReadHalf<Transport>,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
+async fn read_chunk(reader: &mut ReadHalf<Socket>, buf: &mut BytesMut) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut chunk = [0u8; READ_CHUNK];
         let mut chunk = ReadBuf::new(&mut chunk);
@@ -224,19 +222,25 @@ async fn read_chunk(
     .await
 }
 
-/// Writes `first` and whatever else is already queued, in one write.
+/// Frames and writes `first` and whatever else is already queued, in one
+/// write.
 async fn write_batch(
-    writer: &mut WriteHalf<Transport>,
-    first: Bytes,
+    writer: &mut WriteHalf<Socket>,
+    first: Output,
     outbound: &mut mpsc::Receiver<Outbound>,
     queued: &QueuedBytes,
     kill: &CancellationToken,
 ) -> Result<(), End> {
-    let mut batch = BytesMut::from(&first[..]);
+    let mut batch = BytesMut::new();
+    let mut held = first.held_bytes();
+    tcp::frame(&first, &mut batch);
     let mut close_after = false;
     while batch.len() < MAX_WRITE_BATCH {
         match outbound.try_recv() {
-            Ok(Outbound::Data(more)) => batch.extend_from_slice(&more),
+            Ok(Outbound::Item(more)) => {
+                held += more.held_bytes();
+                tcp::frame(&more, &mut batch);
+            }
             Ok(Outbound::Close) => {
                 close_after = true;
                 break;
@@ -256,7 +260,7 @@ async fn write_batch(
             Err(_) => return Err(End::Io(std::io::ErrorKind::TimedOut.into())),
         },
     }
-    queued.written(batch.len());
+    queued.written(held);
     if close_after {
         let _ = writer.shutdown().await;
         return Err(End::Closed);
@@ -266,14 +270,14 @@ async fn write_batch(
 
 /// Writes everything queued so far.
 async fn drain(
-    writer: &mut WriteHalf<Transport>,
+    writer: &mut WriteHalf<Socket>,
     outbound: &mut mpsc::Receiver<Outbound>,
     queued: &QueuedBytes,
     kill: &CancellationToken,
 ) -> Result<(), End> {
     loop {
         match outbound.try_recv() {
-            Ok(Outbound::Data(first)) => write_batch(writer, first, outbound, queued, kill).await?,
+            Ok(Outbound::Item(first)) => write_batch(writer, first, outbound, queued, kill).await?,
             Ok(Outbound::Close) => return Err(End::Closed),
             Err(_) => return Ok(()),
         }
@@ -282,7 +286,7 @@ async fn drain(
 
 /// Writes what is queued (the closing stream error) and shuts the socket.
 async fn close(
-    writer: &mut WriteHalf<Transport>,
+    writer: &mut WriteHalf<Socket>,
     outbound: &mut mpsc::Receiver<Outbound>,
     queued: &QueuedBytes,
     kill: &CancellationToken,

@@ -18,6 +18,7 @@ use crate::muc::{self, MucHandle};
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
+use crate::transport::Output;
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
     ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
@@ -25,7 +26,7 @@ use crate::xmpp::{
 };
 use actix::prelude::*;
 use bytes::Bytes;
-use connection::{Connection, Outbound, QueuedBytes};
+use connection::{Connection, Outbound, QueuedBytes, Socket};
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -34,6 +35,7 @@ use sasl::PlainError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use tls::ALPN_XMPP_CLIENT;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
@@ -111,8 +113,38 @@ pub fn describe_metrics() {
     tls::describe_metrics();
 }
 
-/// Starts a session and its I/O task on the current arbiter.
+/// Starts a session and its I/O task on the current arbiter for a plain
+/// TCP connection (STARTTLS offered when a certificate is configured).
 pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
+    start_on(Either::Left(socket), peer, settings, services);
+}
+
+/// Starts a Direct TLS (XEP-0368) connection on the current arbiter: the
+/// TLS handshake first (bounded in time, failures counted like STARTTLS
+/// ones), then a session whose stream is secure from its first header.
+/// The handshake is tracked like a connection, so shutdown waits for it.
+pub fn start_direct_tls(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    peer: SocketAddr,
+    settings: Arc<C2sSettings>,
+    services: Services,
+) {
+    let tracker = services.connections.clone();
+    let shutdown = services.shutdown.clone();
+    actix_rt::spawn(tracker.track_future(async move {
+        let handshake = tls::upgrade(Either::Left(socket), &acceptor, peer);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            secure = handshake => if let Some(secure) = secure {
+                start_on(secure, peer, settings, services);
+            },
+        }
+    }));
+}
+
+/// Starts a session and its I/O task on `socket`, plain or already TLS.
+fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
     // A futures channel holds `buffer` messages plus one per sender (the
     // session is the only one), and allocates per message rather than a
     // block up front, which keeps an idle session small.
@@ -136,7 +168,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
         kill: kill.clone(),
         phase: Phase::AwaitHeader,
         header_sent: false,
-        secure: false,
+        secure: matches!(socket, Either::Right(_)),
         host: None,
         user: None,
         jid: None,
@@ -147,7 +179,7 @@ pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, se
     }
     .start();
     let io = Connection {
-        socket: Either::Left(socket),
+        socket,
         peer,
         tls,
         session,
@@ -229,7 +261,8 @@ pub struct Session {
     phase: Phase,
     /// Whether our stream header went out: a stream error needs one first.
     header_sent: bool,
-    /// Whether STARTTLS has completed.
+    /// Whether the stream is encrypted: Direct TLS from the start, or
+    /// after STARTTLS completed.
     secure: bool,
     /// The domain the client addressed, fixed by its first header.
     host: Option<String>,
@@ -313,11 +346,7 @@ impl Session {
                 ready(self.stream_error(error.condition()))
             }
             Inbound::Event(StreamEvent::Open(header)) => ready(self.stream_opened(header)),
-            Inbound::Event(StreamEvent::Close) => {
-                self.send_raw("</stream:stream>");
-                self.closing = true;
-                ready(Next::Close)
-            }
+            Inbound::Event(StreamEvent::Close) => ready(self.end_stream()),
             Inbound::Event(StreamEvent::Element(el)) => self.element(el, ctx),
         }
     }
@@ -408,13 +437,13 @@ fn login_result(result: &Result<bool, AuthError>) -> &'static str {
 impl Session {
     // ----- output -----
 
-    fn send_raw(&mut self, data: impl Into<Bytes>) {
+    /// Queues `item` for the client, within both outbound bounds.
+    fn emit(&mut self, item: Output) {
         if self.closing {
             return;
         }
-        let data = data.into();
-        if self.reserve(data.len()) {
-            self.enqueue(data);
+        if self.reserve(item.held_bytes()) {
+            self.enqueue(item);
         }
     }
 
@@ -432,12 +461,12 @@ impl Session {
         true
     }
 
-    /// Hands counted bytes to the I/O task.
-    fn enqueue(&mut self, data: Bytes) {
+    /// Hands a counted item to the I/O task.
+    fn enqueue(&mut self, item: Output) {
         if self.closing {
             return;
         }
-        match self.out.try_send(Outbound::Data(data)) {
+        match self.out.try_send(Outbound::Item(item)) {
             Ok(()) => {}
             Err(e) if e.is_full() => self.too_slow(SlowLimit::Stanzas),
             Err(_) => self.closing = true,
@@ -477,7 +506,7 @@ impl Session {
     /// was logged and counted by `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
         if let Ok(bytes) = stanza::to_bytes(el) {
-            self.send_raw(bytes);
+            self.emit(Output::Element(bytes));
         }
     }
 
@@ -507,14 +536,13 @@ impl Session {
         let _ = self.out.try_send(Outbound::Close);
     }
 
+    /// Our stream header, with a fresh stream id.
     fn send_header(&mut self, from: &str) {
         let id: u64 = rand::random();
-        self.send_raw(format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' \
-             id='{id:016x}' from='{from}' version='1.0' xml:lang='en'>",
-            ns::CLIENT,
-            ns::STREAMS,
-        ));
+        self.emit(Output::Open {
+            from: from.to_owned(),
+            id: format!("{id:016x}"),
+        });
         self.header_sent = true;
     }
 
@@ -529,7 +557,14 @@ impl Session {
             self.send_header(&from);
         }
         tracing::debug!(peer = %self.peer, condition = condition.as_str(), "stream error");
-        self.send_raw(format!("{}</stream:stream>", condition.to_xml()));
+        self.emit(Output::Error(condition));
+        self.end_stream()
+    }
+
+    /// Ends our stream; nothing more is sent, and the I/O task closes the
+    /// connection after writing what is queued.
+    fn end_stream(&mut self) -> Next {
+        self.emit(Output::Close);
         self.closing = true;
         Next::Close
     }
@@ -558,12 +593,11 @@ impl Session {
             _ => Phase::Negotiating,
         };
         let features = self.features();
-        let mut out = String::from("<stream:features>");
-        for f in features.iter().filter_map(|f| stanza::to_bytes(f).ok()) {
-            out.push_str(&String::from_utf8_lossy(&f));
-        }
-        out.push_str("</stream:features>");
-        self.send_raw(out);
+        let features = features
+            .iter()
+            .filter_map(|f| stanza::to_bytes(f).ok())
+            .collect();
+        self.emit(Output::Features(features));
         Next::Continue
     }
 
@@ -623,9 +657,7 @@ impl Session {
             }
             (ns::TLS, "starttls") => {
                 self.send(&Element::bare("failure", ns::TLS));
-                self.send_raw("</stream:stream>");
-                self.closing = true;
-                ready(Next::Close)
+                ready(self.end_stream())
             }
             (ns::SASL, "auth") if self.settings.require_tls && !self.secure => {
                 ready(self.sasl_malformed("encryption-required"))
@@ -727,9 +759,7 @@ impl Session {
         self.send(&sasl_failure(condition));
         self.sasl_failures += 1;
         if self.sasl_failures >= MAX_SASL_FAILURES {
-            self.send_raw("</stream:stream>");
-            self.closing = true;
-            return Next::Close;
+            return self.end_stream();
         }
         Next::Continue
     }
@@ -987,7 +1017,7 @@ impl Session {
                         }
                     }
                     for data in act.held.take().unwrap_or_default() {
-                        act.enqueue(data);
+                        act.enqueue(Output::Element(data));
                     }
                     Next::Continue
                 }),

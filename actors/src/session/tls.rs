@@ -1,4 +1,5 @@
-//! The STARTTLS handshake of a client connection, and what a failed one
+//! The TLS handshake of a client connection (STARTTLS, or Direct TLS from
+//! the first byte), and what a failed one
 //! tells the operator: a reason, counted in
 //! `gatehouse_tls_handshake_failures_total{reason}` and logged at `info`
 //! with the peer address (a few lines a second at most, so a scan cannot
@@ -7,7 +8,7 @@
 //! It owns the handshake only; the connection loop decides when to start
 //! it and what to do with its result.
 
-use super::connection::Transport;
+use super::connection::Socket;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
+
+/// The ALPN protocol of a Direct TLS client connection (XEP-0368).
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +113,7 @@ impl HandshakeFailure {
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_tls_handshake_failures_total",
-        "STARTTLS handshakes that failed, by reason: data_before_handshake, timeout, closed_by_client, alert_from_client, incompatible, not_tls, other"
+        "TLS handshakes (STARTTLS and Direct TLS) that failed, by reason: data_before_handshake, timeout, closed_by_client, alert_from_client, incompatible, not_tls, other"
     );
     for reason in HandshakeFailure::ALL {
         metrics::counter!("gatehouse_tls_handshake_failures_total", "reason" => reason.as_str())
@@ -136,10 +140,10 @@ fn log_allowed() -> bool {
 
 /// Runs the server side of the handshake on a plain socket.
 pub(crate) async fn upgrade(
-    socket: Transport,
+    socket: Socket,
     acceptor: &TlsAcceptor,
     peer: SocketAddr,
-) -> Option<Transport> {
+) -> Option<Socket> {
     let Either::Left(tcp) = socket else {
         // Already secure: the session never asks twice.
         HandshakeFailure::Other.report(peer, &"STARTTLS on a secure stream");

@@ -1,6 +1,5 @@
-//! Stream-level error conditions (RFC 6120 §4.9.3) and their XML.
-
-use super::ns;
+//! Stream-level error conditions (RFC 6120 §4.9.3); each transport frames
+//! them (`crate::transport`).
 
 /// The stream errors Gatehouse sends. Each one ends the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +41,5 @@ impl StreamErrorCondition {
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
         }
-    }
-
-    /// `<stream:error>` with this condition. It uses the `stream` prefix
-    /// that every stream header Gatehouse sends declares.
-    pub fn to_xml(self) -> String {
-        format!(
-            "<stream:error><{} xmlns='{}'/></stream:error>",
-            self.as_str(),
-            ns::STREAM_ERRORS
-        )
     }
 }
