@@ -4,11 +4,13 @@
 //! single-threaded, so sessions are spread round-robin).
 //!
 //! It owns accepting connections. It must not speak XMPP: a connection is
-//! handed to `gatehouse_actors::session::start` on its arbiter.
+//! handed to its transport (`gatehouse_actors::transport::tcp`) on its
+//! arbiter.
 
 use crate::RunError;
 use actix::Arbiter;
-use gatehouse_actors::session::{self, C2sSettings, Services};
+use gatehouse_actors::session::{C2sSettings, Services};
+use gatehouse_actors::transport::{tcp, tls};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -69,7 +71,7 @@ pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> 
             .with_single_cert(chain, key_der)
             .map_err(|e| tls_error(cert, e.to_string()))?;
     let mut direct = config.clone();
-    direct.alpn_protocols = vec![session::ALPN_XMPP_CLIENT.to_vec()];
+    direct.alpn_protocols = vec![tls::ALPN_XMPP_CLIENT.to_vec()];
     Ok(TlsAcceptors {
         starttls: TlsAcceptor::from(Arc::new(config)),
         direct: TlsAcceptor::from(Arc::new(direct)),
@@ -129,9 +131,9 @@ pub async fn accept_loop(
         let (settings, services, entry) = (settings.clone(), services.clone(), entry.clone());
         arbiter.spawn(async move {
             match (tokio::net::TcpStream::from_std(socket), entry) {
-                (Ok(socket), Entry::Plain) => session::start(socket, peer, settings, services),
+                (Ok(socket), Entry::Plain) => tcp::start(socket, peer, settings, services),
                 (Ok(socket), Entry::DirectTls(acceptor)) => {
-                    session::start_direct_tls(socket, acceptor, peer, settings, services)
+                    tcp::start_direct_tls(socket, acceptor, peer, settings, services)
                 }
                 (Err(error), _) => {
                     tracing::warn!(%error, "could not register an accepted socket")

@@ -1,7 +1,7 @@
 //! Gatehouse's domain: the actors and the protocols they speak.
 //!
 //! - [`session`]: one Session actor per client connection (XMPP stream,
-//!   STARTTLS, SASL, binding, XEP-0077 accounts) and its I/O task.
+//!   STARTTLS, SASL, binding, XEP-0077 accounts).
 //! - [`router`]: the Router actor, the registry of bound resources and of
 //!   online users' rosters; presence and roster pushes.
 //! - [`auth`]: the AuthPool actor, the external-process and HTTP backends,
@@ -9,8 +9,9 @@
 //! - [`roster`]: rosters from the application and the RosterCache actor.
 //! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
-//! - [`transport`]: what a session says ([`transport::Output`]) and how
-//!   each transport frames it.
+//! - [`transport`]: the connections that carry a session's stream (TCP
+//!   with STARTTLS, Direct TLS): sockets, handshakes, framing of what a
+//!   session says ([`transport::Output`]).
 //! - [`redact`]: what of a configured URL may appear in logs.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests

@@ -4,21 +4,19 @@
 //! the RosterCache) — and handing addressed stanzas to the Router.
 //!
 //! It owns one connection's protocol state. It must not touch the socket
-//! (its I/O task in [`connection`] does) nor decide where other users'
-//! stanzas go (the Router does).
+//! nor write a byte of framing (its transport, [`crate::transport`], does)
+//! nor decide where other users' stanzas go (the Router does).
 
 mod account;
-mod connection;
 mod id;
 mod sasl;
-mod tls;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::muc::{self, MucHandle};
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
-use crate::transport::Output;
+use crate::transport::{Outbound, Output, QueuedBytes, SessionLink};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
     ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
@@ -26,7 +24,6 @@ use crate::xmpp::{
 };
 use actix::prelude::*;
 use bytes::Bytes;
-use connection::{Connection, Outbound, QueuedBytes, Socket};
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -35,10 +32,7 @@ use sasl::PlainError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-pub use tls::ALPN_XMPP_CLIENT;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -110,41 +104,17 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
             .absolute(0);
     }
-    tls::describe_metrics();
 }
 
-/// Starts a session and its I/O task on the current arbiter for a plain
-/// TCP connection (STARTTLS offered when a certificate is configured).
-pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
-    start_on(Either::Left(socket), peer, settings, services);
-}
-
-/// Starts a Direct TLS (XEP-0368) connection on the current arbiter: the
-/// TLS handshake first (bounded in time, failures counted like STARTTLS
-/// ones), then a session whose stream is secure from its first header.
-/// The handshake is tracked like a connection, so shutdown waits for it.
-pub fn start_direct_tls(
-    socket: TcpStream,
-    acceptor: TlsAcceptor,
+/// Starts a session on the current arbiter for a connection a transport
+/// has accepted (`secure` when it is TLS already), and returns the link
+/// the transport's I/O task drives it through.
+pub(crate) fn start(
     peer: SocketAddr,
+    secure: bool,
     settings: Arc<C2sSettings>,
     services: Services,
-) {
-    let tracker = services.connections.clone();
-    let shutdown = services.shutdown.clone();
-    actix_rt::spawn(tracker.track_future(async move {
-        let handshake = tls::upgrade(Either::Left(socket), &acceptor, peer);
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            secure = handshake => if let Some(secure) = secure {
-                start_on(secure, peer, settings, services);
-            },
-        }
-    }));
-}
-
-/// Starts a session and its I/O task on `socket`, plain or already TLS.
-fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
+) -> SessionLink {
     // A futures channel holds `buffer` messages plus one per sender (the
     // session is the only one), and allocates per message rather than a
     // block up front, which keeps an idle session small.
@@ -155,9 +125,7 @@ fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, servic
         settings.stanza_limits,
         Some(settings.unauthenticated_budget.clone()),
     );
-    let connection_tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
-    let tls = settings.tls.clone();
     let session = Session {
         id: SessionId::random(),
         peer,
@@ -168,7 +136,7 @@ fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, servic
         kill: kill.clone(),
         phase: Phase::AwaitHeader,
         header_sent: false,
-        secure: matches!(socket, Either::Right(_)),
+        secure,
         host: None,
         user: None,
         jid: None,
@@ -178,18 +146,14 @@ fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, servic
         closing: false,
     }
     .start();
-    let io = Connection {
-        socket,
-        peer,
-        tls,
+    SessionLink {
         session,
         outbound,
         queued,
         parser,
         kill,
         shutdown,
-    };
-    actix_rt::spawn(connection_tracker.track_future(io.run()));
+    }
 }
 
 /// Where the stream negotiation stands.

@@ -8,7 +8,7 @@
 //! It owns the handshake only; the connection loop decides when to start
 //! it and what to do with its result.
 
-use super::connection::Socket;
+use super::tcp::Socket;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
