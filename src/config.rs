@@ -18,8 +18,10 @@
 //! stays safe to log.
 
 mod muc;
+mod web;
 
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
+pub use web::WebConfig;
 
 use std::fmt;
 use std::fs;
@@ -99,6 +101,9 @@ pub struct Config {
     /// The multi-user chat service; absent means none.
     #[serde(default)]
     pub muc: Option<MucConfig>,
+    /// The public listener for web clients (WebSocket); absent means none.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -778,6 +783,18 @@ impl Config {
         }
         if let Some(muc) = &self.muc {
             muc.validate(&self.hosts, &mut problems);
+        }
+        if let Some(web) = &self.web {
+            let mut others = vec![
+                ("c2s.listen", self.c2s.listen),
+                ("http.listen", self.http.listen),
+            ];
+            others.extend(
+                self.c2s
+                    .direct_tls_listen
+                    .map(|a| ("c2s.direct_tls_listen", a)),
+            );
+            web.validate(&others, &mut problems);
         }
         problems.0
     }

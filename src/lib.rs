@@ -15,6 +15,7 @@ pub mod auth;
 mod c2s;
 mod http;
 mod telemetry;
+mod web;
 
 use actix::{Actor, Arbiter};
 use config::Config;
@@ -81,6 +82,10 @@ pub struct Server {
     c2s_addr: SocketAddr,
     /// Where the Direct TLS listener is bound, when configured.
     direct_tls_addr: Option<SocketAddr>,
+    /// Where the web listener is bound, when configured.
+    web_addr: Option<SocketAddr>,
+    /// The web server (WebSocket), stopped after its sessions closed.
+    web: Option<actix_web::dev::ServerHandle>,
     /// Where the operator HTTP listener is bound.
     http_addr: SocketAddr,
     /// Session arbiters, one per core; stopped last.
@@ -121,6 +126,19 @@ impl Server {
             _ => None,
         };
         let direct_tls_addr = direct_tls.as_ref().map(|(_, bound, _)| *bound);
+        let web_listener = match &config.web {
+            Some(web) => {
+                let listener =
+                    std::net::TcpListener::bind(web.listen).map_err(|source| RunError::Bind {
+                        addr: web.listen,
+                        source,
+                    })?;
+                let bound = listener.local_addr().map_err(RunError::Http)?;
+                Some((listener, bound, web.clone()))
+            }
+            None => None,
+        };
+        let web_addr = web_listener.as_ref().map(|(_, bound, _)| *bound);
         let http_listener =
             std::net::TcpListener::bind(config.http.listen).map_err(|source| RunError::Bind {
                 addr: config.http.listen,
@@ -205,6 +223,16 @@ impl Server {
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
         });
+        let web = match web_listener {
+            Some((listener, _, web)) => {
+                let server = web::start(listener, web, settings.clone(), services.clone())
+                    .map_err(RunError::Http)?;
+                let handle = server.handle();
+                actix_rt::spawn(server);
+                Some(handle)
+            }
+            None => None,
+        };
         if let Some((listener, _, acceptor)) = direct_tls {
             actix_rt::spawn(c2s::accept_loop(
                 listener,
@@ -221,16 +249,19 @@ impl Server {
             settings,
             services,
         ));
-        match direct_tls_addr {
-            Some(direct_tls) => tracing::info!(
-                c2s = %c2s_addr, direct_tls = %direct_tls, http = %http_addr,
-                "Gatehouse is listening"
-            ),
-            None => tracing::info!(c2s = %c2s_addr, http = %http_addr, "Gatehouse is listening"),
-        }
+        let optional = |addr: Option<SocketAddr>| addr.map_or("-".to_owned(), |a| a.to_string());
+        tracing::info!(
+            c2s = %c2s_addr,
+            direct_tls = %optional(direct_tls_addr),
+            web = %optional(web_addr),
+            http = %http_addr,
+            "Gatehouse is listening"
+        );
         Ok(Server {
             c2s_addr,
             direct_tls_addr,
+            web_addr,
+            web,
             http_addr,
             arbiters,
             shutdown,
@@ -248,6 +279,11 @@ impl Server {
     /// The bound Direct TLS listener address, when one is configured.
     pub fn direct_tls_addr(&self) -> Option<SocketAddr> {
         self.direct_tls_addr
+    }
+
+    /// The bound web listener address, when one is configured.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
     }
 
     /// The bound HTTP listener address.
@@ -270,6 +306,9 @@ impl Server {
             tracing::warn!("some connections did not close in time");
         }
         self.auth.shutdown().await;
+        if let Some(web) = &self.web {
+            web.stop(true).await;
+        }
         self.http.stop(true).await;
         for arbiter in self.arbiters.iter() {
             arbiter.stop();

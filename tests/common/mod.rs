@@ -125,6 +125,8 @@ pub struct TestServer {
     pub c2s: SocketAddr,
     /// The Direct TLS listener, when the config sets `direct_tls_listen`.
     pub direct_tls: Option<SocketAddr>,
+    /// The web listener, when the config has a `[web]` section.
+    pub web: Option<SocketAddr>,
     pub http: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -146,6 +148,7 @@ impl TestServer {
                     .send((
                         server.c2s_addr(),
                         server.direct_tls_addr(),
+                        server.web_addr(),
                         server.http_addr(),
                     ))
                     .unwrap();
@@ -157,10 +160,11 @@ impl TestServer {
                     .expect("clean shutdown");
             });
         });
-        let (c2s, direct_tls, http) = addr_rx.recv_timeout(PATIENCE).expect("server bound");
+        let (c2s, direct_tls, web, http) = addr_rx.recv_timeout(PATIENCE).expect("server bound");
         TestServer {
             c2s,
             direct_tls,
+            web,
             http,
             stop: Some(stop),
             thread: Some(thread),

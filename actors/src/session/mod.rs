@@ -16,7 +16,7 @@ use crate::muc::{self, MucHandle};
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::router::{self, Router, ToSession};
-use crate::transport::{Outbound, Output, QueuedBytes, SessionLink};
+use crate::transport::{Outbound, Output, QueuedBytes, SessionLink, TransportKind};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
     ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
@@ -107,10 +107,11 @@ pub fn describe_metrics() {
 }
 
 /// Starts a session on the current arbiter for a connection a transport
-/// has accepted (`secure` when it is TLS already), and returns the link
-/// the transport's I/O task drives it through.
+/// has accepted (`secure` when it is encrypted already), and returns the
+/// link the transport's I/O task drives it through.
 pub(crate) fn start(
     peer: SocketAddr,
+    transport: TransportKind,
     secure: bool,
     settings: Arc<C2sSettings>,
     services: Services,
@@ -136,6 +137,7 @@ pub(crate) fn start(
         kill: kill.clone(),
         phase: Phase::AwaitHeader,
         header_sent: false,
+        transport,
         secure,
         host: None,
         user: None,
@@ -146,14 +148,7 @@ pub(crate) fn start(
         closing: false,
     }
     .start();
-    SessionLink {
-        session,
-        outbound,
-        queued,
-        parser,
-        kill,
-        shutdown,
-    }
+    SessionLink::new(session, outbound, queued, parser, kill, shutdown)
 }
 
 /// Where the stream negotiation stands.
@@ -225,8 +220,10 @@ pub struct Session {
     phase: Phase,
     /// Whether our stream header went out: a stream error needs one first.
     header_sent: bool,
-    /// Whether the stream is encrypted: Direct TLS from the start, or
-    /// after STARTTLS completed.
+    /// The transport carrying the stream: whether STARTTLS can exist.
+    transport: TransportKind,
+    /// Whether the stream is encrypted: Direct TLS or TLS under the web
+    /// transport from the start, or after STARTTLS completed.
     secure: bool,
     /// The domain the client addressed, fixed by its first header.
     host: Option<String>,
@@ -565,6 +562,12 @@ impl Session {
         Next::Continue
     }
 
+    /// STARTTLS exists only on a plain TCP stream, and only with a
+    /// certificate (a WebSocket or BOSH session's TLS is the HTTP layer's).
+    fn starttls_offered(&self) -> bool {
+        !self.secure && self.transport == TransportKind::Tcp && self.settings.tls.is_some()
+    }
+
     fn features(&self) -> Vec<Element> {
         if self.phase == Phase::AwaitBind {
             let mut session = Element::bare("session", ns::SESSION);
@@ -576,7 +579,7 @@ impl Session {
             return features;
         }
         let mut features = Vec::new();
-        if !self.secure && self.settings.tls.is_some() {
+        if self.starttls_offered() {
             let mut starttls = Element::bare("starttls", ns::TLS);
             if self.settings.require_tls {
                 starttls.append_child(Element::bare("required", ns::TLS));
@@ -613,7 +616,7 @@ impl Session {
     fn negotiate(&mut self, el: Element) -> ResponseActFuture<Self, Next> {
         match (el.ns().as_str(), el.name()) {
             (ns::CLIENT, "iq") if self.registration_open() => self.register(el),
-            (ns::TLS, "starttls") if !self.secure && self.settings.tls.is_some() => {
+            (ns::TLS, "starttls") if self.starttls_offered() => {
                 self.send(&Element::bare("proceed", ns::TLS));
                 self.secure = true;
                 self.phase = Phase::AwaitHeader;

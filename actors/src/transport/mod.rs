@@ -12,12 +12,17 @@
 
 pub mod tcp;
 pub mod tls;
+pub mod websocket;
 
-use crate::session::Session;
+use crate::session::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::{StreamErrorCondition, StreamParser};
-use actix::Addr;
+use actix::dev::Request;
+use actix::{Addr, MailboxError};
 use bytes::Bytes;
 use futures_channel::mpsc;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +31,29 @@ use tokio_util::sync::CancellationToken;
 /// registered at zero.
 pub fn describe_metrics() {
     tls::describe_metrics();
+}
+
+/// Which transport carries a session's stream: what the session may offer
+/// (STARTTLS only on plain TCP) and the `transport` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Plain TCP, upgraded by STARTTLS where a certificate is configured.
+    Tcp,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+    /// RFC 7395 on the web listener.
+    WebSocket,
+}
+
+impl TransportKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::DirectTls => "tls",
+            TransportKind::WebSocket => "websocket",
+        }
+    }
 }
 
 /// One thing the session says, in order.
@@ -95,11 +123,15 @@ pub enum Outbound {
 
 /// A session's end of its connection, handed to the transport's I/O task
 /// when the session starts: the transport feeds the session what the
-/// client says and writes what the session says, framed its own way.
-pub struct SessionLink {
-    /// The session: its `Inbound` events go there, one at a
-    /// time, and its answer says what to do with the stream next.
-    pub session: Addr<Session>,
+/// client says and writes what the session says, framed its own way. The
+/// link keeps the rules every transport shares: one event in the
+/// session's hands at a time (no reading meanwhile, so a client cannot
+/// flood the actor's mailbox), the session told once of a shutdown, the
+/// connection counted while it lasts.
+pub(crate) struct SessionLink {
+    /// The session: its `Inbound` events go there, one at a time, and its
+    /// answer says what to do with the stream next.
+    session: Addr<Session>,
     /// What the session says, in order.
     pub outbound: mpsc::Receiver<Outbound>,
     /// Bytes in `outbound` not yet written; the transport lowers it as its
@@ -112,5 +144,88 @@ pub struct SessionLink {
     /// too slow to read what it is sent).
     pub kill: CancellationToken,
     /// Cancelled when the server shuts down.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
+    /// The event the session has in hand, until it answers.
+    pending: Option<Pin<Box<Request<Session, Inbound>>>>,
+    /// Whether the session was told of the shutdown already.
+    shutdown_told: bool,
+}
+
+/// What happened next on a link, for the transport to act on.
+pub(crate) enum Turn<R> {
+    /// The session dropped the connection at once (a client too slow).
+    Killed,
+    /// Something the session said; `None` when it is gone.
+    Said(Option<Outbound>),
+    /// The session's answer to the last event: what to do with the stream
+    /// before reading on. An error when the session is gone.
+    Answer(Result<Next, MailboxError>),
+    /// The transport's own read finished.
+    Read(R),
+}
+
+impl SessionLink {
+    pub(crate) fn new(
+        session: Addr<Session>,
+        outbound: mpsc::Receiver<Outbound>,
+        queued: QueuedBytes,
+        parser: StreamParser,
+        kill: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> SessionLink {
+        metrics::gauge!("gatehouse_connections").increment(1.0);
+        SessionLink {
+            session,
+            outbound,
+            queued,
+            parser,
+            kill,
+            shutdown,
+            pending: None,
+            shutdown_told: false,
+        }
+    }
+
+    /// Whether the session has an event in hand: read nothing meanwhile.
+    pub(crate) fn busy(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Hands the session one event; its answer comes as [`Turn::Answer`].
+    pub(crate) fn tell(&mut self, inbound: Inbound) {
+        self.pending = Some(Box::pin(self.session.send(inbound)));
+    }
+
+    /// Waits for the next turn: the session killing the connection, saying
+    /// something, answering the event in hand, or else `read` finishing
+    /// (polled only while the session has no event in hand). Tells the
+    /// session once when the server shuts down, and waits on.
+    pub(crate) async fn turn<R>(&mut self, read: impl Future<Output = R>) -> Turn<R> {
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.kill.cancelled() => return Turn::Killed,
+                _ = self.shutdown.cancelled(), if !self.shutdown_told => {
+                    self.shutdown_told = true;
+                    self.session.do_send(SystemShutdown);
+                }
+                said = self.outbound.next() => return Turn::Said(said),
+                answer = async { self.pending.as_mut().expect("guarded by the condition").await }, if self.pending.is_some() => {
+                    self.pending = None;
+                    return Turn::Answer(answer);
+                }
+                read = &mut read, if self.pending.is_none() => return Turn::Read(read),
+            }
+        }
+    }
+}
+
+impl Drop for SessionLink {
+    /// The connection is gone: the session hears it (and ends, or waits for
+    /// another connection), and it is no longer counted.
+    fn drop(&mut self) {
+        self.session.do_send(ConnectionLost);
+        metrics::gauge!("gatehouse_connections").decrement(1.0);
+    }
 }

@@ -12,12 +12,11 @@
 //! interpret stanzas: that is the Session's job.
 
 use super::tls::{self, HandshakeFailure};
-use super::{Outbound, Output, QueuedBytes, SessionLink};
-use crate::session::{self, C2sSettings, ConnectionLost, Inbound, Next, Services, SystemShutdown};
+use super::{Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
+use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::ns;
 use bytes::BytesMut;
 use futures_channel::mpsc;
-use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,10 +75,13 @@ pub fn start_direct_tls(
 
 /// Starts a session on `socket`, plain or already TLS, and its I/O task.
 fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
-    let secure = matches!(socket, Either::Right(_));
+    let (kind, secure) = match socket {
+        Either::Left(_) => (TransportKind::Tcp, false),
+        Either::Right(_) => (TransportKind::DirectTls, true),
+    };
     let tls = settings.tls.clone();
     let tracker = services.connections.clone();
-    let link = session::start(peer, secure, settings, services);
+    let link = session::start(peer, kind, secure, settings, services);
     actix_rt::spawn(tracker.track_future(run(socket, peer, tls, link)));
 }
 
@@ -96,100 +98,82 @@ enum End {
 
 /// The I/O task: reads, parses and hands events to the session; frames
 /// and writes what it says; upgrades the socket on STARTTLS.
-async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, link: SessionLink) {
-    let SessionLink {
-        session,
-        mut outbound,
-        queued,
-        mut parser,
-        kill,
-        shutdown,
-    } = link;
-    metrics::gauge!("gatehouse_connections").increment(1.0);
+async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut link: SessionLink) {
     let (mut reader, mut writer) = tokio::io::split(socket);
     // Unparsed input: empty (and unallocated) between stanzas.
     let mut buf = BytesMut::new();
-    let mut pending: Option<Pin<Box<actix::dev::Request<session::Session, Inbound>>>> = None;
-    let mut shutdown_sent = false;
     let end = loop {
-        if pending.is_none() {
-            match parser.next_event(&mut buf) {
-                Ok(Some(event)) => pending = Some(Box::pin(session.send(Inbound::Event(event)))),
+        if !link.busy() {
+            match link.parser.next_event(&mut buf) {
+                Ok(Some(event)) => link.tell(Inbound::Event(event)),
                 Ok(None) => {}
-                Err(error) => pending = Some(Box::pin(session.send(Inbound::Invalid(error)))),
+                Err(error) => link.tell(Inbound::Invalid(error)),
             }
             if buf.is_empty() && buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
         }
-        tokio::select! {
-            biased;
-            _ = kill.cancelled() => break End::Killed,
-            _ = shutdown.cancelled(), if !shutdown_sent => {
-                shutdown_sent = true;
-                session.do_send(SystemShutdown);
-            }
-            item = outbound.next() => match item {
-                Some(Outbound::Item(first)) => {
-                    if let Err(e) = Box::pin(write_batch(&mut writer, first, &mut outbound, &queued, &kill)).await {
-                        break e;
-                    }
-                }
-                Some(Outbound::Close) | None => {
-                    Box::pin(close(&mut writer, &mut outbound, &queued, &kill)).await;
-                    break End::Closed;
-                }
-            },
-            next = async { pending.as_mut().expect("guarded by the condition").await }, if pending.is_some() => {
-                pending = None;
-                match next {
-                    Ok(Next::Continue) => {}
-                    Ok(Next::Restart) => parser.reset_authenticated(),
-                    Ok(Next::StartTls) => {
-                        // The client waits for <proceed/> before its
-                        // handshake, so nothing may be buffered yet.
-                        if let Err(e) = Box::pin(drain(&mut writer, &mut outbound, &queued, &kill)).await {
-                            break e;
-                        }
-                        // Whitespace after <starttls/> is legal
-                        // (a keepalive, a client's newline); anything
-                        // else came before <proceed/> and would be
-                        // lost under the handshake.
-                        if !buf.iter().all(u8::is_ascii_whitespace) {
-                            HandshakeFailure::DataBeforeHandshake
-                                .report(peer, &"data after <starttls/> before <proceed/>");
-                            break End::TlsFailed;
-                        }
-                        buf = BytesMut::new();
-                        let Some(acceptor) = tls.as_ref() else {
-                            break End::TlsFailed;
-                        };
-                        match Box::pin(tls::upgrade(reader.unsplit(writer), acceptor, peer)).await {
-                            Some(secure) => (reader, writer) = tokio::io::split(secure),
-                            None => break End::TlsFailed,
-                        }
-                        parser.reset();
-                    }
-                    Ok(Next::Close) => {
-                        Box::pin(close(&mut writer, &mut outbound, &queued, &kill)).await;
-                        break End::Closed;
-                    }
-                    Err(_) => break End::SessionGone,
+        match link.turn(read_chunk(&mut reader, &mut buf)).await {
+            Turn::Killed => break End::Killed,
+            Turn::Said(Some(Outbound::Item(first))) => {
+                let write = write_batch(
+                    &mut writer,
+                    first,
+                    &mut link.outbound,
+                    &link.queued,
+                    &link.kill,
+                );
+                if let Err(e) = Box::pin(write).await {
+                    break e;
                 }
             }
-            read = read_chunk(&mut reader, &mut buf), if pending.is_none() => match read {
-                Ok(0) => break End::Eof,
-                Ok(_) => {}
-                Err(e) => break End::Io(e),
-            },
+            Turn::Said(Some(Outbound::Close) | None) | Turn::Answer(Ok(Next::Close)) => {
+                Box::pin(close(
+                    &mut writer,
+                    &mut link.outbound,
+                    &link.queued,
+                    &link.kill,
+                ))
+                .await;
+                break End::Closed;
+            }
+            Turn::Answer(Ok(Next::Continue)) => {}
+            Turn::Answer(Ok(Next::Restart)) => link.parser.reset_authenticated(),
+            Turn::Answer(Ok(Next::StartTls)) => {
+                // The client waits for <proceed/> before its handshake, so
+                // nothing may be buffered yet.
+                let drained = drain(&mut writer, &mut link.outbound, &link.queued, &link.kill);
+                if let Err(e) = Box::pin(drained).await {
+                    break e;
+                }
+                // Whitespace after <starttls/> is legal (a keepalive, a
+                // client's newline); anything else came before <proceed/>
+                // and would be lost under the handshake.
+                if !buf.iter().all(u8::is_ascii_whitespace) {
+                    HandshakeFailure::DataBeforeHandshake
+                        .report(peer, &"data after <starttls/> before <proceed/>");
+                    break End::TlsFailed;
+                }
+                buf = BytesMut::new();
+                let Some(acceptor) = tls.as_ref() else {
+                    break End::TlsFailed;
+                };
+                match Box::pin(tls::upgrade(reader.unsplit(writer), acceptor, peer)).await {
+                    Some(secure) => (reader, writer) = tokio::io::split(secure),
+                    None => break End::TlsFailed,
+                }
+                link.parser.reset();
+            }
+            Turn::Answer(Err(_)) => break End::SessionGone,
+            Turn::Read(Ok(0)) => break End::Eof,
+            Turn::Read(Ok(_)) => {}
+            Turn::Read(Err(e)) => break End::Io(e),
         }
     };
     match &end {
         End::Io(error) => tracing::debug!(%error, "connection ended by an I/O error"),
         other => tracing::debug!(end = ?other, "connection ended"),
     }
-    session.do_send(ConnectionLost);
-    metrics::gauge!("gatehouse_connections").decrement(1.0);
 }
 
 /// Reads what the socket has (up to [`READ_CHUNK`] bytes) and appends it to

@@ -263,6 +263,11 @@ pub struct StreamParser {
 impl StreamParser {
     /// A parser under `limits`; while `budget` is given, what partial
     /// stanzas hold is reserved from it.
+    /// The limits this parser enforces.
+    pub fn limits(&self) -> StanzaLimits {
+        self.limits
+    }
+
     pub fn new(limits: StanzaLimits, budget: Option<Arc<PartialStanzaBudget>>) -> Self {
         StreamParser {
             parser: Self::new_parser(limits.max_bytes),

@@ -1,0 +1,272 @@
+//! XMPP over WebSocket (RFC 7395) against the real server, with a real
+//! WebSocket client (tokio-tungstenite): a login that chats with a TCP
+//! client, and every refusal the RFC and the web listener's settings ask
+//! for — no `xmpp` subprotocol, a foreign origin, an unknown host, a
+//! message with two elements or half of one, an oversized message, a
+//! binary message.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const OPEN: &str =
+    "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
+
+/// A server with a web listener, plain TCP allowed (the test's WebSocket
+/// is plain `ws://` on loopback), a small stanza limit, and one allowed
+/// origin.
+fn server() -> TestServer {
+    let toml = config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmax_stanza_bytes = 8192",
+    )
+        + "[web]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://chat.example.com\"]\n";
+    TestServer::start(&toml)
+}
+
+/// One WebSocket to `/xmpp-websocket`.
+struct Ws(WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+/// Opens a WebSocket asking for `protocol`, from the page at `origin`.
+async fn connect(
+    web: SocketAddr,
+    protocol: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, WsError> {
+    let mut request = format!("ws://{web}/xmpp-websocket")
+        .into_client_request()
+        .unwrap();
+    if let Some(protocol) = protocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    }
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    let (stream, response) = tokio_tungstenite::connect_async(request).await?;
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("xmpp"),
+        "the server names the subprotocol"
+    );
+    Ok(Ws(stream))
+}
+
+impl Ws {
+    async fn send(&mut self, text: &str) {
+        self.0.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text message; panics on anything else.
+    async fn text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.0.next())
+                .await
+                .expect("an answer in time");
+            match message {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads text messages until one contains `marker`; returns it.
+    async fn until(&mut self, marker: &str) -> String {
+        loop {
+            let text = self.text().await;
+            if text.contains(marker) {
+                return text;
+            }
+        }
+    }
+
+    /// The stream error's condition, then `<close/>` and the WebSocket's
+    /// close.
+    async fn stream_error(&mut self) -> String {
+        let error = self.until("<stream:error").await;
+        let condition = error
+            .split("><")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', '/']).next())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            self.text().await.starts_with("<close"),
+            "a <close/> follows"
+        );
+        self.closed().await;
+        condition
+    }
+
+    /// Waits for the server to close the WebSocket; returns its code.
+    async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.0.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
+
+    /// Opens the stream, logs in and binds; returns the full JID.
+    async fn login(&mut self, user: &str, password: &str, resource: &str) -> String {
+        self.send(OPEN).await;
+        assert!(self.text().await.starts_with("<open"));
+        let features = self.text().await;
+        assert!(features.contains("PLAIN"), "{features}");
+        assert!(!features.contains("starttls"), "no STARTTLS on WebSocket");
+        let payload =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='{SASL}' mechanism='PLAIN'>{payload}</auth>"
+        ))
+        .await;
+        assert!(self.text().await.starts_with("<success"));
+        self.send(OPEN).await;
+        assert!(self.text().await.starts_with("<open"));
+        assert!(self
+            .text()
+            .await
+            .contains("urn:ietf:params:xml:ns:xmpp-bind"));
+        self.send(&format!(
+            "<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
+        ))
+        .await;
+        let bound = self.text().await;
+        assert!(
+            bound.contains("type=\"result\"") || bound.contains("type='result'"),
+            "{bound}"
+        );
+        format!("{user}@localhost/{resource}")
+    }
+}
+
+fn web(server: &TestServer) -> SocketAddr {
+    server.web.expect("a web listener")
+}
+
+#[actix_rt::test]
+async fn a_web_client_logs_in_and_chats_with_a_tcp_client() {
+    let server = server();
+    let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "tcp").await;
+    let mut alice = connect(web(&server), Some("xmpp"), None).await.unwrap();
+    let alice_jid = alice.login("alice", "wonderland", "web").await;
+
+    alice
+        .send(&format!(
+            "<message xmlns='jabber:client' to='{bob_jid}' type='chat'><body>hi from the web</body></message>"
+        ))
+        .await;
+    let message = bob.element().await;
+    assert_eq!(message.attr("from"), Some(alice_jid.as_str()));
+    assert_eq!(
+        message
+            .get_child("body", CLIENT)
+            .map(|b| b.text())
+            .as_deref(),
+        Some("hi from the web")
+    );
+    bob.send(&format!(
+        "<message to='{alice_jid}' type='chat'><body>hello web</body></message>"
+    ))
+    .await;
+    let reply = alice.until("hello web").await;
+    // Each message stands on its own: its namespace is declared.
+    assert!(reply.contains("jabber:client"), "{reply}");
+
+    // The client closes: the server answers <close/> and closes.
+    alice
+        .send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+        .await;
+    assert!(alice.until("<close").await.contains("xmpp-framing"));
+    assert_eq!(alice.closed().await, Some(CloseCode::Normal));
+}
+
+#[actix_rt::test]
+async fn the_upgrade_needs_the_xmpp_subprotocol_and_an_allowed_origin() {
+    let server = server();
+    for (protocol, origin, status) in [
+        (None, None, 400),
+        (Some("chat"), None, 400),
+        (Some("xmpp"), Some("https://evil.example"), 403),
+    ] {
+        match connect(web(&server), protocol, origin).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(
+                    response.status().as_u16(),
+                    status,
+                    "{protocol:?} {origin:?}"
+                )
+            }
+            Err(other) => panic!("{protocol:?} {origin:?}: {other}"),
+            Ok(_) => panic!("{protocol:?} {origin:?}: accepted"),
+        }
+    }
+    // The allowed origin, and several offered subprotocols, are fine.
+    let mut ws = connect(
+        web(&server),
+        Some("chat, xmpp"),
+        Some("https://chat.example.com"),
+    )
+    .await
+    .unwrap();
+    ws.send(OPEN).await;
+    assert!(ws.text().await.starts_with("<open"));
+}
+
+#[actix_rt::test]
+async fn bad_messages_end_the_stream_with_the_right_error() {
+    let server = server();
+    let cases: &[(&str, &str)] = &[
+        (
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='elsewhere.example' version='1.0'/>",
+            "host-unknown",
+        ),
+        ("<presence/><presence/>", "not-well-formed"),
+        ("<message><body>half", "not-well-formed"),
+        ("<message xmlns='http://www.w3.org/XML/1998/namespace'/>", "not-well-formed"),
+    ];
+    for (input, condition) in cases {
+        let mut ws = connect(web(&server), Some("xmpp"), None).await.unwrap();
+        if !input.contains("xmpp-framing") {
+            ws.send(OPEN).await;
+            ws.until("</stream:features>").await;
+        }
+        ws.send(input).await;
+        assert_eq!(ws.stream_error().await, *condition, "{input}");
+    }
+
+    // Over the stanza limit: refused by the frame decoder, unbuffered.
+    let mut ws = connect(web(&server), Some("xmpp"), None).await.unwrap();
+    ws.send(OPEN).await;
+    ws.until("</stream:features>").await;
+    let big = format!("<message><body>{}</body></message>", "x".repeat(10_000));
+    ws.send(&big).await;
+    assert_eq!(ws.stream_error().await, "policy-violation");
+
+    // XMPP is text: a binary message closes the WebSocket as unsupported.
+    let mut ws = connect(web(&server), Some("xmpp"), None).await.unwrap();
+    ws.0.send(Message::binary(b"<presence/>".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(ws.closed().await, Some(CloseCode::Unsupported));
+}
