@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # A short smoke run of gatehouse-loadgen against Gatehouse only (the full
-# comparison is not a CI job): a closed-loop storm and a hold run, both of
-# which must succeed completely. Uses the debug build; ends on its own.
+# comparison is not a CI job): a closed-loop storm and a hold run over plain
+# TCP, and a short closed-loop storm over Direct TLS, all of which must
+# succeed completely. Uses the debug build (in $CARGO_TARGET_DIR if set);
+# ends on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet -p gatehouse --bin gatehouse
 cargo build --quiet -p gatehouse-loadgen --bin gatehouse-loadgen
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 c2s=$(free_port)
 http=$(free_port)
+direct_tls=$(free_port)
 cat > "$work/gatehouse.toml" <<TOML
 hosts = ["localhost"]
 [c2s]
 listen = "127.0.0.1:$c2s"
 require_tls = false
+direct_tls_listen = "127.0.0.1:$direct_tls"
+tls_cert = "$PWD/examples/localhost.crt"
+tls_key = "$PWD/examples/localhost.key"
 [http]
 listen = "127.0.0.1:$http"
 [auth]
@@ -24,7 +31,7 @@ backend = "external"
 command = ["python3", "$PWD/tests/fixtures/auth.py"]
 processes = 2
 TOML
-target/debug/gatehouse --config "$work/gatehouse.toml" 2> "$work/server.log" &
+"$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 50); do
@@ -33,11 +40,13 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-check() { # JSON report, expected successes
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); n=r["outcomes"].get("success",0); print(sys.argv[1]); sys.exit(0 if n==int(sys.argv[2]) else 1)' "$1" "$2"
+check() { # JSON report, expected successes, expected transport
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); n=r["outcomes"].get("success",0); print(sys.argv[1]); sys.exit(0 if n==int(sys.argv[2]) and r["transport"]==sys.argv[3] else 1)' "$1" "$2" "$3"
 }
-closed=$(target/debug/gatehouse-loadgen --target "127.0.0.1:$c2s" --mode closed --concurrency 20 --count 300 --server-pid "$server" --max-seconds 60 --json)
-check "$closed" 300
-held=$(target/debug/gatehouse-loadgen --target "127.0.0.1:$c2s" --mode hold --count 200 --server-pid "$server" --max-seconds 60 --json)
-check "$held" 200
+closed=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$c2s" --mode closed --concurrency 20 --count 300 --server-pid "$server" --max-seconds 60 --json)
+check "$closed" 300 tcp
+held=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$c2s" --mode hold --count 200 --server-pid "$server" --max-seconds 60 --json)
+check "$held" 200 tcp
+tls=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$direct_tls" --transport tls --mode closed --concurrency 10 --count 100 --server-pid "$server" --max-seconds 60 --json)
+check "$tls" 100 tls
 echo "loadgen smoke: ok"

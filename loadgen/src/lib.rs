@@ -9,6 +9,7 @@
 
 pub mod client;
 mod stats;
+pub mod transport;
 
 use clap::{Parser, ValueEnum};
 use client::{Credentials, Outcome, Target};
@@ -17,6 +18,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use transport::Transport;
 
 /// How logins are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,9 +51,12 @@ pub struct Args {
     /// How many distinct users to cycle through.
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
-    /// Negotiate STARTTLS (the certificate is not verified).
-    #[arg(long)]
-    pub starttls: bool,
+    /// How clients connect: tcp (plain), starttls (TCP upgraded to TLS)
+    /// or tls (Direct TLS from the first byte, ALPN xmpp-client; --target
+    /// is then the server's Direct TLS listener). TLS certificates are not
+    /// verified.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// How logins are started: open (fixed rate), closed (fixed
     /// concurrency) or hold (log in and keep sessions open).
     #[arg(long, value_enum, default_value_t = Mode::Closed)]
@@ -210,7 +215,7 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
     let target = Arc::new(Target::new(
         loopback(&args.target)?,
         &args.domain,
-        args.starttls.then(client::insecure_tls),
+        args.transport,
         Duration::from_secs_f64(args.timeout),
     ));
     let creds = credentials(args);
@@ -417,12 +422,13 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
             )
         });
         return format!(
-            "{{\"mode\":\"{:?}\",\"logins\":{total},\"seconds\":{wall:.3},\"logins_per_second\":{:.1},\
+            "{{\"mode\":\"{:?}\",\"transport\":\"{}\",\"logins\":{total},\"seconds\":{wall:.3},\"logins_per_second\":{:.1},\
              \"outcomes\":{{{}}},\"latency_ms\":{{{}}},\
              \"server_cpu_seconds_per_1000\":{},\"server_cpu_seconds_per_1000_successes\":{},\
              \"loadgen_cpu_seconds_per_1000\":{},\
              \"server_rss_bytes\":{memory},\"server_rss_bytes_per_held_session\":{}}}",
             args.mode,
+            args.transport.label(),
             successes as f64 / wall,
             outcomes.join(","),
             latency.join(","),
@@ -433,8 +439,9 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
         );
     }
     let mut out = format!(
-        "mode {:?}: {total} logins in {wall:.2}s, {:.1} successful logins/s\n",
+        "mode {:?} over {}: {total} logins in {wall:.2}s, {:.1} successful logins/s\n",
         args.mode,
+        args.transport.label(),
         successes as f64 / wall
     );
     for (outcome, durations) in &results.by_outcome {
@@ -493,6 +500,48 @@ mod tests {
         let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentiles(&ms), Some([50.0, 95.0, 99.0, 100.0]));
         assert_eq!(percentiles(&[]), None);
+    }
+
+    #[test]
+    fn the_transport_is_tcp_unless_chosen() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["gatehouse-loadgen"].iter().chain(extra))
+                .map(|args| args.transport)
+        };
+        assert_eq!(parse(&[]).unwrap(), Transport::Tcp);
+        assert_eq!(parse(&["--transport", "tcp"]).unwrap(), Transport::Tcp);
+        assert_eq!(
+            parse(&["--transport", "starttls"]).unwrap(),
+            Transport::Starttls
+        );
+        assert_eq!(parse(&["--transport", "tls"]).unwrap(), Transport::Tls);
+        assert!(parse(&["--transport", "websocket"]).is_err());
+        assert!(parse(&["--starttls"]).is_err(), "the old flag is gone");
+    }
+
+    #[test]
+    fn reports_name_the_transport() {
+        let mut results = Results::default();
+        results.add(Outcome::Success, Duration::from_millis(3));
+        results.add(Outcome::Timeout, Duration::from_secs(10));
+        let unmeasured = || Measured {
+            server_cpu: None,
+            own_cpu: None,
+            memory: None,
+            held_rss: None,
+        };
+        let json = Args::parse_from(["gatehouse-loadgen", "--transport", "tls", "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_str(&render(&json, &results, 1.0, unmeasured())).unwrap();
+        assert_eq!(report["transport"], "tls");
+        assert_eq!(report["outcomes"]["success"], 1);
+        assert_eq!(report["outcomes"]["timeout"], 1);
+        let text = Args::parse_from(["gatehouse-loadgen", "--transport", "starttls"]);
+        let report = render(&text, &results, 1.0, unmeasured());
+        assert!(
+            report.starts_with("mode Closed over starttls: 2 logins"),
+            "{report}"
+        );
     }
 
     #[test]
