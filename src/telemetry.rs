@@ -7,6 +7,7 @@
 //! has happened (logins, sessions, the auth cache, and the labelled roster
 //! and MUC series); each actor records its own and describes the rest.
 
+use gatehouse_actors::transport::TransportKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,18 +52,21 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "gatehouse_logins_total",
-        "SASL logins by result: success, not_authorized, temporary_failure, malformed"
+        "SASL logins by result (success, not_authorized, temporary_failure, malformed) and transport (tcp, tls, websocket)"
     );
     describe_histogram!(
         "gatehouse_login_duration_seconds",
         Unit::Seconds,
-        "Time from a SASL auth request to its answer, by result"
+        "Time from a SASL auth request to its answer, by result and transport"
     );
     describe_gauge!(
         "gatehouse_sessions",
-        "Bound client resources (online sessions)"
+        "Bound client resources (online sessions), by transport"
     );
-    describe_gauge!("gatehouse_connections", "Open client TCP connections");
+    describe_gauge!(
+        "gatehouse_connections",
+        "Open client connections (TCP sockets, WebSockets), by transport"
+    );
     describe_counter!(
         "gatehouse_auth_cache_hits_total",
         "Password checks answered by the result cache, by backend"
@@ -94,13 +98,19 @@ fn describe() {
 /// shows 0 rather than no data. (Labelled series of a component, such as
 /// an auth pool's, are registered when the component starts.)
 fn register_at_zero() {
-    for result in [
-        "success",
-        "not_authorized",
-        "temporary_failure",
-        "malformed",
-    ] {
-        metrics::counter!("gatehouse_logins_total", "result" => result).absolute(0);
+    for transport in TransportKind::ALL.map(TransportKind::as_str) {
+        for result in [
+            "success",
+            "not_authorized",
+            "temporary_failure",
+            "malformed",
+        ] {
+            metrics::counter!("gatehouse_logins_total", "result" => result, "transport" => transport)
+                .absolute(0);
+        }
+        for name in ["gatehouse_sessions", "gatehouse_connections"] {
+            metrics::gauge!(name, "transport" => transport).increment(0.0);
+        }
     }
     for name in [
         "gatehouse_roster_cache_hits_total",
@@ -133,8 +143,6 @@ fn register_at_zero() {
         metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome).absolute(0);
     }
     for name in [
-        "gatehouse_sessions",
-        "gatehouse_connections",
         "gatehouse_roster_cache_entries",
         "gatehouse_muc_rooms",
         "gatehouse_muc_occupants",

@@ -168,8 +168,23 @@ fn web(server: &TestServer) -> SocketAddr {
 async fn a_web_client_logs_in_and_chats_with_a_tcp_client() {
     let server = server();
     let (mut bob, bob_jid) = Client::login(server.c2s, "bob", "builder", "tcp").await;
+    const LOGINS: &str = r#"gatehouse_logins_total{result="success",transport="websocket"}"#;
+    const SESSIONS: &str = r#"gatehouse_sessions{transport="websocket"}"#;
+    let before = server.metrics().await;
     let mut alice = connect(web(&server), Some("xmpp"), None).await.unwrap();
     let alice_jid = alice.login("alice", "wonderland", "web").await;
+    // Counted under its own transport label (only this test logs in here).
+    let during = server
+        .metrics_when("the WebSocket session counted", |m| {
+            sample(m, SESSIONS) >= 1.0
+        })
+        .await;
+    assert_eq!(sample(&during, LOGINS) - sample(&before, LOGINS), 1.0);
+    assert!(sample(&during, r#"gatehouse_connections{transport="websocket"}"#) >= 1.0);
+    assert!(
+        sample(&during, r#"gatehouse_sessions{transport="tcp"}"#) >= 1.0,
+        "bob"
+    );
 
     alice
         .send(&format!(

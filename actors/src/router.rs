@@ -12,6 +12,7 @@
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
 use crate::session::SessionId;
+use crate::transport::TransportKind;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
@@ -38,6 +39,9 @@ pub struct Bind {
     pub jid: FullJid,
     /// Tells this session apart from a newer one bound to the same JID.
     pub session_id: SessionId,
+    /// What carries the session's stream: the `transport` label of
+    /// `gatehouse_sessions`.
+    pub transport: TransportKind,
     pub mailbox: Recipient<ToSession>,
 }
 
@@ -148,6 +152,8 @@ fn unavailable_from(jid: &FullJid) -> Element {
 struct Resource {
     resource: String,
     session_id: SessionId,
+    /// The session's transport, for the `gatehouse_sessions` label.
+    transport: TransportKind,
     mailbox: Recipient<ToSession>,
     /// Whether the resource asked for its roster (RFC 6121 §2.1.6: only
     /// such "interested" resources receive roster pushes).
@@ -192,11 +198,11 @@ impl Actor for Router {
 }
 
 impl Router {
-    /// Counts bound resources in `gatehouse_sessions`. Increments rather
-    /// than sets, so the gauge stays a sum if a process hosts several
-    /// routers (as the tests do).
-    fn count_bound(delta: f64) {
-        metrics::gauge!("gatehouse_sessions").increment(delta);
+    /// Counts bound resources in `gatehouse_sessions`, by transport.
+    /// Increments rather than sets, so the gauge stays a sum if a process
+    /// hosts several routers (as the tests do).
+    fn count_bound(transport: TransportKind, delta: f64) {
+        metrics::gauge!("gatehouse_sessions", "transport" => transport.as_str()).increment(delta);
     }
 
     /// Whether `session_id` is the session bound to `jid` now (not one a
@@ -448,6 +454,7 @@ impl Handler<Bind> for Router {
             let new = Resource {
                 resource: resource.to_owned(),
                 session_id: msg.session_id,
+                transport: msg.transport,
                 mailbox: msg.mailbox,
                 wants_roster: false,
                 presence: None,
@@ -455,6 +462,8 @@ impl Handler<Bind> for Router {
             };
             if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
                 let old = std::mem::replace(old, new);
+                Self::count_bound(old.transport, -1.0);
+                Self::count_bound(msg.transport, 1.0);
                 old.mailbox.do_send(ToSession::Replaced);
                 let available = old.presence.is_some();
                 if available {
@@ -467,7 +476,7 @@ impl Handler<Bind> for Router {
                 self.end_directed(&msg.jid, old.directed, available);
             } else {
                 resources.push(new);
-                Self::count_bound(1.0);
+                Self::count_bound(msg.transport, 1.0);
             }
         });
     }
@@ -489,7 +498,7 @@ impl Handler<Unbind> for Router {
             };
             let gone = resources.swap_remove(pos);
             let last = resources.is_empty();
-            Self::count_bound(-1.0);
+            Self::count_bound(gone.transport, -1.0);
             let available = gone.presence.is_some();
             if available {
                 self.broadcast_presence(&bare, None, &unavailable_from(&msg.jid));
@@ -705,6 +714,7 @@ mod tests {
             router.do_send(Bind {
                 jid: jid.clone(),
                 session_id,
+                transport: TransportKind::Tcp,
                 mailbox,
             });
             Client {

@@ -232,17 +232,38 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
-/// The value of one sample line in a Prometheus scrape, e.g.
-/// `gatehouse_logins_total{result="success"}`; 0 when absent.
+/// The sum of the samples in a Prometheus scrape whose name is `series`'s
+/// and whose labels include all of `series`'s, e.g.
+/// `gatehouse_logins_total{result="success"}` over every transport; 0 when
+/// none is exported. (Label values holding a comma are not supported.)
 pub fn sample(scrape: &str, series: &str) -> f64 {
+    let (name, wanted) = split_series(series);
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
+        .filter_map(|l| {
+            let (exported, value) = l.rsplit_once(' ')?;
+            let (exported_name, labels) = split_series(exported);
+            (exported_name == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
         })
-        .unwrap_or(0.0)
+        .sum()
+}
+
+/// `name{a="x",b="y"}` as the name and its `a="x"` pairs.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, labels)) => (
+            name,
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (series, Vec::new()),
+    }
 }
 
 /// A config for tests: plain TCP allowed, listeners on port 0.

@@ -148,7 +148,7 @@ pub(crate) fn start(
         closing: false,
     }
     .start();
-    SessionLink::new(session, outbound, queued, parser, kill, shutdown)
+    SessionLink::new(transport, session, outbound, queued, parser, kill, shutdown)
 }
 
 /// Where the stream negotiation stands.
@@ -687,8 +687,10 @@ impl Session {
         started: Instant,
     ) -> Next {
         let label = login_result(&result);
-        metrics::counter!("gatehouse_logins_total", "result" => label).increment(1);
-        metrics::histogram!("gatehouse_login_duration_seconds", "result" => label)
+        let transport = self.transport.as_str();
+        metrics::counter!("gatehouse_logins_total", "result" => label, "transport" => transport)
+            .increment(1);
+        metrics::histogram!("gatehouse_login_duration_seconds", "result" => label, "transport" => transport)
             .record(started.elapsed().as_secs_f64());
         let host = self.host.as_deref().unwrap_or_default();
         match result {
@@ -717,7 +719,8 @@ impl Session {
     /// A SASL attempt refused for the client's own fault, before any
     /// backend is asked: counted as `malformed` and as a failed attempt.
     fn sasl_malformed(&mut self, condition: &str) -> Next {
-        metrics::counter!("gatehouse_logins_total", "result" => "malformed").increment(1);
+        metrics::counter!("gatehouse_logins_total", "result" => "malformed", "transport" => self.transport.as_str())
+            .increment(1);
         self.sasl_failed(condition)
     }
 
@@ -764,6 +767,7 @@ impl Session {
         self.services.router.do_send(router::Bind {
             jid: jid.clone(),
             session_id: self.id,
+            transport: self.transport,
             mailbox: ctx.address().recipient(),
         });
         let mut jid_el = Element::bare("jid", ns::BIND);

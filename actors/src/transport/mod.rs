@@ -46,6 +46,13 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
+    /// Every transport, for registering labelled series at zero.
+    pub const ALL: [TransportKind; 3] = [
+        TransportKind::Tcp,
+        TransportKind::DirectTls,
+        TransportKind::WebSocket,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -129,6 +136,9 @@ pub enum Outbound {
 /// flood the actor's mailbox), the session told once of a shutdown, the
 /// connection counted while it lasts.
 pub(crate) struct SessionLink {
+    /// Which transport this is: the `transport` label of the connection
+    /// count.
+    transport: TransportKind,
     /// The session: its `Inbound` events go there, one at a time, and its
     /// answer says what to do with the stream next.
     session: Addr<Session>,
@@ -166,6 +176,7 @@ pub(crate) enum Turn<R> {
 
 impl SessionLink {
     pub(crate) fn new(
+        transport: TransportKind,
         session: Addr<Session>,
         outbound: mpsc::Receiver<Outbound>,
         queued: QueuedBytes,
@@ -173,8 +184,9 @@ impl SessionLink {
         kill: CancellationToken,
         shutdown: CancellationToken,
     ) -> SessionLink {
-        metrics::gauge!("gatehouse_connections").increment(1.0);
+        metrics::gauge!("gatehouse_connections", "transport" => transport.as_str()).increment(1.0);
         SessionLink {
+            transport,
             session,
             outbound,
             queued,
@@ -226,6 +238,7 @@ impl Drop for SessionLink {
     /// another connection), and it is no longer counted.
     fn drop(&mut self) {
         self.session.do_send(ConnectionLost);
-        metrics::gauge!("gatehouse_connections").decrement(1.0);
+        metrics::gauge!("gatehouse_connections", "transport" => self.transport.as_str())
+            .decrement(1.0);
     }
 }
