@@ -20,10 +20,10 @@ mod web;
 use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::auth::Authenticator;
+use gatehouse_actors::directory::{LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
-use gatehouse_actors::router::Router;
 use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::future::Future;
@@ -200,7 +200,7 @@ impl Server {
             None => None,
         };
         let services = Services {
-            router,
+            directory: Arc::new(LocalDirectory::new(router)),
             auth: auth.clone(),
             roster,
             muc,

@@ -2,8 +2,10 @@
 //!
 //! - [`session`]: one Session actor per client connection (XMPP stream,
 //!   STARTTLS, SASL, binding, XEP-0077 accounts).
-//! - [`router`]: the Router actor, the registry of bound resources and of
-//!   online users' rosters; presence and roster pushes.
+//! - [`directory`]: who is bound where and delivery to them, behind the
+//!   `Directory` interface; `directory::local` is this node's Router actor
+//!   (the registry of bound resources and of online users' rosters;
+//!   presence and roster pushes).
 //! - [`auth`]: the AuthPool actor, the external-process and HTTP backends,
 //!   the result cache and the `Authenticator` sessions use.
 //! - [`roster`]: rosters from the application and the RosterCache actor.
@@ -23,12 +25,12 @@
 //! application does that and hands plain settings in.
 
 pub mod auth;
+pub mod directory;
 pub mod muc;
 pub mod outbound_http;
 pub mod panic_guard;
 pub mod redact;
 pub mod roster;
-pub mod router;
 pub mod session;
 pub mod transport;
 pub mod xmpp;

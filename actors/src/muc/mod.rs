@@ -9,8 +9,8 @@
 pub mod gate;
 mod room;
 
+use crate::directory::ToSession;
 use crate::panic_guard;
-use crate::router::ToSession;
 use crate::session::SessionId;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
@@ -435,7 +435,7 @@ mod tests {
     //! next join. The real service and rooms run; an inbox stands in for
     //! each client's session.
     use super::*;
-    use crate::router::inbox;
+    use crate::directory::local::inbox;
     use std::time::Duration;
     use tokio::sync::mpsc;
 

@@ -10,8 +10,8 @@ use super::{
     disco_request, reply_error, Disco, Incoming, MucService, Released, RoomSettings, Vacated,
     NS_MUC, NS_MUC_USER,
 };
+use crate::directory::ToSession;
 use crate::panic_guard::{self, Guarded};
-use crate::router::ToSession;
 use crate::session::SessionId;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, ErrorType, StanzaError};

@@ -9,10 +9,10 @@
 //! them.
 
 use super::{ParseError, Roster};
+use crate::directory::local::{OnlineUsers, RosterChanged, Router};
 use crate::outbound_http::{
     client_builder, read_bounded_body, redirect_refused, sensitive_header_value, BodyError,
 };
-use crate::router::{OnlineUsers, RosterChanged, Router};
 use actix::prelude::*;
 use futures_util::StreamExt;
 use jid::BareJid;

@@ -1,21 +1,21 @@
 //! The Session actor: one per client connection, speaking the client side
 //! of RFC 6120/6121 — stream headers, STARTTLS, SASL PLAIN, resource
 //! binding, the server's own IQs and the account's roster (read-only, from
-//! the RosterCache) — and handing addressed stanzas to the Router.
+//! the RosterCache) — and handing addressed stanzas to the directory.
 //!
 //! It owns one connection's protocol state. It must not touch the socket
 //! nor write a byte of framing (its transport, [`crate::transport`], does)
-//! nor decide where other users' stanzas go (the Router does).
+//! nor decide where other users' stanzas go (the directory does).
 
 mod account;
 mod id;
 mod sasl;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::directory::{self, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
-use crate::router::{self, Router, ToSession};
 use crate::transport::{Outbound, Output, QueuedBytes, SessionLink, TransportKind};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
@@ -78,7 +78,7 @@ pub struct C2sSettings {
 #[derive(Clone)]
 pub struct Services {
     /// Resources, presence and roster pushes between sessions.
-    pub router: Addr<Router>,
+    pub directory: DirectoryHandle,
     /// The auth backend (pool and cache) and the account operations the
     /// deployment allows.
     pub auth: Authenticator,
@@ -207,7 +207,7 @@ pub struct Session {
     peer: SocketAddr,
     /// The c2s limits and hosts, shared by every session.
     settings: Arc<C2sSettings>,
-    /// The actors this session asks (router, auth, rosters, MUC).
+    /// What this session asks (directory, auth, rosters, MUC).
     services: Services,
     /// To the I/O task; bounded by `max_outbound_queue`.
     out: mpsc::Sender<Outbound>,
@@ -262,7 +262,7 @@ impl Actor for Session {
         self.kill.cancel();
         if let Some(jid) = self.jid.take() {
             self.leave_rooms(jid.clone());
-            self.services.router.do_send(router::Unbind {
+            self.services.directory.unbind(directory::Unbind {
                 jid,
                 session_id: self.id,
             });
@@ -764,7 +764,7 @@ impl Session {
             }
             return Next::Continue;
         };
-        self.services.router.do_send(router::Bind {
+        self.services.directory.bind(directory::Bind {
             jid: jid.clone(),
             session_id: self.id,
             transport: self.transport,
@@ -844,12 +844,12 @@ impl Session {
             ("presence", _) if self.services.roster.is_some() && is_subscription(&el) => {}
             // Presence without `to` is the resource's own availability; a
             // probe or error without `to` has no recipient and is dropped.
-            ("presence", None) if router::is_broadcast(&el) => return self.own_presence(me, el),
+            ("presence", None) if directory::is_broadcast(&el) => return self.own_presence(me, el),
             ("presence", None) => {}
             // Messages without `to` go to the sender's own bare JID.
             ("message", None) => {
                 let to = Jid::from(me.to_bare());
-                self.services.router.do_send(router::Route {
+                self.services.directory.route(directory::Route {
                     from: me,
                     session_id: self.id,
                     to,
@@ -864,7 +864,7 @@ impl Session {
             (_, Some(to)) if to.node().is_none() => {
                 self.reply_error(&el, StanzaError::SERVICE_UNAVAILABLE)
             }
-            (_, Some(to)) => self.services.router.do_send(router::Route {
+            (_, Some(to)) => self.services.directory.route(directory::Route {
                 from: me,
                 session_id: self.id,
                 to,
@@ -889,7 +889,7 @@ impl Session {
         let cache = match &self.services.roster {
             Some(cache) if initial => cache.clone(),
             _ => {
-                self.services.router.do_send(router::Broadcast {
+                self.services.directory.broadcast(directory::Broadcast {
                     from,
                     session_id: self.id,
                     presence,
@@ -913,7 +913,7 @@ impl Session {
                             None
                         }
                     };
-                    act.services.router.do_send(router::Broadcast {
+                    act.services.directory.broadcast(directory::Broadcast {
                         from,
                         session_id: act.id,
                         presence,
@@ -953,15 +953,15 @@ impl Session {
                     if fetched.is_ok() {
                         act.held = Some(Vec::new());
                     }
-                    let router = act.services.router.clone();
+                    let directory = act.services.directory.clone();
                     let session_id = act.id;
                     async move {
                         let roster = fetched?;
-                        // The Router may hold a newer roster (a refresh
+                        // The directory may hold a newer roster (a refresh
                         // overtook this fetch); from now on this resource
                         // gets pushes.
                         let fallback = roster.clone();
-                        let used = router.send(router::UseRoster {
+                        let used = directory.use_roster(directory::UseRoster {
                             jid: me,
                             session_id,
                             roster,

@@ -1,6 +1,7 @@
-//! The Router actor: the registry of bound resources and stanza delivery
-//! between them (RFC 6121 §8 for messages and presence, RFC 6120 §10 for
-//! IQs).
+//! The local directory: the Router actor, the registry of this node's
+//! bound resources and stanza delivery between them (RFC 6121 §8 for
+//! messages and presence, RFC 6120 §10 for IQs), behind the [`Directory`]
+//! interface sessions use.
 //!
 //! It owns who is online, the rosters of online users (which decide where
 //! their presence goes, RFC 6121 §4), roster pushes, and where a stanza
@@ -9,80 +10,18 @@
 //! `from` they have already stamped, and rosters fetched by the
 //! RosterCache.
 
+use super::{is_broadcast, Bind, Broadcast, Directory, Route, ToSession, Unbind, UseRoster};
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
 use crate::session::SessionId;
 use crate::transport::TransportKind;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// What the router tells a session.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum ToSession {
-    /// A stanza to write to the client, already addressed.
-    Stanza(Element),
-    /// A newer session bound the same full JID: this one must end with
-    /// `<conflict/>`.
-    Replaced,
-}
-
-/// Registers a bound resource. An older session with the same full JID is
-/// told it was replaced.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Bind {
-    pub jid: FullJid,
-    /// Tells this session apart from a newer one bound to the same JID.
-    pub session_id: SessionId,
-    /// What carries the session's stream: the `transport` label of
-    /// `gatehouse_sessions`.
-    pub transport: TransportKind,
-    pub mailbox: Recipient<ToSession>,
-}
-
-/// Removes a resource, unless it was replaced by a newer session meanwhile.
-/// If it was available, its other resources get unavailable presence.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unbind {
-    pub jid: FullJid,
-    pub session_id: SessionId,
-}
-
-/// Presence without a `to`: the resource's own availability, broadcast to
-/// the user's other available resources and to the available resources of
-/// the contacts in the user's roster.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Broadcast {
-    pub from: FullJid,
-    /// The sender's session: presence from a session a newer one replaced
-    /// is dropped, so it never lands on the newer one's entry.
-    pub session_id: SessionId,
-    pub presence: Element,
-    /// The user's roster, when the session fetched it for this presence
-    /// (initial presence); otherwise the one the Router holds is used.
-    pub roster: Option<Arc<Roster>>,
-}
-
-/// A resource asked for its roster: it will receive roster pushes from now
-/// on. The answer is the roster to give it: `roster`, or a newer one the
-/// Router already holds.
-#[derive(Message)]
-#[rtype(result = "Arc<Roster>")]
-pub struct UseRoster {
-    /// The resource that asked.
-    pub jid: FullJid,
-    /// The resource's session; a replaced session is not marked.
-    pub session_id: SessionId,
-    /// The roster the session fetched for it.
-    pub roster: Arc<Roster>,
-}
 
 /// A user's roster changed (a refresh): push the difference to the
 /// resources that asked for the roster, and exchange presence with added
@@ -105,18 +44,40 @@ pub struct OnlineUsers {
     pub jids: Vec<BareJid>,
 }
 
-/// A stanza addressed to a local JID, with `from` stamped by the sender's
-/// session.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Route {
-    pub from: FullJid,
-    /// The sender's session: directed presence from a session a newer one
-    /// replaced is dropped, since its recipients were already told the
-    /// resource went away and would not be told again.
-    pub session_id: SessionId,
-    pub to: Jid,
-    pub stanza: Element,
+/// This node's directory: the Router actor behind the [`Directory`]
+/// interface.
+pub struct LocalDirectory {
+    /// The registry and delivery of this node.
+    router: Addr<Router>,
+}
+
+impl LocalDirectory {
+    pub fn new(router: Addr<Router>) -> LocalDirectory {
+        LocalDirectory { router }
+    }
+}
+
+impl Directory for LocalDirectory {
+    fn bind(&self, bind: Bind) {
+        self.router.do_send(bind);
+    }
+
+    fn unbind(&self, unbind: Unbind) {
+        self.router.do_send(unbind);
+    }
+
+    fn route(&self, route: Route) {
+        self.router.do_send(route);
+    }
+
+    fn broadcast(&self, broadcast: Broadcast) {
+        self.router.do_send(broadcast);
+    }
+
+    fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>> {
+        let answer = self.router.send(request);
+        Box::pin(async move { answer.await.ok() })
+    }
 }
 
 /// The `actor` label of panics caught in the Router's handlers. Every
@@ -129,13 +90,6 @@ const PANIC_LABEL: &str = "router";
 /// beyond this many, further ones are not told when the resource leaves,
 /// so that one client cannot grow the Router without bound.
 const MAX_DIRECTED: usize = 1000;
-
-/// Whether a presence without `to` is the sender's own availability to
-/// broadcast (RFC 6121 §4.2, §4.5): no type (available) or `unavailable`.
-/// Other types (probe, error, subscriptions) have no broadcast meaning.
-pub fn is_broadcast(presence: &Element) -> bool {
-    matches!(presence.attr("type"), None | Some("unavailable"))
-}
 
 /// The presence a resource's peers see when it goes away.
 fn unavailable_from(jid: &FullJid) -> Element {

@@ -1,0 +1,127 @@
+//! The directory: who is bound where, and delivery to them. Sessions
+//! register and unregister their bound resources, hand it the stanzas and
+//! presence they send, and get what is meant for them through their
+//! mailbox — through the [`Directory`] interface, never a concrete actor,
+//! so that a cluster backend (another node's sessions behind Redis) can
+//! stand behind the same interface later. [`local`] is this node's: the
+//! Router actor.
+//!
+//! This file owns the vocabulary sessions and a directory speak. It must
+//! not decide routing (an implementation does) nor parse client input.
+
+pub mod local;
+
+use crate::roster::Roster;
+use crate::session::SessionId;
+use crate::transport::TransportKind;
+use actix::prelude::*;
+use futures_util::future::BoxFuture;
+use jid::{FullJid, Jid};
+use minidom::Element;
+use std::sync::Arc;
+
+pub use local::{LocalDirectory, Router};
+
+/// Where sessions find each other. Every method returns at once (the work
+/// is queued); only [`Directory::use_roster`] waits for an answer.
+pub trait Directory: Send + Sync + 'static {
+    /// A session bound a resource: deliver to it from now on.
+    fn bind(&self, bind: Bind);
+    /// A session's resource is gone.
+    fn unbind(&self, unbind: Unbind);
+    /// A stanza addressed to a local JID.
+    fn route(&self, route: Route);
+    /// A resource's own presence, to its peers.
+    fn broadcast(&self, broadcast: Broadcast);
+    /// A resource asked for its roster; the answer is the roster to give
+    /// it, or `None` when the directory could not be asked.
+    fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>>;
+}
+
+/// The directory a session holds.
+pub type DirectoryHandle = Arc<dyn Directory>;
+
+/// What the directory tells a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A stanza to write to the client, already addressed.
+    Stanza(Element),
+    /// A newer session bound the same full JID: this one must end with
+    /// `<conflict/>`.
+    Replaced,
+}
+
+/// Registers a bound resource. An older session with the same full JID is
+/// told it was replaced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Bind {
+    pub jid: FullJid,
+    /// Tells this session apart from a newer one bound to the same JID.
+    pub session_id: SessionId,
+    /// What carries the session's stream: the `transport` label of
+    /// `gatehouse_sessions`.
+    pub transport: TransportKind,
+    pub mailbox: Recipient<ToSession>,
+}
+
+/// Removes a resource, unless it was replaced by a newer session meanwhile.
+/// If it was available, its other resources get unavailable presence.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unbind {
+    pub jid: FullJid,
+    pub session_id: SessionId,
+}
+
+/// Presence without a `to`: the resource's own availability, broadcast to
+/// the user's other available resources and to the available resources of
+/// the contacts in the user's roster.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast {
+    pub from: FullJid,
+    /// The sender's session: presence from a session a newer one replaced
+    /// is dropped, so it never lands on the newer one's entry.
+    pub session_id: SessionId,
+    pub presence: Element,
+    /// The user's roster, when the session fetched it for this presence
+    /// (initial presence); otherwise the one the Router holds is used.
+    pub roster: Option<Arc<Roster>>,
+}
+
+/// A resource asked for its roster: it will receive roster pushes from now
+/// on. The answer is the roster to give it: `roster`, or a newer one the
+/// Router already holds.
+#[derive(Message)]
+#[rtype(result = "Arc<Roster>")]
+pub struct UseRoster {
+    /// The resource that asked.
+    pub jid: FullJid,
+    /// The resource's session; a replaced session is not marked.
+    pub session_id: SessionId,
+    /// The roster the session fetched for it.
+    pub roster: Arc<Roster>,
+}
+
+/// A stanza addressed to a local JID, with `from` stamped by the sender's
+/// session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route {
+    pub from: FullJid,
+    /// The sender's session: directed presence from a session a newer one
+    /// replaced is dropped, since its recipients were already told the
+    /// resource went away and would not be told again.
+    pub session_id: SessionId,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// Whether a presence without `to` is the sender's own availability to
+/// broadcast (RFC 6121 §4.2, §4.5): no type (available) or `unavailable`.
+/// Other types (probe, error, subscriptions) have no broadcast meaning.
+pub fn is_broadcast(presence: &Element) -> bool {
+    matches!(presence.attr("type"), None | Some("unavailable"))
+}
