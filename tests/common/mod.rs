@@ -126,6 +126,9 @@ pub struct TestServer {
     /// The Direct TLS listener, when the config sets `direct_tls_listen`.
     pub direct_tls: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// The web listener (WebSocket and BOSH), when the config has `[web]`.
+    /// Always `None` until the server has one (tests/web_converse.rs).
+    pub web: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -162,6 +165,7 @@ impl TestServer {
             c2s,
             direct_tls,
             http,
+            web: None,
             stop: Some(stop),
             thread: Some(thread),
         }

@@ -38,7 +38,7 @@ async def main():
 
     msg = await asyncio.wait_for(got, args.timeout)
     body = msg["body"]
-    print(f"got {body!r} from {msg['from']}", flush=True)
+    print(f"got message from {msg['from']}: {body}", flush=True)
     if args.expect is not None and body != args.expect:
         raise RuntimeError(f"message body is {body!r}, not {args.expect!r}")
     bob.send_message(mto=msg["from"], mbody=args.reply, mtype="chat")
