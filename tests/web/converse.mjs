@@ -124,13 +124,13 @@ const PAGE = `<!DOCTYPE html>
 </head>
 <body class="converse-fullscreen">
 <script>
-window.harness = { statuses: [], events: [] };
+window.harness = { statuses: [], events: [], initError: null };
 window.startConverse = function (settings) {
     const { Strophe } = converse.env;
     const names = Object.fromEntries(Object.entries(Strophe.Status).map(([k, v]) => [v, k]));
     converse.plugins.add('gatehouse-harness', {
         initialize() {
-            const { api, state } = this._converse;
+            const { api } = this._converse;
             api.listen.on('connfeedback', (feedback) => {
                 const status = names[feedback.get('connection_status')] ?? String(feedback.get('connection_status'));
                 const entry = { status, message: feedback.get('message') || '' };
@@ -146,7 +146,12 @@ window.startConverse = function (settings) {
         },
     });
     settings.whitelisted_plugins = ['gatehouse-harness'];
-    return converse.initialize(settings).then(() => 'initialized');
+    // Not awaited by the driver: with auto_login it settles only once the
+    // login does.
+    converse.initialize(settings).catch((e) => {
+        window.harness.initError = String(e && e.stack || e);
+        console.error('harness: converse.initialize failed: ' + window.harness.initError);
+    });
 };
 </script>
 </body>
@@ -208,6 +213,13 @@ async function main() {
     const deadline = Date.now() + opts.timeout * 1000;
     const remaining = () => Math.max(1, deadline - Date.now());
     const journal = new Journal();
+    // Whatever hangs (a browser that never starts or never closes), the run
+    // ends shortly after its deadline.
+    setTimeout(() => {
+        console.error(`web failed: still running ${opts.timeout + 15} s after the start`);
+        for (const l of journal.lines) console.error(l);
+        process.exit(1);
+    }, (opts.timeout + 15) * 1000).unref();
 
     try {
         statSync(join(DIST, 'converse.min.js'));
@@ -293,7 +305,10 @@ async function main() {
 
         // A failed connection ends the run at once, with Converse's reason.
         const connectionFailure = async () => {
-            const statuses = await page.evaluate(() => window.harness.statuses).catch(() => []);
+            const { statuses, initError } = await page
+                .evaluate(() => window.harness)
+                .catch(() => ({ statuses: [], initError: null }));
+            if (initError) return `Converse did not start: ${initError}`;
             const bad = statuses.find((s) =>
                 ['ERROR', 'CONNFAIL', 'AUTHFAIL', 'DISCONNECTED', 'CONNTIMEOUT', 'ATTACHFAIL'].includes(s.status),
             );
