@@ -128,9 +128,6 @@ pub struct TestServer {
     /// The web listener, when the config has a `[web]` section.
     pub web: Option<SocketAddr>,
     pub http: SocketAddr,
-    /// The web listener (WebSocket and BOSH), when the config has `[web]`.
-    /// Always `None` until the server has one (tests/web_converse.rs).
-    pub web: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -169,7 +166,6 @@ impl TestServer {
             direct_tls,
             web,
             http,
-            web: None,
             stop: Some(stop),
             thread: Some(thread),
         }
