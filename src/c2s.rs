@@ -50,6 +50,19 @@ pub struct TlsAcceptors {
 
 /// Loads a PEM certificate chain and private key into the TLS acceptors.
 pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> {
+    let config = server_config(cert, key)?;
+    let mut direct = config.clone();
+    direct.alpn_protocols = vec![tls::ALPN_XMPP_CLIENT.to_vec()];
+    Ok(TlsAcceptors {
+        starttls: TlsAcceptor::from(Arc::new(config)),
+        direct: TlsAcceptor::from(Arc::new(direct)),
+    })
+}
+
+/// A TLS server configuration (rustls with ring, safe defaults, no client
+/// certificates) for a PEM certificate chain and private key: the one way
+/// Gatehouse builds one, for the client listeners and the web listener.
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, RunError> {
     let tls_error = |path: &Path, reason: String| RunError::Tls {
         path: path.to_owned(),
         reason,
@@ -70,12 +83,7 @@ pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> 
             .with_no_client_auth()
             .with_single_cert(chain, key_der)
             .map_err(|e| tls_error(cert, e.to_string()))?;
-    let mut direct = config.clone();
-    direct.alpn_protocols = vec![tls::ALPN_XMPP_CLIENT.to_vec()];
-    Ok(TlsAcceptors {
-        starttls: TlsAcceptor::from(Arc::new(config)),
-        direct: TlsAcceptor::from(Arc::new(direct)),
-    })
+    Ok(config)
 }
 
 /// What a listener's connections begin with.

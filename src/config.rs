@@ -805,8 +805,13 @@ impl Config {
             .http
             .as_mut()
             .and_then(|http| http.ca_file.as_mut());
+        let web_tls = self
+            .web
+            .as_mut()
+            .map(|web| [&mut web.tls_cert, &mut web.tls_key]);
         for path in [&mut self.c2s.tls_cert, &mut self.c2s.tls_key]
             .into_iter()
+            .chain(web_tls.into_iter().flatten())
             .flatten()
             .chain(ca_file)
         {

@@ -225,7 +225,11 @@ impl Server {
         });
         let web = match web_listener {
             Some((listener, _, web)) => {
-                let server = web::start(listener, web, settings.clone(), services.clone())
+                let tls = match (&web.tls_cert, &web.tls_key) {
+                    (Some(cert), Some(key)) => Some(c2s::server_config(cert, key)?),
+                    _ => None,
+                };
+                let server = web::start(listener, tls, web, settings.clone(), services.clone())
                     .map_err(RunError::Http)?;
                 let handle = server.handle();
                 actix_rt::spawn(server);

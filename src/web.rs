@@ -13,6 +13,7 @@ use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::transport::websocket;
 use std::net::TcpListener;
 use std::sync::Arc;
+use tokio_rustls::rustls::ServerConfig;
 
 /// What every web worker shares.
 #[derive(Clone)]
@@ -54,13 +55,18 @@ async fn xmpp_websocket(
     let Some(peer) = req.peer_addr() else {
         return HttpResponse::BadRequest().finish();
     };
+    let forwarded_for = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = state.config.client(peer, forwarded_for);
     match actix_ws::handle_with_protocols(&req, body, &[websocket::SUBPROTOCOL]) {
         Ok((response, session, messages)) => {
             websocket::start(
                 session,
                 messages,
-                peer,
-                state.config.consider_secure,
+                client,
+                state.config.secure(),
                 state.settings.clone(),
                 state.services.clone(),
             );
@@ -71,9 +77,11 @@ async fn xmpp_websocket(
 }
 
 /// Starts the web server on an already bound listener, one worker per
-/// core (each is an actix arbiter; the sessions it accepts live on it).
+/// core (each is an actix arbiter; the sessions it accepts live on it);
+/// over TLS when `tls` is given (`[web] tls_cert`/`tls_key`).
 pub fn start(
     listener: TcpListener,
+    tls: Option<ServerConfig>,
     config: WebConfig,
     settings: Arc<C2sSettings>,
     services: Services,
@@ -91,8 +99,10 @@ pub fn start(
     })
     .workers(workers)
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(1);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }

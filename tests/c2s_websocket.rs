@@ -285,3 +285,56 @@ async fn bad_messages_end_the_stream_with_the_right_error() {
         .unwrap();
     assert_eq!(ws.closed().await, Some(CloseCode::Unsupported));
 }
+
+/// `wss://`: the web listener with its own certificate; its streams are
+/// secure, so SASL is offered under `require_tls = true` (and STARTTLS is
+/// not).
+#[actix_rt::test]
+async fn wss_on_the_web_listener_itself() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let dir = tempdir();
+    let (ca, cert, key) = make_certificates(&dir);
+    let (toml, _) = tls_config(&fixture_auth(""));
+    let toml = format!(
+        "{toml}\n[web]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+    );
+    let server = TestServer::start(&toml);
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(web(&server)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = format!("wss://localhost:{}/xmpp-websocket", web(&server).port())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "xmpp".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    ws.send(Message::text(OPEN)).await.unwrap();
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(texts[0].starts_with("<open"), "{texts:?}");
+    assert!(texts[1].contains("PLAIN"), "{texts:?}");
+    assert!(!texts[1].contains("starttls"), "{texts:?}");
+}

@@ -6,9 +6,10 @@
 //! rest of the file's format or start anything: `Server::bind` starts the
 //! listener (`crate::web`).
 
-use super::{listeners_conflict, Problems};
+use super::{check_pem, listeners_conflict, PemKind, Problems};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 /// `[web]`: where web clients connect.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -29,6 +30,19 @@ pub struct WebConfig {
     /// `consider_websocket_secure`).
     #[serde(default)]
     pub consider_secure: bool,
+    /// PEM certificate chain for serving `https://` and `wss://` on the
+    /// listener itself. Relative paths are resolved from the config file's
+    /// directory. Without it the listener is plain HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies (IP addresses) whose `X-Forwarded-For` is believed:
+    /// behind one, the client is the address it names, not the proxy's
+    /// (for logs and per-client limits). Anyone else's header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl WebConfig {
@@ -45,11 +59,46 @@ impl WebConfig {
                 );
             }
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                if let Err(why) = check_pem(cert, PemKind::Certificate) {
+                    problems.add("web.tls_cert", why);
+                }
+                if let Err(why) = check_pem(key, PemKind::PrivateKey) {
+                    problems.add("web.tls_key", why);
+                }
+            }
+            (Some(_), None) => problems.add("web.tls_key", "must be set when web.tls_cert is"),
+            (None, Some(_)) => problems.add("web.tls_cert", "must be set when web.tls_key is"),
+            (None, None) => {}
+        }
         for origin in &self.allowed_origins {
             if let Some(why) = origin_problem(origin) {
                 problems.add("web.allowed_origins", format!("{origin:?}: {why}"));
             }
         }
+    }
+
+    /// Whether streams on this listener are encrypted: TLS on the listener,
+    /// or a TLS proxy in front ([`WebConfig::consider_secure`]).
+    pub fn secure(&self) -> bool {
+        self.tls_cert.is_some() || self.consider_secure
+    }
+
+    /// The client behind a connection from `peer`: the last address of
+    /// `forwarded_for` (an `X-Forwarded-For` value) that is not itself a
+    /// trusted proxy, when `peer` is one; otherwise `peer`. The port of a
+    /// forwarded client is unknown and given as 0.
+    pub fn client(&self, peer: SocketAddr, forwarded_for: Option<&str>) -> SocketAddr {
+        if !self.trusted_proxies.contains(&peer.ip()) {
+            return peer;
+        }
+        forwarded_for
+            .into_iter()
+            .flat_map(|value| value.rsplit(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .find(|hop| !self.trusted_proxies.contains(hop))
+            .map_or(peer, |client| SocketAddr::new(client, 0))
     }
 
     /// Whether a browser page from `origin` may open a stream here.
@@ -98,8 +147,22 @@ mod tests {
             listen: "127.0.0.1:5281".parse().unwrap(),
             allowed_origins: vec!["https://chat.example.com".into()],
             consider_secure: false,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
         };
         assert!(web.allows_origin("https://CHAT.example.com"));
         assert!(!web.allows_origin("https://evil.example"));
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        // Only a trusted proxy's header counts; the proxy itself is
+        // skipped, a client's forged first hop is not reached.
+        assert_eq!(web.client(stranger, Some("198.51.100.1")), stranger);
+        assert_eq!(
+            web.client(proxy, Some("203.0.113.9, 198.51.100.1, 10.0.0.1")),
+            "198.51.100.1:0".parse().unwrap()
+        );
+        assert_eq!(web.client(proxy, None), proxy);
+        assert_eq!(web.client(proxy, Some("garbage")), proxy);
     }
 }
