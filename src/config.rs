@@ -964,29 +964,45 @@ fn listeners_conflict(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Checks the `tls_cert`/`tls_key` pair of `section`: both set and each a
+/// PEM file of its kind, or neither. Returns whether neither is set.
+fn check_tls_pair(
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    problems: &mut Problems,
+) -> bool {
+    let (cert_key, key_key) = (format!("{section}.tls_cert"), format!("{section}.tls_key"));
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if let Err(why) = check_pem(cert, PemKind::Certificate) {
+                problems.add(&cert_key, why);
+            }
+            if let Err(why) = check_pem(key, PemKind::PrivateKey) {
+                problems.add(&key_key, why);
+            }
+        }
+        (Some(_), None) => problems.add(&key_key, format!("must be set when {cert_key} is")),
+        (None, Some(_)) => problems.add(&cert_key, format!("must be set when {key_key} is")),
+        (None, None) => return true,
+    }
+    false
+}
+
 impl C2sConfig {
     fn validate(&self, problems: &mut Problems) {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                if let Err(why) = check_pem(cert, PemKind::Certificate) {
-                    problems.add("c2s.tls_cert", why);
-                }
-                if let Err(why) = check_pem(key, PemKind::PrivateKey) {
-                    problems.add("c2s.tls_key", why);
-                }
-            }
-            (Some(_), None) => problems.add("c2s.tls_key", "must be set when c2s.tls_cert is"),
-            (None, Some(_)) => problems.add("c2s.tls_cert", "must be set when c2s.tls_key is"),
-            (None, None) if self.direct_tls_listen.is_some() => problems.add(
+        let neither = check_tls_pair("c2s", &self.tls_cert, &self.tls_key, problems);
+        if neither && self.direct_tls_listen.is_some() {
+            problems.add(
                 "c2s.direct_tls_listen",
                 "needs c2s.tls_cert and c2s.tls_key: Direct TLS is TLS from the first byte",
-            ),
-            (None, None) if self.require_tls => problems.add(
+            );
+        } else if neither && self.require_tls {
+            problems.add(
                 "c2s.tls_cert",
                 "c2s.tls_cert and c2s.tls_key are required when c2s.require_tls = true \
                  (or set c2s.require_tls = false to allow logins without TLS)",
-            ),
-            (None, None) => {}
+            );
         }
         problems.range("c2s.max_stanza_bytes", self.max_stanza_bytes, STANZA_BYTES);
         problems.range(

@@ -6,7 +6,7 @@
 //! rest of the file's format or start anything: `Server::bind` starts the
 //! listener (`crate::web`).
 
-use super::{check_pem, listeners_conflict, PemKind, Problems};
+use super::{check_tls_pair, listeners_conflict, Problems};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -59,19 +59,7 @@ impl WebConfig {
                 );
             }
         }
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                if let Err(why) = check_pem(cert, PemKind::Certificate) {
-                    problems.add("web.tls_cert", why);
-                }
-                if let Err(why) = check_pem(key, PemKind::PrivateKey) {
-                    problems.add("web.tls_key", why);
-                }
-            }
-            (Some(_), None) => problems.add("web.tls_key", "must be set when web.tls_cert is"),
-            (None, Some(_)) => problems.add("web.tls_cert", "must be set when web.tls_key is"),
-            (None, None) => {}
-        }
+        check_tls_pair("web", &self.tls_cert, &self.tls_key, problems);
         for origin in &self.allowed_origins {
             if let Some(why) = origin_problem(origin) {
                 problems.add("web.allowed_origins", format!("{origin:?}: {why}"));
