@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, ClientRequestBuilder, Message};
 use tokio_tungstenite::WebSocketStream;
 
 /// Where the server serves XMPP over WebSocket.
-pub(crate) const PATH: &str = "/xmpp-websocket";
+const PATH: &str = "/xmpp-websocket";
 
 /// The subprotocol RFC 7395 §3.1 registers; the server refuses an upgrade
 /// without it.
@@ -49,7 +49,7 @@ pub(crate) async fn connect(target: &Target) -> Result<XmppWebSocket<'_>, Stop> 
         .parse()
         .expect("a socket address and a fixed path make a URI");
     // A fresh request (and Sec-WebSocket-Key) per connection, as RFC 6455
-    // asks; the builder checks that the answer names the subprotocol.
+    // asks; the handshake fails unless the answer names the subprotocol.
     let request = ClientRequestBuilder::new(uri).with_sub_protocol(SUBPROTOCOL);
     let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
     let socket = tcp::socket(target.addr).await?;
@@ -57,7 +57,7 @@ pub(crate) async fn connect(target: &Target) -> Result<XmppWebSocket<'_>, Stop> 
         tokio_tungstenite::client_async_with_config(request, socket, Some(config)).await?;
     Ok(XmppWebSocket {
         ws,
-        open: &target.opening,
+        opening: &target.opening,
         replies: Vec::with_capacity(1024),
     })
 }
@@ -66,15 +66,15 @@ pub(crate) async fn connect(target: &Target) -> Result<XmppWebSocket<'_>, Stop> 
 pub(crate) struct XmppWebSocket<'t> {
     ws: WebSocketStream<TcpStream>,
     /// The `<open/>` every (re)open sends, from [`open_element`].
-    open: &'t str,
+    opening: &'t str,
     /// The text of the messages no marker has consumed yet.
     replies: Vec<u8>,
 }
 
 impl ClientStream for XmppWebSocket<'_> {
     async fn open(&mut self) -> Result<(), Stop> {
-        let open = self.open;
-        self.send(&[open]).await?;
+        let opening = self.opening;
+        self.send(&[opening]).await?;
         features(self).await
     }
 
@@ -175,6 +175,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
+            // The callback's error type is tungstenite's, large or not.
+            #[allow(clippy::result_large_err)]
             let answer = move |_: &Request, mut response: Response| {
                 if subprotocol {
                     let name = SUBPROTOCOL.parse().unwrap();
