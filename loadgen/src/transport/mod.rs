@@ -17,7 +17,6 @@ pub(crate) mod websocket;
 use crate::client::{Outcome, Stop};
 use clap::ValueEnum;
 use memchr::memmem;
-use std::future::Future;
 
 /// Which client transport every login of a run uses (`--transport`): the
 /// server under test may offer several, and each costs it differently.
@@ -99,9 +98,26 @@ pub(crate) trait ClientStream {
         }
     }
 
+    /// Reads and drops whatever the server sends to a held session, through
+    /// as little buffer as the framing allows, until the server hangs up.
+    async fn hung_up(&mut self);
+
     /// Keeps the logged-in session open and idle until `release` turns
     /// true; the server dropping it meanwhile is a reset.
-    async fn hold(&mut self, release: tokio::sync::watch::Receiver<bool>) -> Result<(), Stop>;
+    async fn hold(&mut self, mut release: tokio::sync::watch::Receiver<bool>) -> Result<(), Stop> {
+        // The login's buffer is not needed while the session sits idle.
+        *self.replies() = Vec::new();
+        let hung_up = self.hung_up();
+        tokio::pin!(hung_up);
+        loop {
+            tokio::select! {
+                changed = release.changed() => if changed.is_err() || *release.borrow() {
+                    return Ok(());
+                },
+                () = &mut hung_up => return Err(Stop::Outcome(Outcome::ConnectionReset)),
+            }
+        }
+    }
 
     /// Closes the stream and the connection.
     async fn close(&mut self) -> Result<(), Stop>;
@@ -122,25 +138,6 @@ pub(crate) async fn features(stream: &mut impl ClientStream) -> Result<(), Stop>
     {
         (2, _) => Err(Stop::Outcome(Outcome::OtherFailure)),
         _ => Ok(()),
-    }
-}
-
-/// A held session's wait: until `release` turns true, or until `dropped`
-/// (a transport's read loop that ends when the server hangs up) ends first,
-/// which is a reset. Each transport's [`ClientStream::hold`] passes its own
-/// read loop, one that keeps no login buffer.
-pub(crate) async fn held_until(
-    mut release: tokio::sync::watch::Receiver<bool>,
-    dropped: impl Future<Output = ()>,
-) -> Result<(), Stop> {
-    tokio::pin!(dropped);
-    loop {
-        tokio::select! {
-            changed = release.changed() => if changed.is_err() || *release.borrow() {
-                return Ok(());
-            },
-            () = &mut dropped => return Err(Stop::Outcome(Outcome::ConnectionReset)),
-        }
     }
 }
 

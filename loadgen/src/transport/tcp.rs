@@ -2,7 +2,7 @@
 //! [`XmlStream`] is that framing; STARTTLS and Direct TLS put TLS under the
 //! same framing.
 
-use super::{features, held_until, ClientStream};
+use super::{features, ClientStream};
 use crate::client::{Outcome, Stop, Target};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -85,17 +85,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream for XmlStream<'_, S> {
         &mut self.replies
     }
 
-    async fn hold(&mut self, release: tokio::sync::watch::Receiver<bool>) -> Result<(), Stop> {
-        // The login's buffer is not needed while the session sits idle:
-        // whatever the server sends meanwhile is read through a small
-        // scratch and dropped.
-        self.replies = Vec::new();
-        let socket = &mut self.socket;
-        held_until(release, async move {
-            let mut scratch = [0u8; 1024];
-            while socket.read(&mut scratch).await.unwrap_or(0) > 0 {}
-        })
-        .await
+    async fn hung_up(&mut self) {
+        let mut scratch = [0u8; 1024];
+        while self.socket.read(&mut scratch).await.unwrap_or(0) > 0 {}
     }
 
     async fn close(&mut self) -> Result<(), Stop> {
@@ -134,5 +126,15 @@ mod tests {
         assert_eq!(which, 1);
         assert!(text.ends_with(b"</stream:features>"));
         assert_eq!(stream.until(&["<success"]).await.ok().unwrap().0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_held_session_the_server_drops_is_a_reset() {
+        let (_release, held) = tokio::sync::watch::channel(false);
+        let mut stream = replaying(b"<presence/>");
+        assert!(matches!(
+            stream.hold(held).await,
+            Err(Stop::Outcome(Outcome::ConnectionReset))
+        ));
     }
 }

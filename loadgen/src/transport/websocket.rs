@@ -8,7 +8,7 @@
 //! same markers (the server's features and stream errors close alike on
 //! both framings), so the login and its outcomes are the other transports'.
 
-use super::{features, held_until, tcp, ClientStream};
+use super::{features, tcp, ClientStream};
 use crate::client::{Outcome, Stop, Target};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -111,18 +111,12 @@ impl ClientStream for XmppWebSocket<'_> {
         &mut self.replies
     }
 
-    async fn hold(&mut self, release: tokio::sync::watch::Receiver<bool>) -> Result<(), Stop> {
-        // The login's buffer is not needed while the session sits idle.
-        self.replies = Vec::new();
-        let ws = &mut self.ws;
-        held_until(release, async move {
-            while let Some(Ok(message)) = ws.next().await {
-                if message.is_close() {
-                    return;
-                }
+    async fn hung_up(&mut self) {
+        while let Some(Ok(message)) = self.ws.next().await {
+            if message.is_close() {
+                return;
             }
-        })
-        .await
+        }
     }
 
     async fn close(&mut self) -> Result<(), Stop> {
@@ -251,6 +245,34 @@ mod tests {
         assert_eq!(received[0], open);
         assert_eq!(received[2], open, "the restart after SASL is a new <open/>");
         assert_eq!(received[6], CLOSE);
+    }
+
+    #[tokio::test]
+    async fn a_held_session_closes_once_released() {
+        let (addr, server) =
+            scripted("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", true).await;
+        let (up, is_up) = tokio::sync::oneshot::channel();
+        let (release, on_release) = tokio::sync::watch::channel(false);
+        let target = target(addr);
+        let credentials = Credentials::new("u1", "p1");
+        let held = login(
+            &target,
+            &credentials,
+            Some(crate::client::Hold {
+                up,
+                release: on_release,
+            }),
+        );
+        let released = async {
+            is_up.await.unwrap();
+            release.send(true).unwrap();
+        };
+        let ((outcome, _), ()) = tokio::join!(held, released);
+        assert_eq!(outcome, Outcome::Success);
+        assert_eq!(
+            server.await.unwrap().last().map(String::as_str),
+            Some(CLOSE)
+        );
     }
 
     #[tokio::test]
