@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A short smoke run of gatehouse-loadgen against Gatehouse only (the full
 # comparison is not a CI job): a closed-loop storm and a hold run over plain
-# TCP, and a short closed-loop storm over Direct TLS, all of which must
-# succeed completely. Uses the debug build (in $CARGO_TARGET_DIR if set);
-# ends on its own.
+# TCP, and short closed-loop storms over Direct TLS and over WebSocket
+# (RFC 7395), all of which must succeed completely. Uses the debug build (in
+# $CARGO_TARGET_DIR if set); ends on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet -p gatehouse --bin gatehouse
@@ -15,6 +15,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 c2s=$(free_port)
 http=$(free_port)
 direct_tls=$(free_port)
+web=$(free_port)
 cat > "$work/gatehouse.toml" <<TOML
 hosts = ["localhost"]
 [c2s]
@@ -25,6 +26,8 @@ tls_cert = "$PWD/examples/localhost.crt"
 tls_key = "$PWD/examples/localhost.key"
 [http]
 listen = "127.0.0.1:$http"
+[web]
+listen = "127.0.0.1:$web"
 [auth]
 backend = "external"
 [auth.external]
@@ -49,4 +52,6 @@ held=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$c2s" --mode hold --count 20
 check "$held" 200 tcp
 tls=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$direct_tls" --transport tls --mode closed --concurrency 10 --count 100 --server-pid "$server" --max-seconds 60 --json)
 check "$tls" 100 tls
+websocket=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$web" --transport websocket --mode closed --concurrency 10 --count 100 --server-pid "$server" --max-seconds 60 --json)
+check "$websocket" 100 websocket
 echo "loadgen smoke: ok"

@@ -5,7 +5,7 @@
 //! Replies are recognised by cheap substring scans, not parsed as XML, so
 //! the generator spends far less CPU per login than the server it drives.
 
-use crate::transport::{starttls, tcp, tls, ClientStream, Transport};
+use crate::transport::{starttls, tcp, tls, websocket, ClientStream, Transport};
 use base64::Engine;
 use memchr::memmem;
 use std::net::SocketAddr;
@@ -44,15 +44,16 @@ impl Outcome {
 /// What every virtual client needs.
 pub struct Target {
     /// The server's c2s address (loopback only; for `--transport tls`, its
-    /// Direct TLS listener).
+    /// Direct TLS listener; for `--transport websocket`, its web listener).
     pub addr: SocketAddr,
     /// The XMPP domain every client logs in to.
     pub domain: String,
     /// How every client connects and frames its stream.
     pub transport: Transport,
-    /// The client's RFC 6120 stream header for `domain`, rendered once (the
-    /// TCP-based transports' framing).
-    pub(crate) stream_header: Vec<u8>,
+    /// What opens (and, after SASL, reopens) every stream on `transport`,
+    /// for `domain`: RFC 6120's stream header, or RFC 7395's `<open/>`.
+    /// Rendered once per run, not once per login.
+    pub(crate) opening: String,
     /// Per-login limit (connect to roster answer; holding is not limited).
     pub timeout: Duration,
 }
@@ -63,7 +64,10 @@ impl Target {
             addr,
             domain: domain.to_owned(),
             transport,
-            stream_header: tcp::stream_header(domain),
+            opening: match transport {
+                Transport::Tcp | Transport::Starttls | Transport::Tls => tcp::stream_header(domain),
+                Transport::Websocket => websocket::open_element(domain),
+            },
             timeout,
         }
     }
@@ -72,19 +76,18 @@ impl Target {
 /// One account's SASL PLAIN request, rendered once and reused by every
 /// login of that account.
 pub struct Credentials {
-    /// The whole `<auth mechanism='PLAIN'>` element, ready to write.
-    auth: Vec<u8>,
+    /// The whole `<auth mechanism='PLAIN'>` element, ready to send.
+    auth: String,
 }
 
 impl Credentials {
     pub fn new(user: &str, password: &str) -> Self {
         let payload =
             base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        let auth = format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
-        );
         Credentials {
-            auth: auth.into_bytes(),
+            auth: format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+            ),
         }
     }
 }
@@ -187,6 +190,10 @@ async fn run(
             let stream = by(deadline, tls::connect(target)).await?;
             session(stream, credentials, deadline, hold, started, took).await
         }
+        Transport::Websocket => {
+            let stream = by(deadline, websocket::connect(target)).await?;
+            session(stream, credentials, deadline, hold, started, took).await
+        }
     }
 }
 
@@ -213,7 +220,7 @@ async fn login_steps(
     credentials: &Credentials,
 ) -> Result<(), Stop> {
     stream.open().await?;
-    stream.send(&credentials.auth).await?;
+    stream.send(&[&credentials.auth]).await?;
     let (answer, text) = stream
         .until(&["<success", "</failure>", "</stream:error>"])
         .await?;
@@ -230,11 +237,14 @@ async fn login_steps(
     }
     stream.open().await?;
     stream
-        .send(b"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .send(&["<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"])
         .await?;
     result_of(stream, "bind1").await?;
     stream
-        .send(b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+        .send(&[
+            "<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>",
+            "<presence/>",
+        ])
         .await?;
     result_of(stream, "roster1").await?;
     Ok(())

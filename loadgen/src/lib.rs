@@ -51,10 +51,11 @@ pub struct Args {
     /// How many distinct users to cycle through.
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
-    /// How clients connect: tcp (plain), starttls (TCP upgraded to TLS)
-    /// or tls (Direct TLS from the first byte, ALPN xmpp-client; --target
-    /// is then the server's Direct TLS listener). TLS certificates are not
-    /// verified.
+    /// How clients connect: tcp (plain), starttls (TCP upgraded to TLS),
+    /// tls (Direct TLS from the first byte, ALPN xmpp-client; --target is
+    /// then the server's Direct TLS listener) or websocket (XMPP over
+    /// WebSocket, RFC 7395, at ws://TARGET/xmpp-websocket; --target is then
+    /// the server's web listener). TLS certificates are not verified.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
     /// How logins are started: open (fixed rate), closed (fixed
@@ -515,7 +516,11 @@ mod tests {
             Transport::Starttls
         );
         assert_eq!(parse(&["--transport", "tls"]).unwrap(), Transport::Tls);
-        assert!(parse(&["--transport", "websocket"]).is_err());
+        assert_eq!(
+            parse(&["--transport", "websocket"]).unwrap(),
+            Transport::Websocket
+        );
+        assert!(parse(&["--transport", "bosh"]).is_err());
         assert!(parse(&["--starttls"]).is_err(), "the old flag is gone");
     }
 

@@ -18,12 +18,12 @@ pub(crate) async fn connect(target: &Target) -> Result<XmlStream<'_, TlsStream<T
     let mut plain = tcp::connect(target).await?;
     plain.open().await?;
     plain
-        .send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .send(&["<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"])
         .await?;
     if plain.until(&["<proceed", "<failure"]).await?.0 != 0 {
         return Err(Stop::Outcome(Outcome::OtherFailure));
     }
     let connector = STARTTLS.get_or_init(|| tls::accepting_any_certificate(&[]));
     let tls = tls::handshake(connector, target, plain.into_socket()).await?;
-    Ok(XmlStream::new(tls, &target.stream_header))
+    Ok(XmlStream::new(tls, &target.opening))
 }

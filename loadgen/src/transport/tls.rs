@@ -23,7 +23,7 @@ pub(crate) async fn connect(target: &Target) -> Result<XmlStream<'_, TlsStream<T
     static DIRECT_TLS: OnceLock<TlsConnector> = OnceLock::new();
     let connector = DIRECT_TLS.get_or_init(|| accepting_any_certificate(&[ALPN_XMPP_CLIENT]));
     let tls = handshake(connector, target, tcp::socket(target.addr).await?).await?;
-    Ok(XmlStream::new(tls, &target.stream_header))
+    Ok(XmlStream::new(tls, &target.opening))
 }
 
 /// The client's TLS handshake on `socket`, for the server named by the
