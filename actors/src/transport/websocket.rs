@@ -15,7 +15,7 @@ use super::{
     prime, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
 };
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
-use crate::xmpp::{ns, ParseError, StreamEvent, StreamHeader, StreamParser};
+use crate::xmpp::{ParseError, StreamEvent, StreamHeader, StreamParser};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
 use bytes::BytesMut;
 use futures_channel::mpsc;
@@ -218,6 +218,7 @@ pub fn frame(item: &Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xmpp::ns;
     use crate::xmpp::{StanzaLimits, StreamErrorCondition};
     use bytes::Bytes;
 
