@@ -62,7 +62,10 @@ fn describe() {
         "gatehouse_sessions",
         "Bound client resources (online sessions)"
     );
-    describe_gauge!("gatehouse_connections", "Open client TCP connections");
+    describe_gauge!(
+        "gatehouse_connections",
+        "Open client connections (TCP, WebSocket; a BOSH session counts as one)"
+    );
     describe_counter!(
         "gatehouse_auth_cache_hits_total",
         "Password checks answered by the result cache, by backend"

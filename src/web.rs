@@ -165,7 +165,8 @@ async fn http_bind_preflight(req: HttpRequest, state: web::Data<WebState>) -> Ht
 }
 
 /// The URLs host-meta names: from `[web] public_url`, else from the
-/// request's `Host` (with `https`/`wss` when TLS is terminated in front).
+/// request's `Host` as this plain listener's (`ws`/`http`; behind a TLS
+/// proxy `public_url` says what clients use).
 /// `None` when the `Host` is not a plain `host[:port]`, which is all that
 /// may go into the answer.
 fn connection_urls(req: &HttpRequest, config: &WebConfig) -> Option<(String, String)> {
@@ -183,14 +184,9 @@ fn connection_urls(req: &HttpRequest, config: &WebConfig) -> Option<(String, Str
     if !plain {
         return None;
     }
-    let (ws, http) = if config.consider_secure {
-        ("wss", "https")
-    } else {
-        ("ws", "http")
-    };
     Some((
-        format!("{ws}://{host}/{WEBSOCKET_PATH}"),
-        format!("{http}://{host}/{BOSH_PATH}"),
+        format!("ws://{host}/{WEBSOCKET_PATH}"),
+        format!("http://{host}/{BOSH_PATH}"),
     ))
 }
 
@@ -205,13 +201,12 @@ async fn host_meta(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse
         ("urn:xmpp:alt-connections:websocket", websocket),
         ("urn:xmpp:alt-connections:xbosh", bosh),
     ];
-    let response = cors(HttpResponse::Ok(), origin, "GET");
+    let mut response = cors(HttpResponse::Ok(), origin, "GET");
     if req.path().ends_with(".json") {
         let links: Vec<_> = links
             .iter()
             .map(|(rel, href)| serde_json::json!({ "rel": rel, "href": href }))
             .collect();
-        let mut response = response;
         return response.json(serde_json::json!({ "links": links }));
     }
     let mut xrd = String::from(
@@ -219,13 +214,20 @@ async fn host_meta(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse
          <XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
     );
     for (rel, href) in &links {
+        let href = xml_attribute(href);
         xrd.push_str(&format!("  <Link rel='{rel}' href='{href}'/>\n"));
     }
     xrd.push_str("</XRD>\n");
-    let mut response = response;
     response
         .content_type("application/xrd+xml; charset=utf-8")
         .body(xrd)
+}
+
+/// `text` as the value of an XML attribute in single quotes.
+fn xml_attribute(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
 }
 
 /// Starts the web server on an already bound listener, one worker per

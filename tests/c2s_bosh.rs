@@ -190,6 +190,17 @@ async fn a_bosh_client_logs_in_and_chats_with_a_tcp_client() {
         Some("hello bosh")
     );
 
+    // A retransmitted rid (its answer was lost) gets the same answer
+    // again, and the request is not processed twice.
+    let (rid, ping) = alice.next(
+        "",
+        "<iq xmlns='jabber:client' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let first = post(&alice.http, &alice.url, ping.clone()).await.1;
+    assert!(first.has_child("iq", CLIENT), "{first:?}");
+    let again = post(&alice.http, &alice.url, ping).await.1;
+    assert_eq!(again, first, "rid {rid} answered twice alike");
+
     // An empty request is held until `wait` (5 s here) is over.
     let started = std::time::Instant::now();
     let empty = alice.send("", "").await;
@@ -216,6 +227,28 @@ async fn hold_and_wait_are_clamped_to_the_servers_maximum() {
     assert_eq!(created.attr("requests"), Some("2"));
     assert_eq!(created.attr("wait"), Some("5"));
     assert_eq!(created.attr("inactivity"), Some("2"));
+}
+
+#[actix_rt::test]
+async fn sessions_beyond_the_maximum_are_refused() {
+    let toml =
+        config(&fixture_auth("")) + "[web]\nlisten = \"127.0.0.1:0\"\nbosh_max_sessions = 1\n";
+    let server = TestServer::start(&toml);
+    let (_first, _) = Bosh::create(&server, "").await;
+    let url = format!("http://{}/http-bind", server.web.unwrap());
+    let (status, refused) = post(
+        &reqwest::Client::new(),
+        &url,
+        wrapper("rid='1' to='localhost' xmpp:version='1.0'", ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(terminated(&refused).as_deref(), Some("undefined-condition"));
+    server
+        .metrics_when("the refusal counted", |s| {
+            sample(s, "gatehouse_bosh_refusals_total{reason=\"sessions_full\"}") >= 1.0
+        })
+        .await;
 }
 
 #[actix_rt::test]
@@ -324,70 +357,60 @@ async fn a_body_over_the_limit_is_refused_and_stream_errors_terminate() {
     assert!(error.children().next().is_some(), "{answer:?}");
 }
 
+/// A request to `url` from a page at `origin`, with `body` (a POST) or
+/// without (a CORS preflight).
+async fn from_page(url: &str, origin: &str, body: Option<String>) -> reqwest::Response {
+    let http = reqwest::Client::new();
+    let request = match body {
+        Some(body) => http.post(url).body(body),
+        None => http
+            .request(reqwest::Method::OPTIONS, url)
+            .header("Access-Control-Request-Method", "POST"),
+    };
+    request.header("Origin", origin).send().await.unwrap()
+}
+
+/// A response header's value.
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 #[actix_rt::test]
 async fn cors_for_allowed_origins() {
     let server = server();
-    let http = reqwest::Client::new();
     let url = format!("http://{}/http-bind", server.web.unwrap());
-    let preflight = http
-        .request(reqwest::Method::OPTIONS, &url)
-        .header("Origin", "https://chat.example.com")
-        .header("Access-Control-Request-Method", "POST")
-        .send()
-        .await
-        .unwrap();
+    let page = "https://chat.example.com";
+    let preflight = from_page(&url, page, None).await;
     assert!(preflight.status().is_success(), "{preflight:?}");
-    let header = |name: &str| {
-        preflight
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     assert_eq!(
-        header("access-control-allow-origin").as_deref(),
-        Some("https://chat.example.com")
+        header(&preflight, "access-control-allow-origin").as_deref(),
+        Some(page)
     );
     assert_eq!(
-        header("access-control-allow-methods").as_deref(),
+        header(&preflight, "access-control-allow-methods").as_deref(),
         Some("POST, OPTIONS")
     );
     assert_eq!(
-        header("access-control-allow-headers").as_deref(),
+        header(&preflight, "access-control-allow-headers").as_deref(),
         Some("Content-Type")
     );
-    assert!(header("access-control-max-age").is_some());
+    assert!(header(&preflight, "access-control-max-age").is_some());
 
-    let foreign = http
-        .request(reqwest::Method::OPTIONS, &url)
-        .header("Origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(foreign.status().as_u16(), 403);
-    let foreign_post = http
-        .post(&url)
-        .header("Origin", "https://evil.example")
-        .body(wrapper("rid='1' to='localhost'", ""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(foreign_post.status().as_u16(), 403);
-
-    let allowed_post = http
-        .post(&url)
-        .header("Origin", "https://chat.example.com")
-        .body(wrapper("rid='1' to='localhost' xmpp:version='1.0'", ""))
-        .send()
-        .await
-        .unwrap();
+    let create = || Some(wrapper("rid='1' to='localhost' xmpp:version='1.0'", ""));
+    let allowed = from_page(&url, page, create()).await;
     assert_eq!(
-        allowed_post
-            .headers()
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
-        Some("https://chat.example.com")
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some(page)
     );
+
+    for body in [None, create()] {
+        let foreign = from_page(&url, "https://evil.example", body).await;
+        assert_eq!(foreign.status().as_u16(), 403);
+    }
 }
 
 #[actix_rt::test]
@@ -402,9 +425,7 @@ async fn host_meta_names_both_endpoints() {
         .await
         .unwrap();
     assert_eq!(
-        xrd.headers()
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
+        header(&xrd, "access-control-allow-origin").as_deref(),
         Some("https://chat.example.com")
     );
     let xrd: Element = xrd.text().await.unwrap().parse().unwrap();

@@ -48,6 +48,10 @@ pub const XBOSH: &str = "urn:xmpp:xbosh";
 /// `<body/>` wrapper around a stanza of the largest size.
 pub const FRAMING_SLACK: usize = 2048;
 
+/// The largest `rid` XEP-0124 §7.1 allows (2^53 - 1): a session's rids
+/// then never overflow.
+const MAX_RID: u64 = (1 << 53) - 1;
+
 /// Requests that may wait in a session's inbox while its task is busy
 /// with another: more simultaneous requests than a session may make are
 /// refused by the task, so a few suffice.
@@ -790,7 +794,7 @@ enum BodyError {
     Wrapper(ParseError),
     #[error("not in the {HTTPBIND} namespace")]
     Namespace,
-    #[error("attribute {0} missing or not a number")]
+    #[error("attribute {0} missing, not a number or too large")]
     Attribute(&'static str),
 }
 
@@ -851,7 +855,9 @@ impl RequestBody {
         };
         Ok(RequestBody {
             sid: body.attr("sid").map(str::to_owned),
-            rid: number("rid")?.ok_or(BodyError::Attribute("rid"))?,
+            rid: number("rid")?
+                .filter(|rid| *rid <= MAX_RID)
+                .ok_or(BodyError::Attribute("rid"))?,
             to: body.attr("to").map(str::to_owned),
             wait: number("wait")?,
             hold: number("hold")?.map(|hold| usize::try_from(hold).unwrap_or(usize::MAX)),
@@ -950,6 +956,7 @@ mod tests {
             "<body rid='1'/>",
             "<body xmlns='http://jabber.org/protocol/httpbind'/>",
             "<body rid='x' xmlns='http://jabber.org/protocol/httpbind'/>",
+            "<body rid='18446744073709551615' xmlns='http://jabber.org/protocol/httpbind'/>",
             "<body rid='1' rid='2' xmlns='http://jabber.org/protocol/httpbind'/>",
             "<body rid='1' a='<' xmlns='http://jabber.org/protocol/httpbind'/>",
         ] {
