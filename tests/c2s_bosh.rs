@@ -320,6 +320,49 @@ async fn more_simultaneous_requests_than_allowed_is_a_policy_violation() {
 }
 
 #[actix_rt::test]
+async fn a_polling_session_must_keep_to_the_polling_interval() {
+    let server = server();
+    let (mut bosh, created) = Bosh::create(&server, "hold='0'").await;
+    assert_eq!(created.attr("requests"), Some("1"));
+    assert_eq!(created.attr("polling"), Some("2"));
+    // Nothing held: an empty request is answered at once.
+    let first = bosh.send("", "").await;
+    assert_eq!(terminated(&first), None);
+    let second = bosh.send("", "").await;
+    assert_eq!(terminated(&second).as_deref(), Some("policy-violation"));
+}
+
+#[actix_rt::test]
+async fn a_client_that_stops_asking_is_dropped_at_the_outbound_bound() {
+    let toml = config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmax_outbound_queue = 3",
+    ) + "[web]\nlisten = \"127.0.0.1:0\"\n";
+    let server = TestServer::start(&toml);
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "tcp").await;
+    let (mut alice, _) = Bosh::create(&server, "").await;
+    let alice_jid = alice.login("alice", "wonderland", "web").await;
+    // Alice asks for nothing while more than the bound is sent to her.
+    for n in 0..10 {
+        bob.send(&format!(
+            "<message to='{alice_jid}' type='chat'><body>{n}</body></message>"
+        ))
+        .await;
+    }
+    bob.answers_ping().await;
+    server
+        .metrics_when("the slow client counted", |s| {
+            sample(
+                s,
+                "gatehouse_slow_client_disconnects_total{limit=\"stanzas\"}",
+            ) >= 1.0
+        })
+        .await;
+    let late = alice.send("", "").await;
+    assert_eq!(terminated(&late).as_deref(), Some("item-not-found"));
+}
+
+#[actix_rt::test]
 async fn an_inactive_session_ends() {
     let server = server();
     let (mut bosh, _) = Bosh::create(&server, "").await;
