@@ -673,28 +673,16 @@ impl BoshSession {
 
     /// The `<body/>` answering `held` with what the session said.
     fn response(&mut self, held: &Held, said: &[Output]) -> Bytes {
-        let mut payload = String::new();
-        let mut close = false;
-        let mut error = false;
-        for item in said {
-            match item {
-                Output::Open { from, id } => {
-                    self.from.clone_from(from);
-                    self.authid.clone_from(id);
-                }
-                Output::Close => close = true,
-                Output::Error(_) => error = true,
-                _ => {}
-            }
-            if let Some(element) = standalone_element(item) {
-                payload.push_str(&element);
-            }
+        let payload = Payload::of(said);
+        if let Some((from, id)) = payload.header {
+            self.from.clone_from(from);
+            self.authid.clone_from(id);
         }
-        let mut body = format!("<body xmlns='{HTTPBIND}'");
+        let mut attributes = String::new();
         if held.creation {
             let seconds = |d: Duration| d.as_secs();
             let _ = write!(
-                body,
+                attributes,
                 " xmlns:xmpp='{XBOSH}' xmlns:stream='{}' sid='{}' wait='{}' requests='{}' \
                  hold='{}' inactivity='{}' polling='{}' ver='1.6' from='{}' authid='{}' \
                  xmpp:version='1.0' xmpp:restartlogic='true'",
@@ -709,25 +697,12 @@ impl BoshSession {
                 self.authid,
             );
             if self.ack {
-                let _ = write!(body, " ack='{}'", held.rid);
+                let _ = write!(attributes, " ack='{}'", held.rid);
             }
         } else if self.ack && held.rid + 1 < self.next_rid {
-            let _ = write!(body, " ack='{}'", self.next_rid - 1);
+            let _ = write!(attributes, " ack='{}'", self.next_rid - 1);
         }
-        if close {
-            body.push_str(" type='terminate'");
-        }
-        if error {
-            body.push_str(" condition='remote-stream-error'");
-        }
-        if payload.is_empty() {
-            body.push_str("/>");
-        } else {
-            body.push('>');
-            body.push_str(&payload);
-            body.push_str("</body>");
-        }
-        Bytes::from(body)
+        payload.body(&attributes)
     }
 
     /// After the stream ended: the held requests get its last words (the
@@ -755,6 +730,63 @@ impl BoshSession {
             self.said.push(Output::Close);
             self.answer_oldest();
         }
+    }
+}
+
+/// What one response carries, gathered from what the session said.
+struct Payload<'a> {
+    /// The elements, each standing on its own.
+    elements: String,
+    /// The stream's header was among them: the host that answers and the
+    /// stream id (BOSH has no header of its own; the creation response
+    /// carries them).
+    header: Option<(&'a String, &'a String)>,
+    /// A stream error was among them: `remote-stream-error`.
+    error: bool,
+    /// The stream ended: `type='terminate'`.
+    close: bool,
+}
+
+impl<'a> Payload<'a> {
+    fn of(said: &'a [Output]) -> Payload<'a> {
+        let mut payload = Payload {
+            elements: String::new(),
+            header: None,
+            error: false,
+            close: false,
+        };
+        for item in said {
+            match item {
+                Output::Open { from, id } => payload.header = Some((from, id)),
+                Output::Close => payload.close = true,
+                Output::Error(_) => payload.error = true,
+                Output::Features(_) | Output::Element(_) => {}
+            }
+            if let Some(element) = standalone_element(item) {
+                payload.elements.push_str(&element);
+            }
+        }
+        payload
+    }
+
+    /// The `<body/>` carrying it, with `attributes` (each with a leading
+    /// space) besides its namespace and the terminal ones.
+    fn body(&self, attributes: &str) -> Bytes {
+        let mut body = format!("<body xmlns='{HTTPBIND}'{attributes}");
+        if self.close {
+            body.push_str(" type='terminate'");
+        }
+        if self.error {
+            body.push_str(" condition='remote-stream-error'");
+        }
+        if self.elements.is_empty() {
+            body.push_str("/>");
+        } else {
+            body.push('>');
+            body.push_str(&self.elements);
+            body.push_str("</body>");
+        }
+        Bytes::from(body)
     }
 }
 
@@ -972,6 +1004,61 @@ mod tests {
             parse(&text),
             Err(BodyError::Wrapper(ParseError::TooManyAttributes { .. }))
         ));
+    }
+
+    fn element(body: &Bytes) -> minidom::Element {
+        std::str::from_utf8(body).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn responses_carry_what_the_session_said() {
+        let said = [
+            Output::Open {
+                from: "localhost".into(),
+                id: "abc".into(),
+            },
+            Output::Features(vec![Bytes::from_static(
+                b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
+            )]),
+            Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
+        ];
+        let payload = Payload::of(&said);
+        assert_eq!(payload.header, Some((&"localhost".into(), &"abc".into())));
+        let body = element(&payload.body(" sid='s'"));
+        assert!(body.is("body", HTTPBIND));
+        assert_eq!((body.attr("sid"), body.attr("type")), (Some("s"), None));
+        let children: Vec<_> = body.children().map(|c| (c.name(), c.ns())).collect();
+        assert_eq!(
+            children,
+            [
+                ("features", ns::STREAMS.into()),
+                ("message", ns::CLIENT.into())
+            ]
+        );
+        assert_eq!(
+            &Payload::of(&[]).body("")[..],
+            b"<body xmlns='http://jabber.org/protocol/httpbind'/>"
+        );
+    }
+
+    #[test]
+    fn a_stream_error_terminates_the_session() {
+        let said = [
+            Output::Error(crate::xmpp::StreamErrorCondition::Conflict),
+            Output::Close,
+        ];
+        let body = element(&Payload::of(&said).body(""));
+        assert_eq!(body.attr("type"), Some("terminate"));
+        assert_eq!(body.attr("condition"), Some("remote-stream-error"));
+        let error = body
+            .get_child("error", ns::STREAMS)
+            .expect("the stream error");
+        assert!(error.has_child("conflict", ns::STREAM_ERRORS));
+        let closed = element(&Payload::of(&[Output::Close]).body(""));
+        assert_eq!(
+            (closed.attr("type"), closed.attr("condition")),
+            (Some("terminate"), None)
+        );
     }
 
     #[test]
