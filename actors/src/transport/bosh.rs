@@ -48,6 +48,9 @@ pub const XBOSH: &str = "urn:xmpp:xbosh";
 /// `<body/>` wrapper around a stanza of the largest size.
 pub const FRAMING_SLACK: usize = 2048;
 
+/// The shortest `wait` granted, whatever the client asks for.
+const MIN_WAIT: Duration = Duration::from_secs(1);
+
 /// The largest `rid` XEP-0124 §7.1 allows (2^53 - 1): a session's rids
 /// then never overflow.
 const MAX_RID: u64 = (1 << 53) - 1;
@@ -283,10 +286,13 @@ impl Bosh {
         metrics::gauge!("gatehouse_bosh_sessions").increment(1.0);
         let body = &request.body;
         let hold = body.hold.unwrap_or(1).min(settings.max_hold);
+        // At least a second, so the features are ready before a creation
+        // request's wait is over.
         let wait = body
             .wait
             .map_or(settings.max_wait, Duration::from_secs)
-            .min(settings.max_wait);
+            .min(settings.max_wait)
+            .max(MIN_WAIT);
         let link = session::start(
             peer,
             TransportKind::Bosh,
@@ -328,12 +334,15 @@ impl Bosh {
 
 /// A request accepted in rid order and not answered yet.
 struct Held {
+    /// Its rid: its answer is kept under it for a retransmission, and a
+    /// retransmission while it is held takes its place.
     rid: u64,
     /// When it is answered, empty if need be (its `wait` is over).
     deadline: Instant,
     /// The session creation request: its answer carries the session's
     /// attributes.
     creation: bool,
+    /// Where its HTTP handler waits for the answering `<body/>`.
     answer: oneshot::Sender<Bytes>,
 }
 
@@ -349,6 +358,8 @@ enum Pending {
 
 /// One BOSH session's state, owned by its task.
 struct BoshSession {
+    /// Its key in the registry (128 random bits): it alone proves a
+    /// request belongs to this session.
     sid: String,
     /// To leave the registry when the session ends.
     registry: Arc<Registry>,
@@ -800,6 +811,7 @@ fn not_well_formed(what: &str) -> Inbound {
 struct RequestBody {
     /// Absent on the session creation request.
     sid: Option<String>,
+    /// The request's number: requests are processed in its order.
     rid: u64,
     /// The host asked for (creation).
     to: Option<String>,
