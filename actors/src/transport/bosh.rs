@@ -1024,18 +1024,9 @@ mod tests {
 
     #[test]
     fn responses_carry_what_the_session_said() {
-        let said = [
-            Output::Open {
-                from: "localhost".into(),
-                id: "abc".into(),
-            },
-            Output::Features(vec![Bytes::from_static(
-                b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
-            )]),
-            Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
-        ];
-        let payload = Payload::of(&said);
-        assert_eq!(payload.header, Some((&"localhost".into(), &"abc".into())));
+        let stream = crate::transport::whole_stream();
+        let payload = Payload::of(&stream[..3]);
+        assert_eq!(payload.header, Some((&"example.com".into(), &"abc".into())));
         let body = element(&payload.body(" sid='s'"));
         assert!(body.is("body", HTTPBIND));
         assert_eq!((body.attr("sid"), body.attr("type")), (Some("s"), None));
@@ -1055,11 +1046,8 @@ mod tests {
 
     #[test]
     fn a_stream_error_terminates_the_session() {
-        let said = [
-            Output::Error(crate::xmpp::StreamErrorCondition::Conflict),
-            Output::Close,
-        ];
-        let body = element(&Payload::of(&said).body(""));
+        let stream = crate::transport::whole_stream();
+        let body = element(&Payload::of(&stream[3..]).body(""));
         assert_eq!(body.attr("type"), Some("terminate"));
         assert_eq!(body.attr("condition"), Some("remote-stream-error"));
         let error = body

@@ -139,6 +139,24 @@ pub(crate) fn prime(parser: &mut StreamParser) {
     debug_assert!(matches!(opened, Ok(Some(StreamEvent::Open(_)))));
 }
 
+/// A whole stream as a session says it — header, features, a stanza, a
+/// stream error, the end — for the transports' framing tests.
+#[cfg(test)]
+pub(crate) fn whole_stream() -> [Output; 5] {
+    [
+        Output::Open {
+            from: "example.com".into(),
+            id: "abc".into(),
+        },
+        Output::Features(vec![Bytes::from_static(
+            b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
+        )]),
+        Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
+        Output::Error(StreamErrorCondition::Conflict),
+        Output::Close,
+    ]
+}
+
 /// Bytes handed to the I/O task (or held for it) and not yet written to
 /// the socket: the session adds what it queues and refuses to queue past
 /// `max_outbound_bytes`; the I/O task subtracts what it has written.
