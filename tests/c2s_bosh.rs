@@ -2,7 +2,8 @@
 //! over real HTTP (reqwest): a login that chats with a TCP client, the
 //! reply delivered to a held request; every refusal XEP-0124 asks for — a
 //! rid outside the window, an unknown sid, too many simultaneous requests,
-//! a body over the limit; inactivity; the clamped `hold` and `wait`; CORS;
+//! a body over the limit; inactivity; the outbound bound; shutdown; the
+//! clamped `hold` and `wait`; CORS;
 //! host-meta in XML and JSON.
 
 mod common;
@@ -516,5 +517,23 @@ async fn host_meta_names_both_endpoints() {
             {"rel": "urn:xmpp:alt-connections:websocket", "href": "wss://chat.example.com/xmpp-websocket"},
             {"rel": "urn:xmpp:alt-connections:xbosh", "href": "https://chat.example.com/http-bind"},
         ]})
+    );
+}
+
+#[actix_rt::test]
+async fn a_held_request_hears_of_the_shutdown() {
+    let mut server = server();
+    let (mut bosh, _) = Bosh::create(&server, "").await;
+    let held = bosh.spawn("", "");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop();
+    let answer = held.await.unwrap();
+    assert_eq!(terminated(&answer).as_deref(), Some("remote-stream-error"));
+    let error = answer
+        .get_child("error", STREAMS)
+        .expect("the stream error");
+    assert!(
+        error.has_child("system-shutdown", "urn:ietf:params:xml:ns:xmpp-streams"),
+        "{answer:?}"
     );
 }
