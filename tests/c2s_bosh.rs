@@ -2,8 +2,8 @@
 //! over real HTTP (reqwest): a login that chats with a TCP client, the
 //! reply delivered to a held request; every refusal XEP-0124 asks for — a
 //! rid outside the window, an unknown sid, too many simultaneous requests,
-//! a body over the limit; inactivity; the outbound bound; shutdown; the
-//! clamped `hold` and `wait`; CORS;
+//! a body over the limit, a polling session too fast; inactivity; the
+//! outbound bound; shutdown; the clamped `hold` and `wait`; CORS;
 //! host-meta in XML and JSON.
 
 mod common;
