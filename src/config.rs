@@ -101,7 +101,8 @@ pub struct Config {
     /// The multi-user chat service; absent means none.
     #[serde(default)]
     pub muc: Option<MucConfig>,
-    /// The public listener for web clients (WebSocket); absent means none.
+    /// The public listener for web clients (WebSocket, BOSH, host-meta);
+    /// absent means none.
     #[serde(default)]
     pub web: Option<WebConfig>,
 }

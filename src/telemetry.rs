@@ -52,7 +52,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "gatehouse_logins_total",
-        "SASL logins by result (success, not_authorized, temporary_failure, malformed) and transport (tcp, tls, websocket)"
+        "SASL logins by result (success, not_authorized, temporary_failure, malformed) and transport (tcp, tls, websocket, bosh)"
     );
     describe_histogram!(
         "gatehouse_login_duration_seconds",
@@ -65,7 +65,7 @@ fn describe() {
     );
     describe_gauge!(
         "gatehouse_connections",
-        "Open client connections (TCP sockets, WebSockets), by transport"
+        "Open client connections (TCP, WebSocket; a BOSH session counts as one), by transport"
     );
     describe_counter!(
         "gatehouse_auth_cache_hits_total",

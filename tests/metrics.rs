@@ -68,6 +68,8 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_tls_handshake_failures_total",
         "gatehouse_slow_client_disconnects_total",
         "gatehouse_unauthenticated_budget_refusals_total",
+        "gatehouse_bosh_sessions",
+        "gatehouse_bosh_refusals_total",
     ];
     let scrape = server
         .metrics_when("every required metric", |scrape| {

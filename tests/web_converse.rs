@@ -31,7 +31,6 @@ async fn converse_over_websocket_shows_the_roster_and_the_reply() {
 }
 
 #[actix_rt::test]
-#[ignore = "needs BOSH on the [web] listener, being built"]
 async fn converse_over_bosh_shows_the_roster_and_the_reply() {
     web_client_chats(|web| ("--bosh-url", format!("http://{web}/http-bind"))).await;
 }

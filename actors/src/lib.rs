@@ -12,8 +12,8 @@
 //! - [`muc`]: the MUC service, its Room actors and the MucGate actor.
 //! - [`xmpp`]: the wire layer (stream parser, stanzas, errors).
 //! - [`transport`]: the connections that carry a session's stream (TCP
-//!   with STARTTLS, Direct TLS): sockets, handshakes, framing of what a
-//!   session says ([`transport::Output`]).
+//!   with STARTTLS, Direct TLS, WebSocket, BOSH): sockets, handshakes,
+//!   framing of what a session says ([`transport::Output`]).
 //! - [`redact`]: what of a configured URL may appear in logs.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests

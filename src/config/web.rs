@@ -1,6 +1,7 @@
 //! `[web]`: the public listener for web clients — XMPP over WebSocket
-//! (RFC 7395) at `/xmpp-websocket` — separate from the loopback operator
-//! listener `[http]`.
+//! (RFC 7395) at `/xmpp-websocket`, BOSH (XEP-0124/0206) at `/http-bind`
+//! and their discovery (XEP-0156) at `/.well-known/host-meta` — separate
+//! from the loopback operator listener `[http]`.
 //!
 //! Owns this section's type, defaults and validation. Must not touch the
 //! rest of the file's format or start anything: `Server::bind` starts the
@@ -9,7 +10,24 @@
 use super::{check_tls_pair, listeners_conflict, Problems};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// `bosh_max_wait`: a held request must end before proxies and browsers
+/// give up on it (commonly after 60 to 120 s).
+const BOSH_WAIT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(120);
+/// `bosh_max_hold`: 0 is polling; more than a few held requests only
+/// costs connections.
+const BOSH_HOLD: RangeInclusive<usize> = 0..=4;
+/// `bosh_inactivity`: below 2 s a client cannot send its next request in
+/// time; above an hour a vanished browser holds its session for long.
+const BOSH_INACTIVITY: RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(3600);
+/// `bosh_polling`: 0 lets a polling client ask as often as it likes.
+const BOSH_POLLING: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(60);
+/// `bosh_max_sessions`: each costs a session and a task.
+const BOSH_SESSIONS: RangeInclusive<usize> = 1..=10_000_000;
 
 /// `[web]`: where web clients connect.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -43,6 +61,95 @@ pub struct WebConfig {
     /// (for logs and per-client limits). Anyone else's header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<IpAddr>,
+    /// The URL clients reach this listener at (`https://chat.example.com`,
+    /// behind the proxy), for the connection URLs XEP-0156 host-meta
+    /// names; absent: derived from each request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<PublicUrl>,
+    /// The longest a BOSH request is held waiting for something to say; a
+    /// client asking for a longer `wait` gets this.
+    #[serde(default = "default_bosh_max_wait", with = "humantime_serde")]
+    pub bosh_max_wait: Duration,
+    /// The most BOSH requests held at once per session; a client asking
+    /// for a larger `hold` gets this. A session may make one request more
+    /// than it holds (`requests`).
+    #[serde(default = "default_bosh_max_hold")]
+    pub bosh_max_hold: usize,
+    /// A BOSH session with no request for this long ends, as a TCP
+    /// connection that closed.
+    #[serde(default = "default_bosh_inactivity", with = "humantime_serde")]
+    pub bosh_inactivity: Duration,
+    /// The shortest interval between two empty requests of a polling BOSH
+    /// session (`hold` 0); closer ones end it with `policy-violation`.
+    #[serde(default = "default_bosh_polling", with = "humantime_serde")]
+    pub bosh_polling: Duration,
+    /// The most BOSH sessions at once; a creation request beyond it is
+    /// refused, so sessions nobody logs into cannot pile up.
+    #[serde(default = "default_bosh_max_sessions")]
+    pub bosh_max_sessions: usize,
+}
+
+/// `[web] public_url`: an `http` or `https` URL with a host and nothing
+/// after its path, parsed when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PublicUrl(url::Url);
+
+impl TryFrom<String> for PublicUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<PublicUrl, String> {
+        let mut url = url::Url::parse(&text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{text:?}: the scheme must be http or https"));
+        }
+        if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{text:?}: it needs a host and no user"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{text:?}: no query or fragment"));
+        }
+        // The endpoints go below its path.
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Ok(PublicUrl(url))
+    }
+}
+
+impl PublicUrl {
+    /// The URL of `endpoint` (a path without a leading `/`) below this
+    /// one; `websocket` turns `http`/`https` into `ws`/`wss`.
+    pub fn endpoint(&self, endpoint: &str, websocket: bool) -> String {
+        let mut url = self.0.join(endpoint).expect("a relative path joins");
+        if websocket {
+            let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+            url.set_scheme(scheme)
+                .expect("http(s) and ws(s) are special schemes");
+        }
+        url.into()
+    }
+}
+
+fn default_bosh_max_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_bosh_max_hold() -> usize {
+    1
+}
+
+fn default_bosh_inactivity() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_bosh_polling() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_bosh_max_sessions() -> usize {
+    100_000
 }
 
 impl WebConfig {
@@ -65,6 +172,33 @@ impl WebConfig {
                 problems.add("web.allowed_origins", format!("{origin:?}: {why}"));
             }
         }
+        for (key, value, range) in [
+            ("web.bosh_max_wait", self.bosh_max_wait, BOSH_WAIT),
+            ("web.bosh_inactivity", self.bosh_inactivity, BOSH_INACTIVITY),
+            ("web.bosh_polling", self.bosh_polling, BOSH_POLLING),
+        ] {
+            if value.subsec_nanos() != 0 {
+                problems.add(key, "BOSH counts whole seconds");
+            }
+            let seconds = |d: &Duration| humantime::format_duration(*d).to_string();
+            if !range.contains(&value) {
+                problems.add(
+                    key,
+                    format!(
+                        "must be between {} and {} (got {})",
+                        seconds(range.start()),
+                        seconds(range.end()),
+                        seconds(&value)
+                    ),
+                );
+            }
+        }
+        problems.range("web.bosh_max_hold", self.bosh_max_hold, BOSH_HOLD);
+        problems.range(
+            "web.bosh_max_sessions",
+            self.bosh_max_sessions,
+            BOSH_SESSIONS,
+        );
     }
 
     /// Whether streams on this listener are encrypted: TLS on the listener,
@@ -138,6 +272,12 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
+            public_url: None,
+            bosh_max_wait: default_bosh_max_wait(),
+            bosh_max_hold: default_bosh_max_hold(),
+            bosh_inactivity: default_bosh_inactivity(),
+            bosh_polling: default_bosh_polling(),
+            bosh_max_sessions: default_bosh_max_sessions(),
         };
         assert!(web.allows_origin("https://CHAT.example.com"));
         assert!(!web.allows_origin("https://evil.example"));
@@ -152,5 +292,31 @@ mod tests {
         );
         assert_eq!(web.client(proxy, None), proxy);
         assert_eq!(web.client(proxy, Some("garbage")), proxy);
+    }
+
+    #[test]
+    fn public_urls() {
+        let url = PublicUrl::try_from("https://chat.example.com".to_owned()).unwrap();
+        assert_eq!(
+            url.endpoint("xmpp-websocket", true),
+            "wss://chat.example.com/xmpp-websocket"
+        );
+        assert_eq!(
+            url.endpoint("http-bind", false),
+            "https://chat.example.com/http-bind"
+        );
+        let below = PublicUrl::try_from("http://example.com:8080/chat".to_owned()).unwrap();
+        assert_eq!(
+            below.endpoint("xmpp-websocket", true),
+            "ws://example.com:8080/chat/xmpp-websocket"
+        );
+        for bad in [
+            "ftp://x.example",
+            "chat.example.com",
+            "https://u@x.example",
+            "https://x.example/?a",
+        ] {
+            assert!(PublicUrl::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
     }
 }

@@ -5,20 +5,22 @@
 //! session says — [`Output`] items, never bytes of framing — in its own
 //! wire format. One file per transport: [`tcp`] (plain TCP with STARTTLS,
 //! and Direct TLS; the `<stream:stream>` document of RFC 6120), with the
-//! TLS handshake they share in [`tls`].
+//! TLS handshake they share in [`tls`]; [`websocket`] (RFC 7395) and
+//! [`bosh`] (XEP-0124/0206) on the web listener.
 //!
 //! It owns sockets, framing and the handshake. It must not look inside a
 //! stanza nor decide anything about the stream: the session does.
 
+pub mod bosh;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;
 
 use crate::session::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
-use crate::xmpp::{StreamErrorCondition, StreamParser};
+use crate::xmpp::{ns, StreamErrorCondition, StreamEvent, StreamParser};
 use actix::dev::Request;
 use actix::{Addr, MailboxError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use std::future::Future;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 /// registered at zero.
 pub fn describe_metrics() {
     tls::describe_metrics();
+    bosh::describe_metrics();
 }
 
 /// Which transport carries a session's stream: what the session may offer
@@ -43,14 +46,17 @@ pub enum TransportKind {
     DirectTls,
     /// RFC 7395 on the web listener.
     WebSocket,
+    /// XEP-0124/0206 (BOSH) on the web listener.
+    Bosh,
 }
 
 impl TransportKind {
     /// Every transport, for registering labelled series at zero.
-    pub const ALL: [TransportKind; 3] = [
+    pub const ALL: [TransportKind; 4] = [
         TransportKind::Tcp,
         TransportKind::DirectTls,
         TransportKind::WebSocket,
+        TransportKind::Bosh,
     ];
 
     /// The metric label.
@@ -59,6 +65,7 @@ impl TransportKind {
             TransportKind::Tcp => "tcp",
             TransportKind::DirectTls => "tls",
             TransportKind::WebSocket => "websocket",
+            TransportKind::Bosh => "bosh",
         }
     }
 }
@@ -96,6 +103,66 @@ impl Output {
             Output::Error(_) | Output::Close => 0,
         }
     }
+}
+
+/// The features, a stanza or a stream error as one element that stands
+/// on its own (the `stream` prefix declared where it is used): what the
+/// transports that frame elements one by one (WebSocket, BOSH) carry.
+/// `None` for the stream's opening and end, which each frames its own way.
+pub fn standalone_element(item: &Output) -> Option<String> {
+    match item {
+        Output::Open { .. } | Output::Close => None,
+        Output::Features(children) => {
+            let mut text = format!("<stream:features xmlns:stream='{}'>", ns::STREAMS);
+            for child in children {
+                text.push_str(&String::from_utf8_lossy(child));
+            }
+            text.push_str("</stream:features>");
+            Some(text)
+        }
+        Output::Element(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Output::Error(condition) => Some(format!(
+            "<stream:error xmlns:stream='{}'><{} xmlns='{}'/></stream:error>",
+            ns::STREAMS,
+            condition.as_str(),
+            ns::STREAM_ERRORS
+        )),
+    }
+}
+
+/// What a parser is primed with by the transports that carry elements one
+/// by one (WebSocket, BOSH): every element is parsed as a child of this
+/// never-ending document, so one parser (with its limits and budget)
+/// serves the whole session, and an element that declares no namespace is
+/// `jabber:client` as on a TCP stream.
+const PRIMER: &[u8] = b"<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// Feeds the primer to a fresh parser: afterwards it expects elements.
+pub(crate) fn prime(parser: &mut StreamParser) {
+    let mut primer = BytesMut::from(PRIMER);
+    // The primer is ours and well formed: it opens the document, whose
+    // header the session never sees.
+    let opened = parser.next_event(&mut primer);
+    debug_assert!(matches!(opened, Ok(Some(StreamEvent::Open(_)))));
+}
+
+/// A whole stream as a session says it — header, features, a stanza, a
+/// stream error, the end — for the transports' framing tests.
+#[cfg(test)]
+pub(crate) fn whole_stream() -> [Output; 5] {
+    [
+        Output::Open {
+            from: "example.com".into(),
+            id: "abc".into(),
+        },
+        Output::Features(vec![Bytes::from_static(
+            b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
+        )]),
+        Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
+        Output::Error(StreamErrorCondition::Conflict),
+        Output::Close,
+    ]
 }
 
 /// Bytes handed to the I/O task (or held for it) and not yet written to
@@ -213,6 +280,19 @@ impl SessionLink {
     /// (polled only while the session has no event in hand). Tells the
     /// session once when the server shuts down, and waits on.
     pub(crate) async fn turn<R>(&mut self, read: impl Future<Output = R>) -> Turn<R> {
+        self.turn_taking(read, true).await
+    }
+
+    /// Like [`SessionLink::turn`], but what the session says is taken only
+    /// when `take_output`: otherwise it stays in the channel, counted
+    /// towards the session's outbound bounds, for a transport that can
+    /// write only when the client asks (BOSH without a held request).
+    /// Cancel-safe when `read` is.
+    pub(crate) async fn turn_taking<R>(
+        &mut self,
+        read: impl Future<Output = R>,
+        take_output: bool,
+    ) -> Turn<R> {
         tokio::pin!(read);
         loop {
             tokio::select! {
@@ -222,7 +302,7 @@ impl SessionLink {
                     self.shutdown_told = true;
                     self.session.do_send(SystemShutdown);
                 }
-                said = self.outbound.next() => return Turn::Said(said),
+                said = self.outbound.next(), if take_output => return Turn::Said(said),
                 answer = async { self.pending.as_mut().expect("guarded by the condition").await }, if self.pending.is_some() => {
                     self.pending = None;
                     return Turn::Answer(answer);

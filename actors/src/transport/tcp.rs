@@ -303,8 +303,6 @@ pub fn frame(item: &Output, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xmpp::StreamErrorCondition;
-    use bytes::Bytes;
 
     fn framed(items: &[Output]) -> String {
         let mut out = BytesMut::new();
@@ -316,18 +314,7 @@ mod tests {
 
     #[test]
     fn a_whole_stream() {
-        let text = framed(&[
-            Output::Open {
-                from: "example.com".into(),
-                id: "abc".into(),
-            },
-            Output::Features(vec![Bytes::from_static(
-                b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
-            )]),
-            Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
-            Output::Error(StreamErrorCondition::Conflict),
-            Output::Close,
-        ]);
+        let text = framed(&crate::transport::whole_stream());
         assert_eq!(
             text,
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \

@@ -11,9 +11,11 @@
 //! message. The HTTP upgrade (path, subprotocol, origin) is the web
 //! listener's; this file never looks inside a stanza.
 
-use super::{Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
+use super::{
+    prime, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
+};
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
-use crate::xmpp::{ns, ParseError, StreamEvent, StreamHeader, StreamParser};
+use crate::xmpp::{ParseError, StreamEvent, StreamHeader, StreamParser};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
 use bytes::BytesMut;
 use futures_channel::mpsc;
@@ -31,13 +33,6 @@ pub const SUBPROTOCOL: &str = "xmpp";
 /// How long one message to the client may take to be queued before the
 /// client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the parser is primed with: every message is parsed as an element
-/// of this never-ending document, so one parser (with its limits and
-/// budget) serves the whole connection, and an element that declares no
-/// namespace is `jabber:client` as on a TCP stream.
-const PRIMER: &[u8] = b"<stream:stream xmlns='jabber:client' \
-    xmlns:stream='http://etherx.jabber.org/streams'>";
 
 /// Starts a session for an accepted WebSocket (the upgrade answered with
 /// the `xmpp` subprotocol) and its I/O task, on the current arbiter.
@@ -137,15 +132,6 @@ async fn run(
     tracing::debug!(end = ?end, "WebSocket connection ended");
 }
 
-/// Feeds the primer to a fresh parser: afterwards it expects elements.
-fn prime(parser: &mut StreamParser) {
-    let mut primer = BytesMut::from(PRIMER);
-    // The primer is ours and well formed: it opens the document, whose
-    // header the session never sees.
-    let opened = parser.next_event(&mut primer);
-    debug_assert!(matches!(opened, Ok(Some(StreamEvent::Open(_)))));
-}
-
 /// One text message as what the session hears: `<open/>` and `<close/>`
 /// as the stream's opening and end, any other element as itself. A
 /// message holding anything but exactly one complete element is
@@ -224,28 +210,15 @@ pub fn frame(item: &Output) -> String {
         Output::Open { from, id } => {
             format!("<open xmlns='{FRAMING}' from='{from}' id='{id}' version='1.0' xml:lang='en'/>")
         }
-        Output::Features(children) => {
-            let mut text = format!("<stream:features xmlns:stream='{}'>", ns::STREAMS);
-            for child in children {
-                text.push_str(&String::from_utf8_lossy(child));
-            }
-            text.push_str("</stream:features>");
-            text
-        }
-        Output::Element(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Output::Error(condition) => format!(
-            "<stream:error xmlns:stream='{}'><{} xmlns='{}'/></stream:error>",
-            ns::STREAMS,
-            condition.as_str(),
-            ns::STREAM_ERRORS
-        ),
         Output::Close => format!("<close xmlns='{FRAMING}'/>"),
+        element => standalone_element(element).unwrap_or_default(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xmpp::ns;
     use crate::xmpp::{StanzaLimits, StreamErrorCondition};
     use bytes::Bytes;
 
