@@ -79,7 +79,10 @@ impl Session {
             self.reply_error(&iq, StanzaError::NOT_ACCEPTABLE);
             return ready(Next::Continue);
         };
-        let host = self.host.clone().expect("a header was received");
+        // Registration is offered only while negotiating, after a header.
+        let Some(host) = self.phase.host().map(str::to_owned) else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
         let auth = self.services.auth.clone();
         Box::pin(
             async move { auth.register(&user, &host, Password::new(password)).await }
@@ -105,7 +108,7 @@ impl Session {
         let Some(to) = el.attr("to") else {
             return true;
         };
-        let (Some(user), Some(host)) = (&self.user, &self.host) else {
+        let (Some(user), Some(host)) = (self.phase.user(), self.phase.host()) else {
             return false;
         };
         jid::Jid::new(to).is_ok_and(|to| {
@@ -120,8 +123,10 @@ impl Session {
     /// account. Results and errors are ignored.
     pub(super) fn account(&mut self, iq: Element) -> ResponseActFuture<Self, Next> {
         let capabilities = self.services.auth.capabilities();
-        let user = self.user.clone().expect("authenticated");
-        let host = self.host.clone().expect("a header was received");
+        let (Some(user), Some(host)) = (self.phase.user(), self.phase.host()) else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
+        let (user, host) = (user.to_owned(), host.to_owned());
         let query = iq
             .get_child("query", ns::REGISTER)
             .expect("routed here for this payload");

@@ -9,6 +9,7 @@
 
 mod account;
 mod id;
+mod phase;
 mod sasl;
 
 use crate::auth::{AuthError, Authenticator};
@@ -28,6 +29,7 @@ use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
 use minidom::Element;
+use phase::Phase;
 use sasl::PlainError;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -135,13 +137,10 @@ pub(crate) fn start(
         out,
         queued: queued.clone(),
         kill: kill.clone(),
-        phase: Phase::AwaitHeader,
+        phase: Phase::Connected,
         header_sent: false,
         transport,
         secure,
-        host: None,
-        user: None,
-        jid: None,
         sasl_failures: 0,
         roster_loaded: false,
         held: None,
@@ -149,23 +148,6 @@ pub(crate) fn start(
     }
     .start();
     SessionLink::new(transport, session, outbound, queued, parser, kill, shutdown)
-}
-
-/// Where the stream negotiation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for a stream header (at first, after STARTTLS, after SASL).
-    AwaitHeader,
-    /// Header exchanged, not authenticated: STARTTLS and SASL allowed.
-    Negotiating,
-    /// An empty PLAIN `<auth/>` was answered with a challenge.
-    SaslChallenge,
-    /// Authenticated; waiting for the stream restart.
-    Authenticated,
-    /// Restarted after SASL; only resource binding is allowed.
-    AwaitBind,
-    /// A resource is bound; stanzas flow.
-    Bound,
 }
 
 /// One event from the I/O task. The answer says what it must do with the
@@ -216,7 +198,8 @@ pub struct Session {
     queued: QueuedBytes,
     /// Drops the connection at once when `out` is full.
     kill: CancellationToken,
-    /// Where the stream is: which inputs are allowed next.
+    /// Where the stream is, with what it has established (host, user,
+    /// JID): which inputs are allowed next.
     phase: Phase,
     /// Whether our stream header went out: a stream error needs one first.
     header_sent: bool,
@@ -225,12 +208,6 @@ pub struct Session {
     /// Whether the stream is encrypted: Direct TLS or TLS under the web
     /// transport from the start, or after STARTTLS completed.
     secure: bool,
-    /// The domain the client addressed, fixed by its first header.
-    host: Option<String>,
-    /// The authenticated localpart.
-    user: Option<String>,
-    /// The bound full JID.
-    jid: Option<FullJid>,
     /// Failed SASL attempts so far; past the limit the stream is closed.
     sasl_failures: u32,
     /// Whether the Router holds this user's roster on this session's behalf
@@ -251,7 +228,7 @@ impl Actor for Session {
         ctx.run_later(self.settings.unauthenticated_timeout, |act, _| {
             // Authenticated but never bound counts as not logged in: such a
             // connection would hold a socket and a session for nothing.
-            if act.jid.is_none() {
+            if act.phase.jid().is_none() {
                 act.stream_error(StreamErrorCondition::ConnectionTimeout);
                 act.close();
             }
@@ -260,7 +237,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kill.cancel();
-        if let Some(jid) = self.jid.take() {
+        if let Some(jid) = self.phase.unbind() {
             self.leave_rooms(jid.clone());
             self.services.directory.unbind(directory::Unbind {
                 jid,
@@ -322,7 +299,7 @@ impl Session {
             ToSession::Replaced => {
                 // The newer session owns the JID now: do not unbind it,
                 // but leave the rooms (they tell the sessions apart).
-                if let Some(jid) = self.jid.take() {
+                if let Some(jid) = self.phase.unbind() {
                     self.leave_rooms(jid);
                 }
                 self.stream_error(StreamErrorCondition::Conflict);
@@ -512,9 +489,9 @@ impl Session {
     fn stream_error(&mut self, condition: StreamErrorCondition) -> Next {
         if !self.header_sent {
             let from = self
-                .host
-                .clone()
-                .unwrap_or_else(|| self.settings.hosts[0].clone());
+                .phase
+                .host()
+                .map_or_else(|| self.settings.hosts[0].clone(), str::to_owned);
             self.send_header(&from);
         }
         tracing::debug!(peer = %self.peer, condition = condition.as_str(), "stream error");
@@ -534,13 +511,12 @@ impl Session {
 
     fn stream_opened(&mut self, header: StreamHeader) -> Next {
         let to = header.to.as_deref().map(str::to_ascii_lowercase);
-        let host = match (&self.host, to) {
+        let host = match (self.phase.host(), to) {
             (None, Some(to)) if self.settings.hosts.contains(&to) => to,
-            (Some(host), Some(to)) if *host == to => to,
-            (Some(host), None) => host.clone(),
+            (Some(host), Some(to)) if host == to => to,
+            (Some(host), None) => host.to_owned(),
             _ => return self.stream_error(StreamErrorCondition::HostUnknown),
         };
-        self.host = Some(host.clone());
         self.send_header(&host);
         if !header
             .version
@@ -549,9 +525,12 @@ impl Session {
         {
             return self.stream_error(StreamErrorCondition::UnsupportedVersion);
         }
-        self.phase = match self.phase {
-            Phase::Authenticated => Phase::AwaitBind,
-            _ => Phase::Negotiating,
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Connected) {
+            Phase::Authenticated { user, .. } => Phase::AwaitBind { host, user },
+            _ => Phase::Negotiating {
+                host,
+                challenged: false,
+            },
         };
         let features = self.features();
         let features = features
@@ -569,7 +548,7 @@ impl Session {
     }
 
     fn features(&self) -> Vec<Element> {
-        if self.phase == Phase::AwaitBind {
+        if matches!(self.phase, Phase::AwaitBind { .. }) {
             let mut session = Element::bare("session", ns::SESSION);
             session.append_child(Element::bare("optional", ns::SESSION));
             let mut features = vec![Element::bare("bind", ns::BIND), session];
@@ -602,14 +581,16 @@ impl Session {
     }
 
     fn element(&mut self, el: Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
-        match self.phase {
-            Phase::Negotiating | Phase::SaslChallenge => self.negotiate(el),
-            Phase::AwaitBind if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
-            Phase::Bound if self.is_account_iq(&el) => self.account(el),
-            Phase::Bound => self.stanza(el, ctx),
-            Phase::AwaitHeader | Phase::Authenticated | Phase::AwaitBind => {
-                ready(self.stream_error(StreamErrorCondition::NotAuthorized))
-            }
+        match &self.phase {
+            Phase::Negotiating { .. } => self.negotiate(el),
+            Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
+            Phase::Bound { .. } => self.stanza(el, ctx),
+            Phase::Connected
+            | Phase::Upgraded { .. }
+            | Phase::Authenticated { .. }
+            | Phase::AwaitBind { .. }
+            | Phase::Unbound => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
         }
     }
 
@@ -619,7 +600,8 @@ impl Session {
             (ns::TLS, "starttls") if self.starttls_offered() => {
                 self.send(&Element::bare("proceed", ns::TLS));
                 self.secure = true;
-                self.phase = Phase::AwaitHeader;
+                let host = self.phase.host().unwrap_or_default().to_owned();
+                self.phase = Phase::Upgraded { host };
                 ready(Next::StartTls)
             }
             (ns::TLS, "starttls") => {
@@ -633,16 +615,24 @@ impl Session {
                 ready(self.sasl_malformed("invalid-mechanism"))
             }
             (ns::SASL, "auth") if el.text().is_empty() => {
-                self.phase = Phase::SaslChallenge;
+                self.set_challenged(true);
                 self.send(&Element::bare("challenge", ns::SASL));
                 ready(Next::Continue)
             }
             (ns::SASL, "auth") => self.authenticate(&el.text()),
-            (ns::SASL, "response") if self.phase == Phase::SaslChallenge => {
+            (ns::SASL, "response")
+                if matches!(
+                    self.phase,
+                    Phase::Negotiating {
+                        challenged: true,
+                        ..
+                    }
+                ) =>
+            {
                 self.authenticate(&el.text())
             }
             (ns::SASL, "abort") => {
-                self.phase = Phase::Negotiating;
+                self.set_challenged(false);
                 // The client gave up; that is no failed attempt.
                 self.send(&sasl_failure("aborted"));
                 ready(Next::Continue)
@@ -651,12 +641,19 @@ impl Session {
         }
     }
 
+    /// Whether an empty PLAIN `<auth/>` was answered with a challenge.
+    fn set_challenged(&mut self, now: bool) {
+        if let Phase::Negotiating { challenged, .. } = &mut self.phase {
+            *challenged = now;
+        }
+    }
+
     fn authenticate(&mut self, payload: &str) -> ResponseActFuture<Self, Next> {
-        self.phase = Phase::Negotiating;
-        let host = self
-            .host
-            .clone()
-            .expect("a header was received before SASL");
+        self.set_challenged(false);
+        // Only a negotiating stream (whose header named a host) gets here.
+        let Some(host) = self.phase.host().map(str::to_owned) else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
         let credentials = match sasl::parse_plain(payload, &host) {
             Ok(credentials) => credentials,
             Err(error) => {
@@ -692,12 +689,11 @@ impl Session {
             .increment(1);
         metrics::histogram!("gatehouse_login_duration_seconds", "result" => label, "transport" => transport)
             .record(started.elapsed().as_secs_f64());
-        let host = self.host.as_deref().unwrap_or_default();
+        let host = self.phase.host().unwrap_or_default().to_owned();
         match result {
             Ok(true) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login");
-                self.user = Some(user);
-                self.phase = Phase::Authenticated;
+                self.phase = Phase::Authenticated { host, user };
                 self.send(&Element::bare("success", ns::SASL));
                 Next::Restart
             }
@@ -753,11 +749,11 @@ impl Session {
         } else {
             requested
         };
-        let bare = format!(
-            "{}@{}",
-            self.user.as_deref().expect("authenticated"),
-            self.host.as_deref().expect("header received")
-        );
+        let Phase::AwaitBind { host, user } = &self.phase else {
+            return self.stream_error(StreamErrorCondition::NotAuthorized);
+        };
+        let user = user.clone();
+        let bare = format!("{user}@{host}");
         let Ok(jid) = FullJid::new(&format!("{bare}/{resource}")) else {
             if let Some(reply) = stanza::error_reply(iq, StanzaError::BAD_REQUEST) {
                 self.send(&reply);
@@ -775,8 +771,7 @@ impl Session {
         let mut payload = Element::bare("bind", ns::BIND);
         payload.append_child(jid_el);
         self.send(&stanza::iq_result(iq, Some(payload)));
-        self.jid = Some(jid);
-        self.phase = Phase::Bound;
+        self.phase = Phase::Bound { user, jid };
         Next::Continue
     }
 
@@ -794,7 +789,9 @@ impl Session {
         if el.is("iq", ns::CLIENT) && el.has_child("panic", FAULT_INJECTION_NS) {
             panic!("fault injection: a test asked this session to panic");
         }
-        let me = self.jid.clone().expect("bound");
+        let Some(me) = self.phase.jid().cloned() else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
         stanza::set_attr(&mut el, "from", me.to_string());
         let to = match el.attr("to").map(Jid::new) {
             None => None,
@@ -898,7 +895,9 @@ impl Session {
                 return ready(Next::Continue);
             }
         };
-        let user = self.user.clone().expect("authenticated");
+        let Some(user) = self.phase.user().map(str::to_owned) else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
         Box::pin(
             async move { fetch_roster(&cache, user).await }
                 .into_actor(self)
@@ -945,7 +944,9 @@ impl Session {
             .get_child("query", ns::ROSTER)
             .and_then(|q| q.attr("ver"))
             .map(str::to_owned);
-        let user = self.user.clone().expect("authenticated");
+        let Some(user) = self.phase.user().map(str::to_owned) else {
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
+        };
         Box::pin(
             async move { fetch_roster(&cache, user).await }
                 .into_actor(self)
