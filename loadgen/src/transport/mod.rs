@@ -4,11 +4,11 @@
 //!
 //! The login itself (`client::login_steps`: SASL, bind, roster, presence)
 //! only sees [`ClientStream`], so a transport with its own framing
-//! (WebSocket, RFC 7395, here; BOSH, XEP-0206, some day) is one more module
-//! here, one more [`Transport`] variant and its arm in `client::run`; its
+//! (WebSocket, RFC 7395; BOSH, XEP-0206) is one more module here, one more [`Transport`] variant and its arm in `client::run`; its
 //! outcomes are counted like every other transport's, since every failure
 //! it reports is a `client::Stop`.
 
+pub(crate) mod bosh;
 pub(crate) mod starttls;
 pub(crate) mod tcp;
 pub(crate) mod tls;
@@ -35,6 +35,10 @@ pub enum Transport {
     /// the `xmpp` subprotocol, one element per text message (--target is
     /// the server's web listener).
     Websocket,
+    /// BOSH (XEP-0124/0206): `http://TARGET/http-bind` over one keep-alive
+    /// HTTP/1.1 connection, `hold='1'`, one request outstanding at a time
+    /// (--target is the server's web listener).
+    Bosh,
 }
 
 impl Transport {
@@ -45,6 +49,7 @@ impl Transport {
             Transport::Starttls => "starttls",
             Transport::Tls => "tls",
             Transport::Websocket => "websocket",
+            Transport::Bosh => "bosh",
         }
     }
 }
