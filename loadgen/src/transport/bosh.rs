@@ -279,3 +279,206 @@ fn attribute(tag: &[u8], name: &str) -> Option<String> {
     let end = memchr::memchr(quote, value)?;
     String::from_utf8(value[..end].to_vec()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{login, Credentials, Hold};
+    use crate::transport::Transport;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    const FEATURES: &str = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>\
+        </stream:features>";
+
+    /// A BOSH server on loopback that answers a login as Gatehouse does,
+    /// with `sasl` as its answer to `<auth/>` and `creation` as the
+    /// attributes of its creation answer; an empty request is answered
+    /// empty after a moment (a short `wait`). Returns its address and
+    /// every body it received, on any connection, in order.
+    async fn scripted(
+        sasl: &'static str,
+        creation: &'static str,
+    ) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let bodies = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let bodies = bodies.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    while let Some(body) = next_request(&mut socket, &mut buffer).await {
+                        bodies.lock().unwrap().push(body.clone());
+                        let answer = answer(&body, sasl, creation).await;
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        socket.write_all(response.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, received)
+    }
+
+    /// Reads one request's body, or `None` once the client hung up.
+    async fn next_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+        loop {
+            if let Some(end) = memmem::find(buffer, b"\r\n\r\n") {
+                let headers = String::from_utf8(buffer[..end].to_vec()).unwrap();
+                assert!(headers.starts_with("POST /http-bind HTTP/1.1\r\n"), "{headers}");
+                let length: usize = headers
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Content-Length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if buffer.len() >= end + 4 + length {
+                    let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec());
+                    buffer.drain(..end + 4 + length);
+                    return body.ok();
+                }
+            }
+            if socket.read_buf(buffer).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn answer(body: &str, sasl: &str, creation: &str) -> String {
+        let wrap = |children: &str| format!("<body xmlns='{HTTPBIND}'>{children}</body>");
+        if !body.contains(" sid=") {
+            format!("<body xmlns='{HTTPBIND}' sid='s1'{creation}>{FEATURES}</body>")
+        } else if body.contains("<auth") {
+            wrap(sasl)
+        } else if body.contains("xmpp:restart='true'") {
+            wrap(FEATURES)
+        } else if body.contains("id='bind1'") {
+            wrap("<iq xmlns='jabber:client' type='result' id='bind1'/>")
+        } else if body.contains("id='roster1'") {
+            wrap("<iq xmlns='jabber:client' id=\"roster1\" type=\"result\"/>")
+        } else if body.contains("type='terminate'") {
+            format!("<body xmlns='{HTTPBIND}' type='terminate'/>")
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            format!("<body xmlns='{HTTPBIND}'/>")
+        }
+    }
+
+    fn target(addr: SocketAddr) -> Target {
+        Target::new(addr, "localhost", Transport::Bosh, Duration::from_secs(5))
+    }
+
+    /// Each body's `rid`.
+    fn rids(bodies: &[String]) -> Vec<u64> {
+        bodies
+            .iter()
+            .map(|body| attribute(body.as_bytes(), "rid").unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_login_counts_rids_restarts_and_terminates() {
+        let (addr, received) =
+            scripted("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", "").await;
+        let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
+        assert_eq!(outcome, Outcome::Success);
+        let bodies = received.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 6, "{bodies:#?}");
+        let creation = &bodies[0];
+        for attribute in [
+            " to='localhost'",
+            " wait='60'",
+            " hold='1'",
+            " xmpp:version='1.0'",
+        ] {
+            assert!(creation.contains(attribute), "{creation}");
+        }
+        assert!(bodies[1..].iter().all(|body| body.contains(" sid='s1'")));
+        assert!(bodies[1].contains("<auth "));
+        assert!(bodies[2].contains("xmpp:restart='true'"));
+        assert!(bodies[3].contains("id='bind1'"));
+        assert!(bodies[4].contains("id='roster1'") && bodies[4].contains("<presence/>"));
+        assert!(bodies[5].contains("type='terminate'"));
+        let expected: Vec<u64> = (FIRST_RID..FIRST_RID + 6).collect();
+        assert_eq!(rids(&bodies), expected);
+    }
+
+    #[tokio::test]
+    async fn a_held_session_keeps_a_request_outstanding_then_terminates() {
+        let (addr, received) =
+            scripted("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", "").await;
+        let (up, is_up) = tokio::sync::oneshot::channel();
+        let (release, on_release) = tokio::sync::watch::channel(false);
+        let target = target(addr);
+        let credentials = Credentials::new("u1", "p1");
+        let held = login(
+            &target,
+            &credentials,
+            Some(Hold {
+                up,
+                release: on_release,
+            }),
+        );
+        let released = async {
+            is_up.await.unwrap();
+            // Long enough for a few empty requests to be answered and
+            // renewed.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            release.send(true).unwrap();
+        };
+        let ((outcome, _), ()) = tokio::join!(held, released);
+        assert_eq!(outcome, Outcome::Success);
+        // The termination may arrive on a second connection while the
+        // first still waits for its answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let bodies = received.lock().unwrap().clone();
+        let polls = bodies[5..bodies.len() - 1].iter();
+        assert!(polls.len() >= 2, "{bodies:#?}");
+        assert!(polls.clone().all(|body| body.ends_with("/>") && !body.contains("type=")));
+        assert!(bodies.last().unwrap().contains("type='terminate'"));
+        let rids = rids(&bodies);
+        assert!(rids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{rids:?}");
+    }
+
+    #[tokio::test]
+    async fn refusals_are_counted_as_on_tcp() {
+        let (addr, _) = scripted(
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/></failure>",
+            "",
+        )
+        .await;
+        let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
+        assert_eq!(outcome, Outcome::TemporaryAuthFailure);
+
+        // A session refused at creation (`sessions_full`) is no login.
+        let (addr, received) =
+            scripted("<success/>", " type='terminate' condition='undefined-condition'").await;
+        let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
+        assert_eq!(outcome, Outcome::OtherFailure);
+        assert_eq!(received.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_200_with_a_length_is_an_answer() {
+        for answer in [
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let _ = next_request(&mut socket, &mut Vec::new()).await;
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            });
+            let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
+            assert_eq!(outcome, Outcome::OtherFailure, "{answer}");
+        }
+    }
+}
