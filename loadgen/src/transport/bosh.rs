@@ -331,7 +331,10 @@ mod tests {
         loop {
             if let Some(end) = memmem::find(buffer, b"\r\n\r\n") {
                 let headers = String::from_utf8(buffer[..end].to_vec()).unwrap();
-                assert!(headers.starts_with("POST /http-bind HTTP/1.1\r\n"), "{headers}");
+                assert!(
+                    headers.starts_with("POST /http-bind HTTP/1.1\r\n"),
+                    "{headers}"
+                );
                 let length: usize = headers
                     .lines()
                     .find_map(|line| line.strip_prefix("Content-Length: "))
@@ -440,10 +443,15 @@ mod tests {
         let bodies = received.lock().unwrap().clone();
         let polls = bodies[5..bodies.len() - 1].iter();
         assert!(polls.len() >= 2, "{bodies:#?}");
-        assert!(polls.clone().all(|body| body.ends_with("/>") && !body.contains("type=")));
+        assert!(polls
+            .clone()
+            .all(|body| body.ends_with("/>") && !body.contains("type=")));
         assert!(bodies.last().unwrap().contains("type='terminate'"));
         let rids = rids(&bodies);
-        assert!(rids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{rids:?}");
+        assert!(
+            rids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "{rids:?}"
+        );
     }
 
     #[tokio::test]
@@ -457,8 +465,11 @@ mod tests {
         assert_eq!(outcome, Outcome::TemporaryAuthFailure);
 
         // A session refused at creation (`sessions_full`) is no login.
-        let (addr, received) =
-            scripted("<success/>", " type='terminate' condition='undefined-condition'").await;
+        let (addr, received) = scripted(
+            "<success/>",
+            " type='terminate' condition='undefined-condition'",
+        )
+        .await;
         let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
         assert_eq!(outcome, Outcome::OtherFailure);
         assert_eq!(received.lock().unwrap().len(), 1);
