@@ -205,6 +205,10 @@ async fn run(
 }
 
 /// Logs in on a connected `stream`, holds the session if asked, closes it.
+/// A login the server refused is closed as well (within the login's
+/// deadline, untimed): a BOSH session outlives its connection, so a client
+/// that only hung up would leave it on the server for its `inactivity`,
+/// which no real client does.
 async fn session(
     mut stream: impl ClientStream,
     credentials: &Credentials,
@@ -213,8 +217,17 @@ async fn session(
     started: Instant,
     took: &mut Option<Duration>,
 ) -> Result<(), Stop> {
-    by(deadline, login_steps(&mut stream, credentials)).await?;
+    let logged_in = by(deadline, login_steps(&mut stream, credentials)).await;
     *took = Some(started.elapsed());
+    if let Err(Stop::Outcome(refused)) = logged_in {
+        if matches!(
+            refused,
+            Outcome::NotAuthorized | Outcome::TemporaryAuthFailure | Outcome::OtherFailure
+        ) {
+            let _ = by(deadline, stream.close()).await;
+        }
+        return Err(Stop::Outcome(refused));
+    }
     if let Some(Hold { up, release }) = hold {
         let _ = up.send(());
         stream.hold(release).await?;

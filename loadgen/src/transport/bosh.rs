@@ -202,6 +202,9 @@ impl ClientStream for Bosh<'_> {
     }
 
     async fn close(&mut self) -> Result<(), Stop> {
+        if self.ended {
+            return Ok(());
+        }
         if self.outstanding {
             // The held request blocks this connection until answered: the
             // termination goes on a second one, which the server's
@@ -456,13 +459,19 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_are_counted_as_on_tcp() {
-        let (addr, _) = scripted(
+        let (addr, received) = scripted(
             "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/></failure>",
             "",
         )
         .await;
         let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
         assert_eq!(outcome, Outcome::TemporaryAuthFailure);
+        // The refused session is terminated, not left to time out.
+        let bodies = received.lock().unwrap().clone();
+        assert!(
+            bodies.last().unwrap().contains("type='terminate'"),
+            "{bodies:#?}"
+        );
 
         // A session refused at creation (`sessions_full`) is no login.
         let (addr, received) = scripted(
