@@ -286,15 +286,12 @@ fn attribute(tag: &[u8], name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{login, Credentials, Hold};
+    use crate::client::{login, Credentials};
+    use crate::transport::scripted::{held_login, FEATURES};
     use crate::transport::Transport;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::net::TcpListener;
-
-    const FEATURES: &str = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
-        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>\
-        </stream:features>";
 
     /// A BOSH server on loopback that answers a login as Gatehouse does,
     /// with `sasl` as its answer to `<auth/>` and `creation` as the
@@ -419,26 +416,9 @@ mod tests {
     async fn a_held_session_keeps_a_request_outstanding_then_terminates() {
         let (addr, received) =
             scripted("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", "").await;
-        let (up, is_up) = tokio::sync::oneshot::channel();
-        let (release, on_release) = tokio::sync::watch::channel(false);
-        let target = target(addr);
-        let credentials = Credentials::new("u1", "p1");
-        let held = login(
-            &target,
-            &credentials,
-            Some(Hold {
-                up,
-                release: on_release,
-            }),
-        );
-        let released = async {
-            is_up.await.unwrap();
-            // Long enough for a few empty requests to be answered and
-            // renewed.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            release.send(true).unwrap();
-        };
-        let ((outcome, _), ()) = tokio::join!(held, released);
+        // Held long enough for a few empty requests to be answered and
+        // renewed.
+        let outcome = held_login(&target(addr), Duration::from_millis(100)).await;
         assert_eq!(outcome, Outcome::Success);
         // The termination may arrive on a second connection while the
         // first still waits for its answer.

@@ -146,6 +146,42 @@ pub(crate) async fn features(stream: &mut impl ClientStream) -> Result<(), Stop>
     }
 }
 
+/// What the transports' scripted test servers share.
+#[cfg(test)]
+pub(crate) mod scripted {
+    use crate::client::{login, Credentials, Hold, Outcome, Target};
+    use std::time::Duration;
+
+    /// The features a scripted server offers before SASL (and, for
+    /// brevity, after it).
+    pub(crate) const FEATURES: &str = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>\
+        </stream:features>";
+
+    /// Logs in to `target` in hold mode and releases the session `held`
+    /// after it is up; returns the login's outcome.
+    pub(crate) async fn held_login(target: &Target, held: Duration) -> Outcome {
+        let (up, is_up) = tokio::sync::oneshot::channel();
+        let (release, on_release) = tokio::sync::watch::channel(false);
+        let credentials = Credentials::new("u1", "p1");
+        let session = login(
+            target,
+            &credentials,
+            Some(Hold {
+                up,
+                release: on_release,
+            }),
+        );
+        let released = async {
+            is_up.await.unwrap();
+            tokio::time::sleep(held).await;
+            release.send(true).unwrap();
+        };
+        let ((outcome, _), ()) = tokio::join!(session, released);
+        outcome
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
