@@ -22,7 +22,9 @@
 //! The bodies' contents are appended to the same buffer as on TCP and
 //! scanned for the same markers, so the login and its outcomes are the
 //! other transports'. A `<body type='terminate'/>` is the server ending
-//! the stream: a reset, or with a `condition`, a failure.
+//! the stream: a reset, or, with a `condition` other than
+//! `remote-stream-error` (whose stream error is among its children), the
+//! session refused, a failure.
 //!
 //! [`send`]: ClientStream::send
 //! [`receive`]: ClientStream::receive
@@ -143,6 +145,13 @@ impl Bosh<'_> {
         let body = &self.response[body];
         let tag_end = memchr::memchr(b'>', body).ok_or(Stop::Outcome(Outcome::OtherFailure))?;
         let tag = &body[..tag_end];
+        // First, as a refused creation's answer has no sid.
+        if attribute(tag, "type").as_deref() == Some("terminate") {
+            self.ended = true;
+            if attribute(tag, "condition").is_some_and(|c| c != "remote-stream-error") {
+                return Err(Stop::Outcome(Outcome::OtherFailure));
+            }
+        }
         if self.sid.is_none() {
             self.sid = Some(attribute(tag, "sid").ok_or(Stop::Outcome(Outcome::OtherFailure))?);
         }
@@ -151,12 +160,6 @@ impl Bosh<'_> {
                 .strip_suffix(b"</body>")
                 .ok_or(Stop::Outcome(Outcome::OtherFailure))?;
             self.replies.extend_from_slice(children);
-        }
-        if attribute(tag, "type").as_deref() == Some("terminate") {
-            self.ended = true;
-            if attribute(tag, "condition").is_some_and(|c| c != "remote-stream-error") {
-                return Err(Stop::Outcome(Outcome::OtherFailure));
-            }
         }
         Ok(())
     }
@@ -294,13 +297,13 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// A BOSH server on loopback that answers a login as Gatehouse does,
-    /// with `sasl` as its answer to `<auth/>` and `creation` as the
-    /// attributes of its creation answer; an empty request is answered
+    /// with `sasl` as its answer to `<auth/>`, and `refusal` (if not empty)
+    /// as the attributes of a creation answer without sid or children; an empty request is answered
     /// empty after a moment (a short `wait`). Returns its address and
     /// every body it received, on any connection, in order.
     async fn scripted(
         sasl: &'static str,
-        creation: &'static str,
+        refusal: &'static str,
     ) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -313,7 +316,7 @@ mod tests {
                     let mut buffer = Vec::new();
                     while let Some(body) = next_request(&mut socket, &mut buffer).await {
                         bodies.lock().unwrap().push(body.clone());
-                        let answer = answer(&body, sasl, creation).await;
+                        let answer = answer(&body, sasl, refusal).await;
                         let response = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{answer}",
                             answer.len()
@@ -353,10 +356,12 @@ mod tests {
         }
     }
 
-    async fn answer(body: &str, sasl: &str, creation: &str) -> String {
+    async fn answer(body: &str, sasl: &str, refusal: &str) -> String {
         let wrap = |children: &str| format!("<body xmlns='{HTTPBIND}'>{children}</body>");
-        if !body.contains(" sid=") {
-            format!("<body xmlns='{HTTPBIND}' sid='s1'{creation}>{FEATURES}</body>")
+        if !body.contains(" sid=") && !refusal.is_empty() {
+            format!("<body xmlns='{HTTPBIND}'{refusal}/>")
+        } else if !body.contains(" sid=") {
+            format!("<body xmlns='{HTTPBIND}' sid='s1'>{FEATURES}</body>")
         } else if body.contains("<auth") {
             wrap(sasl)
         } else if body.contains("xmpp:restart='true'") {
@@ -461,7 +466,11 @@ mod tests {
         .await;
         let (outcome, _) = login(&target(addr), &Credentials::new("u1", "p1"), None).await;
         assert_eq!(outcome, Outcome::OtherFailure);
-        assert_eq!(received.lock().unwrap().len(), 1);
+        assert_eq!(
+            received.lock().unwrap().len(),
+            1,
+            "a session that never was is not terminated"
+        );
     }
 
     #[tokio::test]
