@@ -92,31 +92,4 @@ for t in "${transports[@]}"; do
     stop
 done
 
-python3 - "$results" <<'PY'
-import json, sys
-rows = {}
-for line in open(sys.argv[1]):
-    transport, scenario, report = line.split(" ", 2)
-    rows.setdefault(transport, {})[scenario] = json.loads(report)
-def f(v, fmt):
-    return "n/a" if v is None else format(v, fmt)
-def p99(report, outcome):
-    return ((report.get("latency_ms") or {}).get(outcome) or {}).get("p99")
-print()
-print("| transport | logins/s | p99 ms | server CPU s / 1000 logins | RSS / held session "
-      "| overload: admitted/s | admitted p99 ms | refused | refusal p99 ms | timeouts |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for transport, r in rows.items():
-    t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload")
-    overload = ["n/a"] * 5
-    if o is not None:
-        outcomes = o.get("outcomes", {})
-        refusals = [k for k in outcomes if k not in ("success", "timeout")]
-        refusal = max((p99(o, k) for k in refusals), default=None)
-        overload = [f(o.get("logins_per_second"), ".0f"), f(p99(o, "success"), ".0f"),
-                    str(sum(outcomes[k] for k in refusals)), f(refusal, ".2f"),
-                    str(outcomes.get("timeout", 0))]
-    print(f"| {transport} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
-          f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
-          f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B | " + " | ".join(overload) + " |")
-PY
+python3 bench/reports.py transports "$results"
