@@ -161,31 +161,4 @@ for s in "${servers[@]}"; do
     stop
 done
 
-python3 - "$results" <<'PY'
-import json, sys
-rows = {}
-for line in open(sys.argv[1]):
-    server, scenario, report = line.split(" ", 2)
-    rows.setdefault(server, {})[scenario] = json.loads(report)
-def f(v, fmt):
-    return "n/a" if v is None else format(v, fmt)
-def p99(report, outcome):
-    return ((report.get("latency_ms") or {}).get(outcome) or {}).get("p99")
-print()
-print("| server | logins/s | p99 ms | server CPU s / 1000 logins | loadgen CPU s / 1000 logins | RSS / held session "
-      "| overload: admitted/s | admitted p99 ms | refused | refusal p99 ms | timeouts | RSS growth in overload |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for server, r in rows.items():
-    t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload", {})
-    outcomes = o.get("outcomes", {})
-    refused = sum(n for k, n in outcomes.items() if k not in ("success", "timeout"))
-    refusal = max((p99(o, k) for k in outcomes if k not in ("success", "timeout")), default=None)
-    memory = o.get("server_rss_bytes") or {}
-    growth = memory.get("peak", 0) - memory.get("before", 0) if memory else None
-    print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
-          f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} | {f(t.get('loadgen_cpu_seconds_per_1000'), '.3f')} "
-          f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B "
-          f"| {f(o.get('logins_per_second'), '.0f')} | {f(p99(o, 'success'), '.0f')} | {refused} "
-          f"| {f(refusal, '.2f')} | {outcomes.get('timeout', 0)} "
-          f"| {f(None if growth is None else growth / 1048576, '.1f')} MiB |")
-PY
+python3 bench/reports.py servers "$results"

@@ -5,7 +5,7 @@
 //! Replies are recognised by cheap substring scans, not parsed as XML, so
 //! the generator spends far less CPU per login than the server it drives.
 
-use crate::transport::{starttls, tcp, tls, websocket, ClientStream, Transport};
+use crate::transport::{bosh, starttls, tcp, tls, websocket, ClientStream, Transport};
 use base64::Engine;
 use memchr::memmem;
 use std::net::SocketAddr;
@@ -44,14 +44,16 @@ impl Outcome {
 /// What every virtual client needs.
 pub struct Target {
     /// The server's c2s address (loopback only; for `--transport tls`, its
-    /// Direct TLS listener; for `--transport websocket`, its web listener).
+    /// Direct TLS listener; for `--transport websocket` and `bosh`, its web
+    /// listener).
     pub addr: SocketAddr,
     /// The XMPP domain every client logs in to.
     pub domain: String,
     /// How every client connects and frames its stream.
     pub transport: Transport,
     /// What opens (and, after SASL, reopens) every stream on `transport`,
-    /// for `domain`: RFC 6120's stream header, or RFC 7395's `<open/>`.
+    /// for `domain`: RFC 6120's stream header, RFC 7395's `<open/>`, or the
+    /// attributes of BOSH's session creation body (its restart is fixed).
     /// Rendered once per run, not once per login.
     pub(crate) opening: String,
     /// Per-login limit (connect to roster answer; holding is not limited).
@@ -67,6 +69,7 @@ impl Target {
             opening: match transport {
                 Transport::Tcp | Transport::Starttls | Transport::Tls => tcp::stream_header(domain),
                 Transport::Websocket => websocket::open_element(domain),
+                Transport::Bosh => bosh::creation_attributes(domain),
             },
             timeout,
         }
@@ -194,10 +197,18 @@ async fn run(
             let stream = by(deadline, websocket::connect(target)).await?;
             session(stream, credentials, deadline, hold, started, took).await
         }
+        Transport::Bosh => {
+            let stream = by(deadline, bosh::connect(target)).await?;
+            session(stream, credentials, deadline, hold, started, took).await
+        }
     }
 }
 
 /// Logs in on a connected `stream`, holds the session if asked, closes it.
+/// A login the server refused is closed as well (within the login's
+/// deadline, untimed): a BOSH session outlives its connection, so a client
+/// that only hung up would leave it on the server for its `inactivity`,
+/// which no real client does.
 async fn session(
     mut stream: impl ClientStream,
     credentials: &Credentials,
@@ -206,8 +217,17 @@ async fn session(
     started: Instant,
     took: &mut Option<Duration>,
 ) -> Result<(), Stop> {
-    by(deadline, login_steps(&mut stream, credentials)).await?;
+    let logged_in = by(deadline, login_steps(&mut stream, credentials)).await;
     *took = Some(started.elapsed());
+    if let Err(Stop::Outcome(refused)) = logged_in {
+        if matches!(
+            refused,
+            Outcome::NotAuthorized | Outcome::TemporaryAuthFailure | Outcome::OtherFailure
+        ) {
+            let _ = by(deadline, stream.close()).await;
+        }
+        return Err(Stop::Outcome(refused));
+    }
     if let Some(Hold { up, release }) = hold {
         let _ = up.send(());
         stream.hold(release).await?;

@@ -53,9 +53,11 @@ pub struct Args {
     pub users: usize,
     /// How clients connect: tcp (plain), starttls (TCP upgraded to TLS),
     /// tls (Direct TLS from the first byte, ALPN xmpp-client; --target is
-    /// then the server's Direct TLS listener) or websocket (XMPP over
-    /// WebSocket, RFC 7395, at ws://TARGET/xmpp-websocket; --target is then
-    /// the server's web listener). TLS certificates are not verified.
+    /// then the server's Direct TLS listener), websocket (XMPP over
+    /// WebSocket, RFC 7395, at ws://TARGET/xmpp-websocket) or bosh (BOSH,
+    /// XEP-0206, at http://TARGET/http-bind, hold='1'); for the last two,
+    /// --target is the server's web listener. TLS certificates are not
+    /// verified.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
     /// How logins are started: open (fixed rate), closed (fixed
@@ -520,7 +522,8 @@ mod tests {
             parse(&["--transport", "websocket"]).unwrap(),
             Transport::Websocket
         );
-        assert!(parse(&["--transport", "bosh"]).is_err());
+        assert_eq!(parse(&["--transport", "bosh"]).unwrap(), Transport::Bosh);
+        assert!(parse(&["--transport", "http"]).is_err());
         assert!(parse(&["--starttls"]).is_err(), "the old flag is gone");
     }
 

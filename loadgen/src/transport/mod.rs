@@ -4,11 +4,11 @@
 //!
 //! The login itself (`client::login_steps`: SASL, bind, roster, presence)
 //! only sees [`ClientStream`], so a transport with its own framing
-//! (WebSocket, RFC 7395, here; BOSH, XEP-0206, some day) is one more module
-//! here, one more [`Transport`] variant and its arm in `client::run`; its
+//! (WebSocket, RFC 7395; BOSH, XEP-0206) is one more module here, one more [`Transport`] variant and its arm in `client::run`; its
 //! outcomes are counted like every other transport's, since every failure
 //! it reports is a `client::Stop`.
 
+pub(crate) mod bosh;
 pub(crate) mod starttls;
 pub(crate) mod tcp;
 pub(crate) mod tls;
@@ -35,6 +35,10 @@ pub enum Transport {
     /// the `xmpp` subprotocol, one element per text message (--target is
     /// the server's web listener).
     Websocket,
+    /// BOSH (XEP-0124/0206): `http://TARGET/http-bind` over one keep-alive
+    /// HTTP/1.1 connection, `hold='1'`, one request outstanding at a time
+    /// (--target is the server's web listener).
+    Bosh,
 }
 
 impl Transport {
@@ -45,6 +49,7 @@ impl Transport {
             Transport::Starttls => "starttls",
             Transport::Tls => "tls",
             Transport::Websocket => "websocket",
+            Transport::Bosh => "bosh",
         }
     }
 }
@@ -138,6 +143,42 @@ pub(crate) async fn features(stream: &mut impl ClientStream) -> Result<(), Stop>
     {
         (2, _) => Err(Stop::Outcome(Outcome::OtherFailure)),
         _ => Ok(()),
+    }
+}
+
+/// What the transports' scripted test servers share.
+#[cfg(test)]
+pub(crate) mod scripted {
+    use crate::client::{login, Credentials, Hold, Outcome, Target};
+    use std::time::Duration;
+
+    /// The features a scripted server offers before SASL (and, for
+    /// brevity, after it).
+    pub(crate) const FEATURES: &str = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>\
+        </stream:features>";
+
+    /// Logs in to `target` in hold mode and releases the session `held`
+    /// after it is up; returns the login's outcome.
+    pub(crate) async fn held_login(target: &Target, held: Duration) -> Outcome {
+        let (up, is_up) = tokio::sync::oneshot::channel();
+        let (release, on_release) = tokio::sync::watch::channel(false);
+        let credentials = Credentials::new("u1", "p1");
+        let session = login(
+            target,
+            &credentials,
+            Some(Hold {
+                up,
+                release: on_release,
+            }),
+        );
+        let released = async {
+            is_up.await.unwrap();
+            tokio::time::sleep(held).await;
+            release.send(true).unwrap();
+        };
+        let ((outcome, _), ()) = tokio::join!(session, released);
+        outcome
     }
 }
 

@@ -148,14 +148,11 @@ impl From<tungstenite::Error> for Stop {
 mod tests {
     use super::*;
     use crate::client::{login, Credentials};
+    use crate::transport::scripted::{held_login, FEATURES};
     use crate::transport::Transport;
     use std::time::Duration;
     use tokio::net::TcpListener;
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-
-    const FEATURES: &str = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
-        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>\
-        </stream:features>";
 
     /// A one-connection RFC 7395 server on loopback that answers a login
     /// as Gatehouse does, with `sasl` as its answer to `<auth/>`, naming
@@ -251,23 +248,7 @@ mod tests {
     async fn a_held_session_closes_once_released() {
         let (addr, server) =
             scripted("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", true).await;
-        let (up, is_up) = tokio::sync::oneshot::channel();
-        let (release, on_release) = tokio::sync::watch::channel(false);
-        let target = target(addr);
-        let credentials = Credentials::new("u1", "p1");
-        let held = login(
-            &target,
-            &credentials,
-            Some(crate::client::Hold {
-                up,
-                release: on_release,
-            }),
-        );
-        let released = async {
-            is_up.await.unwrap();
-            release.send(true).unwrap();
-        };
-        let ((outcome, _), ()) = tokio::join!(held, released);
+        let outcome = held_login(&target(addr), Duration::ZERO).await;
         assert_eq!(outcome, Outcome::Success);
         assert_eq!(
             server.await.unwrap().last().map(String::as_str),

@@ -1,0 +1,78 @@
+"""The bench scripts' tables, from gatehouse-loadgen's JSON reports.
+
+Shared by bench/compare.sh and bench/transports.sh, so that both tables
+count refusals, timeouts and percentiles the same way.
+"""
+import json
+
+
+def load(path):
+    """{row: {scenario: report}} from lines "ROW SCENARIO JSON-REPORT"."""
+    rows = {}
+    for line in open(path):
+        row, scenario, report = line.split(" ", 2)
+        rows.setdefault(row, {})[scenario] = json.loads(report)
+    return rows
+
+
+def f(value, fmt):
+    """`value` formatted, or n/a when the report has none."""
+    return "n/a" if value is None else format(value, fmt)
+
+
+def p99(report, outcome):
+    """The 99th percentile latency of `outcome` in ms, if any."""
+    return ((report.get("latency_ms") or {}).get(outcome) or {}).get("p99")
+
+
+def overload(report):
+    """An overload run's cells: admitted/s, admitted p99 ms, refused (every
+    outcome but success and timeout), the slowest refusal outcome's p99 ms,
+    timeouts."""
+    outcomes = report.get("outcomes", {})
+    refusals = [k for k in outcomes if k not in ("success", "timeout")]
+    refusal = max((p99(report, k) for k in refusals), default=None)
+    return [f(report.get("logins_per_second"), ".0f"), f(p99(report, "success"), ".0f"),
+            str(sum(outcomes[k] for k in refusals)), f(refusal, ".2f"),
+            str(outcomes.get("timeout", 0))]
+
+
+def servers(rows):
+    """bench/compare.sh's table: one row per server."""
+    print("| server | logins/s | p99 ms | server CPU s / 1000 logins | loadgen CPU s / 1000 logins "
+          "| RSS / held session | overload: admitted/s | admitted p99 ms | refused | refusal p99 ms "
+          "| timeouts | RSS growth in overload |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for server, r in rows.items():
+        t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload", {})
+        memory = o.get("server_rss_bytes") or {}
+        growth = memory.get("peak", 0) - memory.get("before", 0) if memory else None
+        print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
+              f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
+              f"| {f(t.get('loadgen_cpu_seconds_per_1000'), '.3f')} "
+              f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B | "
+              + " | ".join(overload(o))
+              + f" | {f(None if growth is None else growth / 1048576, '.1f')} MiB |")
+
+
+def transports(rows):
+    """bench/transports.sh's table: one row per client transport (Direct TLS
+    has no overload run)."""
+    print("| transport | logins/s | p99 ms | server CPU s / 1000 logins | RSS / held session "
+          "| overload: admitted/s | admitted p99 ms | refused | refusal p99 ms | timeouts |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for transport, r in rows.items():
+        t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload")
+        cells = ["n/a"] * 5 if o is None else overload(o)
+        print(f"| {transport} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
+              f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
+              f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B | "
+              + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    # Usage: reports.py servers|transports RESULTS
+    import sys
+    table = {"servers": servers, "transports": transports}[sys.argv[1]]
+    print()
+    table(load(sys.argv[2]))

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# What a login storm costs Gatehouse over each client transport, a fresh
+# server per transport and per config, on loopback:
+#   throughput  closed loop, 100 clients, 20,000 logins
+#   held        5,000 sessions logged in and held (RSS per session)
+#   overload    auth answering in 20 ms with a pool of 4 (about 170
+#               logins/s with the default reply_grace) and a queue of 50,
+#               offered 1,000 logins/s for 10 s (tcp, websocket, bosh)
+# Throughput and held use bench/reply_grace.sh's config (the fixture auth
+# program answering at once, reply_grace = "0s"); overload uses
+# bench/compare.sh's overload config. Both add the [web] listener (for
+# websocket and bosh) and the Direct TLS listener (examples/localhost.*).
+# Usage: bench/transports.sh [tcp] [tls] [websocket] [bosh]   (default: all)
+# Prints one JSON report per run, then one Markdown table. Every run is
+# bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+transports=("$@")
+[ ${#transports[@]} -gt 0 ] || transports=(tcp tls websocket bosh)
+cargo build --release --quiet -p gatehouse -p gatehouse-loadgen
+bin="${CARGO_TARGET_DIR:-target}/release"
+ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+results="$work/results"
+server=""
+stop() { [ -z "$server" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }; }
+trap 'stop; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start DELAY: a fresh server whose auth program answers in DELAY seconds;
+# DELAY 0 is the throughput config, anything else the overload one.
+start() {
+    local delay=$1 pool
+    c2s=$(free_port); tls=$(free_port); web=$(free_port); http=$(free_port)
+    if [ "$delay" = 0 ]; then
+        pool='reply_grace = "0s"'
+    else
+        # compare.sh's overload queue: capacity x acceptable wait.
+        pool='queue = 50'
+    fi
+    cat > "$work/gatehouse.toml" <<TOML
+hosts = ["localhost"]
+[c2s]
+listen = "127.0.0.1:$c2s"
+direct_tls_listen = "127.0.0.1:$tls"
+tls_cert = "$PWD/examples/localhost.crt"
+tls_key = "$PWD/examples/localhost.key"
+require_tls = false
+backlog = 1024
+[web]
+listen = "127.0.0.1:$web"
+[http]
+listen = "127.0.0.1:$http"
+[auth]
+backend = "external"
+[auth.external]
+command = ["python3", "$PWD/tests/fixtures/auth.py", "--delay", "$delay"]
+processes = 4
+$pool
+TOML
+    RUST_LOG=warn "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/log" &
+    server=$!
+    for _ in $(seq 50); do
+        python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+            "http://127.0.0.1:$http/health" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "gatehouse did not start:" >&2; cat "$work/log" >&2; return 1
+}
+
+run() { # TRANSPORT SCENARIO LOADGEN-ARGS...
+    local transport=$1 scenario=$2 port report; shift 2
+    case $transport in
+        tcp) port=$c2s ;;
+        tls) port=$tls ;;
+        websocket | bosh) port=$web ;;
+    esac
+    report=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$port" --transport "$transport" \
+        --server-pid "$server" --json "$@")
+    echo "$transport $scenario $report" | tee -a "$results"
+}
+
+for t in "${transports[@]}"; do
+    start 0
+    run "$t" throughput --mode closed --concurrency 100 --count 20000 --users 1000 --max-seconds 120
+    run "$t" held --mode hold --count 5000 --concurrency 200 --users 5000 --max-seconds 120
+    stop
+    [ "$t" != tls ] || continue
+    start 0.02
+    run "$t" overload --mode open --rate 1000 --count 10000 --users 1000 --max-seconds 15
+    stop
+done
+
+python3 bench/reports.py transports "$results"
