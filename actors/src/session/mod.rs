@@ -109,14 +109,45 @@ pub fn describe_metrics() {
 }
 
 /// Starts a session on the current arbiter for a connection a transport
-/// has accepted (`secure` when it is encrypted already), and returns the
-/// link the transport's I/O task drives it through.
+/// has accepted (`secure` when it is encrypted already), attaches the
+/// connection, and returns the link the transport's I/O task drives it
+/// through.
 pub(crate) fn start(
     peer: SocketAddr,
     transport: TransportKind,
     secure: bool,
     settings: Arc<C2sSettings>,
     services: Services,
+) -> SessionLink {
+    let shutdown = services.shutdown.clone();
+    let session = Session {
+        id: SessionId::random(),
+        peer,
+        settings: settings.clone(),
+        services,
+        connection: None,
+        phase: Phase::Connected,
+        header_sent: false,
+        transport,
+        secure,
+        sasl_failures: 0,
+        roster_loaded: false,
+        held: None,
+        closing: false,
+    }
+    .start();
+    attach(session, transport, &settings, shutdown)
+}
+
+/// Attaches a new connection to `session`: what the session says goes to
+/// the returned link from now on (a connection attached before is let go).
+/// Every transport's connection comes this way; stream management will
+/// attach a resumed connection to a detached session the same way.
+pub(crate) fn attach(
+    session: Addr<Session>,
+    transport: TransportKind,
+    settings: &C2sSettings,
+    shutdown: CancellationToken,
 ) -> SessionLink {
     // A futures channel holds `buffer` messages plus one per sender (the
     // session is the only one), and allocates per message rather than a
@@ -128,26 +159,38 @@ pub(crate) fn start(
         settings.stanza_limits,
         Some(settings.unauthenticated_budget.clone()),
     );
-    let shutdown = services.shutdown.clone();
-    let session = Session {
-        id: SessionId::random(),
-        peer,
-        settings,
-        services,
+    // Sent before the transport can send anything: the session has its
+    // connection before the first event arrives.
+    session.do_send(Attach(Attachment {
         out,
         queued: queued.clone(),
         kill: kill.clone(),
-        phase: Phase::Connected,
-        header_sent: false,
-        transport,
-        secure,
-        sasl_failures: 0,
-        roster_loaded: false,
-        held: None,
-        closing: false,
-    }
-    .start();
+    }));
     SessionLink::new(transport, session, outbound, queued, parser, kill, shutdown)
+}
+
+/// The connection a session speaks through while attached.
+struct Attachment {
+    /// To the transport's I/O task; bounded by `max_outbound_queue`.
+    out: mpsc::Sender<Outbound>,
+    /// Bytes in `out` and `held` not yet written; bounded by
+    /// `max_outbound_bytes`.
+    queued: QueuedBytes,
+    /// Drops the connection at once (a client too slow to read).
+    kill: CancellationToken,
+}
+
+/// A transport's connection attaches to the session (see [`attach`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Attach(Attachment);
+
+impl Handler<Attach> for Session {
+    type Result = ();
+
+    fn handle(&mut self, Attach(connection): Attach, _: &mut Self::Context) {
+        self.connection = Some(connection);
+    }
 }
 
 /// One event from the I/O task. The answer says what it must do with the
@@ -191,13 +234,9 @@ pub struct Session {
     settings: Arc<C2sSettings>,
     /// What this session asks (directory, auth, rosters, MUC).
     services: Services,
-    /// To the I/O task; bounded by `max_outbound_queue`.
-    out: mpsc::Sender<Outbound>,
-    /// Bytes in `out` and `held` not yet written; bounded by
-    /// `max_outbound_bytes`.
-    queued: QueuedBytes,
-    /// Drops the connection at once when `out` is full.
-    kill: CancellationToken,
+    /// The connection the session speaks through; `None` while detached
+    /// (before its first connection attaches, and once it is lost).
+    connection: Option<Attachment>,
     /// Where the stream is, with what it has established (host, user,
     /// JID): which inputs are allowed next.
     phase: Phase,
@@ -236,7 +275,9 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.kill.cancel();
+        if let Some(connection) = self.connection.take() {
+            connection.kill.cancel();
+        }
         if let Some(jid) = self.phase.unbind() {
             self.leave_rooms(jid.clone());
             self.services.directory.unbind(directory::Unbind {
@@ -323,7 +364,10 @@ impl Handler<SystemShutdown> for Session {
 impl Handler<ConnectionLost> for Session {
     type Result = ();
 
+    /// The transport's connection is gone: the session detaches from it.
+    /// Nothing can resume it yet (stream management will), so it ends.
     fn handle(&mut self, _: ConnectionLost, ctx: &mut Self::Context) {
+        self.connection = None;
         ctx.stop();
     }
 }
@@ -390,12 +434,15 @@ impl Session {
     /// bound fits only when nothing else waits, so a big roster still goes
     /// out, while a reader that stopped reading is dropped at the bound.
     fn reserve(&mut self, len: usize) -> bool {
-        let queued = self.queued.get();
+        let Some(connection) = &self.connection else {
+            return false;
+        };
+        let queued = connection.queued.get();
         if queued > 0 && queued + len > self.settings.max_outbound_bytes {
             self.too_slow(SlowLimit::Bytes);
             return false;
         }
-        self.queued.add(len);
+        connection.queued.add(len);
         true
     }
 
@@ -404,7 +451,10 @@ impl Session {
         if self.closing {
             return;
         }
-        match self.out.try_send(Outbound::Item(item)) {
+        let Some(connection) = &mut self.connection else {
+            return;
+        };
+        match connection.out.try_send(Outbound::Item(item)) {
             Ok(()) => {}
             Err(e) if e.is_full() => self.too_slow(SlowLimit::Stanzas),
             Err(_) => self.closing = true,
@@ -437,7 +487,9 @@ impl Session {
         metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
             .increment(1);
         self.closing = true;
-        self.kill.cancel();
+        if let Some(connection) = &self.connection {
+            connection.kill.cancel();
+        }
     }
 
     /// Sends a stanza; one that cannot be written as XML is dropped (and
@@ -471,7 +523,9 @@ impl Session {
     fn close(&mut self) {
         self.closing = true;
         // If the queue is full the connection is being killed anyway.
-        let _ = self.out.try_send(Outbound::Close);
+        if let Some(connection) = &mut self.connection {
+            let _ = connection.out.try_send(Outbound::Close);
+        }
     }
 
     /// Our stream header, with a fresh stream id.
