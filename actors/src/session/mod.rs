@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use xmpp_parsers::sasl::{
+    Challenge, DefinedCondition as SaslCondition, Failure as SaslFailure, Success,
+};
+use xmpp_parsers::starttls;
 
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;
@@ -395,11 +399,13 @@ impl SlowLimit {
     }
 }
 
-/// `<failure><CONDITION/></failure>` in the SASL namespace.
-fn sasl_failure(condition: &str) -> Element {
-    let mut failure = Element::bare("failure", ns::SASL);
-    failure.append_child(Element::bare(condition, ns::SASL));
-    failure
+/// A SASL `<failure/>` with `condition` and no text.
+fn sasl_failure(condition: SaslCondition) -> Element {
+    SaslFailure {
+        defined_condition: condition,
+        texts: Default::default(),
+    }
+    .into()
 }
 
 fn ready(next: Next) -> ResponseActFuture<Session, Next> {
@@ -652,25 +658,25 @@ impl Session {
         match (el.ns().as_str(), el.name()) {
             (ns::CLIENT, "iq") if self.registration_open() => self.register(el),
             (ns::TLS, "starttls") if self.starttls_offered() => {
-                self.send(&Element::bare("proceed", ns::TLS));
+                self.send(&starttls::Proceed.into());
                 self.secure = true;
                 let host = self.phase.host().unwrap_or_default().to_owned();
                 self.phase = Phase::Upgraded { host };
                 ready(Next::StartTls)
             }
             (ns::TLS, "starttls") => {
-                self.send(&Element::bare("failure", ns::TLS));
+                self.send(&starttls::Failure.into());
                 ready(self.end_stream())
             }
             (ns::SASL, "auth") if self.settings.require_tls && !self.secure => {
-                ready(self.sasl_malformed("encryption-required"))
+                ready(self.sasl_malformed(SaslCondition::EncryptionRequired))
             }
             (ns::SASL, "auth") if el.attr("mechanism") != Some("PLAIN") => {
-                ready(self.sasl_malformed("invalid-mechanism"))
+                ready(self.sasl_malformed(SaslCondition::InvalidMechanism))
             }
             (ns::SASL, "auth") if el.text().is_empty() => {
                 self.set_challenged(true);
-                self.send(&Element::bare("challenge", ns::SASL));
+                self.send(&Challenge { data: Vec::new() }.into());
                 ready(Next::Continue)
             }
             (ns::SASL, "auth") => self.authenticate(&el.text()),
@@ -688,7 +694,7 @@ impl Session {
             (ns::SASL, "abort") => {
                 self.set_challenged(false);
                 // The client gave up; that is no failed attempt.
-                self.send(&sasl_failure("aborted"));
+                self.send(&sasl_failure(SaslCondition::Aborted));
                 ready(Next::Continue)
             }
             _ => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
@@ -712,9 +718,9 @@ impl Session {
             Ok(credentials) => credentials,
             Err(error) => {
                 let condition = match error {
-                    PlainError::Malformed => "malformed-request",
-                    PlainError::InvalidAuthzid => "invalid-authzid",
-                    PlainError::InvalidUser => "not-authorized",
+                    PlainError::Malformed => SaslCondition::MalformedRequest,
+                    PlainError::InvalidAuthzid => SaslCondition::InvalidAuthzid,
+                    PlainError::InvalidUser => SaslCondition::NotAuthorized,
                 };
                 return ready(self.sasl_malformed(condition));
             }
@@ -748,34 +754,34 @@ impl Session {
             Ok(true) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login");
                 self.phase = Phase::Authenticated { host, user };
-                self.send(&Element::bare("success", ns::SASL));
+                self.send(&Success { data: Vec::new() }.into());
                 Next::Restart
             }
             Ok(false) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login refused: not authorized");
-                self.sasl_failed("not-authorized")
+                self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(AuthError::InvalidRequest(why)) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, reason = why, "login refused: credentials cannot be sent to the backend");
-                self.sasl_failed("not-authorized")
+                self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(error) => {
                 tracing::warn!(peer = %self.peer, user = %user, %host, %error, "login failed temporarily");
-                self.sasl_failed("temporary-auth-failure")
+                self.sasl_failed(SaslCondition::TemporaryAuthFailure)
             }
         }
     }
 
     /// A SASL attempt refused for the client's own fault, before any
     /// backend is asked: counted as `malformed` and as a failed attempt.
-    fn sasl_malformed(&mut self, condition: &str) -> Next {
+    fn sasl_malformed(&mut self, condition: SaslCondition) -> Next {
         metrics::counter!("gatehouse_logins_total", "result" => "malformed", "transport" => self.transport.as_str())
             .increment(1);
         self.sasl_failed(condition)
     }
 
     /// Answers a failed SASL attempt; the third ends the stream.
-    fn sasl_failed(&mut self, condition: &str) -> Next {
+    fn sasl_failed(&mut self, condition: SaslCondition) -> Next {
         self.send(&sasl_failure(condition));
         self.sasl_failures += 1;
         if self.sasl_failures >= MAX_SASL_FAILURES {
