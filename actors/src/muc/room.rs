@@ -14,7 +14,7 @@ use crate::directory::ToSession;
 use crate::panic_guard::{self, Guarded};
 use crate::session::SessionId;
 use crate::xmpp::ns;
-use crate::xmpp::stanza::{self, ErrorType, StanzaError};
+use crate::xmpp::stanza::{self, ErrorType, StanzaCondition, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -35,13 +35,63 @@ const NS_DATA: &str = "jabber:x:data";
 /// XEP-0045 §7.2.10: a full room answers a join with a retryable error.
 const ROOM_FULL: StanzaError = StanzaError {
     kind: ErrorType::Wait,
-    condition: "service-unavailable",
+    condition: StanzaCondition::ServiceUnavailable,
 };
 
-/// Status codes (XEP-0045 §15.6).
-const SELF_PRESENCE: &str = "110";
-const ROOM_CREATED: &str = "201";
-const NICK_CHANGED: &str = "303";
+/// The status codes Gatehouse sends (XEP-0045 §15.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// 110: this presence is the occupant's own.
+    SelfPresence,
+    /// 201: the join created the room.
+    RoomCreated,
+    /// 303: the occupant changed nickname.
+    NickChanged,
+}
+
+impl Status {
+    fn code(self) -> &'static str {
+        match self {
+            Status::SelfPresence => "110",
+            Status::RoomCreated => "201",
+            Status::NickChanged => "303",
+        }
+    }
+}
+
+/// An occupant's long-lived standing in the room (XEP-0045 §5.2): the
+/// creator owns it, everyone else has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Affiliation {
+    Owner,
+    None,
+}
+
+impl Affiliation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Affiliation::Owner => "owner",
+            Affiliation::None => "none",
+        }
+    }
+}
+
+/// An occupant's role while present (XEP-0045 §5.1): the creator
+/// moderates (and sees real JIDs), everyone else participates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Moderator,
+    Participant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Moderator => "moderator",
+            Role::Participant => "participant",
+        }
+    }
+}
 
 /// A stanza for the room, handed on by the service.
 #[derive(Message)]
@@ -77,11 +127,10 @@ struct Occupant {
     /// Its presence payload (show, status, …) without MUC elements,
     /// repeated in what others see.
     presence: Vec<Element>,
-    /// `owner` for the creator, `none` otherwise.
-    affiliation: &'static str,
-    /// `moderator` for the creator (sees real JIDs), `participant`
-    /// otherwise.
-    role: &'static str,
+    /// Owner for the creator, none otherwise.
+    affiliation: Affiliation,
+    /// Moderator for the creator (sees real JIDs), participant otherwise.
+    role: Role,
 }
 
 impl Occupant {
@@ -219,7 +268,7 @@ impl Room {
         nick: &str,
         occupant: &Occupant,
         viewer: &Occupant,
-        codes: &[&str],
+        codes: &[Status],
     ) -> Element {
         let mut presence = stanza::element("presence", ns::CLIENT, &[]);
         stanza::set_attr(&mut presence, "from", self.occupant_jid(nick));
@@ -232,22 +281,26 @@ impl Room {
 
     /// The `muc#user` payload: the occupant's item, real JID only for
     /// moderators (a semi-anonymous room), and status codes.
-    fn user_x(&self, occupant: &Occupant, viewer: &Occupant, codes: &[&str]) -> Element {
+    fn user_x(&self, occupant: &Occupant, viewer: &Occupant, codes: &[Status]) -> Element {
         let mut x = Element::bare("x", NS_MUC_USER);
         let mut item = stanza::element(
             "item",
             NS_MUC_USER,
             &[
-                ("affiliation", occupant.affiliation),
-                ("role", occupant.role),
+                ("affiliation", occupant.affiliation.as_str()),
+                ("role", occupant.role.as_str()),
             ],
         );
-        if viewer.role == "moderator" {
+        if viewer.role == Role::Moderator {
             stanza::set_attr(&mut item, "jid", occupant.jid.to_string());
         }
         x.append_child(item);
         for code in codes {
-            x.append_child(stanza::element("status", NS_MUC_USER, &[("code", code)]));
+            x.append_child(stanza::element(
+                "status",
+                NS_MUC_USER,
+                &[("code", code.code())],
+            ));
         }
         x
     }
@@ -257,8 +310,8 @@ impl Room {
     fn broadcast_presence(
         &self,
         nick: &str,
-        self_codes: &[&str],
-        others_codes: &[&str],
+        self_codes: &[Status],
+        others_codes: &[Status],
         unavailable: bool,
     ) {
         let Some(occupant) = self.occupants.get(nick) else {
@@ -307,7 +360,7 @@ impl Room {
                 if let Some(occupant) = self.occupants.get_mut(&current) {
                     occupant.presence = presence_payload(&msg.stanza);
                 }
-                self.broadcast_presence(&current, &[SELF_PRESENCE], &[], false);
+                self.broadcast_presence(&current, &[Status::SelfPresence], &[], false);
             }
             (None, Some((current, true))) => self.change_nick(msg, current, nick),
             // A newer login joins under the same nickname: it takes the old
@@ -437,9 +490,9 @@ impl Room {
     fn admit(&mut self, join: Join) {
         let created = std::mem::replace(&mut self.fresh, false);
         let (affiliation, role) = if created {
-            ("owner", "moderator")
+            (Affiliation::Owner, Role::Moderator)
         } else {
-            ("none", "participant")
+            (Affiliation::None, Role::Participant)
         };
         let occupant = Occupant {
             jid: join.from.clone(),
@@ -452,10 +505,10 @@ impl Room {
         self.occupants.insert(join.nick.clone(), occupant);
         self.nicks.insert(join.from, join.nick.clone());
         metrics::gauge!("gatehouse_muc_occupants").increment(1.0);
-        let self_codes: &[&str] = if created {
-            &[SELF_PRESENCE, ROOM_CREATED]
+        let self_codes: &[Status] = if created {
+            &[Status::SelfPresence, Status::RoomCreated]
         } else {
-            &[SELF_PRESENCE]
+            &[Status::SelfPresence]
         };
         self.welcome(&join.nick, self_codes, &join.presence);
     }
@@ -473,14 +526,14 @@ impl Room {
         occupant.session = join.session;
         occupant.mailbox = join.mailbox;
         occupant.presence = presence_payload(&join.presence);
-        self.welcome(&join.nick, &[SELF_PRESENCE], &join.presence);
+        self.welcome(&join.nick, &[Status::SelfPresence], &join.presence);
     }
 
     /// The join sequence for the occupant `nick`, who just came in (or
     /// back): everyone else's presence, its own presence (with
     /// `self_codes`; the others get it too), the history `presence` asks
     /// for, then the subject.
-    fn welcome(&self, nick: &str, self_codes: &[&str], presence: &Element) {
+    fn welcome(&self, nick: &str, self_codes: &[Status], presence: &Element) {
         let newcomer = &self.occupants[nick];
         for (other_nick, other) in &self.occupants {
             if other_nick != nick {
@@ -523,10 +576,10 @@ impl Room {
             .map(|(n, o)| (n.as_str(), o))
             .chain([(current.as_str(), &occupant)])
         {
-            let codes: &[&str] = if viewer_nick == current {
-                &[NICK_CHANGED, SELF_PRESENCE]
+            let codes: &[Status] = if viewer_nick == current {
+                &[Status::NickChanged, Status::SelfPresence]
             } else {
-                &[NICK_CHANGED]
+                &[Status::NickChanged]
             };
             let mut presence = self.presence_of(&current, &occupant, viewer, codes);
             stanza::set_attr(&mut presence, "type", "unavailable");
@@ -541,13 +594,13 @@ impl Room {
         occupant.presence = presence_payload(&msg.stanza);
         self.nicks.insert(msg.from, nick.clone());
         self.occupants.insert(nick.clone(), occupant);
-        self.broadcast_presence(&nick, &[SELF_PRESENCE], &[], false);
+        self.broadcast_presence(&nick, &[Status::SelfPresence], &[], false);
     }
 
     /// `nick` leaves: everyone, the leaver included, gets its unavailable
     /// presence.
     fn remove(&mut self, nick: &str) {
-        self.broadcast_presence(nick, &[SELF_PRESENCE], &[], true);
+        self.broadcast_presence(nick, &[Status::SelfPresence], &[], true);
         if let Some(occupant) = self.occupants.remove(nick) {
             self.nicks.remove(&occupant.jid);
             metrics::gauge!("gatehouse_muc_occupants").decrement(1.0);
@@ -620,7 +673,7 @@ impl Room {
             .is_some_and(|to| to.is_bare());
         let owner = self
             .nick_of(&msg.from, msg.session)
-            .is_some_and(|nick| self.occupants[&nick].affiliation == "owner");
+            .is_some_and(|nick| self.occupants[&nick].affiliation == Affiliation::Owner);
         msg.answer_iq(|iq| {
             if !to_room {
                 return None;

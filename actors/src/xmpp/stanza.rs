@@ -133,73 +133,112 @@ impl ErrorType {
     }
 }
 
+/// The stanza error conditions Gatehouse sends (RFC 6120 §8.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StanzaCondition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+}
+
+impl StanzaCondition {
+    /// The condition's element name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StanzaCondition::BadRequest => "bad-request",
+            StanzaCondition::Conflict => "conflict",
+            StanzaCondition::FeatureNotImplemented => "feature-not-implemented",
+            StanzaCondition::InternalServerError => "internal-server-error",
+            StanzaCondition::ItemNotFound => "item-not-found",
+            StanzaCondition::JidMalformed => "jid-malformed",
+            StanzaCondition::NotAcceptable => "not-acceptable",
+            StanzaCondition::NotAllowed => "not-allowed",
+            StanzaCondition::NotAuthorized => "not-authorized",
+            StanzaCondition::RemoteServerNotFound => "remote-server-not-found",
+            StanzaCondition::RemoteServerTimeout => "remote-server-timeout",
+            StanzaCondition::ResourceConstraint => "resource-constraint",
+            StanzaCondition::ServiceUnavailable => "service-unavailable",
+        }
+    }
+}
+
 /// A stanza error condition and its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StanzaError {
     pub kind: ErrorType,
-    /// The defined condition's element name, e.g. `service-unavailable`.
-    pub condition: &'static str,
+    /// The defined condition.
+    pub condition: StanzaCondition,
 }
 
 impl StanzaError {
     pub const SERVICE_UNAVAILABLE: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "service-unavailable",
+        condition: StanzaCondition::ServiceUnavailable,
     };
     pub const FEATURE_NOT_IMPLEMENTED: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "feature-not-implemented",
+        condition: StanzaCondition::FeatureNotImplemented,
     };
     pub const BAD_REQUEST: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: "bad-request",
+        condition: StanzaCondition::BadRequest,
     };
     pub const JID_MALFORMED: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: "jid-malformed",
+        condition: StanzaCondition::JidMalformed,
     };
     pub const NOT_ALLOWED: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "not-allowed",
+        condition: StanzaCondition::NotAllowed,
     };
     /// Something on the server's side failed; a retry may work.
     pub const INTERNAL_SERVER_ERROR: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: "internal-server-error",
+        condition: StanzaCondition::InternalServerError,
     };
     /// A service the server depends on did not answer in time.
     pub const REMOTE_SERVER_TIMEOUT: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: "remote-server-timeout",
+        condition: StanzaCondition::RemoteServerTimeout,
     };
     pub const CONFLICT: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "conflict",
+        condition: StanzaCondition::Conflict,
     };
     pub const NOT_ACCEPTABLE: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: "not-acceptable",
+        condition: StanzaCondition::NotAcceptable,
     };
     pub const NOT_AUTHORIZED: StanzaError = StanzaError {
         kind: ErrorType::Auth,
-        condition: "not-authorized",
+        condition: StanzaCondition::NotAuthorized,
     };
     pub const RESOURCE_CONSTRAINT: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: "resource-constraint",
+        condition: StanzaCondition::ResourceConstraint,
     };
     pub const REMOTE_SERVER_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "remote-server-not-found",
+        condition: StanzaCondition::RemoteServerNotFound,
     };
     pub const ITEM_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: "item-not-found",
+        condition: StanzaCondition::ItemNotFound,
     };
 
     fn to_element(self) -> Element {
         let mut err = element("error", ns::CLIENT, &[("type", self.kind.as_str())]);
-        err.append_child(Element::bare(self.condition, ns::STANZA_ERRORS));
+        err.append_child(Element::bare(self.condition.as_str(), ns::STANZA_ERRORS));
         err
     }
 }
