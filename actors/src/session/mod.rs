@@ -37,10 +37,12 @@ use std::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use xmpp_parsers::bind::{BindFeature, BindResponse};
 use xmpp_parsers::sasl::{
     Challenge, DefinedCondition as SaslCondition, Failure as SaslFailure, Success,
 };
-use xmpp_parsers::starttls;
+use xmpp_parsers::starttls::{self, StartTls};
+use xmpp_parsers::stream_features::StreamFeatures;
 
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;
@@ -607,37 +609,39 @@ impl Session {
         !self.secure && self.transport == TransportKind::Tcp && self.settings.tls.is_some()
     }
 
+    /// The stream features for where the stream stands, each a child of
+    /// `<stream:features/>` (the transport frames the wrapper).
     fn features(&self) -> Vec<Element> {
+        let mut features = StreamFeatures::default();
         if matches!(self.phase, Phase::AwaitBind { .. }) {
+            features.bind = Some(BindFeature { required: false });
+            // RFC 3921's session establishment, optional (RFC 6121 has
+            // none): old clients look for it.
             let mut session = Element::bare("session", ns::SESSION);
             session.append_child(Element::bare("optional", ns::SESSION));
-            let mut features = vec![Element::bare("bind", ns::BIND), session];
+            features.others.push(session);
             if self.services.roster.is_some() {
-                features.push(Element::bare("ver", ns::ROSTER_VER));
+                features.others.push(Element::bare("ver", ns::ROSTER_VER));
             }
-            return features;
-        }
-        let mut features = Vec::new();
-        if self.starttls_offered() {
-            let mut starttls = Element::bare("starttls", ns::TLS);
-            if self.settings.require_tls {
-                starttls.append_child(Element::bare("required", ns::TLS));
+        } else {
+            if self.starttls_offered() {
+                features.starttls = Some(StartTls {
+                    required: self.settings.require_tls,
+                });
             }
-            features.push(starttls);
+            if self.secure || !self.settings.require_tls {
+                features.sasl_mechanisms.insert("PLAIN".to_owned());
+            }
+            features.in_band_registration = self.registration_open();
         }
-        if self.secure || !self.settings.require_tls {
-            let mut mechanisms = Element::bare("mechanisms", ns::SASL);
-            mechanisms.append_child(
-                Element::builder("mechanism", ns::SASL)
-                    .append("PLAIN")
-                    .build(),
-            );
-            features.push(mechanisms);
-        }
-        if self.registration_open() {
-            features.push(Element::bare("register", ns::REGISTER_FEATURE));
-        }
-        features
+        // xmpp-parsers writes `<mechanisms/>` even when the set is empty;
+        // an empty one would offer SASL with no mechanism (before TLS,
+        // none is offered at all).
+        Element::from(features)
+            .children()
+            .filter(|f| !(f.is("mechanisms", ns::SASL) && f.children().next().is_none()))
+            .cloned()
+            .collect()
     }
 
     fn element(&mut self, el: Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
@@ -826,11 +830,8 @@ impl Session {
             transport: self.transport,
             mailbox: ctx.address().recipient(),
         });
-        let mut jid_el = Element::bare("jid", ns::BIND);
-        jid_el.append_text(jid.to_string());
-        let mut payload = Element::bare("bind", ns::BIND);
-        payload.append_child(jid_el);
-        self.send(&stanza::iq_result(iq, Some(payload)));
+        let bound = BindResponse { jid: jid.clone() };
+        self.send(&stanza::iq_result(iq, Some(bound.into())));
         self.phase = Phase::Bound { user, jid };
         Next::Continue
     }
