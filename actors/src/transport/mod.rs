@@ -196,7 +196,7 @@ pub enum Outbound {
 }
 
 /// A session's end of its connection, handed to the transport's I/O task
-/// when the session starts: the transport feeds the session what the
+/// when the connection attaches (`session::attach`): the transport feeds the session what the
 /// client says and writes what the session says, framed its own way. The
 /// link keeps the rules every transport shares: one event in the
 /// session's hands at a time (no reading meanwhile, so a client cannot
