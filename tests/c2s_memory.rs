@@ -31,18 +31,6 @@ const READ_PATIENCE: Duration = Duration::from_secs(90);
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
     xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
-/// The server's resident set, from /proc.
-fn rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
-}
-
 /// Whether every byte sent to `port` has been read by the server: no
 /// client socket has bytes unacknowledged, no server socket has unread
 /// ones (the `tx_queue:rx_queue` column of /proc/net/tcp).
@@ -108,7 +96,7 @@ async fn unauthenticated_partial_stanzas_are_bounded_by_the_budget() {
     // A first login warms up what every server has once (the auth
     // processes' pipes, the router's tables).
     let (_warm, _) = Client::login(c2s, "alice", "wonderland", "warm").await;
-    let before = rss_bytes(server.id());
+    let before = server.rss_bytes();
 
     // `<message>` and 16,000 `<a/>`: 64,009 bytes, just under the limit.
     let partial = format!("<message>{}", "<a/>".repeat(16_000));
@@ -144,7 +132,7 @@ async fn unauthenticated_partial_stanzas_are_bounded_by_the_budget() {
             held.push(socket);
         }
     }
-    let grown = rss_bytes(server.id()).saturating_sub(before);
+    let grown = server.rss_bytes().saturating_sub(before);
 
     // A held partial stanza is a 64 KiB log (4 bytes an `<a/>`), of which
     // all but the first 4 KiB is drawn from the budget: at most
@@ -192,7 +180,7 @@ async fn unauthenticated_partial_stanzas_are_bounded_by_the_budget() {
     );
     eprintln!(
         "RSS once the partial stanzas' connections closed: {} KiB over the start",
-        rss_bytes(server.id()).saturating_sub(before) / 1024
+        server.rss_bytes().saturating_sub(before) / 1024
     );
     server.kill();
 }

@@ -18,18 +18,6 @@ const MESSAGES: usize = 100;
 /// Resources of the user who never reads.
 const READERS: usize = 4;
 
-/// The server's resident memory, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
-}
-
 fn slow_disconnects(scrape: &str, limit: &str) -> f64 {
     sample(
         scrape,
@@ -62,7 +50,7 @@ async fn a_reader_that_never_reads_is_dropped_at_the_byte_bound() {
     });
     let before_scrape = http_get(http, "/metrics").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let before = rss(server.id());
+    let before = server.rss_bytes();
 
     let body = "x".repeat(BODY);
     let message =
@@ -84,7 +72,7 @@ async fn a_reader_that_never_reads_is_dropped_at_the_byte_bound() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let after = rss(server.id());
+    let after = server.rss_bytes();
     assert_eq!(
         slow_disconnects(&after_scrape, "bytes") - slow_disconnects(&before_scrape, "bytes"),
         READERS as f64

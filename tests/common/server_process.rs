@@ -101,6 +101,18 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// The server's resident memory in bytes (VmRSS of /proc/PID/status).
+    pub fn rss_bytes(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).unwrap();
+        let kib: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     /// Sends `signal` (a name such as `TERM`) and waits for the exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
         let status = Command::new("kill")
