@@ -13,7 +13,7 @@ graces=("$@")
 cargo build --release --quiet -p gatehouse -p gatehouse-loadgen
 
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 server=""
 stop() { [ -z "$server" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }; }
 trap 'stop; rm -rf "$work"' EXIT
@@ -39,11 +39,7 @@ reply_grace = "$grace"
 TOML
     RUST_LOG=warn target/release/gatehouse --config "$work/gatehouse.toml" 2> "$work/log" &
     server=$!
-    for _ in $(seq 50); do
-        python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-            "http://127.0.0.1:$http/health" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_healthy "$http" "$work/log"
     one=$(target/release/gatehouse-loadgen --target "127.0.0.1:$c2s" --server-pid "$server" --json \
         --mode closed --concurrency 1 --count 2000 --users 1000 --max-seconds 120)
     many=$(target/release/gatehouse-loadgen --target "127.0.0.1:$c2s" --server-pid "$server" --json \

@@ -11,7 +11,7 @@ cargo build --quiet -p gatehouse-loadgen --bin gatehouse-loadgen
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 c2s=$(free_port)
 http=$(free_port)
 direct_tls=$(free_port)
@@ -37,11 +37,7 @@ TOML
 "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 50); do
-    python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-        "http://127.0.0.1:$http/health" 2>/dev/null && break
-    sleep 0.1
-done
+wait_healthy "$http" "$work/server.log"
 
 check() { # JSON report, expected successes, expected transport
     python3 -c 'import json,sys; r=json.loads(sys.argv[1]); n=r["outcomes"].get("success",0); print(sys.argv[1]); sys.exit(0 if n==int(sys.argv[2]) and r["transport"]==sys.argv[3] else 1)' "$1" "$2" "$3"

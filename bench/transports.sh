@@ -26,7 +26,7 @@ results="$work/results"
 server=""
 stop() { [ -z "$server" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }; }
 trap 'stop; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 
 # start DELAY: a fresh server whose auth program answers in DELAY seconds;
 # DELAY 0 is the throughput config, anything else the overload one.
@@ -61,12 +61,7 @@ $pool
 TOML
     RUST_LOG=warn "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/log" &
     server=$!
-    for _ in $(seq 50); do
-        python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-            "http://127.0.0.1:$http/health" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "gatehouse did not start:" >&2; cat "$work/log" >&2; return 1
+    wait_healthy "$http" "$work/log"
 }
 
 run() { # TRANSPORT SCENARIO LOADGEN-ARGS...

@@ -1,0 +1,15 @@
+# Shared by the bench scripts (sourced, not run): a free loopback port, and
+# waiting until a started Gatehouse answers on its operator listener.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_healthy HTTP_PORT LOG: returns once /health answers; after 5 s,
+# prints the server's LOG to stderr and fails.
+wait_healthy() {
+    for _ in $(seq 50); do
+        python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+            "http://127.0.0.1:$1/health" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "gatehouse did not start:" >&2; cat "$2" >&2; return 1
+}
