@@ -79,8 +79,6 @@ async fn outcome(socket: &mut TcpStream) -> String {
 
 #[actix_rt::test]
 async fn unauthenticated_partial_stanzas_are_bounded_by_the_budget() {
-    let dir = tempdir();
-    let config_path = dir.join("gatehouse.toml");
     // The element limit is lifted so that the stanzas really are just
     // under max_stanza_bytes (by default the 10,001st element ends them).
     let toml = config(&fixture_auth("")).replace(
@@ -90,8 +88,7 @@ async fn unauthenticated_partial_stanzas_are_bounded_by_the_budget() {
              max_unauthenticated_partial_bytes = {BUDGET}\nmax_stanza_elements = 100000"
         ),
     );
-    std::fs::write(&config_path, toml).unwrap();
-    let mut server = ServerProcess::start(&config_path, dir.join("gatehouse.log"));
+    let mut server = ServerProcess::from_toml(&toml);
     let (c2s, http) = server.listeners();
     // A first login warms up what every server has once (the auth
     // processes' pipes, the router's tables).

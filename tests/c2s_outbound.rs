@@ -27,10 +27,7 @@ fn slow_disconnects(scrape: &str, limit: &str) -> f64 {
 
 #[actix_rt::test]
 async fn a_reader_that_never_reads_is_dropped_at_the_byte_bound() {
-    let dir = tempdir();
-    let config_path = dir.join("gatehouse.toml");
-    std::fs::write(&config_path, config(&fixture_auth(""))).unwrap();
-    let server = ServerProcess::start(&config_path, dir.join("gatehouse.log"));
+    let server = ServerProcess::from_toml(&config(&fixture_auth("")));
     let (c2s, http) = server.listeners();
 
     let mut readers = Vec::new();

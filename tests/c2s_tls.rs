@@ -90,14 +90,6 @@ fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
 }
 
-/// Writes `toml` into a fresh directory and starts the binary with it.
-fn start(toml: &str) -> ServerProcess {
-    let dir = tempdir();
-    let config_path = dir.join("gatehouse.toml");
-    std::fs::write(&config_path, toml).unwrap();
-    ServerProcess::start(&config_path, dir.join("gatehouse.log"))
-}
-
 fn failures(scrape: &str, reason: &str) -> f64 {
     sample(
         scrape,
@@ -108,7 +100,7 @@ fn failures(scrape: &str, reason: &str) -> f64 {
 #[actix_rt::test]
 async fn whitespace_after_starttls_is_skipped_and_failed_handshakes_are_counted_and_logged() {
     let (toml, ca) = tls_config(&fixture_auth(""));
-    let server = start(&toml);
+    let server = ServerProcess::from_toml(&toml);
     let (c2s, http) = server.listeners();
 
     // go-sendxmpp writes a newline after <starttls/>: the handshake works.
@@ -179,7 +171,7 @@ async fn direct_tls_negotiates_alpn_and_offers_sasl_at_once() {
     let (toml, ca) = tls_config(&fixture_auth(""));
     // STARTTLS is required on the plain listener; Direct TLS is TLS anyway.
     let toml = with_direct_tls(&toml);
-    let server = start(&toml);
+    let server = ServerProcess::from_toml(&toml);
     let (_, http) = server.listeners();
     let direct = server.direct_tls_listener();
 

@@ -12,10 +12,7 @@ use gatehouse_actors::session::FAULT_INJECTION_NS;
 
 #[actix_rt::test]
 async fn a_panic_in_a_handler_ends_only_that_session_logged_and_counted() {
-    let dir = tempdir();
-    let config_path = dir.join("gatehouse.toml");
-    std::fs::write(&config_path, config(&fixture_auth(""))).unwrap();
-    let server = ServerProcess::start(&config_path, dir.join("gatehouse.log"));
+    let server = ServerProcess::from_toml(&config(&fixture_auth("")));
     let (c2s, http) = server.listeners();
     const PANICS: &str = r#"gatehouse_panics_total{actor="session"}"#;
 

@@ -70,6 +70,15 @@ impl ServerProcess {
         ServerProcess { child, log_path }
     }
 
+    /// Writes `toml` into a fresh directory and starts the binary with it,
+    /// logging beside it.
+    pub fn from_toml(toml: &str) -> ServerProcess {
+        let dir = super::tempdir();
+        let config_path = dir.join("gatehouse.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        ServerProcess::start(&config_path, dir.join("gatehouse.log"))
+    }
+
     /// The client and HTTP listeners, once the listening line is logged.
     pub fn listeners(&self) -> (SocketAddr, SocketAddr) {
         wait_for("the listening line", || {
