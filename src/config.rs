@@ -18,9 +18,11 @@
 //! stays safe to log.
 
 mod muc;
+mod storage;
 mod web;
 
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
+pub use storage::{OfflineConfig, PostgresUrl, StorageConfig};
 pub use web::WebConfig;
 
 use std::fmt;
@@ -105,6 +107,14 @@ pub struct Config {
     /// absent means none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// The database for what outlives a session (offline messages);
+    /// absent means none, and the features that need it are off.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+    /// Offline messages (XEP-0160); on whenever `[storage]` is set,
+    /// unless switched off here.
+    #[serde(default)]
+    pub offline: OfflineConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -687,13 +697,19 @@ impl Config {
         problems.sort_by_key(|problem| problem.position);
         if let Some(mut config) = config {
             config.resolve_paths(&base_dir(origin));
+            // A problem with a dropped key or inside a dropped table is
+            // already reported; one about a whole table that lost a key
+            // (`storage` naming no database once a broken `postgres`
+            // went) would only mislead.
+            let below = |inner: &str, outer: &str| {
+                inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            };
             let is_dropped = |key: &str| {
-                dropped.iter().any(|gone| {
-                    key == gone
-                        || key
-                            .strip_prefix(gone.as_str())
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
+                dropped
+                    .iter()
+                    .any(|gone| key == gone || below(key, gone) || below(gone, key))
             };
             problems.extend(
                 config
@@ -797,6 +813,14 @@ impl Config {
             );
             web.validate(&others, &mut problems);
         }
+        if let Some(storage) = &self.storage {
+            storage.validate(&mut problems);
+        }
+        self.offline.validate(
+            self.storage.is_some(),
+            self.c2s.max_stanza_bytes,
+            &mut problems,
+        );
         problems.0
     }
 
@@ -810,11 +834,16 @@ impl Config {
             .web
             .as_mut()
             .map(|web| [&mut web.tls_cert, &mut web.tls_key]);
+        let sqlite = self
+            .storage
+            .as_mut()
+            .and_then(|storage| storage.sqlite.as_mut());
         for path in [&mut self.c2s.tls_cert, &mut self.c2s.tls_key]
             .into_iter()
             .chain(web_tls.into_iter().flatten())
             .flatten()
             .chain(ca_file)
+            .chain(sqlite)
         {
             if path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(&*path);

@@ -23,8 +23,10 @@ use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::directory::{LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
+use gatehouse_actors::offline::OfflineMessages;
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::session::{C2sSettings, Services};
+use gatehouse_actors::storage::Storage;
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,6 +70,12 @@ pub enum RunError {
     /// The MUC gate's HTTP client could not be set up.
     #[error("MUC gate HTTP client: {0}")]
     MucGate(#[source] reqwest::Error),
+    /// The database could not be opened; `key` names it in the config.
+    #[error("{key}: {source}")]
+    Storage {
+        key: &'static str,
+        source: gatehouse_actors::storage::OpenError,
+    },
 }
 
 /// Runs the server until `shutdown` resolves. Must be called inside an
@@ -98,6 +106,11 @@ pub struct Server {
     auth: Authenticator,
     /// The operator HTTP server, stopped during shutdown.
     http: actix_web::dev::ServerHandle,
+    /// Offline storage, whose writes in progress finish before the
+    /// database closes.
+    offline: Option<OfflineMessages>,
+    /// The database, closed last.
+    storage: Option<Storage>,
 }
 
 impl Server {
@@ -150,7 +163,30 @@ impl Server {
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let router = Router::default().start();
+        let storage =
+            match &config.storage {
+                Some(storage) => match storage.settings() {
+                    Some(settings) => Some(Storage::open(&settings).await.map_err(|source| {
+                        RunError::Storage {
+                            key: storage.key(),
+                            source,
+                        }
+                    })?),
+                    // Refused by validation: exactly one database is named.
+                    None => None,
+                },
+                None => None,
+            };
+        let auth = auth::start(&config.auth)?;
+        let offline = storage.as_ref().and_then(|storage| {
+            let settings = config.offline.settings(true)?;
+            Some(OfflineMessages::new(
+                storage.clone(),
+                auth.clone(),
+                settings,
+            ))
+        });
+        let router = Router::new(offline.clone()).start();
         let roster = match &config.roster {
             Some(roster) => Some(
                 RosterCache::new(
@@ -189,8 +225,6 @@ impl Server {
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
-        let auth = auth::start(&config.auth)?;
-
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
         let shutdown = CancellationToken::new();
@@ -204,6 +238,7 @@ impl Server {
             auth: auth.clone(),
             roster,
             muc,
+            offline: offline.clone(),
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
@@ -272,6 +307,8 @@ impl Server {
             connections,
             auth,
             http,
+            offline,
+            storage,
         })
     }
 
@@ -309,7 +346,20 @@ impl Server {
         {
             tracing::warn!("some connections did not close in time");
         }
+        // Before the auth pool stops: keeping a message asks it whether
+        // the recipient exists.
+        if let Some(offline) = &self.offline {
+            if tokio::time::timeout(SHUTDOWN_GRACE, offline.settled())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some offline messages were not written in time");
+            }
+        }
         self.auth.shutdown().await;
+        if let Some(storage) = &self.storage {
+            storage.close().await;
+        }
         if let Some(web) = &self.web {
             web.stop(true).await;
         }

@@ -92,6 +92,8 @@ fn describe() {
     gatehouse_actors::outbound_http::describe_metrics();
     gatehouse_actors::panic_guard::describe_metrics();
     gatehouse_actors::xmpp::stanza::describe_metrics();
+    gatehouse_actors::storage::describe_metrics();
+    gatehouse_actors::offline::describe_metrics();
 }
 
 /// Counters and gauges that exist before their first event, so a dashboard

@@ -192,6 +192,31 @@ fn full_file_sets_every_key() {
 }
 
 #[test]
+fn storage_sections_load_and_the_database_password_is_masked() {
+    let path = fixture("valid/storage.toml");
+    let config = Config::load(&path).unwrap();
+    let storage = config.storage.clone().unwrap();
+    let dir = std::path::absolute(path.parent().unwrap()).unwrap();
+    assert_eq!(storage.sqlite, Some(dir.join("data/gatehouse.sqlite")));
+    assert_eq!(storage.max_connections, 4);
+    assert_eq!(storage.acquire_timeout, Duration::from_secs(2));
+    let offline = config.offline.settings(true).unwrap();
+    assert_eq!(offline.max_per_user, 200);
+    assert_eq!(offline.max_pending_bytes, 8 * 1024 * 1024);
+    // Defaults: offline messages on with storage, off without.
+    let minimal = Config::load(&fixture("valid/minimal.toml")).unwrap();
+    assert_eq!(minimal.storage, None);
+    assert_eq!(minimal.offline.settings(false), None);
+    assert_eq!(minimal.offline.settings(true).unwrap().max_per_user, 1000);
+
+    let config = Config::load(&fixture("valid/storage_postgres.toml")).unwrap();
+    assert_eq!(config.offline.settings(true), None, "switched off");
+    let shown = format!("{config:?}");
+    assert!(shown.contains("db.example.com"), "{shown}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+}
+
+#[test]
 fn queue_zero_and_plaintext_are_accepted() {
     let config = Config::load(&fixture("valid/queue_zero.toml")).unwrap();
     assert_eq!(config.auth.external.unwrap().queue, 0);

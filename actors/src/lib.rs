@@ -27,10 +27,12 @@
 pub mod auth;
 pub mod directory;
 pub mod muc;
+pub mod offline;
 pub mod outbound_http;
 pub mod panic_guard;
 pub mod redact;
 pub mod roster;
 pub mod session;
+pub mod storage;
 pub mod transport;
 pub mod xmpp;

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod backend;
+pub mod database;
 pub mod poll;
 pub mod roster_service;
 pub mod server_process;

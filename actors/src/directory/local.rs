@@ -11,6 +11,7 @@
 //! RosterCache.
 
 use super::{is_broadcast, Bind, Broadcast, Directory, Route, ToSession, Unbind, UseRoster};
+use crate::offline::OfflineMessages;
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
 use crate::session::SessionId;
@@ -145,6 +146,9 @@ pub struct Router {
     rosters: HashMap<BareJid, Arc<Roster>>,
     /// Numbers the `id`s of roster pushes.
     pushes: u64,
+    /// Where messages for users with no available resource are kept;
+    /// `None` when offline storage is off (they are bounced).
+    offline: Option<OfflineMessages>,
 }
 
 impl Actor for Router {
@@ -152,6 +156,15 @@ impl Actor for Router {
 }
 
 impl Router {
+    /// A router that keeps messages for users with no available resource
+    /// in `offline`, when given.
+    pub fn new(offline: Option<OfflineMessages>) -> Router {
+        Router {
+            offline,
+            ..Router::default()
+        }
+    }
+
     /// Counts bound resources in `gatehouse_sessions`, by transport.
     /// Increments rather than sets, so the gauge stays a sum if a process
     /// hosts several routers (as the tests do).
@@ -373,10 +386,17 @@ impl Router {
             .filter_map(Resource::priority)
             .filter(|p| *p >= 0)
             .max();
+        if let (None, Some(offline)) = (best, &self.offline) {
+            if OfflineMessages::keeps(stanza) {
+                let sender = self.find(&msg.from).map(|r| r.mailbox.clone());
+                offline.keep(bare.clone(), bare.domain().as_str(), stanza.clone(), sender);
+                return;
+            }
+        }
         match (message_type, best) {
             ("error", _) => {}
             ("groupchat", _) | (_, None) if message_type != "headline" => {
-                // No offline storage: the sender learns the message was not
+                // Not kept: the sender learns the message was not
                 // delivered.
                 self.bounce(&msg.from, stanza, StanzaError::SERVICE_UNAVAILABLE);
             }
@@ -504,6 +524,17 @@ impl Handler<Broadcast> for Router {
             self.broadcast_presence(&bare, Some(resource), &msg.presence);
             self.end_directed(&msg.from, directed, true);
             if available && !was_available {
+                let first_available = self
+                    .users
+                    .get(&bare)
+                    .into_iter()
+                    .flatten()
+                    .all(|r| r.resource == resource || r.presence.is_none());
+                if let (true, Some(offline)) = (first_available, &self.offline) {
+                    // Messages were kept only while no resource was
+                    // available; the first to become available gets them.
+                    offline.deliver(bare.clone(), mailbox.clone());
+                }
                 for other in self.users.get(&bare).into_iter().flatten() {
                     if other.resource != resource {
                         if let Some(p) = &other.presence {

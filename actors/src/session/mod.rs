@@ -15,6 +15,7 @@ mod sasl;
 use crate::auth::{AuthError, Authenticator};
 use crate::directory::{self, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
+use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::transport::{Outbound, Output, QueuedBytes, SessionLink, TransportKind};
@@ -95,6 +96,9 @@ pub struct Services {
     pub roster: Option<Addr<RosterCache>>,
     /// The MUC service, when `[muc]` is configured.
     pub muc: Option<MucHandle>,
+    /// Offline storage (XEP-0160), when `[offline]` is on; the directory
+    /// keeps messages in it, sessions advertise it.
+    pub offline: Option<OfflineMessages>,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -1077,9 +1081,9 @@ impl Session {
         let answer = match (payload.ns().as_str(), payload.name(), get) {
             (ns::PING, "ping", true) => Some(None),
             (ns::SESSION, "session", false) => Some(None),
-            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => Some(
-                Some(server_disco_info(self.services.auth.capabilities().any())),
-            ),
+            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => {
+                Some(Some(server_disco_info(&self.services)))
+            }
             (ns::DISCO_ITEMS, "query", true) if to_server => {
                 Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
             }
@@ -1111,12 +1115,16 @@ async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Ros
         .unwrap_or(Err(RosterError::Stopped))
 }
 
-/// The server's XEP-0030 identity and features; `register` when some
-/// XEP-0077 operation is offered.
-fn server_disco_info(register: bool) -> Element {
+/// The server's XEP-0030 identity and the features it offers: XEP-0077
+/// when some account operation is allowed, XEP-0160 when offline storage
+/// is on.
+fn server_disco_info(services: &Services) -> Element {
     let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
-    if register {
+    if services.auth.capabilities().any() {
         features.push(ns::REGISTER);
+    }
+    if services.offline.is_some() {
+        features.push(ns::OFFLINE_MESSAGES);
     }
     stanza::disco_info("server", "im", "Gatehouse", &features)
 }

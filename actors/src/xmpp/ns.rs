@@ -14,4 +14,6 @@ pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const REGISTER: &str = "jabber:iq:register";
+/// XEP-0160's disco feature: messages to offline users are kept.
+pub const OFFLINE_MESSAGES: &str = "msgoffline";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
