@@ -1,5 +1,6 @@
 //! The dashboards are true: Gatehouse serves a small login storm driven by
-//! the load generator (with refusals), a roster refresh and gated MUC joins;
+//! the load generator (with refusals), a roster refresh, gated MUC joins and
+//! messages kept for a user who is away;
 //! a real Prometheus (Debian package `prometheus`), configured from the
 //! example dashboards/prometheus.yml, scrapes it, and every panel query and
 //! template-variable query of every dashboard in dashboards/ must return a
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 /// and sanitized items, and every protection and fault counter stay at 0 in
 /// a healthy storm).
 const MOVED_BY_THE_TEST: &[(&str, &str)] = &[
+    ("Offline messages", "stored"),
     ("Logins by result", "{{result}}"),
     ("Login latency", "p50"),
     ("Login latency", "p95"),
@@ -822,12 +824,14 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
         muc_support::Reply::json(&format!(r#"{{"allowed": {allowed}}}"#))
     })
     .await;
+    let database = common::database::TestDatabase::sqlite();
     let server = TestServer::start(&config(
         &roster_auth(
             &rosters.url(),
             &format!(
-                "[muc]\ndomain = \"{MUC}\"\n[muc.http_auth]\nurl = \"{}\"",
-                gate.url
+                "[muc]\ndomain = \"{MUC}\"\n[muc.http_auth]\nurl = \"{}\"\n{}",
+                gate.url,
+                database.storage_section()
             ),
         )
         .replace("processes = 2", "processes = 2\nqueue = 4")
@@ -907,6 +911,10 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
             join(&mut bob, room, "Bob").await.err().as_deref(),
             Some("not-authorized")
         );
+        // A message for a user who is away, kept in storage.
+        alice
+            .send("<message to='grace@localhost' type='chat'><body>later</body></message>")
+            .await;
         prometheus.wait_for_a_scrape(&client).await;
     }
 

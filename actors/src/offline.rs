@@ -88,6 +88,8 @@ pub fn describe_metrics() {
          storage (the database failed; resource-constraint, wait) or busy \
          (offline.max_pending_bytes waiting to be written; resource-constraint, wait)"
     );
+    metrics::counter!("gatehouse_offline_messages_stored_total").absolute(0);
+    metrics::counter!("gatehouse_offline_messages_delivered_total").absolute(0);
     for reason in [
         "no_such_user",
         "auth_unavailable",

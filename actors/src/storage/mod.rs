@@ -117,6 +117,30 @@ impl StorageError {
     }
 }
 
+/// Every query, named in the `query` label of the storage metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Query {
+    OfflineKeep,
+    OfflineBatch,
+    OfflineRemove,
+}
+
+impl Query {
+    const ALL: [Query; 3] = [
+        Query::OfflineKeep,
+        Query::OfflineBatch,
+        Query::OfflineRemove,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Query::OfflineKeep => "offline_keep",
+            Query::OfflineBatch => "offline_batch",
+            Query::OfflineRemove => "offline_remove",
+        }
+    }
+}
+
 /// The pool of one of the two databases.
 #[derive(Clone)]
 enum Pool {
@@ -140,7 +164,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// database `$storage` has: the query is written once and compiled for
 /// both.
 macro_rules! with_connection {
-    ($storage:expr, $query:literal, |$conn:ident| $body:expr) => {
+    ($storage:expr, $query:expr, |$conn:ident| $body:expr) => {
         match &$storage.pool {
             $crate::storage::Pool::Sqlite(pool) => {
                 $crate::storage::timed($query, async {
@@ -234,12 +258,13 @@ async fn acquire<DB: sqlx::Database>(
     connection.map_err(StorageError::Unavailable)
 }
 
-/// Runs one query (`name` is its metric label), recording its time
-/// (waiting for a connection included) and counting its failure.
+/// Runs one query, recording its time (waiting for a connection
+/// included) and counting its failure.
 async fn timed<T>(
-    name: &'static str,
+    name: Query,
     query: impl Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
+    let name = name.as_str();
     let started = Instant::now();
     let result = query.await;
     metrics::histogram!("gatehouse_storage_query_seconds", "query" => name)
@@ -274,4 +299,14 @@ pub fn describe_metrics() {
          within storage.acquire_timeout: the database is down or saturated) or query \
          (the database answered with an error)"
     );
+    for query in Query::ALL {
+        for kind in ["unavailable", "query"] {
+            metrics::counter!(
+                "gatehouse_storage_errors_total",
+                "query" => query.as_str(),
+                "kind" => kind
+            )
+            .absolute(0);
+        }
+    }
 }

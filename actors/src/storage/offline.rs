@@ -4,7 +4,7 @@
 //! It owns these queries only; what is kept, for how many messages and
 //! when it is delivered is `crate::offline`'s to decide.
 
-use super::{with_connection, Storage, StorageError};
+use super::{with_connection, Query, Storage, StorageError};
 use sqlx::Row;
 
 /// One kept message.
@@ -38,7 +38,7 @@ impl Storage {
     ) -> Result<Kept, StorageError> {
         // One statement: the count and the insert cannot be split by
         // another writer of the same queue.
-        let inserted = with_connection!(self, "offline_keep", |conn| async {
+        let inserted = with_connection!(self, Query::OfflineKeep, |conn| async {
             let done = sqlx::query(
                 "INSERT INTO offline_message (owner, stored_at, stanza) \
                  SELECT $1, $2, $3 \
@@ -67,7 +67,7 @@ impl Storage {
         after: i64,
         limit: u32,
     ) -> Result<Vec<KeptMessage>, StorageError> {
-        with_connection!(self, "offline_batch", |conn| async {
+        with_connection!(self, Query::OfflineBatch, |conn| async {
             let rows = sqlx::query(
                 "SELECT id, stanza FROM offline_message \
                  WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3",
@@ -91,7 +91,7 @@ impl Storage {
     /// Deletes `owner`'s messages up to and including `through` (an id);
     /// returns how many were deleted.
     pub async fn offline_remove(&self, owner: &str, through: i64) -> Result<u64, StorageError> {
-        with_connection!(self, "offline_remove", |conn| async {
+        with_connection!(self, Query::OfflineRemove, |conn| async {
             let done = sqlx::query("DELETE FROM offline_message WHERE owner = $1 AND id <= $2")
                 .bind(owner)
                 .bind(through)
