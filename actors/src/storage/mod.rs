@@ -117,7 +117,9 @@ impl StorageError {
     }
 }
 
-/// Every query, named in the `query` label of the storage metrics.
+/// Every query, named in the `query` label of the storage metrics. Each
+/// is named after its table first; today there is one table.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Query {
     OfflineKeep,
