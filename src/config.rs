@@ -19,10 +19,12 @@
 
 mod muc;
 mod storage;
+mod stream_management;
 mod web;
 
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use storage::{OfflineConfig, PostgresUrl, StorageConfig};
+pub use stream_management::StreamManagementConfig;
 pub use web::WebConfig;
 
 use std::fmt;
@@ -115,6 +117,9 @@ pub struct Config {
     /// unless switched off here.
     #[serde(default)]
     pub offline: OfflineConfig,
+    /// XEP-0198 stream management; on by default.
+    #[serde(default)]
+    pub stream_management: StreamManagementConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -821,6 +826,7 @@ impl Config {
             self.c2s.max_stanza_bytes,
             &mut problems,
         );
+        self.stream_management.validate(&self.c2s, &mut problems);
         problems.0
     }
 

@@ -25,7 +25,7 @@ use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::offline::OfflineMessages;
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
-use gatehouse_actors::session::{C2sSettings, Services};
+use gatehouse_actors::session::{C2sSettings, Resumable, Services};
 use gatehouse_actors::storage::Storage;
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::future::Future;
@@ -239,6 +239,7 @@ impl Server {
             roster,
             muc,
             offline: offline.clone(),
+            resumable: Resumable::default(),
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
@@ -257,6 +258,7 @@ impl Server {
             unauthenticated_timeout: config.c2s.unauthenticated_timeout,
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
+            stream_management: config.stream_management.settings(&config.c2s),
         });
         let web = match web_listener {
             Some((listener, _, web)) => {

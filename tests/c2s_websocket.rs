@@ -7,7 +7,7 @@
 
 mod common;
 
-use base64::Engine;
+use common::websocket::{connect, OPEN};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -15,10 +15,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const OPEN: &str =
-    "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
 
 /// A server with a web listener, plain TCP allowed (the test's WebSocket
 /// is plain `ws://` on loopback), a small stanza limit, and one allowed
@@ -30,134 +26,6 @@ fn server() -> TestServer {
     )
         + "[web]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://chat.example.com\"]\n";
     TestServer::start(&toml)
-}
-
-/// One WebSocket to `/xmpp-websocket`.
-struct Ws(WebSocketStream<MaybeTlsStream<TcpStream>>);
-
-/// Opens a WebSocket asking for `protocol`, from the page at `origin`.
-async fn connect(
-    web: SocketAddr,
-    protocol: Option<&str>,
-    origin: Option<&str>,
-) -> Result<Ws, WsError> {
-    let mut request = format!("ws://{web}/xmpp-websocket")
-        .into_client_request()
-        .unwrap();
-    if let Some(protocol) = protocol {
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    }
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-    }
-    let (stream, response) = tokio_tungstenite::connect_async(request).await?;
-    assert_eq!(
-        response
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("xmpp"),
-        "the server names the subprotocol"
-    );
-    Ok(Ws(stream))
-}
-
-impl Ws {
-    async fn send(&mut self, text: &str) {
-        self.0.send(Message::text(text)).await.unwrap();
-    }
-
-    /// The next text message; panics on anything else.
-    async fn text(&mut self) -> String {
-        loop {
-            let message = tokio::time::timeout(PATIENCE, self.0.next())
-                .await
-                .expect("an answer in time");
-            match message {
-                Some(Ok(Message::Text(text))) => return text.to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Reads text messages until one contains `marker`; returns it.
-    async fn until(&mut self, marker: &str) -> String {
-        loop {
-            let text = self.text().await;
-            if text.contains(marker) {
-                return text;
-            }
-        }
-    }
-
-    /// The stream error's condition, then `<close/>` and the WebSocket's
-    /// close.
-    async fn stream_error(&mut self) -> String {
-        let error = self.until("<stream:error").await;
-        let condition = error
-            .split("><")
-            .nth(1)
-            .and_then(|rest| rest.split([' ', '/']).next())
-            .unwrap_or_default()
-            .to_owned();
-        assert!(
-            self.text().await.starts_with("<close"),
-            "a <close/> follows"
-        );
-        self.closed().await;
-        condition
-    }
-
-    /// Waits for the server to close the WebSocket; returns its code.
-    async fn closed(&mut self) -> Option<CloseCode> {
-        loop {
-            match tokio::time::timeout(PATIENCE, self.0.next())
-                .await
-                .expect("closed in time")
-            {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-                Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return None,
-            }
-        }
-    }
-
-    /// Opens the stream, logs in and binds; returns the full JID.
-    async fn login(&mut self, user: &str, password: &str, resource: &str) -> String {
-        self.send(OPEN).await;
-        assert!(self.text().await.starts_with("<open"));
-        let features = self.text().await;
-        assert!(features.contains("PLAIN"), "{features}");
-        assert!(!features.contains("starttls"), "no STARTTLS on WebSocket");
-        let payload =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!(
-            "<auth xmlns='{SASL}' mechanism='PLAIN'>{payload}</auth>"
-        ))
-        .await;
-        assert!(self.text().await.starts_with("<success"));
-        self.send(OPEN).await;
-        assert!(self.text().await.starts_with("<open"));
-        assert!(self
-            .text()
-            .await
-            .contains("urn:ietf:params:xml:ns:xmpp-bind"));
-        self.send(&format!(
-            "<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
-        ))
-        .await;
-        let bound = self.text().await;
-        assert!(
-            bound.contains("type=\"result\"") || bound.contains("type='result'"),
-            "{bound}"
-        );
-        format!("{user}@localhost/{resource}")
-    }
 }
 
 fn web(server: &TestServer) -> SocketAddr {

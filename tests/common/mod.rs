@@ -7,6 +7,7 @@ pub mod database;
 pub mod poll;
 pub mod roster_service;
 pub mod server_process;
+pub mod websocket;
 
 use base64::Engine;
 use bytes::BytesMut;
@@ -391,6 +392,16 @@ impl Client {
             .unwrap_or_default())
     }
 
+    /// Opens, authenticates and restarts; returns the client and the
+    /// features after the restart (binding, stream management).
+    pub async fn authenticated(addr: SocketAddr, user: &str, password: &str) -> (Client, Element) {
+        let mut client = Client::connect(addr).await;
+        client.open("localhost").await;
+        client.auth(user, password).await.expect("login succeeds");
+        let features = client.open("localhost").await;
+        (client, features)
+    }
+
     /// Opens, authenticates, restarts and binds; returns the full JID.
     pub async fn login(
         addr: SocketAddr,
@@ -398,10 +409,7 @@ impl Client {
         password: &str,
         resource: &str,
     ) -> (Client, String) {
-        let mut client = Client::connect(addr).await;
-        client.open("localhost").await;
-        client.auth(user, password).await.expect("login succeeds");
-        client.open("localhost").await;
+        let (mut client, _) = Client::authenticated(addr, user, password).await;
         let jid = client.bind(resource).await;
         (client, jid)
     }

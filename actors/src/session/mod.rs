@@ -11,6 +11,7 @@ mod account;
 mod id;
 mod phase;
 mod sasl;
+mod sm;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::directory::{self, DirectoryHandle, ToSession};
@@ -18,7 +19,9 @@ use crate::muc::{self, MucHandle};
 use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
-use crate::transport::{Outbound, Output, QueuedBytes, SessionLink, TransportKind};
+use crate::transport::{
+    ConnectionId, Outbound, Output, QueuedBytes, SessionLink, SessionTarget, TransportKind,
+};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
     ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
@@ -32,6 +35,8 @@ use jid::{FullJid, Jid};
 use minidom::Element;
 use phase::Phase;
 use sasl::PlainError;
+use sm::StreamManagement;
+pub use sm::{Resumable, SmSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +86,8 @@ pub struct C2sSettings {
     /// Bytes queued towards a client before it counts as too slow and is
     /// dropped; one larger stanza still goes out when nothing is queued.
     pub max_outbound_bytes: usize,
+    /// XEP-0198 stream management, when offered.
+    pub stream_management: Option<SmSettings>,
 }
 
 /// The shared services a session talks to.
@@ -99,6 +106,8 @@ pub struct Services {
     /// Offline storage (XEP-0160), when `[offline]` is on; the directory
     /// keeps messages in it, sessions advertise it.
     pub offline: Option<OfflineMessages>,
+    /// Sessions a client may resume (XEP-0198), by token.
+    pub resumable: Resumable,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -116,6 +125,7 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
             .absolute(0);
     }
+    sm::describe_metrics();
 }
 
 /// Starts a session on the current arbiter for a connection a transport
@@ -144,6 +154,8 @@ pub(crate) fn start(
         roster_loaded: false,
         held: None,
         closing: false,
+        sm: None,
+        detached: None,
     }
     .start();
     attach(session, transport, &settings, shutdown)
@@ -169,17 +181,21 @@ pub(crate) fn attach(
         settings.stanza_limits,
         Some(settings.unauthenticated_budget.clone()),
     );
+    let target = SessionTarget::new(session.clone());
     // Sent before the transport can send anything: the session has its
     // connection before the first event arrives.
     session.do_send(Attach(Attachment {
         out,
         queued: queued.clone(),
         kill: kill.clone(),
+        target: target.clone(),
     }));
-    SessionLink::new(transport, session, outbound, queued, parser, kill, shutdown)
+    SessionLink::new(transport, target, outbound, queued, parser, kill, shutdown)
 }
 
-/// The connection a session speaks through while attached.
+/// The connection a session speaks through while attached. Cloned when a
+/// resumption hands it to the resumed session.
+#[derive(Clone)]
 struct Attachment {
     /// To the transport's I/O task; bounded by `max_outbound_queue`.
     out: mpsc::Sender<Outbound>,
@@ -188,6 +204,9 @@ struct Attachment {
     queued: QueuedBytes,
     /// Drops the connection at once (a client too slow to read).
     kill: CancellationToken,
+    /// Which session the connection's events go to, and which connection
+    /// it is.
+    target: SessionTarget,
 }
 
 /// A transport's connection attaches to the session (see [`attach`]).
@@ -224,10 +243,11 @@ pub(crate) enum Next {
     Close,
 }
 
-/// The I/O task ended; the session ends with it.
+/// The I/O task of a connection ended: the session ends with it, or waits
+/// detached for a resumption (XEP-0198).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct ConnectionLost;
+pub(crate) struct ConnectionLost(pub(crate) ConnectionId);
 
 /// The server is shutting down.
 #[derive(Message)]
@@ -268,6 +288,11 @@ pub struct Session {
     held: Option<Vec<Bytes>>,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
+    /// XEP-0198 stream management, once the client enabled it.
+    sm: Option<StreamManagement>,
+    /// While the connection is gone and the session waits for a
+    /// resumption: the timer that ends the wait.
+    detached: Option<SpawnHandle>,
 }
 
 impl Actor for Session {
@@ -288,12 +313,25 @@ impl Actor for Session {
         if let Some(connection) = self.connection.take() {
             connection.kill.cancel();
         }
+        if self.detached.take().is_some() {
+            sm::count_detached(-1.0);
+        }
+        let unacked = self.sm.take().map(|mut sm| {
+            if let Some(resumption) = sm.resumption {
+                self.services.resumable.remove(resumption.token);
+            }
+            sm.take_unacked()
+        });
         if let Some(jid) = self.phase.unbind() {
             self.leave_rooms(jid.clone());
             self.services.directory.unbind(directory::Unbind {
-                jid,
+                jid: jid.clone(),
                 session_id: self.id,
             });
+            // After the unbind, so that none comes back here.
+            if let Some(unacked) = unacked {
+                self.reroute_unacked(&jid, unacked);
+            }
         }
     }
 }
@@ -319,6 +357,11 @@ impl Handler<ToSession> for Session {
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         if panic_guard::catch(PANIC_LABEL, || self.routed(msg)).is_err() {
             self.panicked(ctx);
+        }
+        // A detached session that must end (too much unacknowledged) has
+        // no connection whose loss would stop it.
+        if self.closing && self.connection.is_none() {
+            ctx.stop();
         }
     }
 }
@@ -374,11 +417,20 @@ impl Handler<SystemShutdown> for Session {
 impl Handler<ConnectionLost> for Session {
     type Result = ();
 
-    /// The transport's connection is gone: the session detaches from it.
-    /// Nothing can resume it yet (stream management will), so it ends.
-    fn handle(&mut self, _: ConnectionLost, ctx: &mut Self::Context) {
+    /// The transport's connection is gone: the session detaches from it,
+    /// and ends — unless the client enabled resumption and the stream did
+    /// not end (then it waits, see [`Session::detach`]). The loss of a
+    /// connection a resumption already replaced changes nothing.
+    fn handle(&mut self, ConnectionLost(id): ConnectionLost, ctx: &mut Self::Context) {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|connection| connection.target.id() != id)
+        {
+            return;
+        }
         self.connection = None;
-        ctx.stop();
+        self.detach(ctx);
     }
 }
 
@@ -469,7 +521,9 @@ impl Session {
         match connection.out.try_send(Outbound::Item(item)) {
             Ok(()) => {}
             Err(e) if e.is_full() => self.too_slow(SlowLimit::Stanzas),
-            Err(_) => self.closing = true,
+            // The connection is going; its loss reaches the session next
+            // (which then ends, or waits to be resumed).
+            Err(_) => {}
         }
     }
 
@@ -504,11 +558,36 @@ impl Session {
         }
     }
 
-    /// Sends a stanza; one that cannot be written as XML is dropped (and
-    /// was logged and counted by `to_bytes`): the session goes on.
+    /// Sends a stanza or a negotiation element; one that cannot be
+    /// written as XML is dropped (and was logged and counted by
+    /// `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
-        if let Ok(bytes) = stanza::to_bytes(el) {
+        let Ok(bytes) = stanza::to_bytes(el) else {
+            return;
+        };
+        if stanza::is_stanza(el) {
+            self.send_stanza(bytes, false);
+        } else {
             self.emit(Output::Element(bytes));
+        }
+    }
+
+    /// Sends a stanza, kept until acknowledged under stream management
+    /// (and then kept even while no connection is attached). `reserved`
+    /// when its bytes were counted towards the outbound bound already.
+    fn send_stanza(&mut self, bytes: Bytes, reserved: bool) {
+        match self.track_sent(&bytes) {
+            sm::Tracked::Overflow => self.unacked_overflow(),
+            tracked => {
+                if reserved {
+                    self.enqueue(Output::Element(bytes));
+                } else {
+                    self.emit(Output::Element(bytes));
+                }
+                if tracked == sm::Tracked::AskNow {
+                    self.ask_ack();
+                }
+            }
         }
     }
 
@@ -627,6 +706,9 @@ impl Session {
             if self.services.roster.is_some() {
                 features.others.push(Element::bare("ver", ns::ROSTER_VER));
             }
+            if self.settings.stream_management.is_some() {
+                features.others.push(Element::bare("sm", ns::SM));
+            }
         } else {
             if self.starttls_offered() {
                 features.starttls = Some(StartTls {
@@ -649,6 +731,15 @@ impl Session {
     }
 
     fn element(&mut self, el: Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
+        if el.ns() == ns::SM && matches!(self.phase, Phase::AwaitBind { .. } | Phase::Bound { .. })
+        {
+            return self.stream_management(el, ctx);
+        }
+        if let (Phase::Bound { .. }, Some(sm)) = (&self.phase, &mut self.sm) {
+            if stanza::is_stanza(&el) {
+                sm.count_received();
+            }
+        }
         match &self.phase {
             Phase::Negotiating { .. } => self.negotiate(el),
             Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
@@ -1054,7 +1145,7 @@ impl Session {
                         }
                     }
                     for data in act.held.take().unwrap_or_default() {
-                        act.enqueue(Output::Element(data));
+                        act.send_stanza(data, true);
                     }
                     Next::Continue
                 }),

@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// Help texts of the transports' metrics, and their labelled series
@@ -186,6 +186,60 @@ impl QueuedBytes {
     }
 }
 
+/// Tells one connection of a session from another: the session ignores
+/// the loss of a connection it has already replaced (a client resumed on
+/// a new one before the old one was seen to die).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionId(u64);
+
+impl ConnectionId {
+    pub(crate) fn random() -> ConnectionId {
+        ConnectionId(rand::random())
+    }
+}
+
+/// The session a link's events go to, and which connection the link is.
+/// Shared by the link and the session's attachment, so that a
+/// stream-management resumption can hand the connection to the resumed
+/// session: from then on the link talks to it.
+#[derive(Clone)]
+pub(crate) struct SessionTarget {
+    /// This connection, as the session knows it: its loss is reported
+    /// with it.
+    id: ConnectionId,
+    session: Arc<Mutex<Addr<Session>>>,
+}
+
+impl SessionTarget {
+    pub(crate) fn new(session: Addr<Session>) -> SessionTarget {
+        SessionTarget {
+            id: ConnectionId::random(),
+            session: Arc::new(Mutex::new(session)),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Addr<Session>> {
+        // Setting an address cannot be left half done.
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session events go to now.
+    pub(crate) fn get(&self) -> Addr<Session> {
+        self.lock().clone()
+    }
+
+    /// Events go to `session` from now on.
+    pub(crate) fn set(&self, session: Addr<Session>) {
+        *self.lock() = session;
+    }
+}
+
 /// What the session hands the I/O task.
 #[derive(Debug)]
 pub enum Outbound {
@@ -207,8 +261,9 @@ pub(crate) struct SessionLink {
     /// count.
     transport: TransportKind,
     /// The session: its `Inbound` events go there, one at a time, and its
-    /// answer says what to do with the stream next.
-    session: Addr<Session>,
+    /// answer says what to do with the stream next. A resumption points it
+    /// at another session.
+    session: SessionTarget,
     /// What the session says, in order.
     pub outbound: mpsc::Receiver<Outbound>,
     /// Bytes in `outbound` not yet written; the transport lowers it as its
@@ -244,7 +299,7 @@ pub(crate) enum Turn<R> {
 impl SessionLink {
     pub(crate) fn new(
         transport: TransportKind,
-        session: Addr<Session>,
+        session: SessionTarget,
         outbound: mpsc::Receiver<Outbound>,
         queued: QueuedBytes,
         parser: StreamParser,
@@ -272,7 +327,7 @@ impl SessionLink {
 
     /// Hands the session one event; its answer comes as [`Turn::Answer`].
     pub(crate) fn tell(&mut self, inbound: Inbound) {
-        self.pending = Some(Box::pin(self.session.send(inbound)));
+        self.pending = Some(Box::pin(self.session.get().send(inbound)));
     }
 
     /// Waits for the next turn: the session killing the connection, saying
@@ -300,7 +355,7 @@ impl SessionLink {
                 _ = self.kill.cancelled() => return Turn::Killed,
                 _ = self.shutdown.cancelled(), if !self.shutdown_told => {
                     self.shutdown_told = true;
-                    self.session.do_send(SystemShutdown);
+                    self.session.get().do_send(SystemShutdown);
                 }
                 said = self.outbound.next(), if take_output => return Turn::Said(said),
                 answer = async { self.pending.as_mut().expect("guarded by the condition").await }, if self.pending.is_some() => {
@@ -317,7 +372,9 @@ impl Drop for SessionLink {
     /// The connection is gone: the session hears it (and ends, or waits for
     /// another connection), and it is no longer counted.
     fn drop(&mut self) {
-        self.session.do_send(ConnectionLost);
+        self.session
+            .get()
+            .do_send(ConnectionLost(self.session.id()));
         metrics::gauge!("gatehouse_connections", "transport" => self.transport.as_str())
             .decrement(1.0);
     }

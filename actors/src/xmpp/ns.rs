@@ -16,4 +16,6 @@ pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const REGISTER: &str = "jabber:iq:register";
 /// XEP-0160's disco feature: messages to offline users are kept.
 pub const OFFLINE_MESSAGES: &str = "msgoffline";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";

@@ -307,6 +307,12 @@ pub fn disco_info(category: &str, kind: &str, name: &str, features: &[&str]) -> 
     query
 }
 
+/// Whether `el` is a stanza (RFC 6120 §8): a message, presence or IQ of
+/// `jabber:client`, as opposed to a negotiation element (a nonza).
+pub fn is_stanza(el: &Element) -> bool {
+    el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq")
+}
+
 /// True for an IQ that expects an answer (`get` or `set`).
 pub fn is_iq_request(el: &Element) -> bool {
     el.name() == "iq" && matches!(el.attr("type"), Some("get") | Some("set"))

@@ -17,6 +17,9 @@ pub enum StreamErrorCondition {
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
+    /// A condition the others do not name: a client acknowledging more
+    /// stanzas than it was sent (XEP-0198 §4).
+    UndefinedCondition,
     UnsupportedStanzaType,
     UnsupportedVersion,
 }
@@ -38,6 +41,7 @@ impl StreamErrorCondition {
             ResourceConstraint => "resource-constraint",
             RestrictedXml => "restricted-xml",
             SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
         }
