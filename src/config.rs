@@ -17,9 +17,11 @@
 //! shown without user info or query, so that `{:?}` of a whole `Config`
 //! stays safe to log.
 
+mod carbons;
 mod muc;
 mod web;
 
+pub use carbons::CarbonsConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use web::WebConfig;
 
@@ -105,6 +107,9 @@ pub struct Config {
     /// absent means none.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// XEP-0280 Message Carbons. Optional: on by default.
+    #[serde(default)]
+    pub carbons: CarbonsConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's

@@ -222,6 +222,7 @@ impl Server {
             unauthenticated_timeout: config.c2s.unauthenticated_timeout,
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
+            carbons: config.carbons.offer(),
         });
         let web = match web_listener {
             Some((listener, _, web)) => {

@@ -136,6 +136,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(external.timeout, Duration::from_secs(5));
     assert_eq!(external.queue_timeout, Duration::from_secs(5));
     assert_eq!(external.reply_grace, Duration::from_millis(2));
+    assert!(config.carbons.enabled);
 }
 
 #[test]
@@ -189,6 +190,7 @@ fn full_file_sets_every_key() {
     assert_eq!(external.timeout, Duration::from_secs(2));
     assert_eq!(external.queue_timeout, Duration::from_millis(750));
     assert_eq!(external.reply_grace, Duration::from_millis(5));
+    assert!(!config.carbons.enabled);
 }
 
 #[test]

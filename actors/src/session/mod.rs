@@ -13,6 +13,7 @@ mod phase;
 mod sasl;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::carbons::{self, Eligibility};
 use crate::directory::{self, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
 use crate::panic_guard::{self, Guarded, Panicked};
@@ -80,6 +81,8 @@ pub struct C2sSettings {
     /// Bytes queued towards a client before it counts as too slow and is
     /// dropped; one larger stanza still goes out when nothing is queued.
     pub max_outbound_bytes: usize,
+    /// Whether clients may turn on XEP-0280 carbons.
+    pub carbons: carbons::Offer,
 }
 
 /// The shared services a session talks to.
@@ -869,6 +872,7 @@ impl Session {
                 .as_ref()
                 .filter(|m| m.domain == to.domain().as_str())
             {
+                self.copy_sent(&me, to, &el);
                 muc.service.do_send(muc::Incoming {
                     from: me,
                     session: self.id,
@@ -922,14 +926,33 @@ impl Session {
             (_, Some(to)) if to.node().is_none() => {
                 self.reply_error(&el, StanzaError::SERVICE_UNAVAILABLE)
             }
-            (_, Some(to)) => self.services.directory.route(directory::Route {
-                from: me,
-                session_id: self.id,
-                to,
-                stanza: el,
-            }),
+            (_, Some(to)) => {
+                self.copy_sent(&me, &to, &el);
+                self.services.directory.route(directory::Route {
+                    from: me,
+                    session_id: self.id,
+                    to,
+                    stanza: el,
+                })
+            }
         }
         ready(Next::Continue)
+    }
+
+    /// XEP-0280 §8: the user's other carbon-enabled resources get a
+    /// `<sent/>` copy of an eligible message this resource sends to someone
+    /// else (one to the user's own account reaches them as `<received/>`
+    /// copies on delivery).
+    fn copy_sent(&self, me: &FullJid, to: &Jid, message: &Element) {
+        if self.settings.carbons == carbons::Offer::Offered
+            && to.to_bare() != me.to_bare()
+            && carbons::eligibility(message) == Eligibility::Eligible
+        {
+            self.services.directory.copy_sent(directory::CopySent {
+                from: me.clone(),
+                message: message.clone(),
+            });
+        }
     }
 
     /// The resource's own presence, broadcast by the Router to the user's
@@ -1077,9 +1100,21 @@ impl Session {
         let answer = match (payload.ns().as_str(), payload.name(), get) {
             (ns::PING, "ping", true) => Some(None),
             (ns::SESSION, "session", false) => Some(None),
-            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => Some(
-                Some(server_disco_info(self.services.auth.capabilities().any())),
-            ),
+            (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => {
+                Some(Some(self.server_disco_info()))
+            }
+            (ns::CARBONS, _, false)
+                if self.settings.carbons == carbons::Offer::Offered
+                    && (to_server || self.is_to_own_account(iq)) =>
+            {
+                match carbons::request(payload) {
+                    Some(state) => {
+                        self.set_carbons(state);
+                        Some(None)
+                    }
+                    None => return self.reply_error(iq, StanzaError::BAD_REQUEST),
+                }
+            }
             (ns::DISCO_ITEMS, "query", true) if to_server => {
                 Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
             }
@@ -1111,12 +1146,35 @@ async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Ros
         .unwrap_or(Err(RosterError::Stopped))
 }
 
-/// The server's XEP-0030 identity and features; `register` when some
-/// XEP-0077 operation is offered.
-fn server_disco_info(register: bool) -> Element {
-    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
-    if register {
-        features.push(ns::REGISTER);
+impl Session {
+    /// Whether a stanza is addressed to the bound user's own bare JID.
+    fn is_to_own_account(&self, el: &Element) -> bool {
+        let to = el.attr("to").map(Jid::new);
+        matches!((to, self.phase.jid()), (Some(Ok(to)), Some(me)) if to == me.to_bare())
     }
-    stanza::disco_info("server", "im", "Gatehouse", &features)
+
+    /// XEP-0280: this resource asked for carbon copies, or no longer wants
+    /// them.
+    fn set_carbons(&self, state: carbons::State) {
+        if let Some(jid) = self.phase.jid() {
+            self.services.directory.set_carbons(directory::SetCarbons {
+                jid: jid.clone(),
+                session_id: self.id,
+                state,
+            });
+        }
+    }
+
+    /// The server's XEP-0030 identity and features: `register` when some
+    /// XEP-0077 operation is offered, carbons when they are.
+    fn server_disco_info(&self) -> Element {
+        let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
+        if self.services.auth.capabilities().any() {
+            features.push(ns::REGISTER);
+        }
+        if self.settings.carbons == carbons::Offer::Offered {
+            features.push(ns::CARBONS);
+        }
+        stanza::disco_info("server", "im", "Gatehouse", &features)
+    }
 }

@@ -15,3 +15,5 @@ pub const ROSTER: &str = "jabber:iq:roster";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+pub const HINTS: &str = "urn:xmpp:hints";
