@@ -18,10 +18,12 @@
 //! stays safe to log.
 
 mod carbons;
+mod csi;
 mod muc;
 mod web;
 
 pub use carbons::CarbonsConfig;
+pub use csi::CsiConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use web::WebConfig;
 
@@ -110,6 +112,9 @@ pub struct Config {
     /// XEP-0280 Message Carbons. Optional: on by default.
     #[serde(default)]
     pub carbons: CarbonsConfig,
+    /// XEP-0352 Client State Indication. Optional: on by default.
+    #[serde(default)]
+    pub csi: CsiConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -723,6 +728,7 @@ impl Config {
         let mut problems = Problems::default();
         validate_hosts(&self.hosts, &mut problems);
         self.c2s.validate(&mut problems);
+        self.csi.validate(&mut problems);
         if let Some(direct) = self.c2s.direct_tls_listen {
             for (key, other) in [
                 ("c2s.listen", self.c2s.listen),

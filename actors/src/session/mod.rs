@@ -8,6 +8,7 @@
 //! nor decide where other users' stanzas go (the directory does).
 
 mod account;
+mod csi;
 mod id;
 mod phase;
 mod sasl;
@@ -26,6 +27,7 @@ use crate::xmpp::{
 };
 use actix::prelude::*;
 use bytes::Bytes;
+pub use csi::CsiSettings;
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -83,6 +85,8 @@ pub struct C2sSettings {
     pub max_outbound_bytes: usize,
     /// Whether clients may turn on XEP-0280 carbons.
     pub carbons: carbons::Offer,
+    /// XEP-0352 client state indication, when offered.
+    pub csi: Option<CsiSettings>,
 }
 
 /// The shared services a session talks to.
@@ -115,6 +119,7 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
             .absolute(0);
     }
+    csi::describe_metrics();
 }
 
 /// Starts a session on the current arbiter for a connection a transport
@@ -142,6 +147,7 @@ pub(crate) fn start(
         sasl_failures: 0,
         roster_loaded: false,
         held: None,
+        client_state: csi::ClientState::Active,
         closing: false,
     }
     .start();
@@ -265,6 +271,9 @@ pub struct Session {
     /// Router's answer, so that no roster push reaches the client before
     /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
     held: Option<Vec<Bytes>>,
+    /// Whether the client said it is inactive (XEP-0352), with what is
+    /// held for it meanwhile.
+    client_state: csi::ClientState,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
 }
@@ -472,19 +481,25 @@ impl Session {
         }
     }
 
-    /// A stanza from the Router: sent, or held while a roster get waits
-    /// (held stanzas count towards both bounds like queued ones).
+    /// A stanza from the Router: held while the client is inactive and it
+    /// can wait ([`csi`]), otherwise passed on.
     fn deliver(&mut self, el: &Element) {
+        // One that cannot be written was logged and counted; it is dropped.
+        if let Ok(data) = stanza::to_bytes(el) {
+            self.deliver_or_hold(el, data);
+        }
+    }
+
+    /// A stanza from the Router that goes now: sent, or held while a
+    /// roster get waits (held stanzas count towards both bounds like
+    /// queued ones).
+    fn pass(&mut self, data: Bytes) {
         let Some(held) = &self.held else {
-            return self.send(el);
+            return self.emit(Output::Element(data));
         };
         if held.len() >= self.settings.max_outbound_queue {
             return self.too_slow(SlowLimit::Stanzas);
         }
-        // One that cannot be written was logged and counted; it is dropped.
-        let Ok(data) = stanza::to_bytes(el) else {
-            return;
-        };
         if self.reserve(data.len()) {
             if let Some(held) = &mut self.held {
                 held.push(data);
@@ -503,10 +518,13 @@ impl Session {
         }
     }
 
-    /// Sends a stanza; one that cannot be written as XML is dropped (and
-    /// was logged and counted by `to_bytes`): the session goes on.
+    /// Sends a stanza of the session's own (after what is held for an
+    /// inactive client, which it must not overtake); one that cannot be
+    /// written as XML is dropped (and was logged and counted by
+    /// `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
         if let Ok(bytes) = stanza::to_bytes(el) {
+            self.flush_held(csi::Flush::Urgent);
             self.emit(Output::Element(bytes));
         }
     }
@@ -552,6 +570,7 @@ impl Session {
     /// Sends a stream error (and our header first if none went out yet)
     /// and the stream end; the caller closes.
     fn stream_error(&mut self, condition: StreamErrorCondition) -> Next {
+        self.flush_held(csi::Flush::StreamEnd);
         if !self.header_sent {
             let from = self
                 .phase
@@ -567,6 +586,7 @@ impl Session {
     /// Ends our stream; nothing more is sent, and the I/O task closes the
     /// connection after writing what is queued.
     fn end_stream(&mut self) -> Next {
+        self.flush_held(csi::Flush::StreamEnd);
         self.emit(Output::Close);
         self.closing = true;
         Next::Close
@@ -626,6 +646,9 @@ impl Session {
             if self.services.roster.is_some() {
                 features.others.push(Element::bare("ver", ns::ROSTER_VER));
             }
+            if self.settings.csi.is_some() {
+                features.others.push(xmpp_parsers::csi::Feature.into());
+            }
         } else {
             if self.starttls_offered() {
                 features.starttls = Some(StartTls {
@@ -651,6 +674,7 @@ impl Session {
         match &self.phase {
             Phase::Negotiating { .. } => self.negotiate(el),
             Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::Bound { .. } if el.ns() == ns::CSI => ready(self.client_state_changed(&el)),
             Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
             Phase::Bound { .. } => self.stanza(el, ctx),
             Phase::Connected

@@ -17,3 +17,4 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const HINTS: &str = "urn:xmpp:hints";
+pub const CSI: &str = "urn:xmpp:csi:0";
