@@ -6,10 +6,10 @@
 //! It owns who is online, the rosters of online users (which decide where
 //! their presence goes, RFC 6121 §4), roster pushes, where a stanza
 //! addressed to a JID goes, and which resources get XEP-0280 carbon copies
-//! (the rules and the copies' shape are [`crate::carbons`]'s). It must not parse client input, answer IQs
-//! meant for the server or fetch rosters: sessions hand it stanzas whose
-//! `from` they have already stamped, and rosters fetched by the
-//! RosterCache.
+//! (the rules and the copies' shape are [`crate::carbons`]'s). It must not
+//! parse client input, answer IQs meant for the server or fetch rosters:
+//! sessions hand it stanzas whose `from` they have already stamped, and
+//! rosters fetched by the RosterCache.
 
 use super::{
     is_broadcast, Bind, Broadcast, CopySent, Directory, Route, SetCarbons, ToSession, Unbind,
