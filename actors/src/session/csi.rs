@@ -77,8 +77,9 @@ pub fn describe_metrics() {
 pub(super) enum ClientState {
     /// The state of every new session: stanzas go at once.
     Active,
-    /// `<inactive/>`: stanzas that can wait are held.
-    Inactive(Held),
+    /// `<inactive/>`: stanzas that can wait are held. Boxed, so that an
+    /// active session (most of them) carries one word for this.
+    Inactive(Box<Held>),
 }
 
 /// Why held stanzas go out: the `reason` label of
@@ -303,7 +304,7 @@ impl Session {
         };
         if Inactive::try_from(el.clone()).is_ok() {
             if let ClientState::Active = self.client_state {
-                self.client_state = ClientState::Inactive(Held::new(&settings));
+                self.client_state = ClientState::Inactive(Box::new(Held::new(&settings)));
             }
         } else if Active::try_from(el.clone()).is_ok() {
             self.flush_held(Flush::Active);
