@@ -17,11 +17,15 @@
 //! shown without user info or query, so that `{:?}` of a whole `Config`
 //! stays safe to log.
 
+mod carbons;
+mod csi;
 mod muc;
 mod storage;
 mod stream_management;
 mod web;
 
+pub use carbons::CarbonsConfig;
+pub use csi::CsiConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use storage::{OfflineConfig, PostgresUrl, StorageConfig};
 pub use stream_management::StreamManagementConfig;
@@ -120,6 +124,12 @@ pub struct Config {
     /// XEP-0198 stream management; on by default.
     #[serde(default)]
     pub stream_management: StreamManagementConfig,
+    /// XEP-0280 Message Carbons. Optional: on by default.
+    #[serde(default)]
+    pub carbons: CarbonsConfig,
+    /// XEP-0352 Client State Indication. Optional: on by default.
+    #[serde(default)]
+    pub csi: CsiConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -739,6 +749,7 @@ impl Config {
         let mut problems = Problems::default();
         validate_hosts(&self.hosts, &mut problems);
         self.c2s.validate(&mut problems);
+        self.csi.validate(&mut problems);
         if let Some(direct) = self.c2s.direct_tls_listen {
             for (key, other) in [
                 ("c2s.listen", self.c2s.listen),

@@ -259,6 +259,8 @@ impl Server {
             max_outbound_queue: config.c2s.max_outbound_queue,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
             stream_management: config.stream_management.settings(&config.c2s),
+            carbons: config.carbons.offer(),
+            csi: config.csi.settings(config.c2s.max_outbound_queue),
         });
         let web = match web_listener {
             Some((listener, _, web)) => {

@@ -85,6 +85,7 @@ fn describe() {
         "XEP-0077 account operations by operation and result"
     );
     gatehouse_actors::session::describe_metrics();
+    gatehouse_actors::carbons::describe_metrics();
     gatehouse_actors::transport::describe_metrics();
     gatehouse_actors::auth::describe_metrics();
     gatehouse_actors::roster::describe_metrics();

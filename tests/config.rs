@@ -136,6 +136,9 @@ fn minimal_file_gets_every_default() {
     assert_eq!(external.timeout, Duration::from_secs(5));
     assert_eq!(external.queue_timeout, Duration::from_secs(5));
     assert_eq!(external.reply_grace, Duration::from_millis(2));
+    assert!(config.carbons.enabled);
+    assert!(config.csi.enabled);
+    assert_eq!(config.csi.max_held, 256);
 }
 
 #[test]
@@ -189,6 +192,11 @@ fn full_file_sets_every_key() {
     assert_eq!(external.timeout, Duration::from_secs(2));
     assert_eq!(external.queue_timeout, Duration::from_millis(750));
     assert_eq!(external.reply_grace, Duration::from_millis(5));
+    assert!(!config.carbons.enabled);
+    assert_eq!(config.csi.max_held, 1000);
+    // Everything held is queued at once: it must fit c2s.max_outbound_queue.
+    let csi = config.csi.settings(config.c2s.max_outbound_queue).unwrap();
+    assert_eq!(csi.max_held, 499);
 }
 
 #[test]

@@ -20,6 +20,21 @@ async fn slixmpp_chats_over_starttls_and_pings() {
     assert!(logins >= 2.0, "{logins} logins counted");
 }
 
+/// Two slixmpp clients of one user: the one with carbons enabled (by
+/// slixmpp's xep_0280) gets a carbon of a message sent to the other, and of
+/// the other's answer.
+#[actix_rt::test]
+async fn slixmpp_receives_carbons_on_its_other_device() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let server = TestServer::start(&toml);
+    let port = server.c2s.port().to_string();
+    let stdout = run_interop("slix_carbons.py", &["--port", &port, "--ca", &ca]).await;
+    assert!(
+        stdout.contains("received carbon ok\nsent carbon ok"),
+        "{stdout}"
+    );
+}
+
 #[actix_rt::test]
 async fn slixmpp_logs_in_over_direct_tls() {
     let (toml, ca) = tls_config(&fixture_auth(""));

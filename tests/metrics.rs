@@ -70,6 +70,11 @@ async fn metrics_after_logins_pass_promtool() {
         "gatehouse_unauthenticated_budget_refusals_total",
         "gatehouse_bosh_sessions",
         "gatehouse_bosh_refusals_total",
+        "gatehouse_carbon_copies_total",
+        "gatehouse_csi_stanzas_held_total",
+        "gatehouse_csi_stanzas_superseded_total",
+        "gatehouse_csi_stanzas_flushed_total",
+        "gatehouse_csi_inactive_sessions",
     ];
     let scrape = server
         .metrics_when("every required metric", |scrape| {

@@ -6,6 +6,8 @@
 //!   `Directory` interface; `directory::local` is this node's Router actor
 //!   (the registry of bound resources and of online users' rosters;
 //!   presence and roster pushes).
+//! - [`carbons`]: XEP-0280's rules: which messages are copied to a user's
+//!   other resources, and the copies.
 //! - [`auth`]: the AuthPool actor, the external-process and HTTP backends,
 //!   the result cache and the `Authenticator` sessions use.
 //! - [`roster`]: rosters from the application and the RosterCache actor.
@@ -25,6 +27,7 @@
 //! application does that and hands plain settings in.
 
 pub mod auth;
+pub mod carbons;
 pub mod directory;
 pub mod muc;
 pub mod offline;

@@ -347,6 +347,12 @@ impl Client {
         }
     }
 
+    /// Whether the server sends no complete element within `wait`: for
+    /// checking that something is held back (it cannot fail when it is).
+    pub async fn silent_for(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.next()).await.is_err()
+    }
+
     /// The next top-level element; panics on anything else.
     pub async fn element(&mut self) -> Element {
         match self.next().await {

@@ -4,13 +4,18 @@
 //! interface sessions use.
 //!
 //! It owns who is online, the rosters of online users (which decide where
-//! their presence goes, RFC 6121 §4), roster pushes, and where a stanza
-//! addressed to a JID goes. It must not parse client input, answer IQs
-//! meant for the server or fetch rosters: sessions hand it stanzas whose
-//! `from` they have already stamped, and rosters fetched by the
-//! RosterCache.
+//! their presence goes, RFC 6121 §4), roster pushes, where a stanza
+//! addressed to a JID goes, and which resources get XEP-0280 carbon copies
+//! (the rules and the copies' shape are [`crate::carbons`]'s). It must not
+//! parse client input, answer IQs meant for the server or fetch rosters:
+//! sessions hand it stanzas whose `from` they have already stamped, and
+//! rosters fetched by the RosterCache.
 
-use super::{is_broadcast, Bind, Broadcast, Directory, Route, ToSession, Unbind, UseRoster};
+use super::{
+    is_broadcast, Bind, Broadcast, CopySent, Directory, Route, SetCarbons, ToSession, Unbind,
+    UseRoster,
+};
+use crate::carbons::{self, Eligibility};
 use crate::offline::OfflineMessages;
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
@@ -75,6 +80,14 @@ impl Directory for LocalDirectory {
         self.router.do_send(broadcast);
     }
 
+    fn set_carbons(&self, set: SetCarbons) {
+        self.router.do_send(set);
+    }
+
+    fn copy_sent(&self, sent: CopySent) {
+        self.router.do_send(sent);
+    }
+
     fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>> {
         let answer = self.router.send(request);
         Box::pin(async move { answer.await.ok() })
@@ -121,6 +134,9 @@ struct Resource {
     /// resource and no unavailable since: they get its unavailable
     /// presence when it goes away (RFC 6121 §4.6.3).
     directed: HashSet<Jid>,
+    /// Whether the resource asked for carbon copies of its user's messages
+    /// (XEP-0280); a new session starts without.
+    carbons: carbons::State,
 }
 
 impl Resource {
@@ -189,6 +205,57 @@ impl Router {
         if let (Some(sender), Some(reply)) = (self.find(from), stanza::error_reply(stanza, error)) {
             sender.mailbox.do_send(ToSession::Stanza(reply));
         }
+    }
+
+    /// XEP-0280 copies of `message` for the resources of `user` that
+    /// `gets_copy` picks, each addressed to its resource and counted.
+    fn send_copies(
+        &self,
+        kind: carbons::Kind,
+        user: &BareJid,
+        message: &Element,
+        gets_copy: impl Fn(&Resource) -> bool,
+    ) {
+        let mut targets = self
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.carbons == carbons::State::Enabled && gets_copy(r))
+            .peekable();
+        if targets.peek().is_none() {
+            return;
+        }
+        let Some(copy) = carbons::copy(kind, user, message) else {
+            return;
+        };
+        for r in targets {
+            if let Ok(to) = user.with_resource_str(&r.resource) {
+                r.mailbox
+                    .do_send(ToSession::Stanza(carbons::address(&copy, &to)));
+                metrics::counter!("gatehouse_carbon_copies_total", "kind" => kind.as_str())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// XEP-0280 §7: `<received/>` copies of a message to `user` for its
+    /// available resources that did not get the original (`delivered`
+    /// picks those that did), nor sent it.
+    fn copy_received(
+        &self,
+        msg: &Route,
+        user: &BareJid,
+        eligibility: Eligibility,
+        delivered: impl Fn(&Resource) -> bool,
+    ) {
+        if eligibility == Eligibility::NotEligible {
+            return;
+        }
+        let sender = (msg.from.to_bare() == *user).then(|| msg.from.resource().as_str());
+        self.send_copies(carbons::Kind::Received, user, &msg.stanza, |r| {
+            r.presence.is_some() && !delivered(r) && Some(r.resource.as_str()) != sender
+        });
     }
 
     /// The contacts in `user`'s roster, if the Router holds it.
@@ -364,7 +431,7 @@ impl Router {
         }
     }
 
-    fn route_to_bare(&self, msg: &Route, bare: &BareJid) {
+    fn route_to_bare(&self, msg: &Route, bare: &BareJid, carbons: Eligibility) {
         let stanza = &msg.stanza;
         let kind = stanza.name();
         if kind == "presence" {
@@ -412,6 +479,7 @@ impl Router {
                 for r in resources.iter().filter(|r| r.priority() == Some(best)) {
                     r.mailbox.do_send(ToSession::Stanza(stanza.clone()));
                 }
+                self.copy_received(msg, bare, carbons, |r| r.priority() == Some(best));
             }
             _ => {}
         }
@@ -433,6 +501,7 @@ impl Handler<Bind> for Router {
                 wants_roster: false,
                 presence: None,
                 directed: HashSet::new(),
+                carbons: carbons::State::Disabled,
             };
             if let Some(old) = resources.iter_mut().find(|r| r.resource == resource) {
                 let old = std::mem::replace(old, new);
@@ -555,7 +624,7 @@ impl Handler<Broadcast> for Router {
 impl Handler<Route> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Route, _: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Route, _: &mut Self::Context) {
         let _ = panic_guard::catch(PANIC_LABEL, || {
             if msg.stanza.name() == "presence" {
                 if !self.is_current(&msg.from, msg.session_id) {
@@ -563,22 +632,65 @@ impl Handler<Route> for Router {
                 }
                 self.track_directed(&msg);
             }
+            let carbons = carbons::receive(&mut msg.stanza);
             match msg.to.try_as_full() {
                 Ok(full) => match self.find(full) {
-                    Some(target) => target.mailbox.do_send(ToSession::Stanza(msg.stanza)),
+                    Some(target) => {
+                        let resource = full.resource().as_str();
+                        self.copy_received(&msg, &full.to_bare(), carbons, |r| {
+                            r.resource == resource
+                        });
+                        target.mailbox.do_send(ToSession::Stanza(msg.stanza))
+                    }
                     // RFC 6121 §8.5.3.2: a message to an offline resource is
                     // handled like one to the bare JID; presence is dropped; an
                     // IQ request gets service-unavailable.
                     None if msg.stanza.name() == "message" => {
-                        self.route_to_bare(&msg, &full.to_bare())
+                        self.route_to_bare(&msg, &full.to_bare(), carbons)
                     }
                     None if stanza::is_iq_request(&msg.stanza) => {
                         self.bounce(&msg.from, &msg.stanza, StanzaError::SERVICE_UNAVAILABLE)
                     }
                     None => {}
                 },
-                Err(bare) => self.route_to_bare(&msg, bare),
+                Err(bare) => self.route_to_bare(&msg, bare, carbons),
             }
+        });
+    }
+}
+
+impl Handler<SetCarbons> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetCarbons, _: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let me = self
+                .users
+                .get_mut(&msg.jid.to_bare())
+                .and_then(|rs| {
+                    rs.iter_mut()
+                        .find(|r| r.resource == msg.jid.resource().as_str())
+                })
+                .filter(|r| r.session_id == msg.session_id);
+            if let Some(me) = me {
+                me.carbons = msg.state;
+            }
+        });
+    }
+}
+
+impl Handler<CopySent> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: CopySent, _: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let sender = msg.from.resource().as_str();
+            self.send_copies(
+                carbons::Kind::Sent,
+                &msg.from.to_bare(),
+                &msg.message,
+                |r| r.resource != sender,
+            );
         });
     }
 }
@@ -770,5 +882,53 @@ mod tests {
         // The newer session, available for the first time, gets the
         // presence of the user's other resources.
         assert_eq!(status(&new.next().await), "phone");
+    }
+
+    #[actix_rt::test]
+    async fn a_replaced_session_cannot_turn_carbons_on_for_its_successor() {
+        let router = Router::default().start();
+        let phone = Client::bind(&router, "alice@example/phone", SessionId::random());
+        let bob = Client::bind(&router, "bob@example/r", SessionId::random());
+        phone.available(&router, "phone");
+        let old = Client::bind(&router, "alice@example/laptop", SessionId::random());
+        let mut new = Client::bind(&router, "alice@example/laptop", SessionId::random());
+        new.available(&router, "new");
+        let carbons = |client: &Client| SetCarbons {
+            jid: client.jid.clone(),
+            session_id: client.session_id,
+            state: carbons::State::Enabled,
+        };
+        let chat = |body: &str| Route {
+            from: bob.jid.clone(),
+            session_id: bob.session_id,
+            to: Jid::new("alice@example/phone").unwrap(),
+            stanza: format!(
+                "<message xmlns='jabber:client' type='chat' from='bob@example/r' \
+                 to='alice@example/phone'><body>{body}</body></message>"
+            )
+            .parse()
+            .unwrap(),
+        };
+
+        router.do_send(carbons(&old));
+        router.do_send(chat("before"));
+        router.do_send(carbons(&new));
+        router.do_send(chat("after"));
+
+        // The first copy the newer session gets is of the message after
+        // its own `<enable/>`.
+        let copy = loop {
+            let el = new.next().await;
+            if el.name() == "message" {
+                break el;
+            }
+        };
+        let body = copy
+            .get_child("received", crate::xmpp::ns::CARBONS)
+            .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+            .and_then(|f| f.get_child("message", crate::xmpp::ns::CLIENT))
+            .and_then(|m| m.get_child("body", crate::xmpp::ns::CLIENT))
+            .map(Element::text);
+        assert_eq!(body.as_deref(), Some("after"));
     }
 }

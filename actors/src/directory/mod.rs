@@ -11,6 +11,7 @@
 
 pub mod local;
 
+use crate::carbons;
 use crate::roster::Roster;
 use crate::session::SessionId;
 use crate::transport::TransportKind;
@@ -33,6 +34,12 @@ pub trait Directory: Send + Sync + 'static {
     fn route(&self, route: Route);
     /// A resource's own presence, to its peers.
     fn broadcast(&self, broadcast: Broadcast);
+    /// A resource turned XEP-0280 carbons on or off.
+    fn set_carbons(&self, set: SetCarbons);
+    /// A resource sent a message eligible for carbons to someone other
+    /// than its own account: its user's other carbon-enabled resources get
+    /// a `<sent/>` copy.
+    fn copy_sent(&self, sent: CopySent);
     /// A resource asked for its roster; the answer is the roster to give
     /// it, or `None` when the directory could not be asked.
     fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>>;
@@ -117,6 +124,33 @@ pub struct Route {
     pub session_id: SessionId,
     pub to: Jid,
     pub stanza: Element,
+}
+
+/// A resource's XEP-0280 state: from now on it gets (or no longer gets)
+/// copies of its user's messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetCarbons {
+    /// The resource that asked.
+    pub jid: FullJid,
+    /// The resource's session: a session a newer one replaced cannot change
+    /// its successor's state.
+    pub session_id: SessionId,
+    /// What it asked for.
+    pub state: carbons::State,
+}
+
+/// A message a resource sent (stamped with its `from`), eligible for
+/// carbons: a `<sent/>` copy for each other carbon-enabled resource of the
+/// sender's user. Messages to the sender's own account get `<received/>`
+/// copies from their delivery instead.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CopySent {
+    /// The sender: its user's resources get the copies, itself excepted.
+    pub from: FullJid,
+    /// The message as the sender's session routed it.
+    pub message: Element,
 }
 
 /// Whether a presence without `to` is the sender's own availability to

@@ -8,12 +8,14 @@
 //! nor decide where other users' stanzas go (the directory does).
 
 mod account;
+mod csi;
 mod id;
 mod phase;
 mod sasl;
 mod sm;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::carbons::{self, Eligibility};
 use crate::directory::{self, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
 use crate::offline::OfflineMessages;
@@ -29,6 +31,7 @@ use crate::xmpp::{
 };
 use actix::prelude::*;
 use bytes::Bytes;
+pub use csi::CsiSettings;
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -88,6 +91,10 @@ pub struct C2sSettings {
     pub max_outbound_bytes: usize,
     /// XEP-0198 stream management, when offered.
     pub stream_management: Option<SmSettings>,
+    /// Whether clients may turn on XEP-0280 carbons.
+    pub carbons: carbons::Offer,
+    /// XEP-0352 client state indication, when offered.
+    pub csi: Option<CsiSettings>,
 }
 
 /// The shared services a session talks to.
@@ -126,6 +133,7 @@ pub fn describe_metrics() {
             .absolute(0);
     }
     sm::describe_metrics();
+    csi::describe_metrics();
 }
 
 /// Starts a session on the current arbiter for a connection a transport
@@ -153,6 +161,7 @@ pub(crate) fn start(
         sasl_failures: 0,
         roster_loaded: false,
         held: None,
+        client_state: csi::ClientState::Active,
         closing: false,
         sm: None,
         detached: None,
@@ -286,6 +295,9 @@ pub struct Session {
     /// Router's answer, so that no roster push reaches the client before
     /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
     held: Option<Vec<Bytes>>,
+    /// Whether the client said it is inactive (XEP-0352), with what is
+    /// held for it meanwhile.
+    client_state: csi::ClientState,
     /// Set once a stream error or close was sent: further input is ignored.
     closing: bool,
     /// XEP-0198 stream management, once the client enabled it.
@@ -527,19 +539,25 @@ impl Session {
         }
     }
 
-    /// A stanza from the Router: sent, or held while a roster get waits
-    /// (held stanzas count towards both bounds like queued ones).
+    /// A stanza from the Router: held while the client is inactive and it
+    /// can wait ([`csi`]), otherwise passed on.
     fn deliver(&mut self, el: &Element) {
+        // One that cannot be written was logged and counted; it is dropped.
+        if let Ok(data) = stanza::to_bytes(el) {
+            self.deliver_or_hold(el, data);
+        }
+    }
+
+    /// A stanza from the Router that goes now: sent, or held while a
+    /// roster get waits (held stanzas count towards both bounds like
+    /// queued ones).
+    fn pass(&mut self, data: Bytes) {
         let Some(held) = &self.held else {
-            return self.send(el);
+            return self.send_stanza(data, false);
         };
         if held.len() >= self.settings.max_outbound_queue {
             return self.too_slow(SlowLimit::Stanzas);
         }
-        // One that cannot be written was logged and counted; it is dropped.
-        let Ok(data) = stanza::to_bytes(el) else {
-            return;
-        };
         if self.reserve(data.len()) {
             if let Some(held) = &mut self.held {
                 held.push(data);
@@ -558,14 +576,16 @@ impl Session {
         }
     }
 
-    /// Sends a stanza or a negotiation element; one that cannot be
-    /// written as XML is dropped (and was logged and counted by
-    /// `to_bytes`): the session goes on.
+    /// Sends a stanza or a negotiation element of the session's own; a
+    /// stanza goes after what is held for an inactive client, which it
+    /// must not overtake. One that cannot be written as XML is dropped (and
+    /// was logged and counted by `to_bytes`): the session goes on.
     fn send(&mut self, el: &Element) {
         let Ok(bytes) = stanza::to_bytes(el) else {
             return;
         };
         if stanza::is_stanza(el) {
+            self.flush_held(csi::Flush::Urgent);
             self.send_stanza(bytes, false);
         } else {
             self.emit(Output::Element(bytes));
@@ -632,6 +652,7 @@ impl Session {
     /// Sends a stream error (and our header first if none went out yet)
     /// and the stream end; the caller closes.
     fn stream_error(&mut self, condition: StreamErrorCondition) -> Next {
+        self.flush_held(csi::Flush::StreamEnd);
         if !self.header_sent {
             let from = self
                 .phase
@@ -647,6 +668,7 @@ impl Session {
     /// Ends our stream; nothing more is sent, and the I/O task closes the
     /// connection after writing what is queued.
     fn end_stream(&mut self) -> Next {
+        self.flush_held(csi::Flush::StreamEnd);
         self.emit(Output::Close);
         self.closing = true;
         Next::Close
@@ -709,6 +731,9 @@ impl Session {
             if self.settings.stream_management.is_some() {
                 features.others.push(Element::bare("sm", ns::SM));
             }
+            if self.settings.csi.is_some() {
+                features.others.push(xmpp_parsers::csi::Feature.into());
+            }
         } else {
             if self.starttls_offered() {
                 features.starttls = Some(StartTls {
@@ -743,6 +768,7 @@ impl Session {
         match &self.phase {
             Phase::Negotiating { .. } => self.negotiate(el),
             Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::Bound { .. } if el.ns() == ns::CSI => ready(self.client_state_changed(&el)),
             Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
             Phase::Bound { .. } => self.stanza(el, ctx),
             Phase::Connected
@@ -964,6 +990,7 @@ impl Session {
                 .as_ref()
                 .filter(|m| m.domain == to.domain().as_str())
             {
+                self.copy_sent(&me, to, &el);
                 muc.service.do_send(muc::Incoming {
                     from: me,
                     session: self.id,
@@ -1017,14 +1044,33 @@ impl Session {
             (_, Some(to)) if to.node().is_none() => {
                 self.reply_error(&el, StanzaError::SERVICE_UNAVAILABLE)
             }
-            (_, Some(to)) => self.services.directory.route(directory::Route {
-                from: me,
-                session_id: self.id,
-                to,
-                stanza: el,
-            }),
+            (_, Some(to)) => {
+                self.copy_sent(&me, &to, &el);
+                self.services.directory.route(directory::Route {
+                    from: me,
+                    session_id: self.id,
+                    to,
+                    stanza: el,
+                })
+            }
         }
         ready(Next::Continue)
+    }
+
+    /// XEP-0280 §8: the user's other carbon-enabled resources get a
+    /// `<sent/>` copy of an eligible message this resource sends to someone
+    /// else (one to the user's own account reaches them as `<received/>`
+    /// copies on delivery).
+    fn copy_sent(&self, me: &FullJid, to: &Jid, message: &Element) {
+        if self.settings.carbons == carbons::Offer::Offered
+            && to.to_bare() != me.to_bare()
+            && carbons::eligibility(message) == Eligibility::Eligible
+        {
+            self.services.directory.copy_sent(directory::CopySent {
+                from: me.clone(),
+                message: message.clone(),
+            });
+        }
     }
 
     /// The resource's own presence, broadcast by the Router to the user's
@@ -1173,7 +1219,19 @@ impl Session {
             (ns::PING, "ping", true) => Some(None),
             (ns::SESSION, "session", false) => Some(None),
             (ns::DISCO_INFO, "query", true) if to_server && payload.attr("node").is_none() => {
-                Some(Some(server_disco_info(&self.services)))
+                Some(Some(self.server_disco_info()))
+            }
+            (ns::CARBONS, _, false)
+                if self.settings.carbons == carbons::Offer::Offered
+                    && (to_server || self.is_to_own_account(iq)) =>
+            {
+                match carbons::request(payload) {
+                    Some(state) => {
+                        self.set_carbons(state);
+                        Some(None)
+                    }
+                    None => return self.reply_error(iq, StanzaError::BAD_REQUEST),
+                }
             }
             (ns::DISCO_ITEMS, "query", true) if to_server => {
                 Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
@@ -1206,16 +1264,39 @@ async fn fetch_roster(cache: &Addr<RosterCache>, user: String) -> Result<Arc<Ros
         .unwrap_or(Err(RosterError::Stopped))
 }
 
-/// The server's XEP-0030 identity and the features it offers: XEP-0077
-/// when some account operation is allowed, XEP-0160 when offline storage
-/// is on.
-fn server_disco_info(services: &Services) -> Element {
-    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
-    if services.auth.capabilities().any() {
-        features.push(ns::REGISTER);
+impl Session {
+    /// Whether a stanza is addressed to the bound user's own bare JID.
+    fn is_to_own_account(&self, el: &Element) -> bool {
+        let to = el.attr("to").map(Jid::new);
+        matches!((to, self.phase.jid()), (Some(Ok(to)), Some(me)) if to == me.to_bare())
     }
-    if services.offline.is_some() {
-        features.push(ns::OFFLINE_MESSAGES);
+
+    /// XEP-0280: this resource asked for carbon copies, or no longer wants
+    /// them.
+    fn set_carbons(&self, state: carbons::State) {
+        if let Some(jid) = self.phase.jid() {
+            self.services.directory.set_carbons(directory::SetCarbons {
+                jid: jid.clone(),
+                session_id: self.id,
+                state,
+            });
+        }
     }
-    stanza::disco_info("server", "im", "Gatehouse", &features)
+
+    /// The server's XEP-0030 identity and features: `register` when some
+    /// XEP-0077 operation is offered, offline storage and carbons when
+    /// they are on.
+    fn server_disco_info(&self) -> Element {
+        let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
+        if self.services.auth.capabilities().any() {
+            features.push(ns::REGISTER);
+        }
+        if self.services.offline.is_some() {
+            features.push(ns::OFFLINE_MESSAGES);
+        }
+        if self.settings.carbons == carbons::Offer::Offered {
+            features.push(ns::CARBONS);
+        }
+        stanza::disco_info("server", "im", "Gatehouse", &features)
+    }
 }

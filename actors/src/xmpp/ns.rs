@@ -19,3 +19,6 @@ pub const OFFLINE_MESSAGES: &str = "msgoffline";
 /// XEP-0198 stream management.
 pub const SM: &str = "urn:xmpp:sm:3";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+pub const HINTS: &str = "urn:xmpp:hints";
+pub const CSI: &str = "urn:xmpp:csi:0";
