@@ -36,6 +36,18 @@ async fn slixmpp_receives_carbons_on_its_other_device() {
 }
 
 #[actix_rt::test]
+async fn slixmpp_resumes_its_session_after_the_network_drops() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let server = TestServer::start(&toml);
+    let port = server.c2s.port().to_string();
+    let stdout = run_interop("slix_resume.py", &["--port", &port, "--ca", &ca]).await;
+    assert!(
+        stdout.contains("enabled\nresumed\nmessages once, in order"),
+        "{stdout}"
+    );
+}
+
+#[actix_rt::test]
 async fn slixmpp_logs_in_over_direct_tls() {
     let (toml, ca) = tls_config(&fixture_auth(""));
     let toml = with_direct_tls(&toml);

@@ -241,3 +241,34 @@ async fn unresumed_messages_are_kept_offline(database: TestDatabase) {
     bob.answers_ping().await;
 }
 on_both_databases!(unresumed, unresumed_messages_are_kept_offline);
+
+/// A new login to the same full JID replaces a detached session; what its
+/// client never acknowledged is not lost with it.
+#[tokio::test]
+async fn a_replaced_detached_session_hands_on_its_unacknowledged_messages() {
+    let database = TestDatabase::sqlite();
+    let server = server(&database.storage_section());
+    let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "pc").await;
+    let (bob, _) = login_with_resumption(&server, "phone").await;
+    drop(bob);
+    send_messages(&mut alice, "bob@localhost/phone", 1..=3).await;
+    alice.answers_ping().await;
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "phone").await;
+    bob.send("<presence/>").await;
+    // Routed again while the new session becomes available, each either
+    // live or through offline storage: all arrive, not necessarily in
+    // order.
+    let mut ids = Vec::new();
+    for _ in 1..=3 {
+        ids.push(
+            stanza(&mut bob)
+                .await
+                .attr("id")
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    ids.sort();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    bob.answers_ping().await;
+}

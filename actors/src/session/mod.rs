@@ -404,8 +404,13 @@ impl Session {
             ToSession::Stanza(el) => self.deliver(&el),
             ToSession::Replaced => {
                 // The newer session owns the JID now: do not unbind it,
-                // but leave the rooms (they tell the sessions apart).
+                // but leave the rooms (they tell the sessions apart), and
+                // hand on what this client never acknowledged.
                 if let Some(jid) = self.phase.unbind() {
+                    if let Some(sm) = &mut self.sm {
+                        let unacked = sm.take_unacked();
+                        self.reroute_unacked(&jid, unacked);
+                    }
                     self.leave_rooms(jid);
                 }
                 self.stream_error(StreamErrorCondition::Conflict);
