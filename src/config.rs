@@ -17,10 +17,12 @@
 //! shown without user info or query, so that `{:?}` of a whole `Config`
 //! stays safe to log.
 
+mod archive;
 mod muc;
 mod storage;
 mod web;
 
+pub use archive::ArchiveConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use storage::{OfflineConfig, PostgresUrl, StorageConfig};
 pub use web::WebConfig;
@@ -115,6 +117,10 @@ pub struct Config {
     /// unless switched off here.
     #[serde(default)]
     pub offline: OfflineConfig,
+    /// Message archives (XEP-0313); on whenever `[storage]` is set,
+    /// unless switched off here.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -817,6 +823,11 @@ impl Config {
             storage.validate(&mut problems);
         }
         self.offline.validate(
+            self.storage.is_some(),
+            self.c2s.max_stanza_bytes,
+            &mut problems,
+        );
+        self.archive.validate(
             self.storage.is_some(),
             self.c2s.max_stanza_bytes,
             &mut problems,

@@ -11,6 +11,7 @@
 //! RosterCache.
 
 use super::{is_broadcast, Bind, Broadcast, Directory, Route, ToSession, Unbind, UseRoster};
+use crate::archive::{Archive, Exchange, Membership};
 use crate::offline::OfflineMessages;
 use crate::panic_guard;
 use crate::roster::{Change, Roster};
@@ -149,6 +150,9 @@ pub struct Router {
     /// Where messages for users with no available resource are kept;
     /// `None` when offline storage is off (they are bounced).
     offline: Option<OfflineMessages>,
+    /// Where messages between local users are archived (XEP-0313) once
+    /// delivered or kept; `None` when archiving is off.
+    archive: Option<Archive>,
 }
 
 impl Actor for Router {
@@ -157,12 +161,32 @@ impl Actor for Router {
 
 impl Router {
     /// A router that keeps messages for users with no available resource
-    /// in `offline`, when given.
-    pub fn new(offline: Option<OfflineMessages>) -> Router {
+    /// in `offline`, and archives messages in `archive`, when given.
+    pub fn new(offline: Option<OfflineMessages>, archive: Option<Archive>) -> Router {
         Router {
             offline,
+            archive,
             ..Router::default()
         }
+    }
+
+    /// The archive copies of `msg`, when it is a message to archive: the
+    /// recipient's copy gets its `<stanza-id/>` now, before delivery.
+    /// Whether each party is the other's contact comes from the rosters
+    /// held for online users.
+    fn exchange(&self, msg: &mut Route) -> Option<Exchange> {
+        let archive = self.archive.as_ref()?;
+        if msg.stanza.name() != "message" || !Archive::archivable(&msg.stanza) {
+            return None;
+        }
+        let (from, to) = (msg.from.to_bare(), msg.to.to_bare());
+        let membership = |owner: &BareJid, other: &BareJid| match self.rosters.get(owner) {
+            Some(roster) if roster.items.contains_key(other) => Membership::Contact,
+            Some(_) => Membership::Stranger,
+            None => Membership::Unknown,
+        };
+        let membership = [membership(&from, &to), membership(&to, &from)];
+        Some(archive.exchange(&msg.from, &to, &mut msg.stanza, membership))
     }
 
     /// Counts bound resources in `gatehouse_sessions`, by transport.
@@ -364,7 +388,9 @@ impl Router {
         }
     }
 
-    fn route_to_bare(&self, msg: &Route, bare: &BareJid) {
+    /// Delivers `msg` to `bare`'s resources (or keeps or bounces it), and
+    /// archives `exchange` once it is delivered or kept.
+    fn route_to_bare(&self, msg: &Route, bare: &BareJid, exchange: Option<Exchange>) {
         let stanza = &msg.stanza;
         let kind = stanza.name();
         if kind == "presence" {
@@ -389,7 +415,14 @@ impl Router {
         if let (None, Some(offline)) = (best, &self.offline) {
             if OfflineMessages::keeps(stanza) {
                 let sender = self.find(&msg.from).map(|r| r.mailbox.clone());
-                offline.keep(bare.clone(), bare.domain().as_str(), stanza.clone(), sender);
+                let kept = exchange.map(|e| Box::new(move || e.commit()) as Box<dyn FnOnce()>);
+                offline.keep(
+                    bare.clone(),
+                    bare.domain().as_str(),
+                    stanza.clone(),
+                    sender,
+                    kept,
+                );
                 return;
             }
         }
@@ -412,6 +445,7 @@ impl Router {
                 for r in resources.iter().filter(|r| r.priority() == Some(best)) {
                     r.mailbox.do_send(ToSession::Stanza(stanza.clone()));
                 }
+                exchange.into_iter().for_each(Exchange::commit);
             }
             _ => {}
         }
@@ -555,7 +589,7 @@ impl Handler<Broadcast> for Router {
 impl Handler<Route> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Route, _: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Route, _: &mut Self::Context) {
         let _ = panic_guard::catch(PANIC_LABEL, || {
             if msg.stanza.name() == "presence" {
                 if !self.is_current(&msg.from, msg.session_id) {
@@ -563,21 +597,25 @@ impl Handler<Route> for Router {
                 }
                 self.track_directed(&msg);
             }
+            let exchange = self.exchange(&mut msg);
             match msg.to.try_as_full() {
                 Ok(full) => match self.find(full) {
-                    Some(target) => target.mailbox.do_send(ToSession::Stanza(msg.stanza)),
+                    Some(target) => {
+                        target.mailbox.do_send(ToSession::Stanza(msg.stanza));
+                        exchange.into_iter().for_each(Exchange::commit);
+                    }
                     // RFC 6121 §8.5.3.2: a message to an offline resource is
                     // handled like one to the bare JID; presence is dropped; an
                     // IQ request gets service-unavailable.
                     None if msg.stanza.name() == "message" => {
-                        self.route_to_bare(&msg, &full.to_bare())
+                        self.route_to_bare(&msg, &full.to_bare(), exchange)
                     }
                     None if stanza::is_iq_request(&msg.stanza) => {
                         self.bounce(&msg.from, &msg.stanza, StanzaError::SERVICE_UNAVAILABLE)
                     }
                     None => {}
                 },
-                Err(bare) => self.route_to_bare(&msg, bare),
+                Err(bare) => self.route_to_bare(&msg, bare, exchange),
             }
         });
     }
