@@ -5,6 +5,7 @@
 //! nor start the archive: `Server::bind` does
 //! (`gatehouse_actors::archive`).
 
+use super::storage::{needs_storage, pending_bytes};
 use super::Problems;
 use gatehouse_actors::archive::ArchiveSettings;
 use serde::Deserialize;
@@ -16,8 +17,6 @@ use std::time::Duration;
 const MAX_PER_USER: RangeInclusive<u32> = 1..=10_000_000;
 /// `archive.max_page`: XEP-0313 clients ask for tens to hundreds.
 const MAX_PAGE: RangeInclusive<u32> = 1..=1000;
-/// `archive.max_pending_bytes`: as `offline.max_pending_bytes`.
-const MAX_PENDING_BYTES: usize = 1 << 30;
 
 /// `[archive]`: message archives of users and rooms.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -75,13 +74,7 @@ impl ArchiveConfig {
         max_stanza_bytes: usize,
         problems: &mut Problems,
     ) {
-        if self.enabled == Some(true) && !has_storage {
-            problems.add(
-                "archive.enabled",
-                "needs a [storage] section to keep the archives in",
-            );
-        }
-        if self.settings(has_storage).is_none() {
+        if !needs_storage("archive", self.enabled, has_storage, problems) {
             return;
         }
         // Retention is counted in days or years: no upper bound but
@@ -91,12 +84,11 @@ impl ArchiveConfig {
         }
         problems.range("archive.max_per_user", self.max_per_user, MAX_PER_USER);
         problems.range("archive.max_page", self.max_page, MAX_PAGE);
-        // Two messages of the largest size (with their ids) must fit.
-        let smallest = max_stanza_bytes.saturating_mul(2).min(MAX_PENDING_BYTES);
-        problems.range(
+        pending_bytes(
             "archive.max_pending_bytes",
             self.max_pending_bytes,
-            smallest..=MAX_PENDING_BYTES,
+            max_stanza_bytes,
+            problems,
         );
     }
 

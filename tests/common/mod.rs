@@ -201,6 +201,14 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Scrapes until `series` has grown by exactly `by` since `before`
+    /// (an earlier scrape); returns that scrape.
+    pub async fn grown(&self, before: &str, series: &str, by: f64) -> String {
+        let start = sample(before, series);
+        self.metrics_when(series, |m| sample(m, series) - start == by)
+            .await
+    }
 }
 
 impl Drop for TestServer {
