@@ -117,14 +117,17 @@ pub struct Archive {
 }
 
 struct Inner {
+    /// Where archives and preferences are kept.
     storage: Storage,
+    /// Retention and the bounds on pages and pending writes.
     settings: ArchiveSettings,
     /// Permits are bytes of messages waiting to be written.
     pending: Arc<Semaphore>,
     /// To the writer task, which writes in the order messages were routed;
     /// bounded by `pending`.
     writes: mpsc::UnboundedSender<Job>,
-    /// Permits are queries that may run now.
+    /// Permits are queries and preference IQs that may run now: each
+    /// holds a page (or a list of JIDs) in memory.
     queries: Arc<Semaphore>,
     /// Users' preferences, read from storage at their first use.
     prefs: moka::future::Cache<String, Arc<Prefs>>,
@@ -132,7 +135,9 @@ struct Inner {
 
 /// One copy waiting to be written.
 struct Job {
+    /// The row to write.
     entry: NewEntry,
+    /// Whose archive, for the preferences that apply.
     owner: Owner,
     /// Its bytes in `pending`, returned once written.
     _permit: OwnedSemaphorePermit,
@@ -141,7 +146,10 @@ struct Job {
 /// The copies of one message, ids given, waiting for the message to be
 /// accepted: [`Exchange::commit`] then hands them to the writer.
 pub struct Exchange {
+    /// Where the copies go once committed.
     archive: Archive,
+    /// The sender's copy (unless a user writes to themself) and the
+    /// recipient's, each with its owner for the preferences.
     copies: Vec<(NewEntry, Owner)>,
 }
 
@@ -188,7 +196,8 @@ enum QueryOutcome {
     Refused,
     /// Not allowed (a room's archive to a non-occupant).
     Forbidden,
-    /// `MAX_QUERIES` were running, or the database failed.
+    /// `MAX_QUERIES` queries and preference IQs were running, or the
+    /// database failed.
     Unavailable,
 }
 
@@ -254,7 +263,8 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "gatehouse_archive_queries_total",
-        "Archive queries, by result: ok, refused (bad-request, item-not-found), \
+        "Archive queries, form requests and preference IQs, by result: ok, refused \
+         (bad-request, item-not-found), \
          forbidden (a room's archive to a non-occupant) or unavailable (too many \
          queries at once or the database failed; resource-constraint, wait)"
     );
@@ -465,41 +475,38 @@ impl Archive {
             return;
         };
         let get = iq.attr("type") == Some("get");
-        match (payload.name(), get) {
-            ("query", true) => {
-                QueryOutcome::Ok.count();
-                answer(&reply, &iq, Ok(Some(query_form())));
-            }
-            ("query", false) => {
-                let Ok(permit) = self.inner.queries.clone().try_acquire_owned() else {
-                    QueryOutcome::Unavailable.count();
-                    return answer(&reply, &iq, Err(StanzaError::RESOURCE_CONSTRAINT));
-                };
-                let inner = self.inner.clone();
-                actix::spawn(async move {
-                    let outcome = inner.query(&owner, &requester, &iq, &reply).await;
-                    drop(permit);
-                    match outcome {
-                        Ok(fin) => {
-                            QueryOutcome::Ok.count();
-                            answer(&reply, &iq, Ok(Some(fin)));
-                        }
-                        Err(refusal) => {
-                            refusal.outcome().count();
-                            answer(&reply, &iq, Err(refusal.error()));
-                        }
-                    }
-                });
-            }
-            ("prefs", _) if !room => {
-                let inner = self.inner.clone();
-                actix::spawn(async move {
-                    let result = inner.prefs_iq(&owner, &iq).await;
-                    answer(&reply, &iq, result.map(Some).map_err(Refusal::error));
-                });
-            }
-            _ => answer(&reply, &iq, Err(StanzaError::SERVICE_UNAVAILABLE)),
+        let asked = match (payload.name(), get, room) {
+            ("query", true, _) => Asked::Form,
+            ("query", false, _) => Asked::Page,
+            ("prefs", _, false) => Asked::Prefs,
+            _ => return answer(&reply, &iq, Err(StanzaError::SERVICE_UNAVAILABLE)),
+        };
+        if asked == Asked::Form {
+            QueryOutcome::Ok.count();
+            return answer(&reply, &iq, Ok(Some(query_form())));
         }
+        let Ok(permit) = self.inner.queries.clone().try_acquire_owned() else {
+            QueryOutcome::Unavailable.count();
+            return answer(&reply, &iq, Err(StanzaError::RESOURCE_CONSTRAINT));
+        };
+        let inner = self.inner.clone();
+        actix::spawn(async move {
+            let answered = match asked {
+                Asked::Prefs => inner.prefs_iq(&owner, &iq).await,
+                _ => inner.query(&owner, &requester, &iq, &reply).await,
+            };
+            drop(permit);
+            match answered {
+                Ok(payload) => {
+                    QueryOutcome::Ok.count();
+                    answer(&reply, &iq, Ok(Some(payload)));
+                }
+                Err(refusal) => {
+                    refusal.outcome().count();
+                    answer(&reply, &iq, Err(refusal.error()));
+                }
+            }
+        });
     }
 
     /// Refuses a query to a room's archive from a non-occupant.
@@ -507,6 +514,17 @@ impl Archive {
         QueryOutcome::Forbidden.count();
         answer(reply, iq, Err(StanzaError::FORBIDDEN));
     }
+}
+
+/// What an archive IQ asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The fields a query may fill (a query get).
+    Form,
+    /// A page of results (a query set).
+    Page,
+    /// The preferences, to read or replace (not for rooms).
+    Prefs,
 }
 
 /// Why a query or preference IQ was refused.
@@ -543,12 +561,18 @@ fn bad(what: impl std::fmt::Display) -> Refusal {
 
 /// What a query asks, parsed.
 struct Request {
+    /// Echoed in each result, so the client can tell queries apart.
     queryid: Option<xmpp_parsers::mam::QueryId>,
+    /// Which messages: the form's fields.
     filter: Filter,
-    /// Ids paging starts after / ends before.
+    /// The id paging starts after (RSM `after` or the form's `after-id`).
     after: Option<String>,
+    /// The id paging ends before (RSM `before` or `before-id`).
     before: Option<String>,
+    /// Which end of the window the page is read from: the newest for RSM
+    /// `<before/>`.
     from: End,
+    /// Results at most: RSM `max`, capped by `max_page`.
     limit: u32,
     /// XEP-0313 §4.3.2: the page in the other order.
     flip: bool,

@@ -33,8 +33,9 @@ pub struct Archived {
     pub seq: i64,
     /// Its XEP-0359 id, what clients name it by.
     pub stanza_id: String,
-    /// Microseconds since the Unix epoch.
+    /// Microseconds since the Unix epoch: the result's delay stamp.
     pub stored_at: i64,
+    /// The message as delivered, forwarded in the result.
     pub stanza: String,
 }
 
@@ -43,6 +44,7 @@ pub struct Archived {
 /// text serves every combination on both databases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
+    /// Whose archive.
     pub owner: String,
     /// Only with this bare JID; empty for anyone.
     pub with_bare: String,
@@ -62,6 +64,7 @@ pub struct Window {
     pub after: i64,
     /// Only messages whose `seq` is below this (`i64::MAX`: to the end).
     pub before: i64,
+    /// Which end of the window the page is read from.
     pub from: End,
     /// Messages to read at most.
     pub limit: u32,
