@@ -17,6 +17,7 @@
 //! shown without user info or query, so that `{:?}` of a whole `Config`
 //! stays safe to log.
 
+mod archive;
 mod carbons;
 mod csi;
 mod muc;
@@ -24,6 +25,7 @@ mod storage;
 mod stream_management;
 mod web;
 
+pub use archive::ArchiveConfig;
 pub use carbons::CarbonsConfig;
 pub use csi::CsiConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
@@ -130,6 +132,10 @@ pub struct Config {
     /// XEP-0352 Client State Indication. Optional: on by default.
     #[serde(default)]
     pub csi: CsiConfig,
+    /// Message archives (XEP-0313); on whenever `[storage]` is set,
+    /// unless switched off here.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -838,6 +844,11 @@ impl Config {
             &mut problems,
         );
         self.stream_management.validate(&self.c2s, &mut problems);
+        self.archive.validate(
+            self.storage.is_some(),
+            self.c2s.max_stanza_bytes,
+            &mut problems,
+        );
         problems.0
     }
 

@@ -19,6 +19,7 @@ mod web;
 
 use actix::{Actor, Arbiter};
 use config::Config;
+use gatehouse_actors::archive::Archive;
 use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::directory::{LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
@@ -109,6 +110,9 @@ pub struct Server {
     /// Offline storage, whose writes in progress finish before the
     /// database closes.
     offline: Option<OfflineMessages>,
+    /// The archives, whose writes in progress finish before the database
+    /// closes.
+    archive: Option<Archive>,
     /// The database, closed last.
     storage: Option<Storage>,
 }
@@ -186,7 +190,11 @@ impl Server {
                 settings,
             ))
         });
-        let router = Router::new(offline.clone()).start();
+        let archive = storage.as_ref().and_then(|storage| {
+            let settings = config.archive.settings(true)?;
+            Some(Archive::start(storage.clone(), settings))
+        });
+        let router = Router::new(offline.clone(), archive.clone()).start();
         let roster = match &config.roster {
             Some(roster) => Some(
                 RosterCache::new(
@@ -230,7 +238,9 @@ impl Server {
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let muc = match &config.muc {
-            Some(muc) => Some(MucService::start(muc_settings(muc)).map_err(RunError::MucGate)?),
+            Some(muc) => Some(
+                MucService::start(muc_settings(muc, archive.clone())).map_err(RunError::MucGate)?,
+            ),
             None => None,
         };
         let services = Services {
@@ -240,6 +250,7 @@ impl Server {
             muc,
             offline: offline.clone(),
             resumable: Resumable::default(),
+            archive: archive.clone(),
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
@@ -312,6 +323,7 @@ impl Server {
             auth,
             http,
             offline,
+            archive,
             storage,
         })
     }
@@ -360,6 +372,14 @@ impl Server {
                 tracing::warn!("some offline messages were not written in time");
             }
         }
+        if let Some(archive) = &self.archive {
+            if tokio::time::timeout(SHUTDOWN_GRACE, archive.settled())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some archived messages were not written in time");
+            }
+        }
         self.auth.shutdown().await;
         if let Some(storage) = &self.storage {
             storage.close().await;
@@ -376,8 +396,9 @@ impl Server {
 }
 
 /// The MUC actors' settings from `[muc]`.
-fn muc_settings(muc: &config::MucConfig) -> MucSettings {
+fn muc_settings(muc: &config::MucConfig, archive: Option<Archive>) -> MucSettings {
     MucSettings {
+        archive,
         domain: muc.domain.clone(),
         persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
         max_occupants: muc.max_occupants,

@@ -95,6 +95,7 @@ fn describe() {
     gatehouse_actors::xmpp::stanza::describe_metrics();
     gatehouse_actors::storage::describe_metrics();
     gatehouse_actors::offline::describe_metrics();
+    gatehouse_actors::archive::describe_metrics();
 }
 
 /// Counters and gauges that exist before their first event, so a dashboard

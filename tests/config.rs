@@ -216,6 +216,15 @@ fn storage_sections_load_and_the_database_password_is_masked() {
     assert_eq!(minimal.storage, None);
     assert_eq!(minimal.offline.settings(false), None);
     assert_eq!(minimal.offline.settings(true).unwrap().max_per_user, 1000);
+    let archive = config.archive.settings(true).unwrap();
+    assert_eq!(archive.max_age, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!(archive.max_per_archive, 500);
+    assert_eq!(archive.max_page, 50);
+    assert_eq!(archive.max_pending_bytes, 4 * 1024 * 1024);
+    // Archives, like offline messages, are on with storage, off without.
+    assert_eq!(minimal.archive.settings(false), None);
+    let defaults = minimal.archive.settings(true).unwrap();
+    assert_eq!((defaults.max_age, defaults.max_page), (None, 250));
 
     let config = Config::load(&fixture("valid/storage_postgres.toml")).unwrap();
     assert_eq!(config.offline.settings(true), None, "switched off");

@@ -1,6 +1,6 @@
 //! The dashboards are true: Gatehouse serves a small login storm driven by
 //! the load generator (with refusals), a roster refresh, gated MUC joins and
-//! messages kept for a user who is away;
+//! messages kept (and archived) for a user who is away;
 //! a real Prometheus (Debian package `prometheus`), configured from the
 //! example dashboards/prometheus.yml, scrapes it, and every panel query and
 //! template-variable query of every dashboard in dashboards/ must return a
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 /// a healthy storm).
 const MOVED_BY_THE_TEST: &[(&str, &str)] = &[
     ("Offline messages", "stored"),
+    ("Messages archived and purged", "stored"),
     ("Logins by result", "{{result}}"),
     ("Login latency", "p50"),
     ("Login latency", "p95"),

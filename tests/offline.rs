@@ -19,15 +19,6 @@ const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 /// each comparing against what it found at its start.
 static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Waits until `series` has grown by `by` since `before` (a scrape);
-/// returns the scrape.
-async fn grown(server: &TestServer, before: &str, series: &str, by: f64) -> String {
-    let start = sample(before, series);
-    server
-        .metrics_when(series, |m| sample(m, series) - start == by)
-        .await
-}
-
 fn toml(database: &TestDatabase, offline: &str) -> String {
     format!(
         "{}\n{}\n[offline]\n{offline}\n",
@@ -75,13 +66,9 @@ async fn kept_in_order_until_the_first_available_presence(database: TestDatabase
     let bounced = alice.element().await;
     assert_eq!(bounced.attr("id"), Some("cs"));
     assert_eq!(condition(&bounced).1, "service-unavailable");
-    grown(
-        &server,
-        &before,
-        "gatehouse_offline_messages_stored_total",
-        3.0,
-    )
-    .await;
+    server
+        .grown(&before, "gatehouse_offline_messages_stored_total", 3.0)
+        .await;
 
     let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "laptop").await;
     // Bound but not yet available: nothing is delivered; disco says why
@@ -121,13 +108,9 @@ async fn kept_in_order_until_the_first_available_presence(database: TestDatabase
         "only laptop's presence: {presence:?}"
     );
     desk.answers_ping().await;
-    let scrape = grown(
-        &server,
-        &before,
-        "gatehouse_offline_messages_delivered_total",
-        3.0,
-    )
-    .await;
+    let scrape = server
+        .grown(&before, "gatehouse_offline_messages_delivered_total", 3.0)
+        .await;
     let errors = "gatehouse_storage_errors_total";
     assert_eq!(sample(&scrape, errors), sample(&before, errors));
 }
@@ -167,7 +150,7 @@ async fn refused_with_the_right_error(database: TestDatabase) {
         ("cancel".into(), "service-unavailable".into())
     );
     let quota = "gatehouse_offline_messages_refused_total{reason=\"quota\"}";
-    let scrape = grown(&server, &before, quota, 1.0).await;
+    let scrape = server.grown(&before, quota, 1.0).await;
     let growth = |series: &str| sample(&scrape, series) - sample(&before, series);
     assert_eq!(
         growth("gatehouse_offline_messages_refused_total{reason=\"no_such_user\"}"),
@@ -215,7 +198,7 @@ async fn a_database_outage_is_a_temporary_error_and_loses_nothing() {
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "phone").await;
     alice.send(&chat("bob@localhost", "before", "before")).await;
     let stored = "gatehouse_offline_messages_stored_total";
-    grown(&server, &before, stored, 1.0).await;
+    server.grown(&before, stored, 1.0).await;
 
     database.take_down().await;
     alice.send(&chat("bob@localhost", "during", "during")).await;
@@ -228,13 +211,13 @@ async fn a_database_outage_is_a_temporary_error_and_loses_nothing() {
         ("wait".into(), "resource-constraint".into())
     );
     let refused = "gatehouse_offline_messages_refused_total{reason=\"storage\"}";
-    let scrape = grown(&server, &before, refused, 1.0).await;
+    let scrape = server.grown(&before, refused, 1.0).await;
     let errors = "gatehouse_storage_errors_total{kind=\"unavailable\"}";
     assert!(sample(&scrape, errors) > sample(&before, errors));
 
     database.bring_back().await;
     alice.send(&chat("bob@localhost", "after", "after")).await;
-    grown(&server, &before, stored, 2.0).await;
+    server.grown(&before, stored, 2.0).await;
     let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "laptop").await;
     bob.send("<presence/>").await;
     assert_eq!(bob.element().await.attr("id"), Some("before"));

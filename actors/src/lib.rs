@@ -16,6 +16,8 @@
 //! - [`transport`]: the connections that carry a session's stream (TCP
 //!   with STARTTLS, Direct TLS, WebSocket, BOSH): sockets, handshakes,
 //!   framing of what a session says ([`transport::Output`]).
+//! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
+//!   message archives, kept in [`storage`].
 //! - [`redact`]: what of a configured URL may appear in logs.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests
@@ -26,6 +28,7 @@
 //! It must not read configuration files or bind listeners: the `gatehouse`
 //! application does that and hands plain settings in.
 
+pub mod archive;
 pub mod auth;
 pub mod carbons;
 pub mod directory;

@@ -139,7 +139,8 @@ impl OfflineMessages {
     /// Keeps `message` for `owner`, stamped with `host` and now. When it
     /// cannot be kept, `sender` (the sender's session, when it is local)
     /// gets the error reply: `<service-unavailable/>` past the quota,
-    /// `<resource-constraint/>` (wait) when storage failed or is behind.
+    /// `<resource-constraint/>` (wait) when storage failed or is behind;
+    /// once it is kept, `kept` runs (the archive takes it then).
     /// Returns at once; the write goes on in the background.
     pub fn keep(
         &self,
@@ -147,6 +148,7 @@ impl OfflineMessages {
         host: &str,
         message: Element,
         sender: Option<Recipient<ToSession>>,
+        kept: Option<Box<dyn FnOnce()>>,
     ) {
         let text = match stanza::to_bytes(&stamped(message.clone(), host)) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -159,10 +161,12 @@ impl OfflineMessages {
         };
         let inner = self.inner.clone();
         actix::spawn(async move {
-            let refusal = inner.keep(&owner, &text).await.err();
+            let result = inner.keep(&owner, &text).await;
             drop(permit);
-            if let Some(refusal) = refusal {
-                refuse(&message, sender, refusal);
+            match (result, kept) {
+                (Err(refusal), _) => refuse(&message, sender, refusal),
+                (Ok(()), Some(kept)) => kept(),
+                (Ok(()), None) => {}
             }
         });
     }

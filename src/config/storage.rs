@@ -19,8 +19,8 @@ use std::time::Duration;
 const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=1000;
 /// `offline.max_per_user`: a million messages is an abandoned account.
 const MAX_PER_USER: RangeInclusive<u32> = 1..=1_000_000;
-/// `offline.max_pending_bytes`: 1 GiB of messages waiting for a database
-/// is an outage to report, not a buffer to grow.
+/// `max_pending_bytes` of `[offline]` and `[archive]`: see
+/// [`pending_bytes`].
 const MAX_PENDING_BYTES: usize = 1 << 30;
 
 /// `[storage]`: where what must outlive a session is kept.
@@ -169,23 +169,15 @@ impl OfflineConfig {
         max_stanza_bytes: usize,
         problems: &mut Problems,
     ) {
-        if self.enabled == Some(true) && !has_storage {
-            problems.add(
-                "offline.enabled",
-                "needs a [storage] section to keep the messages in",
-            );
-        }
-        if self.settings(has_storage).is_none() {
+        if !needs_storage("offline", self.enabled, has_storage, problems) {
             return;
         }
         problems.range("offline.max_per_user", self.max_per_user, MAX_PER_USER);
-        // Two messages of the largest size (and their delay stamps) must
-        // fit, or a large message could never be kept.
-        let smallest = max_stanza_bytes.saturating_mul(2).min(MAX_PENDING_BYTES);
-        problems.range(
+        pending_bytes(
             "offline.max_pending_bytes",
             self.max_pending_bytes,
-            smallest..=MAX_PENDING_BYTES,
+            max_stanza_bytes,
+            problems,
         );
     }
 
@@ -197,4 +189,36 @@ impl OfflineConfig {
             max_pending_bytes: self.max_pending_bytes,
         })
     }
+}
+
+/// Checks the `enabled` of `section`, a feature that keeps its data in
+/// `[storage]` and is on by default when there is one; returns whether it
+/// is on (its other keys matter).
+pub(super) fn needs_storage(
+    section: &str,
+    enabled: Option<bool>,
+    has_storage: bool,
+    problems: &mut Problems,
+) -> bool {
+    if enabled == Some(true) && !has_storage {
+        problems.add(
+            &format!("{section}.enabled"),
+            "needs a [storage] section to keep its data in",
+        );
+    }
+    has_storage && enabled != Some(false)
+}
+
+/// Checks a `max_pending_bytes`: two messages of the largest size (and
+/// what is added to them) must fit, or a large message could never be
+/// written; more than 1 GiB waiting for a database is an outage to
+/// report, not a buffer to grow.
+pub(super) fn pending_bytes(
+    key: &str,
+    value: usize,
+    max_stanza_bytes: usize,
+    problems: &mut Problems,
+) {
+    let smallest = max_stanza_bytes.saturating_mul(2).min(MAX_PENDING_BYTES);
+    problems.range(key, value, smallest..=MAX_PENDING_BYTES);
 }

@@ -145,7 +145,7 @@ impl TestServer {
             actix_rt::System::new().block_on(async move {
                 let server = gatehouse::Server::bind(config)
                     .await
-                    .expect("server starts");
+                    .unwrap_or_else(|e| panic!("server starts: {e}"));
                 addr_tx
                     .send((
                         server.c2s_addr(),
@@ -201,6 +201,14 @@ impl TestServer {
             assert!(std::time::Instant::now() < deadline, "{what}:\n{scrape}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Scrapes until `series` has grown by exactly `by` since `before`
+    /// (an earlier scrape); returns that scrape.
+    pub async fn grown(&self, before: &str, series: &str, by: f64) -> String {
+        let start = sample(before, series);
+        self.metrics_when(series, |m| sample(m, series) - start == by)
+            .await
     }
 }
 

@@ -12,9 +12,10 @@
 //! rosters fetched by the RosterCache.
 
 use super::{
-    is_broadcast, Bind, Broadcast, CopySent, Directory, Route, SetCarbons, ToSession, Unbind,
-    UseRoster,
+    is_broadcast, Bind, Broadcast, CopySent, Delivery, Directory, Route, SetCarbons, ToSession,
+    Unbind, UseRoster,
 };
+use crate::archive::{Archive, Exchange, Membership};
 use crate::carbons::{self, Eligibility};
 use crate::offline::OfflineMessages;
 use crate::panic_guard;
@@ -165,6 +166,9 @@ pub struct Router {
     /// Where messages for users with no available resource are kept;
     /// `None` when offline storage is off (they are bounced).
     offline: Option<OfflineMessages>,
+    /// Where messages between local users are archived (XEP-0313) once
+    /// delivered or kept; `None` when archiving is off.
+    archive: Option<Archive>,
 }
 
 impl Actor for Router {
@@ -173,12 +177,32 @@ impl Actor for Router {
 
 impl Router {
     /// A router that keeps messages for users with no available resource
-    /// in `offline`, when given.
-    pub fn new(offline: Option<OfflineMessages>) -> Router {
+    /// in `offline`, and archives messages in `archive`, when given.
+    pub fn new(offline: Option<OfflineMessages>, archive: Option<Archive>) -> Router {
         Router {
             offline,
+            archive,
             ..Router::default()
         }
+    }
+
+    /// The archive copies of `msg`, when it is a message to archive: the
+    /// recipient's copy gets its `<stanza-id/>` now, before delivery.
+    /// Whether each party is the other's contact comes from the rosters
+    /// held for online users.
+    fn exchange(&self, msg: &mut Route) -> Option<Exchange> {
+        let archive = self.archive.as_ref()?;
+        if msg.stanza.name() != "message" || !Archive::archivable(&msg.stanza) {
+            return None;
+        }
+        let (from, to) = (msg.from.to_bare(), msg.to.to_bare());
+        let membership = |owner: &BareJid, other: &BareJid| match self.rosters.get(owner) {
+            Some(roster) if roster.items.contains_key(other) => Membership::Contact,
+            Some(_) => Membership::Stranger,
+            None => Membership::Unknown,
+        };
+        let membership = [membership(&from, &to), membership(&to, &from)];
+        Some(archive.exchange(&msg.from, &to, &mut msg.stanza, membership))
     }
 
     /// Counts bound resources in `gatehouse_sessions`, by transport.
@@ -431,7 +455,16 @@ impl Router {
         }
     }
 
-    fn route_to_bare(&self, msg: &Route, bare: &BareJid, carbons: Eligibility) {
+    /// Delivers `msg` to `bare`'s resources (or keeps or bounces it),
+    /// with carbon copies where `carbons` allows, and archives `exchange`
+    /// once it is delivered or kept.
+    fn route_to_bare(
+        &self,
+        msg: &Route,
+        bare: &BareJid,
+        carbons: Eligibility,
+        exchange: Option<Exchange>,
+    ) {
         let stanza = &msg.stanza;
         let kind = stanza.name();
         if kind == "presence" {
@@ -456,7 +489,14 @@ impl Router {
         if let (None, Some(offline)) = (best, &self.offline) {
             if OfflineMessages::keeps(stanza) {
                 let sender = self.find(&msg.from).map(|r| r.mailbox.clone());
-                offline.keep(bare.clone(), bare.domain().as_str(), stanza.clone(), sender);
+                let kept = exchange.map(|e| Box::new(move || e.commit()) as Box<dyn FnOnce()>);
+                offline.keep(
+                    bare.clone(),
+                    bare.domain().as_str(),
+                    stanza.clone(),
+                    sender,
+                    kept,
+                );
                 return;
             }
         }
@@ -480,6 +520,7 @@ impl Router {
                     r.mailbox.do_send(ToSession::Stanza(stanza.clone()));
                 }
                 self.copy_received(msg, bare, carbons, |r| r.priority() == Some(best));
+                exchange.into_iter().for_each(Exchange::commit);
             }
             _ => {}
         }
@@ -632,7 +673,15 @@ impl Handler<Route> for Router {
                 }
                 self.track_directed(&msg);
             }
-            let carbons = carbons::receive(&mut msg.stanza);
+            // A message routed again (its first recipient never
+            // acknowledged it) was copied and archived the first time.
+            let (carbons, exchange) = match msg.delivery {
+                Delivery::First => {
+                    let carbons = carbons::receive(&mut msg.stanza);
+                    (carbons, self.exchange(&mut msg))
+                }
+                Delivery::Again => (Eligibility::NotEligible, None),
+            };
             match msg.to.try_as_full() {
                 Ok(full) => match self.find(full) {
                     Some(target) => {
@@ -640,20 +689,21 @@ impl Handler<Route> for Router {
                         self.copy_received(&msg, &full.to_bare(), carbons, |r| {
                             r.resource == resource
                         });
-                        target.mailbox.do_send(ToSession::Stanza(msg.stanza))
+                        target.mailbox.do_send(ToSession::Stanza(msg.stanza));
+                        exchange.into_iter().for_each(Exchange::commit);
                     }
                     // RFC 6121 §8.5.3.2: a message to an offline resource is
                     // handled like one to the bare JID; presence is dropped; an
                     // IQ request gets service-unavailable.
                     None if msg.stanza.name() == "message" => {
-                        self.route_to_bare(&msg, &full.to_bare(), carbons)
+                        self.route_to_bare(&msg, &full.to_bare(), carbons, exchange)
                     }
                     None if stanza::is_iq_request(&msg.stanza) => {
                         self.bounce(&msg.from, &msg.stanza, StanzaError::SERVICE_UNAVAILABLE)
                     }
                     None => {}
                 },
-                Err(bare) => self.route_to_bare(&msg, bare, carbons),
+                Err(bare) => self.route_to_bare(&msg, bare, carbons, exchange),
             }
         });
     }
@@ -840,6 +890,7 @@ mod tests {
                 session_id: self.session_id,
                 to: Jid::new(to).unwrap(),
                 stanza,
+                delivery: Delivery::First,
             });
         }
 
@@ -908,6 +959,7 @@ mod tests {
             )
             .parse()
             .unwrap(),
+            delivery: Delivery::First,
         };
 
         router.do_send(carbons(&old));

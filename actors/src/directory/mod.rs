@@ -124,6 +124,20 @@ pub struct Route {
     pub session_id: SessionId,
     pub to: Jid,
     pub stanza: Element,
+    /// Whether the stanza is routed for the first time.
+    pub delivery: Delivery,
+}
+
+/// Whether a routed stanza is new or routed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// From its sender: copied (XEP-0280) and archived (XEP-0313) as it is
+    /// delivered.
+    First,
+    /// A message a session's client never acknowledged (XEP-0198), handed
+    /// on to the user's other resources or offline storage when that
+    /// session ended: it was copied and archived the first time.
+    Again,
 }
 
 /// A resource's XEP-0280 state: from now on it gets (or no longer gets)

@@ -9,6 +9,7 @@
 pub mod gate;
 mod room;
 
+use crate::archive::Archive;
 use crate::directory::ToSession;
 use crate::panic_guard;
 use crate::session::SessionId;
@@ -47,6 +48,9 @@ pub struct MucSettings {
     pub history: usize,
     /// The join gate, when `[muc.http_auth]` is configured.
     pub gate: Option<GateConfig>,
+    /// Where rooms archive their groupchat messages (XEP-0313), when
+    /// archiving is on.
+    pub archive: Option<Archive>,
 }
 
 /// What a session needs to reach the service.
@@ -191,6 +195,8 @@ struct RoomSettings {
     history: usize,
     /// The gate and which rooms it decides for, when configured.
     gate: Option<(Addr<MucGate>, GatedRooms)>,
+    /// Rooms' archives, when archiving is on.
+    archive: Option<Archive>,
 }
 
 impl MucService {
@@ -212,6 +218,7 @@ impl MucService {
             max_rooms: config.max_rooms,
             history: config.history,
             gate,
+            archive: config.archive,
         });
         let service = MucService {
             settings,
@@ -515,6 +522,7 @@ mod tests {
             max_rooms,
             history: 5,
             gate,
+            archive: None,
         })
         .unwrap()
         .service

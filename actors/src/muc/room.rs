@@ -10,6 +10,7 @@ use super::{
     disco_request, reply_error, Disco, Incoming, MucService, Released, RoomSettings, Vacated,
     NS_MUC, NS_MUC_USER,
 };
+use crate::archive::{self, Archive};
 use crate::directory::ToSession;
 use crate::panic_guard::{self, Guarded};
 use crate::session::SessionId;
@@ -633,7 +634,11 @@ impl Room {
 
     fn groupchat(&mut self, msg: Incoming, sender: &str) {
         let mut message = msg.stanza;
-        stanza::set_attr(&mut message, "from", self.occupant_jid(sender));
+        let occupant_jid = self.occupant_jid(sender);
+        stanza::set_attr(&mut message, "from", occupant_jid.clone());
+        if let (Some(archive), Ok(occupant)) = (&self.settings.archive, Jid::new(&occupant_jid)) {
+            archive.room_message(&self.jid, &occupant, &mut message);
+        }
         // XEP-0045 §8.1: only a message with a subject and neither body
         // nor thread changes the subject; with either it is a normal
         // message.
@@ -671,6 +676,22 @@ impl Room {
             .attr("to")
             .and_then(|to| Jid::new(to).ok())
             .is_some_and(|to| to.is_bare());
+        let to_archive = to_room
+            && stanza::is_iq_request(&msg.stanza)
+            && msg.stanza.children().any(|c| c.ns() == archive::NS_MAM);
+        if let Some(archive) = self.settings.archive.as_ref().filter(|_| to_archive) {
+            // XEP-0313 §5: the archive is the occupants'.
+            if self.nick_of(&msg.from, msg.session).is_none() {
+                return Archive::forbid(&msg.stanza, &msg.mailbox);
+            }
+            let Incoming {
+                from,
+                mailbox,
+                stanza,
+                ..
+            } = msg;
+            return archive.answer(self.jid.clone(), from, stanza, mailbox, true);
+        }
         let owner = self
             .nick_of(&msg.from, msg.session)
             .is_some_and(|nick| self.occupants[&nick].affiliation == Affiliation::Owner);
@@ -699,20 +720,19 @@ impl Room {
         } else {
             "muc_temporary"
         };
-        stanza::disco_info(
-            "conference",
-            "text",
-            &self.name,
-            &[
-                NS_MUC,
-                "muc_public",
-                "muc_open",
-                "muc_unmoderated",
-                "muc_semianonymous",
-                "muc_unsecured",
-                lifetime,
-            ],
-        )
+        let mut features = vec![
+            NS_MUC,
+            "muc_public",
+            "muc_open",
+            "muc_unmoderated",
+            "muc_semianonymous",
+            "muc_unsecured",
+            lifetime,
+        ];
+        if self.settings.archive.is_some() {
+            features.extend([archive::NS_MAM, archive::NS_SID]);
+        }
+        stanza::disco_info("conference", "text", &self.name, &features)
     }
 }
 

@@ -14,6 +14,7 @@ mod phase;
 mod sasl;
 mod sm;
 
+use crate::archive::{self, Archive};
 use crate::auth::{AuthError, Authenticator};
 use crate::carbons::{self, Eligibility};
 use crate::directory::{self, DirectoryHandle, ToSession};
@@ -115,6 +116,9 @@ pub struct Services {
     pub offline: Option<OfflineMessages>,
     /// Sessions a client may resume (XEP-0198), by token.
     pub resumable: Resumable,
+    /// Message archives (XEP-0313), when `[archive]` is on; the session
+    /// hands it the account's archive IQs and advertises it.
+    pub archive: Option<Archive>,
     /// Tracks every connection's I/O task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
@@ -1023,6 +1027,15 @@ impl Session {
         if el.name() == "iq" && to_account && el.has_child("query", ns::ROSTER) {
             return self.roster_iq(el, me);
         }
+        if let Some(archive) = self.services.archive.as_ref().filter(|_| {
+            to_account
+                && stanza::is_iq_request(&el)
+                && el.children().any(|c| c.ns() == archive::NS_MAM)
+        }) {
+            let owner = me.to_bare();
+            archive.answer(owner, me, el, ctx.address().recipient(), false);
+            return ready(Next::Continue);
+        }
         match (el.name(), to) {
             // Rosters belong to the application: subscription requests and
             // answers are dropped (Prosody's mod_block_subscriptions).
@@ -1039,6 +1052,7 @@ impl Session {
                     session_id: self.id,
                     to,
                     stanza: el,
+                    delivery: directory::Delivery::First,
                 });
             }
             // IQs to the server, to no one, or to an account (a bare JID)
@@ -1056,6 +1070,7 @@ impl Session {
                     session_id: self.id,
                     to,
                     stanza: el,
+                    delivery: directory::Delivery::First,
                 })
             }
         }
@@ -1220,6 +1235,10 @@ impl Session {
         };
         let get = iq.attr("type") == Some("get");
         let to_server = iq.attr("to").is_none_or(|to| !to.contains('@'));
+        // The account's own bare JID: answered on its behalf (XEP-0313
+        // §7 advertises the archive there).
+        let my_account = self.phase.jid().map(|me| me.to_bare().to_string());
+        let to_my_account = my_account.is_some() && iq.attr("to") == my_account.as_deref();
         let answer = match (payload.ns().as_str(), payload.name(), get) {
             (ns::PING, "ping", true) => Some(None),
             (ns::SESSION, "session", false) => Some(None),
@@ -1237,6 +1256,15 @@ impl Session {
                     }
                     None => return self.reply_error(iq, StanzaError::BAD_REQUEST),
                 }
+            }
+            (ns::DISCO_INFO, "query", true)
+                if to_my_account
+                    && self.services.archive.is_some()
+                    && payload.attr("node").is_none() =>
+            {
+                Some(Some(account_disco_info(
+                    my_account.as_deref().unwrap_or(""),
+                )))
             }
             (ns::DISCO_ITEMS, "query", true) if to_server => {
                 Some(Some(Element::bare("query", ns::DISCO_ITEMS)))
@@ -1304,4 +1332,16 @@ impl Session {
         }
         stanza::disco_info("server", "im", "Gatehouse", &features)
     }
+}
+
+/// The XEP-0030 identity and features of a user's bare JID, answered on
+/// the account's behalf when archiving is on: the archive (XEP-0313) and
+/// the stanza ids it gives (XEP-0359).
+fn account_disco_info(account: &str) -> Element {
+    stanza::disco_info(
+        "account",
+        "registered",
+        account,
+        &[ns::DISCO_INFO, archive::NS_MAM, archive::NS_SID],
+    )
 }

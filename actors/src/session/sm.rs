@@ -12,7 +12,7 @@
 //! transports do) nor decide where stanzas go (the directory does).
 
 use super::{ready, Attachment, Next, Phase, Session};
-use crate::directory;
+use crate::directory::{self, Delivery};
 use crate::transport::{Output, TransportKind};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::StreamErrorCondition;
@@ -503,6 +503,7 @@ impl Session {
                 session_id: self.id,
                 to,
                 stanza,
+                delivery: Delivery::Again,
             };
             if el.name() == "message" && el.attr("type") != Some("groupchat") {
                 metrics::counter!("gatehouse_sm_unacked_rerouted_total").increment(1);
@@ -514,6 +515,7 @@ impl Session {
                         session_id: self.id,
                         to: Jid::from(from.clone()),
                         stanza: reply,
+                        delivery: Delivery::First,
                     });
                 }
             }

@@ -1,15 +1,16 @@
 //! Storage: the database behind what must outlive a session — today the
-//! offline messages of XEP-0160; the archive, stream-management leftovers
-//! and login tokens belong here too. SQLite (one file, the embedded
+//! offline messages of XEP-0160 and the message archives of XEP-0313;
+//! stream-management leftovers and login tokens belong here too. SQLite (one file, the embedded
 //! default) or PostgreSQL (the production database), both through sqlx,
 //! with the schema migrations embedded in the binary and applied at start.
 //!
 //! It owns the connection pool, the migrations, the query metrics and the
 //! classification of failures; the queries of each table live in a file of
-//! their own ([`offline`]), written once for both databases (the SQL they
+//! their own ([`offline`], [`archive`]), written once for both databases (the SQL they
 //! use means the same in both). It must not decide what is stored or when,
 //! nor speak XMPP.
 
+pub mod archive;
 pub mod offline;
 
 use sqlx::migrate::{Migrate, Migrator};
@@ -118,20 +119,34 @@ impl StorageError {
 }
 
 /// Every query, named in the `query` label of the storage metrics. Each
-/// is named after its table first; today there is one table.
+/// is named after its table first.
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Query {
     OfflineKeep,
     OfflineBatch,
     OfflineRemove,
+    ArchiveWrite,
+    ArchiveLookup,
+    ArchivePage,
+    ArchiveCount,
+    ArchivePurge,
+    ArchivePrefsGet,
+    ArchivePrefsSet,
 }
 
 impl Query {
-    const ALL: [Query; 3] = [
+    const ALL: [Query; 10] = [
         Query::OfflineKeep,
         Query::OfflineBatch,
         Query::OfflineRemove,
+        Query::ArchiveWrite,
+        Query::ArchiveLookup,
+        Query::ArchivePage,
+        Query::ArchiveCount,
+        Query::ArchivePurge,
+        Query::ArchivePrefsGet,
+        Query::ArchivePrefsSet,
     ];
 
     fn as_str(self) -> &'static str {
@@ -139,6 +154,13 @@ impl Query {
             Query::OfflineKeep => "offline_keep",
             Query::OfflineBatch => "offline_batch",
             Query::OfflineRemove => "offline_remove",
+            Query::ArchiveWrite => "archive_write",
+            Query::ArchiveLookup => "archive_lookup",
+            Query::ArchivePage => "archive_page",
+            Query::ArchiveCount => "archive_count",
+            Query::ArchivePurge => "archive_purge",
+            Query::ArchivePrefsGet => "archive_prefs_get",
+            Query::ArchivePrefsSet => "archive_prefs_set",
         }
     }
 }

@@ -139,6 +139,7 @@ pub enum StanzaCondition {
     BadRequest,
     Conflict,
     FeatureNotImplemented,
+    Forbidden,
     InternalServerError,
     ItemNotFound,
     JidMalformed,
@@ -158,6 +159,7 @@ impl StanzaCondition {
             StanzaCondition::BadRequest => "bad-request",
             StanzaCondition::Conflict => "conflict",
             StanzaCondition::FeatureNotImplemented => "feature-not-implemented",
+            StanzaCondition::Forbidden => "forbidden",
             StanzaCondition::InternalServerError => "internal-server-error",
             StanzaCondition::ItemNotFound => "item-not-found",
             StanzaCondition::JidMalformed => "jid-malformed",
@@ -230,6 +232,12 @@ impl StanzaError {
     pub const REMOTE_SERVER_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
         condition: StanzaCondition::RemoteServerNotFound,
+    };
+    /// The requester may not do this (XEP-0313: a room's archive to a
+    /// non-occupant).
+    pub const FORBIDDEN: StanzaError = StanzaError {
+        kind: ErrorType::Auth,
+        condition: StanzaCondition::Forbidden,
     };
     pub const ITEM_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
