@@ -239,6 +239,38 @@ async fn unresumed_messages_are_kept_offline(database: TestDatabase) {
         assert!(message.has_child("delay", "urn:xmpp:delay"));
     }
     bob.answers_ping().await;
+    // Archived at their first delivery, not again when routed again.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut archived = archived_count(&mut bob).await;
+    while archived < 22 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        archived = archived_count(&mut bob).await;
+    }
+    assert_eq!(archived, 22, "each message once in bob's archive");
+}
+
+/// The number of messages in the client's own archive (XEP-0313).
+async fn archived_count(client: &mut Client) -> usize {
+    client
+        .send(
+            "<iq type='set' id='count'><query xmlns='urn:xmpp:mam:2'>\
+             <set xmlns='http://jabber.org/protocol/rsm'><max>0</max></set></query></iq>",
+        )
+        .await;
+    loop {
+        let el = client.element().await;
+        if el.attr("id") != Some("count") {
+            continue;
+        }
+        let count = el
+            .get_child("fin", "urn:xmpp:mam:2")
+            .and_then(|fin| fin.get_child("set", "http://jabber.org/protocol/rsm"))
+            .and_then(|set| set.get_child("count", "http://jabber.org/protocol/rsm"))
+            .map(|count| count.text());
+        return count
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{el:?}"));
+    }
 }
 on_both_databases!(unresumed, unresumed_messages_are_kept_offline);
 
