@@ -21,7 +21,7 @@ use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::archive::Archive;
 use gatehouse_actors::auth::Authenticator;
-use gatehouse_actors::directory::{LocalDirectory, Router};
+use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::offline::OfflineMessages;
@@ -107,6 +107,9 @@ pub struct Server {
     auth: Authenticator,
     /// The operator HTTP server, stopped during shutdown.
     http: actix_web::dev::ServerHandle,
+    /// Where ending sessions route what their clients never acknowledged;
+    /// settled before storage.
+    directory: DirectoryHandle,
     /// Offline storage, whose writes in progress finish before the
     /// database closes.
     offline: Option<OfflineMessages>,
@@ -243,8 +246,9 @@ impl Server {
             ),
             None => None,
         };
+        let directory: DirectoryHandle = Arc::new(LocalDirectory::new(router));
         let services = Services {
-            directory: Arc::new(LocalDirectory::new(router)),
+            directory: directory.clone(),
             auth: auth.clone(),
             roster,
             muc,
@@ -322,6 +326,7 @@ impl Server {
             connections,
             auth,
             http,
+            directory,
             offline,
             archive,
             storage,
@@ -360,7 +365,13 @@ impl Server {
             .await
             .is_err()
         {
-            tracing::warn!("some connections did not close in time");
+            tracing::warn!("some connections and sessions did not end in time");
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.directory.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the directory did not settle in time");
         }
         // Before the auth pool stops: keeping a message asks it whether
         // the recipient exists.

@@ -304,3 +304,32 @@ async fn a_replaced_detached_session_hands_on_its_unacknowledged_messages() {
     assert_eq!(ids, ["m1", "m2", "m3"]);
     bob.answers_ping().await;
 }
+
+/// A shutdown ends detached sessions too, and what their clients never
+/// acknowledged is kept offline before the database closes.
+#[tokio::test]
+async fn a_shutdown_keeps_what_detached_sessions_hold() {
+    let database = TestDatabase::sqlite();
+    let toml = format!(
+        "{}\n[stream_management]\n{}",
+        config(&fixture_auth("")),
+        database.storage_section()
+    );
+    let mut first = common::server_process::ServerProcess::from_toml(&toml);
+    let (c2s, _) = first.listeners();
+    let (mut alice, _) = Client::login(c2s, "alice", "wonderland", "pc").await;
+    let (mut bob, _) = Client::login(c2s, "bob", "builder", "phone").await;
+    bob.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    assert!(bob.element().await.is("enabled", SM));
+    drop(bob);
+    send_messages(&mut alice, "bob@localhost/phone", 1..=3).await;
+    alice.answers_ping().await;
+    assert!(first.signal_and_wait("TERM").success());
+
+    let second = common::server_process::ServerProcess::from_toml(&toml);
+    let (c2s, _) = second.listeners();
+    let (mut bob, _) = Client::login(c2s, "bob", "builder", "laptop").await;
+    bob.send("<presence/>").await;
+    expect_messages(&mut bob, 1..=3).await;
+}

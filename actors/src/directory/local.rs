@@ -42,6 +42,17 @@ pub struct RosterChanged {
     pub roster: Arc<Roster>,
 }
 
+/// Answered once everything sent to the Router before it was handled.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Settle;
+
+impl Handler<Settle> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Settle, _: &mut Self::Context) {}
+}
+
 /// Which of these users have a bound resource: only their rosters need
 /// fetching again after a refresh.
 #[derive(Message)]
@@ -92,6 +103,15 @@ impl Directory for LocalDirectory {
     fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>> {
         let answer = self.router.send(request);
         Box::pin(async move { answer.await.ok() })
+    }
+
+    fn settled(&self) -> BoxFuture<'static, ()> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            // The Router handles its mailbox in order: once this is
+            // answered, everything sent before it was handled.
+            let _ = router.send(Settle).await;
+        })
     }
 }
 

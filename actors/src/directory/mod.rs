@@ -43,6 +43,10 @@ pub trait Directory: Send + Sync + 'static {
     /// A resource asked for its roster; the answer is the roster to give
     /// it, or `None` when the directory could not be asked.
     fn use_roster(&self, request: UseRoster) -> BoxFuture<'static, Option<Arc<Roster>>>;
+    /// Resolves once everything handed to the directory before was handled:
+    /// at shutdown, so that what ending sessions routed is delivered or
+    /// kept before storage closes.
+    fn settled(&self) -> BoxFuture<'static, ()>;
 }
 
 /// The directory a session holds.

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use xmpp_parsers::bind::{BindFeature, BindResponse};
 use xmpp_parsers::sasl::{
@@ -119,7 +120,9 @@ pub struct Services {
     /// Message archives (XEP-0313), when `[archive]` is on; the session
     /// hands it the account's archive IQs and advertises it.
     pub archive: Option<Archive>,
-    /// Tracks every connection's I/O task, so shutdown can wait for them.
+    /// Tracks every connection's I/O task and every session, so shutdown
+    /// can wait for them (a session's end may still route and store what
+    /// its client never acknowledged).
     pub connections: TaskTracker,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -152,6 +155,7 @@ pub(crate) fn start(
     services: Services,
 ) -> SessionLink {
     let shutdown = services.shutdown.clone();
+    let services_tracker = services.connections.token();
     let session = Session {
         id: SessionId::random(),
         peer,
@@ -169,6 +173,7 @@ pub(crate) fn start(
         closing: false,
         sm: None,
         detached: None,
+        _tracked: services_tracker,
     }
     .start();
     attach(session, transport, &settings, shutdown)
@@ -307,8 +312,10 @@ pub struct Session {
     /// XEP-0198 stream management, once the client enabled it.
     sm: Option<StreamManagement>,
     /// While the connection is gone and the session waits for a
-    /// resumption: the timer that ends the wait.
-    detached: Option<SpawnHandle>,
+    /// resumption: what ends the wait.
+    detached: Option<sm::Detached>,
+    /// Held until the session is gone: shutdown waits for it.
+    _tracked: TaskTrackerToken,
 }
 
 impl Actor for Session {

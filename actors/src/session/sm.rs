@@ -141,6 +141,15 @@ pub(super) fn count_detached(delta: f64) {
     metrics::gauge!("gatehouse_sm_detached_sessions").increment(delta);
 }
 
+/// A session waiting detached for its client: the futures that end the
+/// wait, cancelled when the client resumes.
+pub(super) struct Detached {
+    /// `resume_timeout` passing.
+    timeout: SpawnHandle,
+    /// The server shutting down.
+    shutdown: SpawnHandle,
+}
+
 /// What stream management made of a stanza going out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tracked {
@@ -421,11 +430,21 @@ impl Session {
             Some(resumption) if !self.closing && self.phase.jid().is_some() => {
                 tracing::debug!(peer = %self.peer, "connection lost; waiting for a resumption");
                 count_detached(1.0);
-                self.detached = Some(ctx.run_later(resumption.timeout, |act, ctx| {
+                let timeout = ctx.run_later(resumption.timeout, |act, ctx| {
                     tracing::debug!(peer = %act.peer, "not resumed in time");
                     metrics::counter!("gatehouse_sm_detached_timeouts_total").increment(1);
                     ctx.stop();
-                }));
+                });
+                // An attached session hears of a shutdown from its
+                // connection; a detached one has none, and ends here
+                // (routing on what its client never acknowledged).
+                let shutdown = self.services.shutdown.clone();
+                let shutdown = ctx.spawn(
+                    async move { shutdown.cancelled_owned().await }
+                        .into_actor(self)
+                        .map(|(), _, ctx| ctx.stop()),
+                );
+                self.detached = Some(Detached { timeout, shutdown });
             }
             _ => ctx.stop(),
         }
@@ -546,8 +565,9 @@ impl Handler<TakeOver> for Session {
             // Its client is back on another connection.
             old.kill.cancel();
         }
-        if let Some(timer) = self.detached.take() {
-            ctx.cancel_future(timer);
+        if let Some(detached) = self.detached.take() {
+            ctx.cancel_future(detached.timeout);
+            ctx.cancel_future(detached.shutdown);
             count_detached(-1.0);
         }
         msg.connection.target.set(ctx.address());
