@@ -147,6 +147,7 @@ async fn a_lost_connection_resumes_with_exactly_what_was_not_handled() {
 async fn a_session_started_over_tcp_resumes_over_websocket() {
     let _serial = METRICS.lock().await;
     let server = server("[web]\nlisten = \"127.0.0.1:0\"");
+    let before = server.metrics().await;
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "pc").await;
     let (mut bob, token) = login_with_resumption(&server, "phone").await;
     send_messages(&mut alice, "bob@localhost/phone", 1..=3).await;
@@ -169,6 +170,13 @@ async fn a_session_started_over_tcp_resumes_over_websocket() {
         let message = ws.until("<message").await;
         assert!(message.contains(&format!("m{i}")), "{message}");
     }
+    // The session now counts as a WebSocket one.
+    let websocket = "gatehouse_sessions{transport=\"websocket\"}";
+    server
+        .metrics_when("the session counted under websocket", |m| {
+            sample(m, websocket) - sample(&before, websocket) == 1.0
+        })
+        .await;
 }
 
 #[tokio::test]

@@ -554,6 +554,16 @@ impl Handler<Bind> for Router {
         let _ = panic_guard::catch(PANIC_LABEL, || {
             let resources = self.users.entry(msg.jid.to_bare()).or_default();
             let resource = msg.jid.resource().as_str();
+            if let Some(same) = resources
+                .iter_mut()
+                .find(|r| r.resource == resource && r.session_id == msg.session_id)
+            {
+                // The same session again: resumed over another transport.
+                Self::count_bound(same.transport, -1.0);
+                Self::count_bound(msg.transport, 1.0);
+                same.transport = msg.transport;
+                return;
+            }
             let new = Resource {
                 resource: resource.to_owned(),
                 session_id: msg.session_id,

@@ -64,7 +64,8 @@ pub enum ToSession {
 }
 
 /// Registers a bound resource. An older session with the same full JID is
-/// told it was replaced.
+/// told it was replaced; the same session binding again (resumed on a
+/// connection of another transport) only changes its transport.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Bind {

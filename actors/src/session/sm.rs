@@ -572,6 +572,16 @@ impl Handler<TakeOver> for Session {
         }
         msg.connection.target.set(ctx.address());
         self.connection = Some(msg.connection);
+        if self.transport != msg.transport {
+            if let Some(jid) = self.phase.jid() {
+                self.services.directory.bind(directory::Bind {
+                    jid: jid.clone(),
+                    session_id: self.id,
+                    transport: msg.transport,
+                    mailbox: ctx.address().recipient(),
+                });
+            }
+        }
         self.transport = msg.transport;
         self.secure = msg.secure;
         tracing::debug!(peer = %self.peer, transport = self.transport.as_str(), "resumed");
