@@ -15,7 +15,7 @@ use crate::directory::ToSession;
 use crate::panic_guard::{self, Guarded};
 use crate::session::SessionId;
 use crate::xmpp::ns;
-use crate::xmpp::stanza::{self, ErrorType, StanzaCondition, StanzaError};
+use crate::xmpp::stanza::{self, DefinedCondition, ErrorType, StanzaError};
 use actix::prelude::*;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -36,7 +36,7 @@ const NS_DATA: &str = "jabber:x:data";
 /// XEP-0045 §7.2.10: a full room answers a join with a retryable error.
 const ROOM_FULL: StanzaError = StanzaError {
     kind: ErrorType::Wait,
-    condition: StanzaCondition::ServiceUnavailable,
+    condition: DefinedCondition::ServiceUnavailable,
 };
 
 /// The status codes Gatehouse sends (XEP-0045 §15.6).

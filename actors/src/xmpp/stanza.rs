@@ -6,6 +6,7 @@ use bytes::Bytes;
 use minidom::Element;
 use rxml::{Namespace, NcName};
 use std::borrow::Cow;
+pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 /// Sets an unnamespaced attribute. Attribute names used here are constants,
 /// so an invalid name is a programming error.
@@ -113,141 +114,88 @@ pub fn xml_safe(text: &str) -> Cow<'_, str> {
     )
 }
 
-/// The `type` of a stanza error: what the sender should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorType {
-    Auth,
-    Cancel,
-    Modify,
-    Wait,
-}
-
-impl ErrorType {
-    fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::Auth => "auth",
-            ErrorType::Cancel => "cancel",
-            ErrorType::Modify => "modify",
-            ErrorType::Wait => "wait",
-        }
-    }
-}
-
-/// The stanza error conditions Gatehouse sends (RFC 6120 §8.3.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StanzaCondition {
-    BadRequest,
-    Conflict,
-    FeatureNotImplemented,
-    Forbidden,
-    InternalServerError,
-    ItemNotFound,
-    JidMalformed,
-    NotAcceptable,
-    NotAllowed,
-    NotAuthorized,
-    RemoteServerNotFound,
-    RemoteServerTimeout,
-    ResourceConstraint,
-    ServiceUnavailable,
-}
-
-impl StanzaCondition {
-    /// The condition's element name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StanzaCondition::BadRequest => "bad-request",
-            StanzaCondition::Conflict => "conflict",
-            StanzaCondition::FeatureNotImplemented => "feature-not-implemented",
-            StanzaCondition::Forbidden => "forbidden",
-            StanzaCondition::InternalServerError => "internal-server-error",
-            StanzaCondition::ItemNotFound => "item-not-found",
-            StanzaCondition::JidMalformed => "jid-malformed",
-            StanzaCondition::NotAcceptable => "not-acceptable",
-            StanzaCondition::NotAllowed => "not-allowed",
-            StanzaCondition::NotAuthorized => "not-authorized",
-            StanzaCondition::RemoteServerNotFound => "remote-server-not-found",
-            StanzaCondition::RemoteServerTimeout => "remote-server-timeout",
-            StanzaCondition::ResourceConstraint => "resource-constraint",
-            StanzaCondition::ServiceUnavailable => "service-unavailable",
-        }
-    }
-}
-
-/// A stanza error condition and its type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stanza error condition and its type (RFC 6120 §8.3), in
+/// xmpp-parsers' terms: the errors Gatehouse sends are the constants below.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StanzaError {
     pub kind: ErrorType,
     /// The defined condition.
-    pub condition: StanzaCondition,
+    pub condition: DefinedCondition,
 }
 
 impl StanzaError {
     pub const SERVICE_UNAVAILABLE: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::ServiceUnavailable,
+        condition: DefinedCondition::ServiceUnavailable,
     };
     pub const FEATURE_NOT_IMPLEMENTED: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::FeatureNotImplemented,
+        condition: DefinedCondition::FeatureNotImplemented,
     };
     pub const BAD_REQUEST: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: StanzaCondition::BadRequest,
+        condition: DefinedCondition::BadRequest,
     };
     pub const JID_MALFORMED: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: StanzaCondition::JidMalformed,
+        condition: DefinedCondition::JidMalformed,
     };
     pub const NOT_ALLOWED: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::NotAllowed,
+        condition: DefinedCondition::NotAllowed,
     };
     /// Something on the server's side failed; a retry may work.
     pub const INTERNAL_SERVER_ERROR: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: StanzaCondition::InternalServerError,
+        condition: DefinedCondition::InternalServerError,
     };
     /// A service the server depends on did not answer in time.
     pub const REMOTE_SERVER_TIMEOUT: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: StanzaCondition::RemoteServerTimeout,
+        condition: DefinedCondition::RemoteServerTimeout,
     };
     pub const CONFLICT: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::Conflict,
+        condition: DefinedCondition::Conflict,
     };
     pub const NOT_ACCEPTABLE: StanzaError = StanzaError {
         kind: ErrorType::Modify,
-        condition: StanzaCondition::NotAcceptable,
+        condition: DefinedCondition::NotAcceptable,
     };
     pub const NOT_AUTHORIZED: StanzaError = StanzaError {
         kind: ErrorType::Auth,
-        condition: StanzaCondition::NotAuthorized,
+        condition: DefinedCondition::NotAuthorized,
     };
     pub const RESOURCE_CONSTRAINT: StanzaError = StanzaError {
         kind: ErrorType::Wait,
-        condition: StanzaCondition::ResourceConstraint,
+        condition: DefinedCondition::ResourceConstraint,
     };
     pub const REMOTE_SERVER_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::RemoteServerNotFound,
+        condition: DefinedCondition::RemoteServerNotFound,
     };
     /// The requester may not do this (XEP-0313: a room's archive to a
     /// non-occupant).
     pub const FORBIDDEN: StanzaError = StanzaError {
         kind: ErrorType::Auth,
-        condition: StanzaCondition::Forbidden,
+        condition: DefinedCondition::Forbidden,
     };
     pub const ITEM_NOT_FOUND: StanzaError = StanzaError {
         kind: ErrorType::Cancel,
-        condition: StanzaCondition::ItemNotFound,
+        condition: DefinedCondition::ItemNotFound,
     };
+}
 
-    fn to_element(self) -> Element {
-        let mut err = element("error", ns::CLIENT, &[("type", self.kind.as_str())]);
-        err.append_child(Element::bare(self.condition.as_str(), ns::STANZA_ERRORS));
-        err
+impl From<StanzaError> for Element {
+    fn from(error: StanzaError) -> Element {
+        xmpp_parsers::stanza_error::StanzaError {
+            type_: error.kind,
+            by: None,
+            defined_condition: error.condition,
+            texts: Default::default(),
+            other: None,
+        }
+        .into()
     }
 }
 
@@ -266,7 +214,7 @@ pub fn error_reply(stanza: &Element, error: StanzaError) -> Option<Element> {
         // the reply small.
         reply.take_nodes();
     }
-    reply.append_child(error.to_element());
+    reply.append_child(Element::from(error));
     Some(reply)
 }
 
