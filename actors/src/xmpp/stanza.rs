@@ -7,6 +7,7 @@ use minidom::Element;
 use rxml::{Namespace, NcName};
 use std::borrow::Cow;
 pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+use xmpp_parsers::disco::{DiscoInfoResult, Identity};
 
 /// Sets an unnamespaced attribute. Attribute names used here are constants,
 /// so an invalid name is a programming error.
@@ -251,16 +252,18 @@ fn swap_addresses(el: &mut Element) {
 
 /// A XEP-0030 disco#info payload: one identity and its features.
 pub fn disco_info(category: &str, kind: &str, name: &str, features: &[&str]) -> Element {
-    let mut query = Element::bare("query", ns::DISCO_INFO);
-    query.append_child(element(
-        "identity",
-        ns::DISCO_INFO,
-        &[("category", category), ("type", kind), ("name", name)],
-    ));
-    for feature in features {
-        query.append_child(element("feature", ns::DISCO_INFO, &[("var", feature)]));
+    DiscoInfoResult {
+        node: None,
+        identities: vec![Identity {
+            category: category.to_owned(),
+            type_: kind.to_owned(),
+            lang: None,
+            name: Some(name.to_owned()),
+        }],
+        features: features.iter().map(|f| (*f).to_owned()).collect(),
+        extensions: Vec::new(),
     }
-    query
+    .into()
 }
 
 /// Whether `el` is a stanza (RFC 6120 §8): a message, presence or IQ of
