@@ -21,6 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use xmpp_parsers::roster::{Ask, Group, Item, Roster as RosterQuery, Subscription};
 
 /// One contact as the application describes it. Every contact has
 /// subscription `both`: the application decides who sees whom.
@@ -128,11 +129,15 @@ impl Roster {
 
     /// The `<query xmlns='jabber:iq:roster' ver='…'>` with every item.
     pub fn to_query(&self) -> Element {
-        let mut query = stanza::element("query", ns::ROSTER, &[("ver", &self.ver)]);
-        for (jid, item) in &self.items {
-            query.append_child(item_element(jid, Some(item)));
+        RosterQuery {
+            ver: Some(self.ver.clone()),
+            items: self
+                .items
+                .iter()
+                .map(|(jid, item)| roster_item(jid, Some(item)))
+                .collect(),
         }
-        query
+        .into()
     }
 
     /// What changed from `self` to `new`, in JID order.
@@ -178,38 +183,35 @@ impl Change<'_> {
     /// carrying `ver`, the version of the roster it leads to.
     pub fn push(&self, to: &str, id: &str, ver: &str) -> Element {
         let item = match self {
-            Change::Added(jid, item) | Change::Updated(jid, item) => item_element(jid, Some(item)),
-            Change::Removed(jid) => item_element(jid, None),
+            Change::Added(jid, item) | Change::Updated(jid, item) => roster_item(jid, Some(item)),
+            Change::Removed(jid) => roster_item(jid, None),
         };
-        let mut query = stanza::element("query", ns::ROSTER, &[("ver", ver)]);
-        query.append_child(item);
+        let query = RosterQuery {
+            ver: Some(ver.to_owned()),
+            items: vec![item],
+        };
         let mut iq = stanza::element("iq", ns::CLIENT, &[("type", "set"), ("id", id), ("to", to)]);
-        iq.append_child(query);
+        iq.append_child(query.into());
         iq
     }
 }
 
-/// An `<item/>`: subscription `both`, or `remove` when `item` is `None`.
-fn item_element(jid: &BareJid, item: Option<&RosterItem>) -> Element {
-    let subscription = if item.is_some() { "both" } else { "remove" };
-    let mut el = stanza::element(
-        "item",
-        ns::ROSTER,
-        &[("jid", jid.as_str()), ("subscription", subscription)],
-    );
-    if let Some(item) = item {
-        if let Some(name) = &item.name {
-            stanza::set_attr(&mut el, "name", name.as_str());
-        }
-        for group in &item.groups {
-            el.append_child(
-                Element::builder("group", ns::ROSTER)
-                    .append(group.as_str())
-                    .build(),
-            );
-        }
+/// An item: subscription `both`, or `remove` when `item` is `None`.
+fn roster_item(jid: &BareJid, item: Option<&RosterItem>) -> Item {
+    Item {
+        jid: jid.clone(),
+        name: item.and_then(|item| item.name.clone()),
+        subscription: if item.is_some() {
+            Subscription::Both
+        } else {
+            Subscription::Remove
+        },
+        ask: Ask::None,
+        groups: item
+            .map(|item| item.groups.iter().map(|g| Group(g.clone())).collect())
+            .unwrap_or_default(),
+        approved: None,
     }
-    el
 }
 
 /// One contact, and whether its name or groups had to be made XML-safe;

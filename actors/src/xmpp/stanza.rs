@@ -6,8 +6,8 @@ use bytes::Bytes;
 use minidom::Element;
 use rxml::{Namespace, NcName};
 use std::borrow::Cow;
-pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 use xmpp_parsers::disco::{DiscoInfoResult, Identity};
+pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 /// Sets an unnamespaced attribute. Attribute names used here are constants,
 /// so an invalid name is a programming error.
