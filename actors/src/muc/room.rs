@@ -22,6 +22,7 @@ use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use xmpp_parsers::muc::user::{Affiliation, Item, MucUser, Role, Status};
 
 /// The `actor` label of panics caught in a Room's handlers, and in the
 /// gate answer it waits for. A room serves on after a panic: its
@@ -38,61 +39,6 @@ const ROOM_FULL: StanzaError = StanzaError {
     kind: ErrorType::Wait,
     condition: DefinedCondition::ServiceUnavailable,
 };
-
-/// The status codes Gatehouse sends (XEP-0045 §15.6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    /// 110: this presence is the occupant's own.
-    SelfPresence,
-    /// 201: the join created the room.
-    RoomCreated,
-    /// 303: the occupant changed nickname.
-    NickChanged,
-}
-
-impl Status {
-    fn code(self) -> &'static str {
-        match self {
-            Status::SelfPresence => "110",
-            Status::RoomCreated => "201",
-            Status::NickChanged => "303",
-        }
-    }
-}
-
-/// An occupant's long-lived standing in the room (XEP-0045 §5.2): the
-/// creator owns it, everyone else has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Affiliation {
-    Owner,
-    None,
-}
-
-impl Affiliation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Affiliation::Owner => "owner",
-            Affiliation::None => "none",
-        }
-    }
-}
-
-/// An occupant's role while present (XEP-0045 §5.1): the creator
-/// moderates (and sees real JIDs), everyone else participates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Moderator,
-    Participant,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Moderator => "moderator",
-            Role::Participant => "participant",
-        }
-    }
-}
 
 /// A stanza for the room, handed on by the service.
 #[derive(Message)]
@@ -283,27 +229,14 @@ impl Room {
     /// The `muc#user` payload: the occupant's item, real JID only for
     /// moderators (a semi-anonymous room), and status codes.
     fn user_x(&self, occupant: &Occupant, viewer: &Occupant, codes: &[Status]) -> Element {
-        let mut x = Element::bare("x", NS_MUC_USER);
-        let mut item = stanza::element(
-            "item",
-            NS_MUC_USER,
-            &[
-                ("affiliation", occupant.affiliation.as_str()),
-                ("role", occupant.role.as_str()),
-            ],
-        );
+        let mut item = Item::new(occupant.affiliation.clone(), occupant.role.clone());
         if viewer.role == Role::Moderator {
-            stanza::set_attr(&mut item, "jid", occupant.jid.to_string());
+            item = item.with_jid(occupant.jid.clone());
         }
-        x.append_child(item);
-        for code in codes {
-            x.append_child(stanza::element(
-                "status",
-                NS_MUC_USER,
-                &[("code", code.code())],
-            ));
-        }
-        x
+        MucUser::new()
+            .with_items(vec![item])
+            .with_statuses(codes.to_vec())
+            .into()
     }
 
     /// Sends `nick`'s presence to every occupant, with `self_codes` added
@@ -507,7 +440,7 @@ impl Room {
         self.nicks.insert(join.from, join.nick.clone());
         metrics::gauge!("gatehouse_muc_occupants").increment(1.0);
         let self_codes: &[Status] = if created {
-            &[Status::SelfPresence, Status::RoomCreated]
+            &[Status::SelfPresence, Status::RoomHasBeenCreated]
         } else {
             &[Status::SelfPresence]
         };
@@ -578,9 +511,9 @@ impl Room {
             .chain([(current.as_str(), &occupant)])
         {
             let codes: &[Status] = if viewer_nick == current {
-                &[Status::NickChanged, Status::SelfPresence]
+                &[Status::NewNick, Status::SelfPresence]
             } else {
-                &[Status::NickChanged]
+                &[Status::NewNick]
             };
             let mut presence = self.presence_of(&current, &occupant, viewer, codes);
             stanza::set_attr(&mut presence, "type", "unavailable");
