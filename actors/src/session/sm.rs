@@ -22,6 +22,7 @@ use jid::{FullJid, Jid};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use xmpp_parsers::sm::{
@@ -177,6 +178,8 @@ pub(super) struct TakeOver {
     pub(super) connection: Attachment,
     pub(super) transport: TransportKind,
     pub(super) secure: bool,
+    /// The new connection's client, for the logs from now on.
+    pub(super) peer: SocketAddr,
 }
 
 /// Why a session was not resumed (the client only hears `item-not-found`
@@ -470,6 +473,7 @@ impl Session {
             connection,
             transport: self.transport,
             secure: self.secure,
+            peer: self.peer,
         };
         Box::pin(
             async move { session.send(take_over).await }
@@ -584,6 +588,7 @@ impl Handler<TakeOver> for Session {
         }
         self.transport = msg.transport;
         self.secure = msg.secure;
+        self.peer = msg.peer;
         tracing::debug!(peer = %self.peer, transport = self.transport.as_str(), "resumed");
         self.send(
             &Resumed {
