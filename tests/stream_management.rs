@@ -221,7 +221,7 @@ async fn unresumed_messages_are_kept_offline(database: TestDatabase) {
     ));
     let before = server.metrics().await;
     let (mut alice, _) = Client::login(server.c2s, "alice", "wonderland", "pc").await;
-    let (mut bob, _) = login_with_resumption(&server, "phone").await;
+    let (mut bob, token) = login_with_resumption(&server, "phone").await;
     send_messages(&mut alice, "bob@localhost/phone", 1..=2).await;
     expect_messages(&mut bob, 1..=2).await;
     bob.send("<a xmlns='urn:xmpp:sm:3' h='2'/>").await;
@@ -234,6 +234,25 @@ async fn unresumed_messages_are_kept_offline(database: TestDatabase) {
             sample(m, stored) - sample(&before, stored) == 20.0
         })
         .await;
+
+    // Too late to resume: bob learns how many of his stanzas the session
+    // handled (his presence), so he would resend only the rest.
+    let (mut late, _) = Client::authenticated(server.c2s, "bob", "builder").await;
+    late.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{token}' h='2'/>"
+    ))
+    .await;
+    let failed = late.element().await;
+    assert!(failed.is("failed", SM), "{failed:?}");
+    assert_eq!(failed.attr("h"), Some("1"), "{failed:?}");
+    // Nobody else learns it.
+    let (mut alice_too, _) = Client::authenticated(server.c2s, "alice", "wonderland").await;
+    alice_too
+        .send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' previd='{token}' h='0'/>"
+        ))
+        .await;
+    assert_eq!(alice_too.element().await.attr("h"), None);
 
     let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "laptop").await;
     bob.send("<presence/>").await;

@@ -341,7 +341,16 @@ impl Actor for Session {
         }
         let unacked = self.sm.take().map(|mut sm| {
             if let Some(resumption) = sm.resumption {
-                self.services.resumable.remove(resumption.token);
+                match self.phase.jid() {
+                    Some(jid) => {
+                        let user = jid.to_bare();
+                        self.services
+                            .resumable
+                            .ended(resumption.token, user, sm.received());
+                    }
+                    // Replaced by a newer session: its count was kept then.
+                    None => self.services.resumable.forget(resumption.token),
+                }
             }
             sm.take_unacked()
         });
@@ -419,6 +428,12 @@ impl Session {
                 // hand on what this client never acknowledged.
                 if let Some(jid) = self.phase.unbind() {
                     if let Some(sm) = &mut self.sm {
+                        if let Some(resumption) = sm.resumption {
+                            let user = jid.to_bare();
+                            self.services
+                                .resumable
+                                .ended(resumption.token, user, sm.received());
+                        }
                         let unacked = sm.take_unacked();
                         self.reroute_unacked(&jid, unacked);
                     }

@@ -18,7 +18,7 @@ use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::StreamErrorCondition;
 use actix::prelude::*;
 use bytes::Bytes;
-use jid::{FullJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -81,17 +81,52 @@ impl fmt::Display for ResumeToken {
     }
 }
 
-/// Detached (or attached) sessions that can be resumed, by token: this
-/// node's. Each entry lives as long as its session (it removes itself
-/// when it stops), so the map is bounded by the sessions.
-#[derive(Clone, Default)]
-pub struct Resumable(Arc<Mutex<HashMap<ResumeToken, Addr<Session>>>>);
+/// How many ended sessions' counts are kept for a late `<resume/>`: at a
+/// few dozen bytes each, a few MiB at most.
+const ENDED_CAPACITY: u64 = 100_000;
+/// How long they are kept: a client that comes back later than this
+/// starts over without knowing what its last stanzas became.
+const ENDED_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Sessions that can be resumed, by token: this node's. Each live entry
+/// lives as long as its session (it leaves when the session stops), so
+/// that map is bounded by the sessions; what is left of an ended session
+/// is bounded by [`ENDED_CAPACITY`] and [`ENDED_TTL`].
+#[derive(Clone)]
+pub struct Resumable {
+    live: Arc<Mutex<HashMap<ResumeToken, Addr<Session>>>>,
+    /// Sessions that ended, for `<failed h='…'/>` (XEP-0198 §5): their
+    /// client learns how many of its stanzas were handled and resends
+    /// only the rest.
+    ended: moka::sync::Cache<ResumeToken, Ended>,
+}
+
+/// What a client may still learn of its session that ended.
+#[derive(Debug, Clone)]
+struct Ended {
+    /// Only its own user learns it.
+    user: BareJid,
+    /// Stanzas the session handled from the client.
+    handled: u32,
+}
+
+impl Default for Resumable {
+    fn default() -> Resumable {
+        Resumable {
+            live: Arc::default(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(ENDED_CAPACITY)
+                .time_to_live(ENDED_TTL)
+                .build(),
+        }
+    }
+}
 
 impl Resumable {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ResumeToken, Addr<Session>>> {
         // A panic while holding the lock cannot leave the map half
         // changed: every change is one insert or remove.
-        self.0
+        self.live
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -100,12 +135,28 @@ impl Resumable {
         self.lock().insert(token, session);
     }
 
-    pub(crate) fn remove(&self, token: ResumeToken) {
+    /// The session ended: it can no longer be resumed, but its `user` may
+    /// still learn that it had `handled` stanzas.
+    pub(crate) fn ended(&self, token: ResumeToken, user: BareJid, handled: u32) {
+        self.lock().remove(&token);
+        self.ended.insert(token, Ended { user, handled });
+    }
+
+    /// The session ended and what is left of it is already kept.
+    pub(crate) fn forget(&self, token: ResumeToken) {
         self.lock().remove(&token);
     }
 
     pub(crate) fn find(&self, token: ResumeToken) -> Option<Addr<Session>> {
         self.lock().get(&token).cloned()
+    }
+
+    /// How many stanzas `user`'s ended session with `token` handled.
+    fn handled_by_ended(&self, token: ResumeToken, user: &BareJid) -> Option<u32> {
+        self.ended
+            .get(&token)
+            .filter(|ended| &ended.user == user)
+            .map(|ended| ended.handled)
     }
 }
 
@@ -456,13 +507,22 @@ impl Session {
     /// `<resume/>` on this new stream: hands the connection to the session
     /// the token names, if it is this user's; this session then ends.
     fn resume(&mut self, request: ResumeRequest) -> ResponseActFuture<Self, Next> {
-        let target = ResumeToken::parse(&request.previd.0)
-            .and_then(|token| Some((token, self.services.resumable.find(token)?)));
+        let token = ResumeToken::parse(&request.previd.0);
+        let target = token.and_then(|token| Some((token, self.services.resumable.find(token)?)));
         let (Phase::AwaitBind { host, user }, Some((token, session)), Some(connection)) =
             (&self.phase, target, self.connection.clone())
         else {
             metrics::counter!("gatehouse_sm_resumptions_total", "result" => "failed").increment(1);
-            self.sm_failed(None, DefinedCondition::ItemNotFound);
+            // A session that ended: its user learns what it handled.
+            let me = self
+                .phase
+                .user()
+                .zip(self.phase.host())
+                .and_then(|(user, host)| BareJid::new(&format!("{user}@{host}")).ok());
+            let handled = token
+                .zip(me)
+                .and_then(|(token, me)| self.services.resumable.handled_by_ended(token, &me));
+            self.sm_failed(handled, DefinedCondition::ItemNotFound);
             return ready(Next::Continue);
         };
         let take_over = TakeOver {
