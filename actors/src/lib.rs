@@ -1,7 +1,8 @@
 //! Gatehouse's domain: the actors and the protocols they speak.
 //!
 //! - [`session`]: one Session actor per client connection (XMPP stream,
-//!   STARTTLS, SASL, binding, XEP-0077 accounts).
+//!   STARTTLS, SASL, binding, XEP-0077 accounts, XEP-0198 stream
+//!   management, XEP-0352 client state).
 //! - [`directory`]: who is bound where and delivery to them, behind the
 //!   `Directory` interface; `directory::local` is this node's Router actor
 //!   (the registry of bound resources and of online users' rosters;
