@@ -2,8 +2,25 @@
 //! tests/web) in Debian's headless Chromium logs in to Gatehouse over the
 //! `[web]` listener, by WebSocket (RFC 7395) or by BOSH (XEP-0206), shows
 //! the contact the roster service gives alice, sends bob a message that his
-//! slixmpp client receives, and shows bob's reply. Every check on the web
-//! side is on the page's DOM (tests/web/converse.mjs).
+//! slixmpp client receives, and shows bob's reply. Then the page is loaded
+//! again with empty browser storage (a new Chromium profile), Converse logs
+//! in anew, and the chat with bob, opened from the roster, shows the
+//! message and the reply again: from the server's archive (XEP-0313, on
+//! with `[storage]`), which Converse queries when a chat opens. Every check
+//! on the web side is on the page's DOM (tests/web/converse.mjs), but for
+//! where the history came from: converse.mjs checks that the reloaded
+//! page's storage was empty before Converse started (and that the same
+//! check found Converse's cache in the first page), and that Converse got
+//! both messages in a MAM result and neither live.
+//!
+//! Both transports show the history. The first page is closed without
+//! logging out, as a reload leaves it: its session waits detached for
+//! stream management resumption (`resume_timeout`, 300 s, far longer than
+//! the run), so what its client had not acknowledged (the reply, likely)
+//! is not routed again to alice's new login during the run; it would
+//! arrive there live, and converse.mjs fails on that. The reply is written
+//! to the archive as it is delivered; the reload (a new Chromium, a login)
+//! takes far longer than that write.
 //!
 //! Needs Node.js, Debian's `chromium` and `npm ci` in tests/web (.ci/run
 //! does both). The web listener is plain HTTP here (ws://, http://); bob
@@ -11,6 +28,7 @@
 
 mod common;
 
+use common::database::TestDatabase;
 use common::roster_service::RosterService;
 use common::*;
 use std::process::Stdio;
@@ -22,16 +40,17 @@ const SEND: &str = "Can we fix it?";
 const REPLY: &str = "Yes we can!";
 
 /// How long converse.mjs may take from starting Chromium to seeing the
-/// reply (it takes seconds; two browsers may share two cores).
-const WEB_TIMEOUT: Duration = Duration::from_secs(60);
+/// history after the reload (it takes seconds; two tests' browsers may
+/// share two cores, and each test starts Chromium twice).
+const WEB_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[actix_rt::test]
-async fn converse_over_websocket_shows_the_roster_and_the_reply() {
+async fn converse_over_websocket_shows_the_roster_the_reply_and_the_history() {
     web_client_chats(|web| ("--ws-url", format!("ws://{web}/xmpp-websocket"))).await;
 }
 
 #[actix_rt::test]
-async fn converse_over_bosh_shows_the_roster_and_the_reply() {
+async fn converse_over_bosh_shows_the_roster_the_reply_and_the_history() {
     web_client_chats(|web| ("--bosh-url", format!("http://{web}/http-bind"))).await;
 }
 
@@ -43,12 +62,20 @@ fn with_web(toml: &str) -> String {
 }
 
 /// alice in Converse (over the transport `transport` names for the web
-/// listener) chats with bob in slixmpp.
+/// listener) chats with bob in slixmpp, then reloads the page and sees
+/// the chat again from her archive.
 async fn web_client_chats(transport: impl Fn(std::net::SocketAddr) -> (&'static str, String)) {
     let roster = RosterService::start();
     roster.set("alice", r#"{"bob@localhost": {"name": "Bob Builder"}}"#);
     let (toml, ca) = tls_config(&roster_auth(&roster.url(), ""));
-    let server = TestServer::start(&with_web(&toml));
+    // A fresh SQLite: `[storage]` turns the archive on (and offline
+    // storage, which sees nothing here: bob is online before alice writes).
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start(&format!(
+        "{}\n{}",
+        with_web(&toml),
+        database.storage_section()
+    ));
     let web = server.web.expect("web listener");
 
     // bob first, online before alice sends: he answers her first message.
@@ -98,6 +125,7 @@ async fn web_client_chats(transport: impl Fn(std::net::SocketAddr) -> (&'static 
         .args(["--send", SEND, "--expect-reply", REPLY])
         .args(["--timeout", &WEB_TIMEOUT.as_secs().to_string()])
         .arg("--print-sent-marker")
+        .arg("--reload-expect-history")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -115,7 +143,7 @@ async fn web_client_chats(transport: impl Fn(std::net::SocketAddr) -> (&'static 
     );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
-        ["sent", "web ok"],
+        ["sent", "history ok", "web ok"],
         "{stdout}\n{stderr}"
     );
 

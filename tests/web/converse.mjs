@@ -6,7 +6,8 @@
 //   node tests/web/converse.mjs (--ws-url URL | --bosh-url URL)
 //       --jid JID --password PW --contact-jid JID --contact-name NAME
 //       --send TEXT --expect-reply TEXT [--timeout SECONDS]
-//       [--print-sent-marker] [--screenshot FILE.png] [--chromium PATH]
+//       [--print-sent-marker] [--reload-expect-history]
+//       [--screenshot FILE.png] [--chromium PATH]
 //
 // --screenshot saves the page as it was at the end (success or failure);
 // --chromium defaults to Debian's /usr/bin/chromium.
@@ -21,6 +22,18 @@
 // snippet to stderr and exits 1 (as soon as Converse reports a failed
 // connection, not at the timeout). `--print-sent-marker` prints `sent` once
 // the message has left, so a test can tell its peer to answer.
+//
+// `--reload-expect-history` then loads the page again with empty browser
+// storage — in a new Chromium with a new profile directory (a fresh browser
+// context), after checking that the same check finds Converse's cache in the
+// first one, and checking that the new one holds nothing (localStorage,
+// sessionStorage, IndexedDB, Cache Storage) before Converse starts. The
+// first browser is closed as a closed tab is, without logging out. Converse
+// logs in again, the chat opens from the roster, and the sent message and
+// the reply must show in it again, each once and in order, and both must be
+// in a MAM (XEP-0313) result Converse got for the chat — the server's
+// archive, queried as a chat opens — and neither may have arrived live.
+// Prints `history ok` before `web ok`.
 //
 // Nothing here reaches the network but the URLs given: no browser download
 // (Chromium is Debian's), no CDN (Converse is served from node_modules).
@@ -51,7 +64,8 @@ const CHROMIUM_FLAGS = [
 
 const USAGE = `usage: converse.mjs (--ws-url URL | --bosh-url URL) --jid JID --password PW
        --contact-jid JID --contact-name NAME --send TEXT --expect-reply TEXT
-       [--timeout SECONDS] [--print-sent-marker] [--screenshot FILE] [--chromium PATH]`;
+       [--timeout SECONDS] [--print-sent-marker] [--reload-expect-history]
+       [--screenshot FILE] [--chromium PATH]`;
 
 function options() {
     const { values } = parseArgs({
@@ -66,6 +80,7 @@ function options() {
             'expect-reply': { type: 'string' },
             timeout: { type: 'string', default: '60' },
             'print-sent-marker': { type: 'boolean', default: false },
+            'reload-expect-history': { type: 'boolean', default: false },
             screenshot: { type: 'string' },
             chromium: { type: 'string', default: '/usr/bin/chromium' },
             help: { type: 'boolean', default: false },
@@ -112,7 +127,8 @@ const CONTENT_TYPES = {
 
 // The page: Converse's own bundle and stylesheet, and a small plugin that
 // keeps the connection states Converse goes through (for a fast, readable
-// failure). Converse is started by the driver through window.startConverse.
+// failure) and where chat messages came from (an archive query or live).
+// Converse is started by the driver through window.startConverse.
 const PAGE = `<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -124,7 +140,7 @@ const PAGE = `<!DOCTYPE html>
 </head>
 <body class="converse-fullscreen">
 <script>
-window.harness = { statuses: [], events: [], initError: null };
+window.harness = { statuses: [], events: [], mamResults: [], archived: [], live: [], initError: null };
 window.startConverse = function (settings) {
     const { Strophe } = converse.env;
     const names = Object.fromEntries(Object.entries(Strophe.Status).map(([k, v]) => [v, k]));
@@ -136,6 +152,21 @@ window.startConverse = function (settings) {
                 const entry = { status, message: feedback.get('message') || '' };
                 window.harness.statuses.push(entry);
                 console.info('harness: connection ' + status + (entry.message ? ': ' + entry.message : ''));
+            });
+            // Where chat messages come from: the results of MAM queries
+            // (XEP-0313), and messages that arrive live.
+            api.listen.on('MAMResult', ({ chatbox, messages }) => {
+                window.harness.mamResults.push(chatbox.get('jid'));
+                for (const m of messages) {
+                    const entry = { chat: chatbox.get('jid'), body: m.body ?? null, is_archived: !!m.is_archived };
+                    window.harness.archived.push(entry);
+                }
+                console.info('harness: MAM result for ' + chatbox.get('jid') + ': ' + messages.length + ' messages');
+            });
+            // Whether disco lists a feature (no archive: a fast failure).
+            window.harness.supports = (feature, jid) => api.disco.supports(feature, jid);
+            api.listen.on('message', ({ attrs }) => {
+                if (attrs?.body) window.harness.live.push({ from: attrs.from, body: attrs.body });
             });
             for (const name of ['connected', 'reconnected', 'disconnected', 'rosterContactsFetched']) {
                 api.listen.on(name, () => {
@@ -208,10 +239,354 @@ class Journal {
 
 class Failure extends Error {}
 
+/** What the run is doing, for a failure report. */
+let step = 'starting';
+
+/** Connection states that end the run at once. */
+const CONNECTION_FAILED = ['ERROR', 'CONNFAIL', 'AUTHFAIL', 'DISCONNECTED', 'CONNTIMEOUT', 'ATTACHFAIL'];
+
+/**
+ * One Chromium with a profile of its own (a new, empty directory) showing
+ * the page: whatever the page stores (localStorage, sessionStorage,
+ * IndexedDB) lives in that profile and goes with it.
+ */
+class Browser {
+    constructor(opts, origin, journal, deadline, label) {
+        this.opts = opts;
+        this.origin = origin;
+        this.journal = journal;
+        this.deadline = deadline;
+        // Prefixes the journal lines of a second browser.
+        this.tag = label ? `${label} ` : '';
+        this.profile = mkdtempSync(join(tmpdir(), 'gatehouse-chromium-'));
+        this.context = null;
+        this.page = null;
+        this.boshFailures = [];
+        this.closed = false;
+    }
+
+    remaining() {
+        return Math.max(1, this.deadline - Date.now());
+    }
+
+    log(line) {
+        this.journal.add(this.tag + line);
+    }
+
+    async launch() {
+        const { opts } = this;
+        step = `launching Chromium${this.tag && ` (${this.tag.trim()})`}`;
+        this.context = await chromium.launchPersistentContext(this.profile, {
+            executablePath: opts.chromium,
+            headless: true,
+            args: CHROMIUM_FLAGS,
+            viewport: { width: 1280, height: 900 },
+            timeout: this.remaining(),
+        });
+        // Hermetic: the page reaches only itself and the server under test
+        // (Converse's logged-out page shows its sponsors' logos from the web).
+        const allowed = new Set([this.origin, new URL(opts['bosh-url'] ?? opts['ws-url']).origin]);
+        const blocked = new Set();
+        await this.context.route('**/*', (route) => {
+            const url = route.request().url();
+            if (url.startsWith('data:') || allowed.has(new URL(url).origin)) return route.continue();
+            if (!blocked.has(url)) this.log(`[blocked] ${url}`);
+            blocked.add(url);
+            return route.abort('blockedbyclient');
+        });
+        const page = this.context.pages()[0] ?? (await this.context.newPage());
+        this.page = page;
+        page.on('console', (m) => this.log(`[${m.type()}] ${m.text()}`));
+        page.on('pageerror', (e) => this.log(`[pageerror] ${e.message}`));
+        // Strophe retries failed BOSH requests with a growing backoff and
+        // gives up only after minutes; three network failures (refused,
+        // blocked by CORS...) end the run instead.
+        page.on('requestfailed', (r) => {
+            const why = r.failure()?.errorText;
+            this.log(`[requestfailed] ${r.method()} ${r.url()}: ${why}`);
+            if (opts['bosh-url'] && r.url() === new URL(opts['bosh-url']).href) this.boshFailures.push(why);
+        });
+        page.on('response', (r) => r.status() >= 400 && this.log(`[http ${r.status()}] ${r.url()}`));
+        page.on('websocket', (ws) => {
+            this.log(`[websocket] open ${ws.url()}`);
+            ws.on('socketerror', (e) => this.log(`[websocket] error ${e}`));
+            ws.on('close', () => this.log(`[websocket] closed ${ws.url()}`));
+        });
+    }
+
+    async load() {
+        step = `loading the page ${this.origin}/`;
+        // The load event comes after the bundle (a module script) ran.
+        await this.page.goto(`${this.origin}/`, { waitUntil: 'load', timeout: this.remaining() });
+        if (!(await this.page.evaluate(() => typeof window.converse?.initialize === 'function'))) {
+            throw new Failure(`Converse.js did not load in the page ${this.origin}/`);
+        }
+    }
+
+    /** Starts Converse, which logs in with auto_login. */
+    async start() {
+        const { opts } = this;
+        step = 'starting Converse';
+        const settings = {
+            auto_login: true,
+            jid: opts.jid,
+            password: opts.password,
+            discover_connection_methods: false,
+            view_mode: 'fullscreen',
+            loglevel: 'debug',
+            assets_path: '/dist/',
+            // Hermetic: a fresh profile each browser anyway; keep nothing
+            // past the tab, never reconnect (a failure must end the run),
+            // no attempt to resume an earlier session.
+            persistent_store: 'sessionStorage',
+            clear_cache_on_logout: true,
+            keepalive: false,
+            auto_reconnect: false,
+            // No prompts or extras that could cover the UI under test.
+            show_desktop_notifications: false,
+            play_sounds: false,
+            allow_non_roster_messaging: false,
+            // MAM (XEP-0313) as Converse 14 does it by default: when a chat
+            // opens, the newest page of its history (archived_messages_page_size,
+            // 50) from the archive on our bare JID if disco there lists
+            // urn:xmpp:mam:2; message_archiving unset leaves the server's
+            // preferences alone.
+            ...(opts['ws-url'] ? { websocket_url: opts['ws-url'] } : { bosh_service_url: opts['bosh-url'] }),
+        };
+        await this.page.evaluate((s) => window.startConverse(s), settings);
+    }
+
+    /** Why the connection failed, or null while it has not. */
+    async connectionFailure() {
+        const { opts, page } = this;
+        const { statuses, initError } = await page
+            .evaluate(() => window.harness)
+            .catch(() => ({ statuses: [], initError: null }));
+        if (initError) return `Converse did not start: ${initError}`;
+        const bad = statuses.find((s) => CONNECTION_FAILED.includes(s.status));
+        if (!bad && this.boshFailures.length >= 3) {
+            return `BOSH requests to ${opts['bosh-url']} failed ${this.boshFailures.length} times: ${[...new Set(this.boshFailures)].join(', ')}`;
+        }
+        if (!bad) return null;
+        const feedback = await page
+            .locator('.conn-feedback .feedback-message')
+            .first()
+            .innerText({ timeout: 500 })
+            .catch(() => '');
+        const trail = statuses.map((s) => s.status).join(' → ');
+        return `connection failed: ${bad.status}${bad.message ? ` (${bad.message})` : ''}` +
+            `${feedback && feedback !== bad.message ? `; login form says: ${feedback}` : ''}; states: ${trail}`;
+    }
+
+    /** Waits for a DOM condition, failing fast on a failed connection. */
+    async until(what, locator) {
+        await this.poll(what, (timeout) => locator.first().waitFor({ state: 'visible', timeout }));
+        return locator.first();
+    }
+
+    /** Waits for `predicate(arg)` to hold in the page, likewise. */
+    async untilInPage(what, predicate, arg) {
+        await this.poll(what, (timeout) => this.page.waitForFunction(predicate, arg, { timeout }));
+    }
+
+    /** Repeats `attempt(timeout)` until it does not time out. */
+    async poll(what, attempt) {
+        step = what;
+        for (;;) {
+            const why = await this.connectionFailure();
+            if (why) throw new Failure(`${why} (while waiting for ${what})`);
+            if (Date.now() >= this.deadline) {
+                throw new Failure(`timed out after ${this.opts.timeout} s waiting for ${what}`);
+            }
+            try {
+                return await attempt(Math.min(250, this.remaining()));
+            } catch (e) {
+                if (!/Timeout/i.test(e.message)) throw e;
+            }
+        }
+    }
+
+    /** What the page has stored for its origin, by kind of storage. */
+    async stored() {
+        return this.page.evaluate(async () => ({
+            localStorage: Object.keys(localStorage),
+            sessionStorage: Object.keys(sessionStorage),
+            IndexedDB: (await indexedDB.databases()).map((d) => d.name),
+            CacheStorage: typeof caches === 'undefined' ? [] : await caches.keys(),
+        }));
+    }
+
+    /** Closes Chromium as closing the tab would (no logout) and deletes its profile. */
+    async close() {
+        if (this.closed) return;
+        this.closed = true;
+        await this.context?.close().catch(() => {});
+        rmSync(this.profile, { recursive: true, force: true });
+    }
+}
+
+/** The kinds of storage in `stored` that hold something, for a message. */
+function nonEmpty(stored) {
+    return Object.entries(stored)
+        .filter(([, keys]) => keys.length)
+        .map(([kind, keys]) => `${kind}: ${keys.slice(0, 5).join(', ')}${keys.length > 5 ? ', …' : ''}`);
+}
+
+/** 1. Logged in: the roster shows the contact under its name; its link. */
+async function rosterContact(browser) {
+    const { opts, page } = browser;
+    const contact = page
+        .locator(`converse-roster a.open-chat[data-jid="${cssString(opts['contact-jid'])}"]`)
+        .filter({ has: page.locator('.contact-name', { hasText: exactText(opts['contact-name']) }) });
+    return browser.until(`the roster to show ${opts['contact-jid']} named "${opts['contact-name']}"`, contact);
+}
+
+/** 2. A chat with the contact opens from the roster; the chat. */
+async function openChat(browser, link) {
+    const { opts, page } = browser;
+    await link.click({ timeout: browser.remaining() });
+    const chat = page.locator(`converse-chat[jid="${cssString(opts['contact-jid'])}"]`);
+    await browser.until(`the chat with ${opts['contact-jid']} to open`, chat.locator('textarea.chat-textarea'));
+    return chat;
+}
+
+/** Our own bubble with `text`. */
+function ownMessage(chat, text) {
+    return chat.locator('.chat-msg__content--me .chat-msg__text', { hasText: exactText(text) });
+}
+
+/** A bubble from the contact with `text`. */
+function theirMessage(chat, text) {
+    return chat.locator('.chat-msg__content--them .chat-msg__text', { hasText: exactText(text) });
+}
+
+/**
+ * 3. Types the message as a person would and presses Enter; it is sent
+ *    once it shows as our own bubble.
+ */
+async function sendMessage(browser, chat) {
+    const { opts } = browser;
+    step = 'typing the message';
+    const textarea = chat.locator('textarea.chat-textarea').first();
+    await textarea.click({ timeout: browser.remaining() });
+    await textarea.pressSequentially(opts.send, { timeout: browser.remaining() });
+    await textarea.press('Enter', { timeout: browser.remaining() });
+    await browser.until(`our message "${opts.send}" to show in the chat`, ownMessage(chat, opts.send));
+}
+
+/** 4. The contact's reply shows in the chat. */
+async function expectReply(browser, chat) {
+    const { opts } = browser;
+    await browser.until(
+        `a reply "${opts['expect-reply']}" from ${opts['contact-jid']} in the chat`,
+        theirMessage(chat, opts['expect-reply']),
+    );
+}
+
+/** The chat shows no error. */
+async function expectNoErrors(chat) {
+    step = 'checking the chat for errors';
+    const errors = await chat.locator('.chat-msg__error, .chat-error').allInnerTexts();
+    if (errors.length) throw new Failure(`the chat shows errors: ${errors.join(' | ')}`);
+}
+
+/**
+ * 5a. The first browser goes as a closed tab does, without logging out.
+ *     Before, the check that must find nothing after the reload finds
+ *     Converse's cache there (so it can see one).
+ */
+async function leavePage(first) {
+    step = 'looking at what the first page stored';
+    const before = nonEmpty(await first.stored());
+    if (!before.length) {
+        throw new Failure('the first page stored nothing: the empty-storage check after the reload would prove nothing');
+    }
+    first.log(`[storage] before the reload: ${before.join('; ')}`);
+    step = 'closing the first browser';
+    await first.close();
+}
+
+/**
+ * 5b. The page again, in a new Chromium with a new, empty profile (a fresh
+ *     browser context), so nothing Converse cached can come back: checked
+ *     before Converse starts. The empty storage comes from the new profile,
+ *     not from `persistent_store` (still sessionStorage, as in the first
+ *     browser; Converse keeps some things in localStorage whatever it says).
+ *     Converse then logs in anew, as a new resource (it has nothing to
+ *     resume the first session with).
+ */
+async function reloadWithEmptyStorage(browser) {
+    await browser.launch();
+    await browser.load();
+    step = 'checking that the reloaded page has no stored data';
+    const after = nonEmpty(await browser.stored());
+    if (after.length) throw new Failure(`the reloaded page has stored data before Converse starts: ${after.join('; ')}`);
+    await browser.start();
+}
+
+/**
+ * 6. After the reload, the chat shows the conversation again, once and in
+ *    order, and Converse got both messages from the server's archive (a
+ *    MAM result for the chat), none of them live.
+ */
+async function expectHistoryFromArchive(browser, chat) {
+    const { opts, page } = browser;
+    const sent = opts.send;
+    const reply = opts['expect-reply'];
+    const contact = opts['contact-jid'];
+    step = `asking Converse whether ${opts.jid} has an archive`;
+    const mam = await page.evaluate(
+        ({ jid, ms }) =>
+            Promise.race([
+                window.harness.supports('urn:xmpp:mam:2', jid),
+                new Promise((resolve) => setTimeout(() => resolve('no answer'), ms)),
+            ]),
+        { jid: opts.jid, ms: browser.remaining() },
+    );
+    if (mam !== true) {
+        throw new Failure(`Converse finds no urn:xmpp:mam:2 in disco on ${opts.jid} (${mam}): it will not query the archive`);
+    }
+    await browser.untilInPage(
+        `Converse to get an answer from the archive for the chat with ${contact} ` +
+            `(it queries one as a chat opens when disco on our bare JID lists urn:xmpp:mam:2)`,
+        (jid) => window.harness.mamResults.includes(jid),
+        contact,
+    );
+    await browser.until(`our earlier message "${sent}" to show again after the reload`, ownMessage(chat, sent));
+    await browser.until(`the earlier reply "${reply}" to show again after the reload`, theirMessage(chat, reply));
+
+    step = 'checking the history after the reload';
+    const times = [await ownMessage(chat, sent).count(), await theirMessage(chat, reply).count()];
+    if (times[0] !== 1 || times[1] !== 1) {
+        throw new Failure(
+            `after the reload the chat shows our message ${times[0]} times and the reply ${times[1]} times, not once each`,
+        );
+    }
+    const texts = (await chat.locator('.chat-msg__text').allInnerTexts()).map((t) => t.trim());
+    if (texts.indexOf(sent) > texts.indexOf(reply)) {
+        throw new Failure(`after the reload the chat shows the reply before our message: ${texts.join(' | ')}`);
+    }
+    const { archived, live } = await page.evaluate(() => window.harness);
+    const notArchived = [sent, reply].filter(
+        (body) => !archived.some((m) => m.chat === contact && m.is_archived && m.body === body),
+    );
+    if (notArchived.length) {
+        throw new Failure(
+            `after the reload the chat shows ${notArchived.map((b) => `"${b}"`).join(' and ')}, ` +
+                `but no MAM result for ${contact} had it; MAM results: ${JSON.stringify(archived)}`,
+        );
+    }
+    const arrivedLive = live.filter((m) => m.body === sent || m.body === reply);
+    if (arrivedLive.length) {
+        throw new Failure(
+            `after the reload messages of the history came live, not from the archive: ${JSON.stringify(arrivedLive)}`,
+        );
+    }
+}
+
 async function main() {
     const opts = options();
     const deadline = Date.now() + opts.timeout * 1000;
-    const remaining = () => Math.max(1, deadline - Date.now());
     const journal = new Journal();
     // Whatever hangs (a browser that never starts or never closes), the run
     // ends shortly after its deadline.
@@ -229,165 +604,39 @@ async function main() {
 
     const server = await startStaticServer();
     const origin = `http://127.0.0.1:${server.address().port}`;
-    const profile = mkdtempSync(join(tmpdir(), 'gatehouse-chromium-'));
-    let context;
-    let page;
+    let browser = new Browser(opts, origin, journal, deadline, '');
     let sent = false;
-    let step = 'launching Chromium';
     try {
-        context = await chromium.launchPersistentContext(profile, {
-            executablePath: opts.chromium,
-            headless: true,
-            args: CHROMIUM_FLAGS,
-            viewport: { width: 1280, height: 900 },
-            timeout: remaining(),
-        });
-        // Hermetic: the page reaches only itself and the server under test
-        // (Converse's logged-out page shows its sponsors' logos from the web).
-        const allowed = new Set([origin, new URL(opts['bosh-url'] ?? opts['ws-url']).origin]);
-        const blocked = new Set();
-        await context.route('**/*', (route) => {
-            const url = route.request().url();
-            if (url.startsWith('data:') || allowed.has(new URL(url).origin)) return route.continue();
-            if (!blocked.has(url)) journal.add(`[blocked] ${url}`);
-            blocked.add(url);
-            return route.abort('blockedbyclient');
-        });
-        page = context.pages()[0] ?? (await context.newPage());
-        page.on('console', (m) => journal.add(`[${m.type()}] ${m.text()}`));
-        page.on('pageerror', (e) => journal.add(`[pageerror] ${e.message}`));
-        // Strophe retries failed BOSH requests with a growing backoff and
-        // gives up only after minutes; three network failures (refused,
-        // blocked by CORS...) end the run instead.
-        const boshFailures = [];
-        page.on('requestfailed', (r) => {
-            const why = r.failure()?.errorText;
-            journal.add(`[requestfailed] ${r.method()} ${r.url()}: ${why}`);
-            if (opts['bosh-url'] && r.url() === new URL(opts['bosh-url']).href) boshFailures.push(why);
-        });
-        page.on('response', (r) => r.status() >= 400 && journal.add(`[http ${r.status()}] ${r.url()}`));
-        page.on('websocket', (ws) => {
-            journal.add(`[websocket] open ${ws.url()}`);
-            ws.on('socketerror', (e) => journal.add(`[websocket] error ${e}`));
-            ws.on('close', () => journal.add(`[websocket] closed ${ws.url()}`));
-        });
-
-        step = `loading the page ${origin}/`;
-        // The load event comes after the bundle (a module script) ran.
-        await page.goto(`${origin}/`, { waitUntil: 'load', timeout: remaining() });
-        if (!(await page.evaluate(() => typeof window.converse?.initialize === 'function'))) {
-            throw new Failure(`Converse.js did not load in the page ${origin}/`);
-        }
-
-        step = 'starting Converse';
-        const settings = {
-            auto_login: true,
-            jid: opts.jid,
-            password: opts.password,
-            discover_connection_methods: false,
-            view_mode: 'fullscreen',
-            loglevel: 'debug',
-            assets_path: '/dist/',
-            // Hermetic: a fresh profile each run anyway; keep nothing past
-            // the tab, never reconnect (a failure must end the run), no
-            // attempt to resume an earlier session.
-            persistent_store: 'sessionStorage',
-            clear_cache_on_logout: true,
-            keepalive: false,
-            auto_reconnect: false,
-            // No prompts or extras that could cover the UI under test.
-            show_desktop_notifications: false,
-            play_sounds: false,
-            allow_non_roster_messaging: false,
-            ...(opts['ws-url'] ? { websocket_url: opts['ws-url'] } : { bosh_service_url: opts['bosh-url'] }),
-        };
-        await page.evaluate((s) => window.startConverse(s), settings);
-
-        // A failed connection ends the run at once, with Converse's reason.
-        const connectionFailure = async () => {
-            const { statuses, initError } = await page
-                .evaluate(() => window.harness)
-                .catch(() => ({ statuses: [], initError: null }));
-            if (initError) return `Converse did not start: ${initError}`;
-            const bad = statuses.find((s) =>
-                ['ERROR', 'CONNFAIL', 'AUTHFAIL', 'DISCONNECTED', 'CONNTIMEOUT', 'ATTACHFAIL'].includes(s.status),
-            );
-            if (!bad && boshFailures.length >= 3) {
-                return `BOSH requests to ${opts['bosh-url']} failed ${boshFailures.length} times: ${[...new Set(boshFailures)].join(', ')}`;
-            }
-            if (!bad) return null;
-            const feedback = await page
-                .locator('.conn-feedback .feedback-message')
-                .first()
-                .innerText({ timeout: 500 })
-                .catch(() => '');
-            const trail = statuses.map((s) => s.status).join(' → ');
-            return `connection failed: ${bad.status}${bad.message ? ` (${bad.message})` : ''}` +
-                `${feedback && feedback !== bad.message ? `; login form says: ${feedback}` : ''}; states: ${trail}`;
-        };
-        // Waits for a DOM condition, failing fast on a failed connection.
-        const until = async (what, locator) => {
-            step = what;
-            for (;;) {
-                const why = await connectionFailure();
-                if (why) throw new Failure(`${why} (while waiting for ${what})`);
-                if (Date.now() >= deadline) throw new Failure(`timed out after ${opts.timeout} s waiting for ${what}`);
-                try {
-                    await locator.first().waitFor({ state: 'visible', timeout: Math.min(250, remaining()) });
-                    return locator.first();
-                } catch (e) {
-                    if (!/Timeout/i.test(e.message)) throw e;
-                }
-            }
-        };
-
-        // 1. Logged in: the roster shows the contact under its name.
-        const contact = page.locator(
-            `converse-roster a.open-chat[data-jid="${cssString(opts['contact-jid'])}"]`,
-        ).filter({ has: page.locator('.contact-name', { hasText: exactText(opts['contact-name']) }) });
-        const link = await until(
-            `the roster to show ${opts['contact-jid']} named "${opts['contact-name']}"`,
-            contact,
-        );
-
-        // 2. A chat with the contact opens from the roster.
-        await link.click({ timeout: remaining() });
-        const chat = page.locator(`converse-chat[jid="${cssString(opts['contact-jid'])}"]`);
-        const textarea = await until(
-            `the chat with ${opts['contact-jid']} to open`,
-            chat.locator('textarea.chat-textarea'),
-        );
-
-        // 3. Type the message as a person would and press Enter; it is sent
-        //    once it shows as our own bubble.
-        step = 'typing the message';
-        await textarea.click({ timeout: remaining() });
-        await textarea.pressSequentially(opts.send, { timeout: remaining() });
-        await textarea.press('Enter', { timeout: remaining() });
-        await until(
-            `our message "${opts.send}" to show in the chat`,
-            chat.locator('.chat-msg__content--me .chat-msg__text', { hasText: exactText(opts.send) }),
-        );
+        await browser.launch();
+        await browser.load();
+        await browser.start();
+        let chat = await openChat(browser, await rosterContact(browser));
+        await sendMessage(browser, chat);
         sent = true;
         if (opts['print-sent-marker']) console.log('sent');
+        await expectReply(browser, chat);
+        await expectNoErrors(chat);
 
-        // 4. The contact's reply shows in the chat.
-        await until(
-            `a reply "${opts['expect-reply']}" from ${opts['contact-jid']} in the chat`,
-            chat.locator('.chat-msg__content--them .chat-msg__text', { hasText: exactText(opts['expect-reply']) }),
-        );
-        const errors = await chat.locator('.chat-msg__error, .chat-error').allInnerTexts();
-        if (errors.length) throw new Failure(`the chat shows errors: ${errors.join(' | ')}`);
-        if (opts.screenshot) await page.screenshot({ path: opts.screenshot, fullPage: true, timeout: remaining() });
+        if (opts['reload-expect-history']) {
+            await leavePage(browser);
+            browser = new Browser(opts, origin, journal, deadline, 'reloaded');
+            await reloadWithEmptyStorage(browser);
+            chat = await openChat(browser, await rosterContact(browser));
+            await expectHistoryFromArchive(browser, chat);
+            await expectNoErrors(chat);
+            console.log('history ok');
+        }
+        if (opts.screenshot) {
+            await browser.page.screenshot({ path: opts.screenshot, fullPage: true, timeout: browser.remaining() });
+        }
         console.log('web ok');
     } catch (e) {
         const reason = e instanceof Failure ? e.message : `${step}: ${e.message.split('\n')[0]}`;
-        await report(reason, journal, page, opts.screenshot, sent);
+        await report(reason, journal, browser.page, opts.screenshot, sent);
         process.exitCode = 1;
     } finally {
-        await context?.close().catch(() => {});
+        await browser.close();
         server.close();
-        rmSync(profile, { recursive: true, force: true });
     }
 }
 
