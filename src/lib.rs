@@ -27,7 +27,7 @@ use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::offline::OfflineMessages;
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
 use gatehouse_actors::session::{C2sSettings, Resumable, Services};
-use gatehouse_actors::storage::Storage;
+use gatehouse_actors::storage::{OpenError, Storage};
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -185,14 +185,17 @@ impl Server {
                 None => None,
             };
         let auth = auth::start(&config.auth)?;
-        let offline = storage.as_ref().and_then(|storage| {
-            let settings = config.offline.settings(true)?;
-            Some(OfflineMessages::new(
-                storage.clone(),
-                auth.clone(),
-                settings,
-            ))
-        });
+        let offline = match (&storage, config.offline.settings(true), &config.storage) {
+            (Some(storage), Some(settings), Some(section)) => Some(
+                OfflineMessages::open(storage.clone(), auth.clone(), settings)
+                    .await
+                    .map_err(|error| RunError::Storage {
+                        key: section.key(),
+                        source: OpenError::Read(error),
+                    })?,
+            ),
+            _ => None,
+        };
         let archive = storage.as_ref().and_then(|storage| {
             let settings = config.archive.settings(true)?;
             Some(Archive::start(storage.clone(), settings))

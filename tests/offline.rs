@@ -113,6 +113,12 @@ async fn kept_in_order_until_the_first_available_presence(database: TestDatabase
         .await;
     let errors = "gatehouse_storage_errors_total";
     assert_eq!(sample(&scrape, errors), sample(&before, errors));
+    // A user with nothing kept costs no database read at login.
+    let reads = "gatehouse_storage_query_seconds_count{query=\"offline_batch\"}";
+    let before_alice = sample(&server.metrics().await, reads);
+    alice.send("<presence/>").await;
+    alice.answers_ping().await;
+    assert_eq!(sample(&server.metrics().await, reads), before_alice);
 }
 on_both_databases!(
     kept_in_order,

@@ -20,6 +20,7 @@ use crate::xmpp::stanza::{self, StanzaError};
 use actix::Recipient;
 use jid::{BareJid, Jid};
 use minidom::Element;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Semaphore};
@@ -66,6 +67,14 @@ struct Inner {
     order: Box<[Mutex<()>]>,
     /// Permits are bytes of messages waiting to be written.
     pending: Arc<Semaphore>,
+    /// Users who may have kept messages, so that the first available
+    /// presence of anyone else costs no database read (a login storm
+    /// reads nothing here). Loaded at start; a user is added before a
+    /// message of theirs is written and again once it is, and removed
+    /// when a delivery finds their queue empty — both under the user's
+    /// order lock, so nobody with kept messages is ever missing. Bounded
+    /// by the users that have rows.
+    waiting: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Help texts of the offline-message metrics.
@@ -103,20 +112,24 @@ pub fn describe_metrics() {
 }
 
 impl OfflineMessages {
-    pub fn new(
+    /// Offline storage on `storage`, knowing already who has kept
+    /// messages.
+    pub async fn open(
         storage: Storage,
         auth: Authenticator,
         settings: OfflineSettings,
-    ) -> OfflineMessages {
-        OfflineMessages {
+    ) -> Result<OfflineMessages, StorageError> {
+        let waiting = storage.offline_owners().await?.into_iter().collect();
+        Ok(OfflineMessages {
             inner: Arc::new(Inner {
                 storage,
                 auth,
                 settings,
                 order: (0..ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
                 pending: Arc::new(Semaphore::new(settings.max_pending_bytes)),
+                waiting: std::sync::Mutex::new(waiting),
             }),
-        }
+        })
     }
 
     /// Whether `message`, addressed to a user with no available resource,
@@ -159,6 +172,7 @@ impl OfflineMessages {
         let Ok(permit) = self.inner.pending.clone().try_acquire_many_owned(cost) else {
             return refuse(&message, sender, Refusal::Busy);
         };
+        self.inner.set_waiting(&owner.to_string(), true);
         let inner = self.inner.clone();
         actix::spawn(async move {
             let result = inner.keep(&owner, &text).await;
@@ -184,9 +198,12 @@ impl OfflineMessages {
     /// batch once its session has taken it. A failure leaves the rest
     /// kept for the next available presence.
     pub fn deliver(&self, owner: BareJid, resource: Recipient<ToSession>) {
+        let owner = owner.to_string();
+        if !self.inner.is_waiting(&owner) {
+            return;
+        }
         let inner = self.inner.clone();
         actix::spawn(async move {
-            let owner = owner.to_string();
             let _order = inner.lock(&owner).await;
             if let Err(error) = inner.deliver(&owner, &resource).await {
                 tracing::warn!(%error, "offline messages not delivered; kept for later");
@@ -212,11 +229,33 @@ impl Inner {
             .await;
         match kept {
             Ok(Kept::Stored) => {
+                // Again: a delivery that found the queue empty meanwhile
+                // cleared it.
+                self.set_waiting(&key, true);
                 metrics::counter!("gatehouse_offline_messages_stored_total").increment(1);
                 Ok(())
             }
             Ok(Kept::QuotaFull) => Err(Refusal::Quota),
             Err(_) => Err(Refusal::Storage),
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Each change is one insert or remove: nothing half done to find.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_waiting(&self, owner: &str) -> bool {
+        self.waiting().contains(owner)
+    }
+
+    fn set_waiting(&self, owner: &str, waiting: bool) {
+        if waiting {
+            self.waiting().insert(owner.to_owned());
+        } else {
+            self.waiting().remove(owner);
         }
     }
 
@@ -237,6 +276,7 @@ impl Inner {
         loop {
             let batch = self.storage.offline_batch(owner, 0, DELIVERY_BATCH).await?;
             let Some(last) = batch.last().map(|m| m.id) else {
+                self.set_waiting(owner, false);
                 return Ok(());
             };
             let mut delivered = 0;

@@ -69,6 +69,9 @@ pub enum OpenError {
     /// The schema could not be brought up to date.
     #[error("cannot apply the schema migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// What a service loads at start could not be read.
+    #[error("cannot read what is stored: {0}")]
+    Read(#[source] StorageError),
 }
 
 /// Why a query failed. Every kind is temporary to a client: what it asked
@@ -126,6 +129,7 @@ pub(crate) enum Query {
     OfflineKeep,
     OfflineBatch,
     OfflineRemove,
+    OfflineOwners,
     ArchiveWrite,
     ArchiveLookup,
     ArchivePage,
@@ -136,10 +140,11 @@ pub(crate) enum Query {
 }
 
 impl Query {
-    const ALL: [Query; 10] = [
+    const ALL: [Query; 11] = [
         Query::OfflineKeep,
         Query::OfflineBatch,
         Query::OfflineRemove,
+        Query::OfflineOwners,
         Query::ArchiveWrite,
         Query::ArchiveLookup,
         Query::ArchivePage,
@@ -154,6 +159,7 @@ impl Query {
             Query::OfflineKeep => "offline_keep",
             Query::OfflineBatch => "offline_batch",
             Query::OfflineRemove => "offline_remove",
+            Query::OfflineOwners => "offline_owners",
             Query::ArchiveWrite => "archive_write",
             Query::ArchiveLookup => "archive_lookup",
             Query::ArchivePage => "archive_page",

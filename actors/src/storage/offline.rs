@@ -88,6 +88,18 @@ impl Storage {
         })
     }
 
+    /// Every user with at least one kept message.
+    pub async fn offline_owners(&self) -> Result<Vec<String>, StorageError> {
+        with_connection!(self, Query::OfflineOwners, |conn| async {
+            let rows = sqlx::query("SELECT DISTINCT owner FROM offline_message")
+                .fetch_all(conn)
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<Vec<String>, sqlx::Error>>()
+        })
+    }
+
     /// Deletes `owner`'s messages up to and including `through` (an id);
     /// returns how many were deleted.
     pub async fn offline_remove(&self, owner: &str, through: i64) -> Result<u64, StorageError> {
