@@ -1,6 +1,7 @@
 //! One virtual client: connect (over the run's transport) → stream → SASL
 //! PLAIN → bind → roster get → initial presence → close, against any XMPP
-//! server.
+//! server. Connecting ([`connected`]) and authenticating ([`authenticate`])
+//! serve any session a virtual client runs.
 //!
 //! Replies are recognised by cheap substring scans, not parsed as XML, so
 //! the generator spends far less CPU per login than the server it drives.
@@ -120,7 +121,7 @@ impl From<std::io::Error> for Stop {
 
 /// Reads the answer to the IQ with `id` (its whole start tag) and fails
 /// unless it is a result: a bind or roster error is no login.
-async fn result_of(stream: &mut impl ClientStream, id: &str) -> Result<(), Stop> {
+pub(crate) async fn result_of(stream: &mut impl ClientStream, id: &str) -> Result<(), Stop> {
     let (_, mut text) = stream.until(&[id]).await?;
     let (_, rest) = stream.until(&[">"]).await?;
     text.extend_from_slice(&rest);
@@ -153,7 +154,14 @@ pub async fn login(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + target.timeout;
     let mut took = None;
-    let outcome = match run(target, credentials, deadline, hold, started, &mut took).await {
+    let login = Login {
+        credentials,
+        deadline,
+        hold,
+        started,
+        took: &mut took,
+    };
+    let outcome = match connected(target, deadline, login).await {
         Ok(()) => Outcome::Success,
         Err(Stop::Outcome(outcome)) => outcome,
     };
@@ -161,7 +169,7 @@ pub async fn login(
 }
 
 /// Runs `step` unless the login deadline passes first.
-async fn by<T>(
+pub(crate) async fn by<T>(
     deadline: tokio::time::Instant,
     step: impl std::future::Future<Output = Result<T, Stop>>,
 ) -> Result<T, Stop> {
@@ -170,72 +178,80 @@ async fn by<T>(
         .unwrap_or(Err(Stop::Outcome(Outcome::Timeout)))
 }
 
-/// Connects over the target's transport (within the login's deadline) and
-/// runs the session on what it returns.
-async fn run(
+/// What runs on a client's connected stream, whatever its transport.
+pub(crate) trait OnStream {
+    type Output;
+
+    async fn on(self, stream: impl ClientStream) -> Result<Self::Output, Stop>;
+}
+
+/// Connects over the target's transport (within `deadline`) and runs
+/// `then` on what it returns.
+pub(crate) async fn connected<T: OnStream>(
     target: &Target,
-    credentials: &Credentials,
     deadline: tokio::time::Instant,
-    hold: Option<Hold>,
-    started: Instant,
-    took: &mut Option<Duration>,
-) -> Result<(), Stop> {
+    then: T,
+) -> Result<T::Output, Stop> {
     match target.transport {
-        Transport::Tcp => {
-            let stream = by(deadline, tcp::connect(target)).await?;
-            session(stream, credentials, deadline, hold, started, took).await
-        }
+        Transport::Tcp => then.on(by(deadline, tcp::connect(target)).await?).await,
         Transport::Starttls => {
-            let stream = by(deadline, starttls::connect(target)).await?;
-            session(stream, credentials, deadline, hold, started, took).await
+            then.on(by(deadline, starttls::connect(target)).await?)
+                .await
         }
-        Transport::Tls => {
-            let stream = by(deadline, tls::connect(target)).await?;
-            session(stream, credentials, deadline, hold, started, took).await
-        }
+        Transport::Tls => then.on(by(deadline, tls::connect(target)).await?).await,
         Transport::Websocket => {
-            let stream = by(deadline, websocket::connect(target)).await?;
-            session(stream, credentials, deadline, hold, started, took).await
+            then.on(by(deadline, websocket::connect(target)).await?)
+                .await
         }
-        Transport::Bosh => {
-            let stream = by(deadline, bosh::connect(target)).await?;
-            session(stream, credentials, deadline, hold, started, took).await
-        }
+        Transport::Bosh => then.on(by(deadline, bosh::connect(target)).await?).await,
     }
 }
 
-/// Logs in on a connected `stream`, holds the session if asked, closes it.
-/// A login the server refused is closed as well (within the login's
-/// deadline, untimed): a BOSH session outlives its connection, so a client
-/// that only hung up would leave it on the server for its `inactivity`,
-/// which no real client does.
-async fn session(
-    mut stream: impl ClientStream,
-    credentials: &Credentials,
+/// The storm's session on a connected stream.
+struct Login<'a> {
+    credentials: &'a Credentials,
     deadline: tokio::time::Instant,
     hold: Option<Hold>,
     started: Instant,
-    took: &mut Option<Duration>,
-) -> Result<(), Stop> {
-    let logged_in = by(deadline, login_steps(&mut stream, credentials)).await;
-    *took = Some(started.elapsed());
-    if let Err(Stop::Outcome(refused)) = logged_in {
-        if matches!(
-            refused,
-            Outcome::NotAuthorized | Outcome::TemporaryAuthFailure | Outcome::OtherFailure
-        ) {
-            let _ = by(deadline, stream.close()).await;
-        }
-        return Err(Stop::Outcome(refused));
-    }
-    if let Some(Hold { up, release }) = hold {
-        let _ = up.send(());
-        stream.hold(release).await?;
-    }
-    stream.close().await
+    took: &'a mut Option<Duration>,
 }
 
-async fn login_steps(
+impl OnStream for Login<'_> {
+    type Output = ();
+
+    /// Logs in, holds the session if asked, closes it. A login the server
+    /// refused is closed as well (within the login's deadline, untimed): a
+    /// BOSH session outlives its connection, so a client that only hung up
+    /// would leave it on the server for its `inactivity`, which no real
+    /// client does.
+    async fn on(self, mut stream: impl ClientStream) -> Result<(), Stop> {
+        let logged_in = by(self.deadline, login_steps(&mut stream, self.credentials)).await;
+        *self.took = Some(self.started.elapsed());
+        if let Err(Stop::Outcome(refused)) = logged_in {
+            if matches!(
+                refused,
+                Outcome::NotAuthorized | Outcome::TemporaryAuthFailure | Outcome::OtherFailure
+            ) {
+                let _ = by(self.deadline, stream.close()).await;
+            }
+            return Err(Stop::Outcome(refused));
+        }
+        if let Some(Hold { up, release }) = self.hold {
+            let _ = up.send(());
+            stream.hold(release).await?;
+        }
+        stream.close().await
+    }
+}
+
+/// The resource binding request (RFC 6120 §7), the server choosing the
+/// resource; its answer is [`result_of`] `bind1`.
+pub(crate) const BIND: &str =
+    "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+
+/// Opens the stream, authenticates with SASL PLAIN and restarts the stream
+/// after success; a refusal is counted by its condition.
+pub(crate) async fn authenticate(
     stream: &mut impl ClientStream,
     credentials: &Credentials,
 ) -> Result<(), Stop> {
@@ -255,10 +271,15 @@ async fn login_steps(
             },
         ));
     }
-    stream.open().await?;
-    stream
-        .send(&["<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"])
-        .await?;
+    stream.open().await
+}
+
+async fn login_steps(
+    stream: &mut impl ClientStream,
+    credentials: &Credentials,
+) -> Result<(), Stop> {
+    authenticate(stream, credentials).await?;
+    stream.send(&[BIND]).await?;
     result_of(stream, "bind1").await?;
     stream
         .send(&[

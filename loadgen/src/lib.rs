@@ -8,11 +8,14 @@
 //! and a time limit bound every run, and it only targets loopback.
 
 pub mod client;
+mod markup;
+mod meter;
 mod stats;
 pub mod transport;
 
 use clap::{Parser, ValueEnum};
 use client::{Credentials, Outcome, Target};
+use meter::{number, per_thousand, Meter, ServerMemory, Usage};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -184,34 +187,6 @@ fn loopback(target: &str) -> Result<SocketAddr, StormError> {
     }
 }
 
-/// The server's resident memory: before the run, its highest while the
-/// run went on (sampled every 100 ms), and after.
-#[derive(Clone, Copy, Default)]
-struct ServerMemory {
-    /// RSS in bytes before the first login.
-    before: u64,
-    /// The highest RSS sampled during the run.
-    peak: u64,
-    /// RSS once the run ended (in hold mode: with every session still up).
-    after: u64,
-}
-
-/// Samples `pid`'s RSS every 100 ms until `done` turns true; returns the
-/// highest seen.
-async fn peak_rss(pid: String, mut done: tokio::sync::watch::Receiver<bool>) -> u64 {
-    let mut peak = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        if let Some(sample) = stats::sample(&pid) {
-            peak = peak.max(sample.rss_bytes);
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = done.changed() => return peak,
-        }
-    }
-}
-
 /// Runs the storm `args` describe and returns the report (text, or one
 /// JSON object with `--json`). Refuses any target not on loopback.
 pub async fn storm(args: &Args) -> Result<String, StormError> {
@@ -223,13 +198,7 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
     ));
     let creds = credentials(args);
     let results = Arc::new(Mutex::new(Results::default()));
-    let server_pid = args.server_pid.map(|p| p.to_string());
-    let server_before = server_pid.as_deref().and_then(stats::sample);
-    let (run_over, watch_run) = tokio::sync::watch::channel(false);
-    let peak = server_pid
-        .clone()
-        .map(|pid| tokio::spawn(peak_rss(pid, watch_run)));
-    let self_before = stats::sample("self");
+    let meter = Meter::start(args.server_pid);
     let started = Instant::now();
     let limit = Duration::from_secs_f64(args.max_seconds);
     let mut held_rss = None;
@@ -325,10 +294,7 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
             }
             logins_over = Some(started.elapsed());
             tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
-            held_rss = server_pid
-                .as_deref()
-                .and_then(stats::sample)
-                .map(|s| s.rss_bytes);
+            held_rss = meter.server_rss();
             let _ = release.send(true);
             for task in tasks {
                 let _ = task.await;
@@ -339,45 +305,14 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
     let wall = logins_over
         .unwrap_or_else(|| started.elapsed())
         .as_secs_f64();
-    let server_after = server_pid.as_deref().and_then(stats::sample);
-    let self_after = stats::sample("self");
-    let _ = run_over.send(true);
-    let peak = match peak {
-        Some(task) => task.await.unwrap_or(0),
-        None => 0,
-    };
-    let memory = match (server_before, server_after) {
-        (Some(before), Some(after)) => Some(ServerMemory {
-            before: before.rss_bytes,
-            peak: peak.max(before.rss_bytes).max(after.rss_bytes),
-            after: after.rss_bytes,
-        }),
-        _ => None,
-    };
-    let cpu = |before: Option<stats::Sample>, after: Option<stats::Sample>| {
-        Some(after?.cpu_seconds - before?.cpu_seconds)
-    };
+    let usage = meter.stop().await;
     let results = results.lock().unwrap();
-    Ok(render(
-        args,
-        &results,
-        wall,
-        Measured {
-            server_cpu: cpu(server_before, server_after),
-            own_cpu: cpu(self_before, self_after),
-            memory,
-            held_rss,
-        },
-    ))
+    Ok(render(args, &results, wall, Measured { usage, held_rss }))
 }
 
 /// What was measured around the run, besides the logins themselves.
 struct Measured {
-    /// CPU seconds the server used during the run.
-    server_cpu: Option<f64>,
-    /// CPU seconds the generator used during the run.
-    own_cpu: Option<f64>,
-    memory: Option<ServerMemory>,
+    usage: Usage,
     /// Hold mode: the server's RSS while every session was held.
     held_rss: Option<u64>,
 }
@@ -385,12 +320,11 @@ struct Measured {
 fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> String {
     let total = results.total();
     let successes = results.count(Outcome::Success);
-    let per_thousand =
-        |cpu: Option<f64>, n: usize| cpu.filter(|_| n > 0).map(|c| c / n as f64 * 1000.0);
-    let server_cpu = per_thousand(measured.server_cpu, total);
-    let server_cpu_per_success = per_thousand(measured.server_cpu, successes);
-    let own_cpu = per_thousand(measured.own_cpu, total);
-    let rss_per_session = match (measured.memory, measured.held_rss) {
+    let usage = measured.usage;
+    let server_cpu = per_thousand(usage.server_cpu, total);
+    let server_cpu_per_success = per_thousand(usage.server_cpu, successes);
+    let own_cpu = per_thousand(usage.own_cpu, total);
+    let rss_per_session = match (usage.memory, measured.held_rss) {
         (Some(memory), Some(held)) if successes > 0 => {
             Some((held as f64 - memory.before as f64) / successes as f64)
         }
@@ -401,8 +335,6 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
         .iter()
         .filter_map(|(outcome, took)| Some((*outcome, percentiles(took)?)))
         .collect();
-    let opt =
-        |v: Option<f64>, digits: usize| v.map_or("null".to_owned(), |v| format!("{v:.digits$}"));
     if args.json {
         let outcomes: Vec<String> = results
             .by_outcome
@@ -418,12 +350,7 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
                 )
             })
             .collect();
-        let memory = measured.memory.map_or("null".to_owned(), |m| {
-            format!(
-                "{{\"before\":{},\"peak\":{},\"after\":{}}}",
-                m.before, m.peak, m.after
-            )
-        });
+        let memory = ServerMemory::json(usage.memory);
         return format!(
             "{{\"mode\":\"{:?}\",\"transport\":\"{}\",\"logins\":{total},\"seconds\":{wall:.3},\"logins_per_second\":{:.1},\
              \"outcomes\":{{{}}},\"latency_ms\":{{{}}},\
@@ -435,10 +362,10 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
             successes as f64 / wall,
             outcomes.join(","),
             latency.join(","),
-            opt(server_cpu, 4),
-            opt(server_cpu_per_success, 4),
-            opt(own_cpu, 4),
-            opt(rss_per_session, 0),
+            number(server_cpu, 4),
+            number(server_cpu_per_success, 4),
+            number(own_cpu, 4),
+            number(rss_per_session, 0),
         );
     }
     let mut out = format!(
@@ -462,18 +389,12 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
     }
     out.push_str(&format!(
         "  CPU s per 1000 logins   server {} ({} per 1000 successes)  loadgen {}\n",
-        opt(server_cpu, 3),
-        opt(server_cpu_per_success, 3),
-        opt(own_cpu, 3)
+        number(server_cpu, 3),
+        number(server_cpu_per_success, 3),
+        number(own_cpu, 3)
     ));
-    if let Some(m) = measured.memory {
-        let mib = |b: u64| b as f64 / 1048576.0;
-        out.push_str(&format!(
-            "  server RSS MiB          before {:.1}  peak {:.1}  after {:.1}\n",
-            mib(m.before),
-            mib(m.peak),
-            mib(m.after)
-        ));
+    if let Some(memory) = usage.memory {
+        out.push_str(&memory.line());
     }
     if let Some(per) = rss_per_session {
         out.push_str(&format!("  server RSS per held session {per:.0} bytes\n"));
@@ -533,9 +454,7 @@ mod tests {
         results.add(Outcome::Success, Duration::from_millis(3));
         results.add(Outcome::Timeout, Duration::from_secs(10));
         let unmeasured = || Measured {
-            server_cpu: None,
-            own_cpu: None,
-            memory: None,
+            usage: Usage::default(),
             held_rss: None,
         };
         let json = Args::parse_from(["gatehouse-loadgen", "--transport", "tls", "--json"]);

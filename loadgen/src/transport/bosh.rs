@@ -31,6 +31,7 @@
 
 use super::{features, tcp, ClientStream};
 use crate::client::{Outcome, Stop, Target};
+use crate::markup::attribute;
 use memchr::memmem;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -275,15 +276,6 @@ async fn fill(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), Stop> 
         return Err(Stop::Outcome(Outcome::ConnectionReset));
     }
     Ok(())
-}
-
-/// The value of `name` in a start tag, quoted either way.
-fn attribute(tag: &[u8], name: &str) -> Option<String> {
-    let at = memmem::find(tag, format!(" {name}=").as_bytes())? + name.len() + 2;
-    let quote = *tag.get(at)?;
-    let value = &tag[at + 1..];
-    let end = memchr::memchr(quote, value)?;
-    String::from_utf8(value[..end].to_vec()).ok()
 }
 
 #[cfg(test)]

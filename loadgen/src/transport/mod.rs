@@ -3,10 +3,11 @@
 //! [`ClientStream`].
 //!
 //! The login itself (`client::login_steps`: SASL, bind, roster, presence)
-//! only sees [`ClientStream`], so a transport with its own framing
-//! (WebSocket, RFC 7395; BOSH, XEP-0206) is one more module here, one more [`Transport`] variant and its arm in `client::run`; its
-//! outcomes are counted like every other transport's, since every failure
-//! it reports is a `client::Stop`.
+//! only sees [`ClientStream`], so a transport with
+//! its own framing (WebSocket, RFC 7395; BOSH, XEP-0206) is one more module
+//! here, one more [`Transport`] variant and its arm in `client::connected`;
+//! its outcomes are counted like every other transport's, since every
+//! failure it reports is a `client::Stop`.
 
 pub(crate) mod bosh;
 pub(crate) mod starttls;
