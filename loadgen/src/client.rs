@@ -1,7 +1,7 @@
 //! One virtual client: connect (over the run's transport) → stream → SASL
 //! PLAIN → bind → roster get → initial presence → close, against any XMPP
-//! server. Connecting ([`connected`]) and authenticating ([`authenticate`])
-//! serve any session a virtual client runs.
+//! server. Connecting ([`connected`]) and authenticating are shared with
+//! the message exchange's sides.
 //!
 //! Replies are recognised by cheap substring scans, not parsed as XML, so
 //! the generator spends far less CPU per login than the server it drives.
@@ -178,7 +178,8 @@ pub(crate) async fn by<T>(
         .unwrap_or(Err(Stop::Outcome(Outcome::Timeout)))
 }
 
-/// What runs on a client's connected stream, whatever its transport.
+/// What runs on a client's connected stream, whatever its transport: the
+/// storm's login, or one side of the message exchange.
 pub(crate) trait OnStream {
     type Output;
 

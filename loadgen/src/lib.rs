@@ -1,14 +1,18 @@
-//! `gatehouse-loadgen`: drives a login storm against any XMPP server on
-//! this machine and reports what happened.
+//! `gatehouse-loadgen`: drives a login storm, or an exchange of chat
+//! messages, against any XMPP server on this machine and reports what
+//! happened.
 //!
-//! Modes: `open` (a fixed offered rate, whatever the server does),
+//! Storm modes: `open` (a fixed offered rate, whatever the server does),
 //! `closed` (a fixed number of clients, each starting its next login when
 //! the last ended) and `hold` (log in N sessions and keep them open, to
-//! measure memory per session). It always ends on its own: a login count
-//! and a time limit bound every run, and it only targets loopback.
+//! measure memory per session). `messages` (module `messages`): pairs of
+//! clients log in once and send each other messages, closed loop. It
+//! always ends on its own: counts and time limits bound every run, and it
+//! only targets loopback.
 
 pub mod client;
 mod markup;
+mod messages;
 mod meter;
 mod stats;
 pub mod transport;
@@ -23,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use transport::Transport;
 
-/// How logins are started.
+/// How logins are started, or the message exchange instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// At a fixed rate (--rate), whatever the server's latency.
@@ -33,9 +37,14 @@ pub enum Mode {
     /// --count sessions logged in and kept open, then the server's memory
     /// is measured.
     Hold,
+    /// --pairs pairs of clients log in once and send each other chat
+    /// messages, --window in flight per sender, for --seconds (or
+    /// --messages per pair); delivery latency, losses and duplicates are
+    /// measured.
+    Messages,
 }
 
-/// Login-storm load generator for XMPP servers on loopback.
+/// Login-storm and message load generator for XMPP servers on loopback.
 #[derive(Parser, Debug)]
 #[command(version)]
 pub struct Args {
@@ -64,7 +73,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
     /// How logins are started: open (fixed rate), closed (fixed
-    /// concurrency) or hold (log in and keep sessions open).
+    /// concurrency) or hold (log in and keep sessions open); or messages
+    /// (pairs exchanging chat messages; any transport but bosh).
     #[arg(long, value_enum, default_value_t = Mode::Closed)]
     pub mode: Mode,
     /// Logins started per second (open mode).
@@ -97,6 +107,30 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Messages mode: pairs of users; pair p is users 2p+1 and 2p+2 of
+    /// --user/--password.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Messages mode: how long each side sends (the exchange's bound
+    /// besides --messages).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Messages mode: stop after this many messages per pair (half from
+    /// each side), if before --seconds.
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Messages mode: messages each side has in flight at most (1:
+    /// ping-pong).
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Messages mode: enable stream management (XEP-0198) after binding,
+    /// answering the server's <r/> with <a h/>.
+    #[arg(long)]
+    pub sm: bool,
+    /// Messages mode: how long to wait, once sending stopped, for messages
+    /// still on their way; those not delivered by then are lost.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
 }
 
 /// Every finished login.
@@ -120,7 +154,7 @@ impl Results {
     }
 }
 
-fn percentiles(durations: &[Duration]) -> Option<[f64; 4]> {
+pub(crate) fn percentiles(durations: &[Duration]) -> Option<[f64; 4]> {
     if durations.is_empty() {
         return None;
     }
@@ -147,7 +181,8 @@ fn credentials(args: &Args) -> Arc<Vec<Credentials>> {
     )
 }
 
-/// Why a storm could not start: its target is unusable.
+/// Why a run could not start: its target is unusable, or the mode and
+/// transport do not go together.
 #[derive(Debug, thiserror::Error)]
 pub enum StormError {
     /// The target is not a HOST:PORT that resolves.
@@ -163,10 +198,16 @@ pub enum StormError {
     /// The target is off loopback; the generator only loads local servers.
     #[error("refusing {target} ({addr}): only loopback targets are allowed")]
     NotLoopback { target: String, addr: SocketAddr },
+    /// The transport cannot carry the mode.
+    #[error("--mode {mode} does not run over --transport {transport}")]
+    Unsupported {
+        mode: &'static str,
+        transport: &'static str,
+    },
 }
 
 /// The one address `target` names, if it is on loopback.
-fn loopback(target: &str) -> Result<SocketAddr, StormError> {
+pub(crate) fn loopback(target: &str) -> Result<SocketAddr, StormError> {
     let addr = target
         .to_socket_addrs()
         .map_err(|source| StormError::Resolve {
@@ -187,9 +228,18 @@ fn loopback(target: &str) -> Result<SocketAddr, StormError> {
     }
 }
 
-/// Runs the storm `args` describe and returns the report (text, or one
-/// JSON object with `--json`). Refuses any target not on loopback.
+/// Runs what `args` describe — a login storm, or with `--mode messages`
+/// the message exchange — and returns the report (text, or one JSON object
+/// with `--json`). Refuses any target not on loopback.
 pub async fn storm(args: &Args) -> Result<String, StormError> {
+    match args.mode {
+        Mode::Messages => messages::exchange(args).await,
+        Mode::Open | Mode::Closed | Mode::Hold => logins(args).await,
+    }
+}
+
+/// The login storm of the other modes.
+async fn logins(args: &Args) -> Result<String, StormError> {
     let target = Arc::new(Target::new(
         loopback(&args.target)?,
         &args.domain,
@@ -300,6 +350,7 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
                 let _ = task.await;
             }
         }
+        Mode::Messages => unreachable!("storm() hands it to messages::exchange"),
     }
 
     let wall = logins_over

@@ -1,5 +1,5 @@
-//! The `gatehouse-loadgen` command: parse arguments, run the storm, print
-//! the report.
+//! The `gatehouse-loadgen` command: parse arguments, run the storm (or the
+//! message exchange), print the report.
 
 use clap::Parser;
 use gatehouse_loadgen::{storm, Args};

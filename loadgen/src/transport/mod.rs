@@ -3,7 +3,7 @@
 //! [`ClientStream`].
 //!
 //! The login itself (`client::login_steps`: SASL, bind, roster, presence)
-//! only sees [`ClientStream`], so a transport with
+//! and the message exchange only see [`ClientStream`], so a transport with
 //! its own framing (WebSocket, RFC 7395; BOSH, XEP-0206) is one more module
 //! here, one more [`Transport`] variant and its arm in `client::connected`;
 //! its outcomes are counted like every other transport's, since every

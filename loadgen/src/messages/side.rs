@@ -1,0 +1,324 @@
+//! One side of a pair: logs in once (SASL, bind, stream management if
+//! asked, initial presence), tells its peer its full JID, and once every
+//! side is up sends the peer chat messages — at most the window in flight —
+//! while taking in the peer's, until both have stopped; it answers the
+//! server's acknowledgement requests as it goes.
+//!
+//! Every message carries its sequence number and the time it was sent, in
+//! microseconds since the exchange's start, as its body: `<body>SEQ
+//! MICROS</body>`. The body is what every server delivers unchanged, so
+//! nothing on the wire is particular to one server.
+
+use super::report::Tally;
+use crate::client::{authenticate, by, result_of, Credentials, OnStream, Outcome, Stop, BIND};
+use crate::markup::{self, Top};
+use crate::transport::ClientStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+/// XEP-0198's namespace.
+const SM: &str = "urn:xmpp:sm:3";
+
+/// One direction of a pair's traffic.
+pub(super) struct Flow {
+    /// Messages in flight: the sender takes a permit per message, the
+    /// receiver gives one back at the message's first delivery.
+    window: Semaphore,
+    /// How many the sender sent, once it stopped sending.
+    sent: watch::Sender<Option<u64>>,
+}
+
+impl Flow {
+    pub(super) fn new(window: usize) -> Arc<Flow> {
+        Arc::new(Flow {
+            window: Semaphore::new(window.max(1)),
+            sent: watch::channel(None).0,
+        })
+    }
+
+    /// The sender stopped after `sent` messages.
+    pub(super) fn stopped(&self, sent: u64) {
+        self.sent.send_replace(Some(sent));
+    }
+}
+
+/// How every side of a run moves from one phase to the next together. The
+/// coordinator learns that every side is past a phase when every clone of
+/// a sender is dropped, so a side that fails (or never connects) counts as
+/// past it at once.
+#[derive(Clone)]
+pub(super) struct Phases {
+    /// Dropped once the side logged in, or failed to.
+    pub arrived: mpsc::Sender<()>,
+    /// The exchange's start, set once every side arrived.
+    pub go: watch::Receiver<Option<Instant>>,
+    /// Dropped once the side stopped exchanging.
+    pub finished: mpsc::Sender<()>,
+    /// Turns true once the run is measured: the sides close then.
+    pub release: watch::Receiver<bool>,
+}
+
+/// What every side of a run does alike.
+#[derive(Clone, Copy)]
+pub(super) struct Plan {
+    /// Enable stream management.
+    pub sm: bool,
+    /// How long a side sends, from the exchange's start.
+    pub sending: Duration,
+    /// How long it then waits for the peer's messages still on their way.
+    pub drain: Duration,
+    /// The login's limit (connect to presence), and the close's.
+    pub timeout: Duration,
+}
+
+/// One side, before it connects.
+pub(super) struct Side<'t> {
+    pub credentials: Credentials,
+    pub plan: Plan,
+    /// Messages this side sends at most.
+    pub quota: u64,
+    pub phases: Phases,
+    /// Where this side's full JID goes to its peer.
+    pub jid: oneshot::Sender<String>,
+    /// The peer's full JID; an error if the peer did not log in.
+    pub peer: oneshot::Receiver<String>,
+    /// This side's messages to the peer, and the peer's to this side.
+    pub outgoing: Arc<Flow>,
+    pub incoming: Arc<Flow>,
+    pub tally: &'t mut Tally,
+}
+
+impl OnStream for Side<'_> {
+    type Output = ();
+
+    async fn on(self, mut stream: impl ClientStream) -> Result<(), Stop> {
+        let Side {
+            credentials,
+            plan,
+            quota,
+            phases,
+            jid,
+            peer,
+            outgoing,
+            incoming,
+            tally,
+        } = self;
+        let deadline = tokio::time::Instant::now() + plan.timeout;
+        let logged_in = by(deadline, log_in(&mut stream, &credentials, plan.sm)).await;
+        let own = match logged_in {
+            Ok(own) => own,
+            Err(stop) => {
+                let _ = by(deadline, stream.close()).await;
+                return Err(stop);
+            }
+        };
+        let _ = jid.send(own);
+        let Phases {
+            arrived,
+            mut go,
+            finished,
+            mut release,
+        } = phases;
+        drop(arrived);
+        let epoch = go
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|go| *go)
+            .unwrap_or_else(Instant::now);
+        let mut talk = Talk {
+            epoch,
+            handled: 0,
+            outgoing,
+            incoming,
+            tally,
+        };
+        let talked = match peer.await {
+            Ok(peer) => talk.exchange(&mut stream, &peer, plan, quota).await,
+            // The peer did not log in: nothing to send, nothing to wait for.
+            Err(_) => Ok(()),
+        };
+        talk.outgoing.stopped(talk.tally.sent);
+        drop(finished);
+        talked?;
+        let _ = release.wait_for(|released| *released).await;
+        tokio::time::timeout(plan.timeout, talk.close(&mut stream, plan.sm))
+            .await
+            .unwrap_or(Err(Stop::Outcome(Outcome::Timeout)))
+    }
+}
+
+/// Authenticates, binds, enables stream management if `sm` and sends
+/// initial presence; returns the full JID the server bound, ready to stand
+/// in an attribute.
+async fn log_in(
+    stream: &mut impl ClientStream,
+    credentials: &Credentials,
+    sm: bool,
+) -> Result<String, Stop> {
+    authenticate(stream, credentials).await?;
+    stream.send(&[BIND]).await?;
+    result_of(stream, "bind1").await?;
+    // The rest of the answer, which ends the same way on every server.
+    let (_, bound) = stream.until(&["</iq>"]).await?;
+    let jid = markup::child_text(&bound, "jid")
+        .and_then(|jid| std::str::from_utf8(jid).ok())
+        .ok_or(Stop::Outcome(Outcome::OtherFailure))?
+        .replace('\'', "&apos;");
+    if sm {
+        stream.send(&[&format!("<enable xmlns='{SM}'/>")]).await?;
+        let (answer, _) = stream.until(&["<enabled", "<failed"]).await?;
+        stream.until(&[">"]).await?;
+        if answer != 0 {
+            return Err(Stop::Outcome(Outcome::OtherFailure));
+        }
+    }
+    stream.send(&["<presence/>"]).await?;
+    Ok(jid)
+}
+
+/// A logged-in side's exchange with its peer.
+struct Talk<'t> {
+    /// The exchange's start, which message times count from.
+    epoch: Instant,
+    /// Stanzas received since stream management was enabled (XEP-0198's
+    /// `h`, which wraps at 2^32).
+    handled: u32,
+    outgoing: Arc<Flow>,
+    incoming: Arc<Flow>,
+    tally: &'t mut Tally,
+}
+
+impl Talk<'_> {
+    /// Sends `quota` messages to `peer` (or as many as `plan.sending`
+    /// allows), a window's worth in flight, while taking in the peer's;
+    /// returns once this side stopped sending and every message the peer
+    /// sent arrived, or when the drain time is over.
+    async fn exchange(
+        &mut self,
+        stream: &mut impl ClientStream,
+        peer: &str,
+        plan: Plan,
+        quota: u64,
+    ) -> Result<(), Stop> {
+        let start = tokio::time::Instant::from_std(self.epoch);
+        let (send_until, drain_until) = (start + plan.sending, start + plan.sending + plan.drain);
+        let mut sending = quota > 0;
+        if !sending {
+            self.outgoing.stopped(0);
+        }
+        // Owned here, as the branches below borrow them while others change
+        // the tally.
+        let (outgoing, incoming) = (self.outgoing.clone(), self.incoming.clone());
+        let mut peer_sent = incoming.sent.subscribe();
+        loop {
+            let peer_done = peer_sent
+                .borrow()
+                .is_some_and(|sent| self.tally.delivered >= sent);
+            if !sending && peer_done {
+                return Ok(());
+            }
+            tokio::select! {
+                received = stream.receive() => {
+                    received?;
+                    self.take_in(stream).await?;
+                }
+                permit = outgoing.window.acquire(), if sending => {
+                    permit.expect("the window is never closed").forget();
+                    let seq = self.tally.sent;
+                    let micros = self.epoch.elapsed().as_micros();
+                    stream.send(&[&format!(
+                        "<message to='{peer}' type='chat' id='m{seq}'><body>{seq} {micros}</body></message>"
+                    )]).await?;
+                    self.tally.sent += 1;
+                    if self.tally.sent == quota {
+                        sending = false;
+                        self.outgoing.stopped(self.tally.sent);
+                    }
+                }
+                () = tokio::time::sleep_until(send_until), if sending => {
+                    sending = false;
+                    self.outgoing.stopped(self.tally.sent);
+                }
+                _ = peer_sent.changed() => {}
+                () = tokio::time::sleep_until(drain_until) => return Ok(()),
+            }
+        }
+    }
+
+    /// Takes every complete stanza the server sent: the peer's messages are
+    /// counted, errors too, and an acknowledgement request is answered.
+    async fn take_in(&mut self, stream: &mut impl ClientStream) -> Result<(), Stop> {
+        let mut consumed = 0;
+        let mut asked = false;
+        let replies = stream.replies();
+        while let Some((top, len)) = markup::top_element(&replies[consumed..]) {
+            consumed += len;
+            let Top::Element { tag, whole } = top else {
+                return Err(Stop::Outcome(Outcome::ConnectionReset));
+            };
+            match markup::name(tag) {
+                name @ (b"message" | b"presence" | b"iq") => {
+                    self.handled = self.handled.wrapping_add(1);
+                    if markup::attribute(tag, "type").as_deref() == Some("error") {
+                        self.tally.errors += 1;
+                    } else if name == b"message" {
+                        self.delivered(whole);
+                    }
+                }
+                b"r" => asked = true,
+                // A stream error, or RFC 7395's end of the stream.
+                b"stream:error" | b"close" => return Err(Stop::Outcome(Outcome::ConnectionReset)),
+                _ => {}
+            }
+        }
+        replies.drain(..consumed);
+        if asked {
+            self.tally.acks += 1;
+            stream.send(&[&self.ack()]).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts one of the peer's messages (anything else is ignored): its
+    /// latency at its first delivery, which also frees a place in the
+    /// peer's window; a duplicate otherwise.
+    fn delivered(&mut self, message: &[u8]) {
+        let Some((seq, micros)) = markup::child_text(message, "body")
+            .and_then(|body| std::str::from_utf8(body).ok())
+            .and_then(|body| body.split_once(' '))
+            .and_then(|(seq, micros)| Some((seq.parse::<usize>().ok()?, micros.parse().ok()?)))
+        else {
+            return;
+        };
+        let seen = &mut self.tally.seen;
+        if seen.len() <= seq {
+            seen.resize(seq + 1, false);
+        }
+        if std::mem::replace(&mut seen[seq], true) {
+            self.tally.duplicated += 1;
+            return;
+        }
+        self.tally.delivered += 1;
+        let sent = Duration::from_micros(micros);
+        self.tally
+            .latencies
+            .push(self.epoch.elapsed().saturating_sub(sent));
+        self.incoming.window.add_permits(1);
+    }
+
+    /// The acknowledgement of every stanza taken in so far.
+    fn ack(&self) -> String {
+        format!("<a xmlns='{SM}' h='{}'/>", self.handled)
+    }
+
+    /// Closes the stream, first acknowledging every stanza taken in so
+    /// that the server routes none of them again.
+    async fn close(&self, stream: &mut impl ClientStream, sm: bool) -> Result<(), Stop> {
+        if sm {
+            stream.send(&[&self.ack()]).await?;
+        }
+        stream.close().await
+    }
+}
