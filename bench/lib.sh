@@ -1,5 +1,6 @@
-# Shared by the bench scripts (sourced, not run): a free loopback port, and
-# waiting until a started Gatehouse answers on its operator listener.
+# Shared by the bench scripts (sourced, not run): a free loopback port,
+# waiting until a started Gatehouse answers on its operator listener, and
+# stopping it.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -12,4 +13,10 @@ wait_healthy() {
         sleep 0.1
     done
     echo "gatehouse did not start:" >&2; cat "$2" >&2; return 1
+}
+
+# stop_server: ends the server whose pid is in $server, if any, and waits
+# for it.
+stop_server() {
+    [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }
 }

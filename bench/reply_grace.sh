@@ -15,8 +15,7 @@ cargo build --release --quiet -p gatehouse -p gatehouse-loadgen
 work=$(mktemp -d)
 . bench/lib.sh
 server=""
-stop() { [ -z "$server" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }; }
-trap 'stop; rm -rf "$work"' EXIT
+trap 'stop_server; rm -rf "$work"' EXIT
 
 results="$work/results"
 for grace in "${graces[@]}"; do
@@ -46,7 +45,7 @@ TOML
         --mode closed --concurrency 100 --count 20000 --users 1000 --max-seconds 120)
     echo "$grace $one" >> "$results"
     echo "$grace $many" >> "$results"
-    stop
+    stop_server
 done
 
 python3 - "$results" <<'PY'

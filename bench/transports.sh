@@ -24,8 +24,7 @@ ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 results="$work/results"
 server=""
-stop() { [ -z "$server" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }; }
-trap 'stop; rm -rf "$work"' EXIT
+trap 'stop_server; rm -rf "$work"' EXIT
 . bench/lib.sh
 
 # start DELAY: a fresh server whose auth program answers in DELAY seconds;
@@ -80,11 +79,11 @@ for t in "${transports[@]}"; do
     start 0
     run "$t" throughput --mode closed --concurrency 100 --count 20000 --users 1000 --max-seconds 120
     run "$t" held --mode hold --count 5000 --concurrency 200 --users 5000 --max-seconds 120
-    stop
+    stop_server
     [ "$t" != tls ] || continue
     start 0.02
     run "$t" overload --mode open --rate 1000 --count 10000 --users 1000 --max-seconds 15
-    stop
+    stop_server
 done
 
 python3 bench/reports.py transports "$results"
