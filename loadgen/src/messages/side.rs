@@ -322,3 +322,72 @@ impl Talk<'_> {
         stream.close().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::tcp::XmlStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A stream whose server side is returned, having written `replies`;
+    /// the client's side has read them.
+    async fn received(replies: &[u8]) -> (XmlStream<'static, DuplexStream>, DuplexStream) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut stream = XmlStream::new(client, "");
+        server.write_all(replies).await.unwrap();
+        while stream.replies().len() < replies.len() {
+            stream.receive().await.ok().unwrap();
+        }
+        (stream, server)
+    }
+
+    /// A side's exchange, its peer's one message in flight.
+    fn talk(tally: &mut Tally) -> Talk<'_> {
+        let incoming = Flow::new(1);
+        incoming.window.try_acquire().unwrap().forget();
+        Talk {
+            epoch: Instant::now(),
+            handled: 0,
+            outgoing: Flow::new(1),
+            incoming,
+            tally,
+        }
+    }
+
+    #[tokio::test]
+    async fn stanzas_are_counted_and_acknowledged_in_order() {
+        let (mut stream, mut server) = received(
+            b"<presence/><message type='chat'><body>0 0</body></message>\
+              <message type='chat'><body>0 0</body></message>\
+              <message type='error'><body>1 0</body></message>\
+              <r xmlns='urn:xmpp:sm:3'/><message type='chat'><bo",
+        )
+        .await;
+        let mut tally = Tally::default();
+        let mut talk = talk(&mut tally);
+        talk.take_in(&mut stream).await.ok().unwrap();
+        assert_eq!(talk.handled, 4);
+        // The first delivery gave the peer its place back.
+        assert_eq!(talk.incoming.window.available_permits(), 1);
+        let expected = b"<a xmlns='urn:xmpp:sm:3' h='4'/>";
+        let mut ack = vec![0; expected.len()];
+        server.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack, expected);
+        // What is not whole yet waits for the rest.
+        assert_eq!(stream.replies(), b"<message type='chat'><bo");
+        assert_eq!(
+            (tally.delivered, tally.duplicated, tally.errors, tally.acks),
+            (1, 1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_stream_ends_the_exchange() {
+        let (mut stream, _server) = received(b"</stream:stream>").await;
+        let mut tally = Tally::default();
+        assert!(matches!(
+            talk(&mut tally).take_in(&mut stream).await,
+            Err(Stop::Outcome(Outcome::ConnectionReset))
+        ));
+    }
+}
