@@ -1,7 +1,7 @@
 """The bench scripts' tables, from gatehouse-loadgen's JSON reports.
 
-Shared by bench/compare.sh and bench/transports.sh, so that both tables
-count refusals, timeouts and percentiles the same way.
+Shared by bench/compare.sh, bench/transports.sh and bench/messages.sh, so
+that their tables count refusals, timeouts and percentiles the same way.
 """
 import json
 
@@ -70,9 +70,42 @@ def transports(rows):
               + " | ".join(cells) + " |")
 
 
+def peak_mib(report):
+    """The server's peak RSS during the run, in MiB, if measured."""
+    memory = report.get("server_rss_bytes") or {}
+    return memory["peak"] / 1048576 if memory else None
+
+
+def messages(rows):
+    """bench/messages.sh's tables: one row per variant, message runs first,
+    then login storms."""
+    print("| variant | messages/s | p50 ms | p99 ms | server CPU s / 1000 messages "
+          "| loadgen CPU s / 1000 messages | server RSS peak | sent | lost | duplicated | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for variant, r in rows.items():
+        m = r.get("messages")
+        if m is None:
+            continue
+        latency = m.get("latency_ms") or {}
+        print(f"| {variant} | {f(m.get('messages_per_second'), '.0f')} | {f(latency.get('p50'), '.2f')} "
+              f"| {f(latency.get('p99'), '.2f')} | {f(m.get('server_cpu_seconds_per_1000'), '.3f')} "
+              f"| {f(m.get('loadgen_cpu_seconds_per_1000'), '.3f')} | {f(peak_mib(m), '.1f')} MiB "
+              f"| {m['sent']} | {m['lost']} | {m['duplicated']} | {m['errors']} |")
+    print()
+    print("| variant | logins/s | p99 ms | server CPU s / 1000 logins | server RSS peak | failed logins |")
+    print("|---|---|---|---|---|---|")
+    for variant, r in rows.items():
+        s = r.get("storm")
+        if s is None:
+            continue
+        failed = sum(n for k, n in s.get("outcomes", {}).items() if k != "success")
+        print(f"| {variant} | {f(s.get('logins_per_second'), '.0f')} | {f(p99(s, 'success'), '.1f')} "
+              f"| {f(s.get('server_cpu_seconds_per_1000'), '.3f')} | {f(peak_mib(s), '.1f')} MiB | {failed} |")
+
+
 if __name__ == "__main__":
-    # Usage: reports.py servers|transports RESULTS
+    # Usage: reports.py servers|transports|messages RESULTS
     import sys
-    table = {"servers": servers, "transports": transports}[sys.argv[1]]
+    table = {"servers": servers, "transports": transports, "messages": messages}[sys.argv[1]]
     print()
     table(load(sys.argv[2]))
