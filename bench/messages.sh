@@ -33,6 +33,7 @@ sqlite-sm|messages|sqlite|--sm|
 postgres-sm|messages|postgres|--sm|
 memory-nosm|messages|none||
 storm-memory-smoff|storm|none||[stream_management]\nenabled = false
+storm-memory-sm|storm|none||
 storm-sqlite-sm|storm|sqlite||
 storm-postgres-sm|storm|postgres||
 '
