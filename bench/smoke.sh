@@ -2,8 +2,9 @@
 # A short smoke run of gatehouse-loadgen against Gatehouse only (the full
 # comparison is not a CI job): a closed-loop storm and a hold run over plain
 # TCP, and short closed-loop storms over Direct TLS and over WebSocket
-# (RFC 7395), all of which must succeed completely. Uses the debug build (in
-# $CARGO_TARGET_DIR if set); ends on its own.
+# (RFC 7395), all of which must succeed completely; then 5 pairs exchanging
+# 2,000 chat messages with stream management, none lost or duplicated.
+# Uses the debug build (in $CARGO_TARGET_DIR if set); ends on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet -p gatehouse --bin gatehouse
@@ -50,4 +51,6 @@ tls=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$direct_tls" --transport tls 
 check "$tls" 100 tls
 websocket=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$web" --transport websocket --mode closed --concurrency 10 --count 100 --server-pid "$server" --max-seconds 60 --json)
 check "$websocket" 100 websocket
+messages=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$c2s" --mode messages --pairs 5 --window 4 --messages 400 --sm --server-pid "$server" --seconds 60 --json)
+python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sys.argv[1]); sys.exit(0 if r["delivered"]==2000 and r["lost"]==r["duplicated"]==r["errors"]==0 else 1)' "$messages"
 echo "loadgen smoke: ok"
