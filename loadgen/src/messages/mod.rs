@@ -83,9 +83,11 @@ pub(crate) async fn exchange(args: &Args) -> Result<String, StormError> {
             let (target, phases) = (target.clone(), phases.clone());
             sides.push(tokio::spawn(async move {
                 let mut tally = Tally::default();
+                let login_by = tokio::time::Instant::now() + plan.timeout;
                 let side = Side {
                     credentials,
                     plan,
+                    login_by,
                     quota,
                     phases,
                     jid,
@@ -94,7 +96,6 @@ pub(crate) async fn exchange(args: &Args) -> Result<String, StormError> {
                     incoming,
                     tally: &mut tally,
                 };
-                let login_by = tokio::time::Instant::now() + plan.timeout;
                 if let Err(Stop::Outcome(failure)) = connected(&target, login_by, side).await {
                     tally.failure = Some(failure);
                 }

@@ -76,6 +76,8 @@ pub(super) struct Plan {
 pub(super) struct Side<'t> {
     pub credentials: Credentials,
     pub plan: Plan,
+    /// When the login must be over, connecting included.
+    pub login_by: tokio::time::Instant,
     /// Messages this side sends at most.
     pub quota: u64,
     pub phases: Phases,
@@ -96,6 +98,7 @@ impl OnStream for Side<'_> {
         let Side {
             credentials,
             plan,
+            login_by,
             quota,
             phases,
             jid,
@@ -104,12 +107,11 @@ impl OnStream for Side<'_> {
             incoming,
             tally,
         } = self;
-        let deadline = tokio::time::Instant::now() + plan.timeout;
-        let logged_in = by(deadline, log_in(&mut stream, &credentials, plan.sm)).await;
+        let logged_in = by(login_by, log_in(&mut stream, &credentials, plan.sm)).await;
         let own = match logged_in {
             Ok(own) => own,
             Err(stop) => {
-                let _ = by(deadline, stream.close()).await;
+                let _ = by(login_by, stream.close()).await;
                 return Err(stop);
             }
         };
