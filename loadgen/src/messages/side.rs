@@ -2,7 +2,7 @@
 //! asked, initial presence), tells its peer its full JID, and once every
 //! side is up sends the peer chat messages — at most the window in flight —
 //! while taking in the peer's, until both have stopped; it answers the
-//! server's acknowledgement requests as it goes.
+//! server's acknowledgement requests and IQ requests (pings) as it goes.
 //!
 //! Every message carries its sequence number and the time it was sent, in
 //! microseconds since the exchange's start, as its body: `<body>SEQ
@@ -180,6 +180,23 @@ async fn log_in(
     Ok(jid)
 }
 
+/// The answer to an IQ request (a server's ping, say): a XEP-0199 ping
+/// gets its result, anything else `service-unavailable`, as RFC 6120 §8.4
+/// asks of a client that supports nothing more.
+fn answer(tag: &[u8], request: &[u8]) -> String {
+    let attribute = |name| markup::attribute(tag, name).map(|v| v.replace('\'', "&apos;"));
+    let id = attribute("id").unwrap_or_default();
+    let to = attribute("from").map_or(String::new(), |from| format!(" to='{from}'"));
+    if memchr::memmem::find(request, b"urn:xmpp:ping").is_some() {
+        format!("<iq type='result' id='{id}'{to}/>")
+    } else {
+        format!(
+            "<iq type='error' id='{id}'{to}><error type='cancel'>\
+             <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )
+    }
+}
+
 /// A logged-in side's exchange with its peer.
 struct Talk<'t> {
     /// The exchange's start, which message times count from.
@@ -250,10 +267,12 @@ impl Talk<'_> {
     }
 
     /// Takes every complete stanza the server sent: the peer's messages are
-    /// counted, errors too, and an acknowledgement request is answered.
+    /// counted, errors too, IQ requests and acknowledgement requests are
+    /// answered.
     async fn take_in(&mut self, stream: &mut impl ClientStream) -> Result<(), Stop> {
         let mut consumed = 0;
         let mut asked = false;
+        let mut answers = Vec::new();
         let replies = stream.replies();
         while let Some((top, len)) = markup::top_element(&replies[consumed..]) {
             consumed += len;
@@ -263,10 +282,11 @@ impl Talk<'_> {
             match markup::name(tag) {
                 name @ (b"message" | b"presence" | b"iq") => {
                     self.handled = self.handled.wrapping_add(1);
-                    if markup::attribute(tag, "type").as_deref() == Some("error") {
-                        self.tally.errors += 1;
-                    } else if name == b"message" {
-                        self.delivered(whole);
+                    match (name, markup::attribute(tag, "type").as_deref()) {
+                        (_, Some("error")) => self.tally.errors += 1,
+                        (b"message", _) => self.delivered(whole),
+                        (b"iq", Some("get" | "set")) => answers.push(answer(tag, whole)),
+                        _ => {}
                     }
                 }
                 b"r" => asked = true,
@@ -278,7 +298,11 @@ impl Talk<'_> {
         replies.drain(..consumed);
         if asked {
             self.tally.acks += 1;
-            stream.send(&[&self.ack()]).await?;
+            answers.push(self.ack());
+        }
+        if !answers.is_empty() {
+            let answers: Vec<&str> = answers.iter().map(String::as_str).collect();
+            stream.send(&answers).await?;
         }
         Ok(())
     }
@@ -357,21 +381,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stanzas_are_counted_and_acknowledged_in_order() {
+    async fn stanzas_are_counted_answered_and_acknowledged_in_order() {
         let (mut stream, mut server) = received(
             b"<presence/><message type='chat'><body>0 0</body></message>\
               <message type='chat'><body>0 0</body></message>\
               <message type='error'><body>1 0</body></message>\
+              <iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>\
+              <iq type='set' id='q1'><query xmlns='urn:x'/></iq>\
               <r xmlns='urn:xmpp:sm:3'/><message type='chat'><bo",
         )
         .await;
         let mut tally = Tally::default();
         let mut talk = talk(&mut tally);
         talk.take_in(&mut stream).await.ok().unwrap();
-        assert_eq!(talk.handled, 4);
+        assert_eq!(talk.handled, 6);
         // The first delivery gave the peer its place back.
         assert_eq!(talk.incoming.window.available_permits(), 1);
-        let expected = b"<a xmlns='urn:xmpp:sm:3' h='4'/>";
+        let expected: &[u8] = b"<iq type='result' id='p1' to='localhost'/>\
+            <iq type='error' id='q1'><error type='cancel'>\
+            <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>\
+            <a xmlns='urn:xmpp:sm:3' h='6'/>";
         let mut ack = vec![0; expected.len()];
         server.read_exact(&mut ack).await.unwrap();
         assert_eq!(ack, expected);
