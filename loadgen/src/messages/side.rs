@@ -95,19 +95,8 @@ impl OnStream for Side<'_> {
     type Output = ();
 
     async fn on(self, mut stream: impl ClientStream) -> Result<(), Stop> {
-        let Side {
-            credentials,
-            plan,
-            login_by,
-            quota,
-            phases,
-            jid,
-            peer,
-            outgoing,
-            incoming,
-            tally,
-        } = self;
-        let logged_in = by(login_by, log_in(&mut stream, &credentials, plan.sm)).await;
+        let (plan, login_by) = (self.plan, self.login_by);
+        let logged_in = by(login_by, log_in(&mut stream, &self.credentials, plan.sm)).await;
         let own = match logged_in {
             Ok(own) => own,
             Err(stop) => {
@@ -115,13 +104,13 @@ impl OnStream for Side<'_> {
                 return Err(stop);
             }
         };
-        let _ = jid.send(own);
+        let _ = self.jid.send(own);
         let Phases {
             arrived,
             mut go,
             finished,
             mut release,
-        } = phases;
+        } = self.phases;
         drop(arrived);
         let epoch = go
             .wait_for(Option::is_some)
@@ -132,12 +121,12 @@ impl OnStream for Side<'_> {
         let mut talk = Talk {
             epoch,
             handled: 0,
-            outgoing,
-            incoming,
-            tally,
+            outgoing: self.outgoing,
+            incoming: self.incoming,
+            tally: self.tally,
         };
-        let talked = match peer.await {
-            Ok(peer) => talk.exchange(&mut stream, &peer, plan, quota).await,
+        let talked = match self.peer.await {
+            Ok(peer) => talk.exchange(&mut stream, &peer, plan, self.quota).await,
             // The peer did not log in: nothing to send, nothing to wait for.
             Err(_) => Ok(()),
         };
