@@ -7,7 +7,9 @@
 #   messages  gatehouse-loadgen --mode messages: 50 pairs of users, each
 #             side sending to the other's full JID with 4 messages in
 #             flight, for 20 s (then up to 5 s for what is on its way);
-#             messages/s, latency, server CPU per 1000 messages, RSS
+#             messages/s, latency, server CPU per 1000 messages, RSS; and
+#             from /metrics, the archive's copies written or not, once its
+#             writes settled, and how long after the exchange that was
 #   storm     closed loop, 100 clients, 20,000 logins (README's main storm);
 #             logins/s, server CPU per login
 # Server CPU and RSS are measured by the load generator (--server-pid) over
@@ -23,14 +25,16 @@ cd "$(dirname "$0")/.."
 
 # One line per run: NAME|SCENARIO|STORAGE|CLIENT FLAGS|EXTRA TOML
 #   SCENARIO  messages or storm
-#   STORAGE   none, sqlite or postgres ([storage], and [offline] with it)
+#   STORAGE   none, sqlite or postgres ([storage]; [offline] and [archive]
+#             are then on, at their defaults)
 #   EXTRA     TOML appended to the config (\n for new lines): another
-#             dimension is one more line, e.g. an archive on top of SQLite:
-#             sqlite-sm-archive|messages|sqlite|--sm|[archive]\nenabled = true
+#             dimension is one more line, as the archive turned off is
 RUNS='
 memory-sm|messages|none|--sm|
-sqlite-sm|messages|sqlite|--sm|
-postgres-sm|messages|postgres|--sm|
+sqlite-sm-archive|messages|sqlite|--sm|
+sqlite-sm|messages|sqlite|--sm|[archive]\nenabled = false
+postgres-sm-archive|messages|postgres|--sm|
+postgres-sm|messages|postgres|--sm|[archive]\nenabled = false
 memory-nosm|messages|none||
 storm-memory-smoff|storm|none||[stream_management]\nenabled = false
 storm-memory-sm|storm|none||
@@ -111,6 +115,38 @@ TOML
     wait_healthy "$http" "$work/log"
 }
 
+# with_archive HTTP_PORT REPORT: the report with what the archive wrote
+# (gatehouse_archive_stored_total, ..._write_failures_total by reason) once its
+# writes stopped growing (polled every 0.5 s, 60 s at most), and how long
+# after the exchange that was.
+with_archive() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys, time, urllib.request
+port, report = sys.argv[1], json.loads(sys.argv[2])
+def counts():
+    """Copies stored, and copies not stored by reason."""
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = {"stored": 0, "failures": {}}
+    for line in scrape.splitlines():
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith("gatehouse_archive_stored_total"):
+            total["stored"] += int(float(value))
+        elif line.startswith("gatehouse_archive_write_failures_total{reason=\""):
+            reason = line.split('"')[1]
+            total["failures"][reason] = int(float(value))
+    return total
+start, last = time.monotonic(), None
+while time.monotonic() - start < 60:
+    now = counts()
+    if now == last:
+        break
+    last, settled = now, time.monotonic() - start
+    time.sleep(0.5)
+report["archive"] = dict(last, settled_seconds=round(settled, 1))
+print(json.dumps(report))
+PY
+}
+
 while IFS='|' read -r name scenario kind flags extra; do
     [ -n "$name" ] && wanted "$name" || continue
     start "$name" "$kind" "$extra"
@@ -118,6 +154,7 @@ while IFS='|' read -r name scenario kind flags extra; do
     # shellcheck disable=SC2086 # FLAGS are words
     report=$("$bin/gatehouse-loadgen" --target "127.0.0.1:$c2s" --server-pid "$server" --json \
         "${load[@]}" $flags)
+    [ "$scenario" != messages ] || report=$(with_archive "$http" "$report")
     echo "$name $scenario $report" | tee -a "$results"
     stop_server
 done <<< "$RUNS"

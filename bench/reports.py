@@ -76,12 +76,26 @@ def peak_mib(report):
     return memory["peak"] / 1048576 if memory else None
 
 
+def archive(report):
+    """A message run's archive cells: copies written, copies not written
+    (and why), seconds after the exchange until writes stopped (n/a
+    without an archive)."""
+    a = report.get("archive") or {}
+    failures = {k: n for k, n in (a.get("failures") or {}).items() if n}
+    if not a.get("stored") and not failures:
+        return ["n/a"] * 3
+    reasons = ", ".join(sorted(failures))
+    not_stored = str(sum(failures.values())) + (f" ({reasons})" if reasons else "")
+    return [str(a["stored"]), not_stored, f"{a['settled_seconds']:.1f} s"]
+
+
 def messages(rows):
     """bench/messages.sh's tables: one row per variant, message runs first,
     then login storms."""
     print("| variant | messages/s | p50 ms | p99 ms | server CPU s / 1000 messages "
-          "| loadgen CPU s / 1000 messages | server RSS peak | sent | lost | duplicated | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| loadgen CPU s / 1000 messages | server RSS peak | sent | lost | duplicated | errors "
+          "| archived copies | not archived | archive settled after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for variant, r in rows.items():
         m = r.get("messages")
         if m is None:
@@ -90,7 +104,8 @@ def messages(rows):
         print(f"| {variant} | {f(m.get('messages_per_second'), '.0f')} | {f(latency.get('p50'), '.2f')} "
               f"| {f(latency.get('p99'), '.2f')} | {f(m.get('server_cpu_seconds_per_1000'), '.3f')} "
               f"| {f(m.get('loadgen_cpu_seconds_per_1000'), '.3f')} | {f(peak_mib(m), '.1f')} MiB "
-              f"| {m['sent']} | {m['lost']} | {m['duplicated']} | {m['errors']} |")
+              f"| {m['sent']} | {m['lost']} | {m['duplicated']} | {m['errors']} | "
+              + " | ".join(archive(m)) + " |")
     print()
     print("| variant | logins/s | p99 ms | server CPU s / 1000 logins | server RSS peak | failed logins |")
     print("|---|---|---|---|---|---|")
