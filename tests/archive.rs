@@ -405,6 +405,32 @@ async fn old_messages_are_purged(database: TestDatabase) {
 }
 on_both_databases!(retention, old_messages_are_purged);
 
+/// An archive keeps its newest `max_per_user` messages, whether written in
+/// one batch or across several.
+async fn full_archives_lose_their_oldest(database: TestDatabase) {
+    let _serial = METRICS.lock().await;
+    let server = TestServer::start(&toml(&database, "max_per_user = 3"));
+    let before = server.metrics().await;
+    let (mut alice, _) = online(&server, "alice", "wonderland").await;
+    let (mut bob, _) = online(&server, "bob", "builder").await;
+    for round in 0..3 {
+        for i in 0..2 {
+            alice
+                .send(&chat("bob@localhost", &format!("m{}", round * 2 + i)))
+                .await;
+            next_message(&mut bob).await;
+        }
+        server
+            .grown(&before, STORED, 4.0 * f64::from(round + 1))
+            .await;
+    }
+    let answer = query(&mut bob, None, &[], "").await;
+    let bodies: Vec<&str> = answer.results.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["m3", "m4", "m5"]);
+    assert_eq!(answer.set("count"), "3");
+}
+on_both_databases!(size, full_archives_lose_their_oldest);
+
 async fn archives_survive_a_restart(database: TestDatabase) {
     let text = toml(&database, "");
     let mut first = ServerProcess::from_toml(&text);

@@ -72,6 +72,10 @@ const MAX_PAGE_BYTES: usize = 512 * 1024;
 /// Preferences kept in memory, the least used dropped first.
 const PREFS_CACHE: u64 = 10_000;
 
+/// Archive sizes kept in memory (a few dozen bytes each), the least used
+/// dropped first: a dropped one is counted again at its next write.
+const SIZES_CACHE: u64 = 100_000;
+
 /// JIDs in one `<always/>` or `<never/>` list at most.
 const MAX_PREFS_JIDS: usize = 1000;
 
@@ -131,6 +135,13 @@ struct Inner {
     queries: Arc<Semaphore>,
     /// Users' preferences, read from storage at their first use.
     prefs: moka::future::Cache<String, Arc<Prefs>>,
+    /// An upper bound of each recently written archive's messages, so
+    /// that only archives that may pass `max_per_archive` are trimmed
+    /// (finding the cut walks up to that many rows). Counted from the
+    /// database at an archive's first write (and again after a purge by
+    /// age, which only lowers it); a bound too high only costs a trim that
+    /// deletes nothing.
+    sizes: moka::future::Cache<String, u64>,
 }
 
 /// One copy waiting to be written.
@@ -304,6 +315,7 @@ impl Archive {
                 writes,
                 queries: Arc::new(Semaphore::new(MAX_QUERIES)),
                 prefs: moka::future::Cache::new(PREFS_CACHE),
+                sizes: moka::future::Cache::new(SIZES_CACHE),
             }),
         };
         tokio::spawn(archive.clone().write_loop(jobs));
@@ -427,8 +439,20 @@ impl Archive {
             metrics::counter!("gatehouse_archive_skipped_total").increment(skipped);
             if !entries.is_empty() {
                 let max = self.inner.settings.max_per_archive;
-                match self.inner.storage.archive_write(&entries, max).await {
+                let sizes = self.inner.sizes_after(&entries).await;
+                let trim: Vec<&str> = sizes
+                    .iter()
+                    .filter(|(_, size)| *size > u64::from(max))
+                    .map(|(owner, _)| owner.as_str())
+                    .collect();
+                match self.inner.storage.archive_write(&entries, &trim, max).await {
                     Ok(trimmed) => {
+                        for (owner, size) in sizes {
+                            self.inner
+                                .sizes
+                                .insert(owner, size.min(u64::from(max)))
+                                .await;
+                        }
                         metrics::counter!("gatehouse_archive_stored_total")
                             .increment(entries.len() as u64);
                         PurgeReason::Count.count(trimmed);
@@ -453,7 +477,13 @@ impl Archive {
             ticks.tick().await;
             let age = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
             match self.inner.storage.archive_purge(now_micros() - age).await {
-                Ok(purged) => PurgeReason::Age.count(purged),
+                Ok(purged) => {
+                    PurgeReason::Age.count(purged);
+                    if purged > 0 {
+                        // Lower now: counted again at the next write.
+                        self.inner.sizes.invalidate_all();
+                    }
+                }
                 // Counted by storage; the next tick tries again.
                 Err(error) => tracing::warn!(%error, "archive purge failed"),
             }
@@ -600,6 +630,40 @@ impl Inner {
                 DefaultPrefs::Roster => membership == Membership::Contact,
             }
         })
+    }
+
+    /// Each archive `entries` write to, with an upper bound of its
+    /// messages once they are written. An archive that cannot be counted
+    /// gets no bound (it is trimmed).
+    async fn sizes_after(&self, entries: &[NewEntry]) -> Vec<(String, u64)> {
+        let mut added: Vec<(String, u64)> = Vec::new();
+        for entry in entries {
+            match added.iter_mut().find(|(owner, _)| *owner == entry.owner) {
+                Some((_, n)) => *n += 1,
+                None => added.push((entry.owner.clone(), 1)),
+            }
+        }
+        let mut sizes = Vec::with_capacity(added.len());
+        for (owner, n) in added {
+            let before = match self.sizes.get(&owner).await {
+                Some(size) => size,
+                None => {
+                    let everything = Filter {
+                        owner: owner.clone(),
+                        with_bare: String::new(),
+                        with_full: String::new(),
+                        start: i64::MIN,
+                        end: i64::MAX,
+                    };
+                    self.storage
+                        .archive_count(&everything)
+                        .await
+                        .unwrap_or(u64::MAX)
+                }
+            };
+            sizes.push((owner, before.saturating_add(n)));
+        }
+        sizes
     }
 
     async fn prefs(&self, owner: &str) -> Result<Arc<Prefs>, StorageError> {
