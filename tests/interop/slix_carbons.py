@@ -11,22 +11,10 @@ reason otherwise.
 import argparse
 import asyncio
 
-from slix_common import TIMEOUT, client, finish, run, start
+from slix_common import TIMEOUT, client, finish, run, start, waiter
 
 PLUGINS = ("xep_0030", "xep_0297", "xep_0280")
 CARBONS = "urn:xmpp:carbons:2"
-
-
-def waiter(c, event, accept):
-    """A future for the first `event` on `c` whose stanza `accept`s."""
-    got = asyncio.get_running_loop().create_future()
-
-    def on_event(stanza):
-        if not got.done() and accept(stanza):
-            got.set_result(stanza)
-
-    c.add_event_handler(event, on_event)
-    return got
 
 
 async def main():

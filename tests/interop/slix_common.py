@@ -1,6 +1,6 @@
 """Shared by the slixmpp interop scripts: a client verifying the server
-certificate against a CA, logging in over STARTTLS, and the way a script
-reports success or failure."""
+certificate against a CA, logging in over STARTTLS, waiting for an event,
+and the way a script reports success or failure."""
 import asyncio
 import ssl
 import sys
@@ -40,6 +40,19 @@ async def start(c, port, presence=True):
     # After STARTTLS slixmpp's socket is the TLS object itself.
     if not isinstance(c.socket, (ssl.SSLSocket, ssl.SSLObject)):
         raise RuntimeError(f"{c.boundjid}: session is not encrypted")
+
+
+def waiter(c, event, accept=lambda _: True):
+    """A future for the first `event` on `c` whose stanza `accept`s (any,
+    by default)."""
+    got = asyncio.get_running_loop().create_future()
+
+    def on_event(stanza):
+        if not got.done() and accept(stanza):
+            got.set_result(stanza)
+
+    c.add_event_handler(event, on_event)
+    return got
 
 
 async def finish(*clients):

@@ -24,14 +24,7 @@ async def connect(jid, password, port, ca):
 
 def expect_groupchat(c, body):
     """A future resolved with the first groupchat message carrying body."""
-    got = asyncio.get_running_loop().create_future()
-
-    def on_message(msg):
-        if msg["body"] == body and not got.done():
-            got.set_result(msg)
-
-    c.add_event_handler("groupchat_message", on_message)
-    return got
+    return slix_common.waiter(c, "groupchat_message", lambda msg: msg["body"] == body)
 
 
 async def main():

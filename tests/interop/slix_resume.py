@@ -11,21 +11,9 @@ when all of it worked, 1 with a reason otherwise.
 import argparse
 import asyncio
 
-from slix_common import TIMEOUT, client, finish, run, start
+from slix_common import TIMEOUT, client, finish, run, start, waiter
 
 COUNT = 5
-
-
-def once(c, event):
-    """A future for the next `event` on `c`."""
-    got = asyncio.get_running_loop().create_future()
-
-    def on_event(stanza):
-        if not got.done():
-            got.set_result(stanza)
-
-    c.add_event_handler(event, on_event)
-    return got
 
 
 async def main():
@@ -36,7 +24,7 @@ async def main():
 
     alice = client("alice@localhost/phone", "wonderland", args.ca, ("xep_0198",))
     bob = client("bob@localhost/slix", "builder", args.ca)
-    enabled = once(alice, "sm_enabled")
+    enabled = waiter(alice, "sm_enabled")
     await start(alice, args.port)
     await start(bob, args.port)
     enabled = await asyncio.wait_for(enabled, TIMEOUT)
@@ -48,7 +36,7 @@ async def main():
     alice.add_event_handler(
         "message", lambda msg: bodies.append(msg["body"]) if msg["body"] else None
     )
-    gone = once(alice, "disconnected")
+    gone = waiter(alice, "disconnected")
     # The network goes away: no </stream:stream>, no TLS close_notify.
     alice.transport.abort()
     await asyncio.wait_for(gone, TIMEOUT)
@@ -56,7 +44,7 @@ async def main():
     for body in sent:
         bob.send_message(mto="alice@localhost/phone", mbody=body, mtype="chat")
 
-    resumed = once(alice, "session_resumed")
+    resumed = waiter(alice, "session_resumed")
     alice.connect("127.0.0.1", args.port)
     await asyncio.wait_for(resumed, TIMEOUT)
     print("resumed")

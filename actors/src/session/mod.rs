@@ -1069,13 +1069,7 @@ impl Session {
             // Messages without `to` go to the sender's own bare JID.
             ("message", None) => {
                 let to = Jid::from(me.to_bare());
-                self.services.directory.route(directory::Route {
-                    from: me,
-                    session_id: self.id,
-                    to,
-                    stanza: el,
-                    delivery: directory::Delivery::First,
-                });
+                self.route(me, to, el);
             }
             // IQs to the server, to no one, or to an account (a bare JID)
             // are answered here.
@@ -1087,16 +1081,21 @@ impl Session {
             }
             (_, Some(to)) => {
                 self.copy_sent(&me, &to, &el);
-                self.services.directory.route(directory::Route {
-                    from: me,
-                    session_id: self.id,
-                    to,
-                    stanza: el,
-                    delivery: directory::Delivery::First,
-                })
+                self.route(me, to, el);
             }
         }
         ready(Next::Continue)
+    }
+
+    /// Hands a stanza the client sent (from `me`) to the directory.
+    fn route(&self, me: FullJid, to: Jid, stanza: Element) {
+        self.services.directory.route(directory::Route {
+            from: me,
+            session_id: self.id,
+            to,
+            stanza,
+            delivery: directory::Delivery::First,
+        });
     }
 
     /// XEP-0280 §8: the user's other carbon-enabled resources get a
