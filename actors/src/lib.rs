@@ -19,7 +19,8 @@
 //!   framing of what a session says ([`transport::Output`]).
 //! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
 //!   message archives, kept in [`storage`].
-//! - [`redact`]: what of a configured URL may appear in logs.
+//! - [`redact`]: what of a configured URL may appear in logs;
+//!   [`log_budget`]: how many lines a repeatable event may log a second.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests
 //!   to the application.
@@ -33,6 +34,7 @@ pub mod archive;
 pub mod auth;
 pub mod carbons;
 pub mod directory;
+pub mod log_budget;
 pub mod muc;
 pub mod offline;
 pub mod outbound_http;

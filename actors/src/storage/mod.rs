@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod offline;
 
+use crate::log_budget::LogBudget;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::{PoolConnection, PoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool};
@@ -189,6 +190,10 @@ pub struct Storage {
 /// query fails; writes are short, so only a stuck disk gets here.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Failed queries logged per second: in an outage every message can be
+/// one, and `gatehouse_storage_errors_total` counts them all.
+static FAILURES_LOGGED: LogBudget = LogBudget::new(5);
+
 /// Runs `$body` (a future of `Result<T, sqlx::Error>`, with `T` the same
 /// for both databases) with `$conn` bound to a connection of whichever
 /// database `$storage` has: the query is written once and compiled for
@@ -306,7 +311,9 @@ async fn timed<T>(
             "kind" => error.kind()
         )
         .increment(1);
-        tracing::warn!(query = name, %error, "storage query failed");
+        if FAILURES_LOGGED.allows() {
+            tracing::warn!(query = name, %error, "storage query failed");
+        }
     }
     result
 }

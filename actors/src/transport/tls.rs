@@ -9,10 +9,9 @@
 //! it and what to do with its result.
 
 use super::tcp::Socket;
+use crate::log_budget::LogBudget;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
@@ -24,7 +23,7 @@ pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Failed handshakes logged per second; the rest are only counted.
-const LOGGED_PER_SECOND: u32 = 10;
+static LOGGED: LogBudget = LogBudget::new(10);
 
 /// Why a handshake failed: the `reason` label of the failure counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +99,7 @@ impl HandshakeFailure {
     /// counts it. `detail` is rustls' or the socket's error text: it never
     /// holds application data.
     pub(crate) fn report(self, peer: SocketAddr, detail: &dyn std::fmt::Display) {
-        if log_allowed() {
+        if LOGGED.allows() {
             tracing::info!(%peer, reason = self.as_str(), %detail, "TLS handshake failed");
         }
         metrics::counter!("gatehouse_tls_handshake_failures_total", "reason" => self.as_str())
@@ -119,23 +118,6 @@ pub(crate) fn describe_metrics() {
         metrics::counter!("gatehouse_tls_handshake_failures_total", "reason" => reason.as_str())
             .absolute(0);
     }
-}
-
-/// Whether one more handshake failure may be logged this second.
-fn log_allowed() -> bool {
-    static START: OnceLock<Instant> = OnceLock::new();
-    static SECOND: AtomicU64 = AtomicU64::new(0);
-    static LOGGED: AtomicU32 = AtomicU32::new(0);
-    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
-    let second = SECOND.load(Ordering::Relaxed);
-    if second != now
-        && SECOND
-            .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        LOGGED.store(0, Ordering::Relaxed);
-    }
-    LOGGED.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_SECOND
 }
 
 /// Runs the server side of the handshake on a plain socket.
