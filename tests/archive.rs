@@ -440,6 +440,43 @@ async fn full_archives_lose_their_oldest(database: TestDatabase) {
 }
 on_both_databases!(size, full_archives_lose_their_oldest);
 
+/// A sender faster than the archive's writes is paced (its next stanzas
+/// are read once the writer caught up) instead of losing copies: every
+/// message is delivered and both of its copies archived, none `busy`.
+async fn a_fast_sender_is_paced_and_every_copy_archived(database: TestDatabase) {
+    const MESSAGES: usize = 200;
+    let _serial = METRICS.lock().await;
+    // The least allowed: twice c2s.max_stanza_bytes; pacing from half.
+    let server = TestServer::start(&toml(&database, "max_pending_bytes = 524288"));
+    let before = server.metrics().await;
+    let (mut alice, _) = online(&server, "alice", "wonderland").await;
+    let (mut bob, _) = online(&server, "bob", "builder").await;
+    // 16 KiB a message: 16 of them (two copies each) are past half.
+    let body = "x".repeat(16 * 1024);
+    let burst: String = (0..MESSAGES)
+        .map(|i| chat("bob@localhost", &format!("{i} {body}")))
+        .collect();
+    let sending = tokio::spawn(async move {
+        alice.send(&burst).await;
+        alice
+    });
+    for i in 0..MESSAGES {
+        let message = next_message(&mut bob).await;
+        let text = message.get_child("body", CLIENT).unwrap().text();
+        assert!(text.starts_with(&format!("{i} ")), "message {i} in order");
+    }
+    let _alice = sending.await.unwrap();
+    let after = server.grown(&before, STORED, 2.0 * MESSAGES as f64).await;
+    let busy = "gatehouse_archive_write_failures_total{reason=\"busy\"}";
+    assert_eq!(sample(&after, busy), sample(&before, busy));
+    let paced = "gatehouse_archive_paced_total";
+    assert!(
+        sample(&after, paced) > sample(&before, paced),
+        "the sender waited"
+    );
+}
+on_both_databases!(pacing, a_fast_sender_is_paced_and_every_copy_archived);
+
 async fn archives_survive_a_restart(database: TestDatabase) {
     let text = toml(&database, "");
     let mut first = ServerProcess::from_toml(&text);

@@ -26,13 +26,16 @@
 //! a room is the room's; the SQL is `storage::archive`'s.
 
 use crate::directory::ToSession;
+use crate::log_budget::LogBudget;
 use crate::storage::archive::{End, Filter, NewEntry, Page, StoredPrefs, Window};
 use crate::storage::{Storage, StorageError};
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::Recipient;
+use futures_util::future::BoxFuture;
 use jid::{BareJid, FullJid, Jid};
 use minidom::{Element, Node};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,12 +55,22 @@ pub const NS_MAM: &str = "urn:xmpp:mam:2";
 /// `urn:xmpp:sid:0`.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 
+/// What a copy's archive ids may add to it (a `<stanza-id/>` with its
+/// namespace, id and owner), set aside with it.
+const ID_BYTES: usize = 256;
+
 /// XEP-0334 hints a sender may use to keep a message out of archives.
 const HINTS: &str = "urn:xmpp:hints";
 
-/// Messages written in one transaction at most: what piled up while the
-/// previous write ran goes together.
-const WRITE_BATCH: usize = 100;
+/// Messages written in one transaction (one `INSERT` of 6 parameters a
+/// row: within SQLite's 32,766 and PostgreSQL's 65,535) at most: what
+/// piled up while the previous write ran goes together, so a commit's
+/// fixed cost (an fsync on SQLite) is shared by up to this many copies.
+const WRITE_BATCH: usize = 2000;
+
+/// Copies left out as `busy` logged per second: under a sustained load
+/// every copy could be one, and the counter has them all.
+static BEHIND_LOGGED: LogBudget = LogBudget::new(1);
 
 /// Queries running at once, all users together; one more is refused with
 /// `resource-constraint` (wait). With [`MAX_PAGE_BYTES`] this bounds the
@@ -151,7 +164,7 @@ struct Job {
     /// Whose archive, for the preferences that apply.
     owner: Owner,
     /// Its bytes in `pending`, returned once written.
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 /// The copies of one message, ids given, waiting for the message to be
@@ -162,15 +175,35 @@ pub struct Exchange {
     /// The sender's copy (unless a user writes to themself) and the
     /// recipient's, each with its owner for the preferences.
     copies: Vec<(NewEntry, Owner)>,
+    /// The room its sender set aside for the copies, if any.
+    reserved: Option<Reservation>,
 }
 
 impl Exchange {
     /// The message was accepted (delivered or kept): archive it.
-    pub fn commit(self) {
+    pub fn commit(mut self) {
         for (entry, owner) in self.copies {
-            self.archive.enqueue(entry, owner);
+            self.archive.enqueue(entry, owner, &mut self.reserved);
         }
     }
+}
+
+/// Room in `max_pending_bytes` set aside for a message's copies by
+/// [`Archive::reserve`], travelling with the message to the router or
+/// room that archives it: each copy takes its bytes from it, and what is
+/// left is returned when it is dropped (with the message, if it is never
+/// archived).
+pub struct Reservation(OwnedSemaphorePermit);
+
+/// What [`Archive::reserve`] gives.
+pub enum Reserve {
+    /// The archive would not keep the message: nothing to set aside.
+    Nothing,
+    /// Room was set aside at once.
+    Now(Reservation),
+    /// Resolves once the writer made room. `None` only if the bound were
+    /// closed, which nothing does: the copies then try on their own.
+    Wait(BoxFuture<'static, Option<Reservation>>),
 }
 
 /// Why a write did not happen: the `reason` of
@@ -273,6 +306,12 @@ pub fn describe_metrics() {
          (archive.max_pending_bytes waiting to be written) or storage (the database failed)"
     );
     metrics::describe_counter!(
+        "gatehouse_archive_paced_total",
+        "Messages whose sender waited before they were routed because \
+         archive.max_pending_bytes waited to be written: the archive slowing senders \
+         to the rate it can write"
+    );
+    metrics::describe_counter!(
         "gatehouse_archive_queries_total",
         "Archive queries, form requests and preference IQs, by result: ok, refused \
          (bad-request, item-not-found), \
@@ -287,6 +326,7 @@ pub fn describe_metrics() {
     for name in [
         "gatehouse_archive_stored_total",
         "gatehouse_archive_skipped_total",
+        "gatehouse_archive_paced_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -333,17 +373,48 @@ impl Archive {
             && worth_keeping(message)
     }
 
+    /// Sets aside room in `max_pending_bytes` for the copies of
+    /// `message`, which a bound client is about to send, before it is
+    /// routed. When the writer is that far behind, the sender waits (its
+    /// next stanzas are read later) instead of its copies being left out:
+    /// the archive slows senders to the rate it can write. A message the
+    /// archive would not keep (no body, a hint against it) needs nothing.
+    pub fn reserve(&self, message: &Element) -> Reserve {
+        if !(message.is("message", ns::CLIENT) && worth_keeping(message)) {
+            return Reserve::Nothing;
+        }
+        // Two copies (the sender's and the recipient's; one for a room),
+        // each with the ids yet to come; never more than the whole bound,
+        // which would never be free.
+        let cost = (2 * (approximate_bytes(message) + ID_BYTES))
+            .min(self.inner.settings.max_pending_bytes);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let pending = self.inner.pending.clone();
+        match pending.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => Reserve::Now(Reservation(permit)),
+            Err(_) => {
+                metrics::counter!("gatehouse_archive_paced_total").increment(1);
+                Reserve::Wait(Box::pin(async move {
+                    // Only `close` fails an acquire, and nothing closes it.
+                    pending.acquire_many_owned(cost).await.ok().map(Reservation)
+                }))
+            }
+        }
+    }
+
     /// Gives `message` (from `from`, a local user, to local user `to`) its
     /// archive ids: the recipient's copy gets a `<stanza-id/>` by `to`
     /// (one the sender put there is removed). `membership` says, for each
-    /// owner (sender, recipient), whether the other is a contact. The
-    /// copies are archived once the caller commits the exchange.
+    /// owner (sender, recipient), whether the other is a contact;
+    /// `reserved`, the room its sender set aside. The copies are archived
+    /// once the caller commits the exchange.
     pub fn exchange(
         &self,
         from: &FullJid,
         to: &BareJid,
         message: &mut Element,
         membership: [Membership; 2],
+        reserved: Option<Reservation>,
     ) -> Exchange {
         let sender = from.to_bare();
         let mut copies = Vec::with_capacity(2);
@@ -366,19 +437,26 @@ impl Archive {
         Exchange {
             archive: self.clone(),
             copies,
+            reserved,
         }
     }
 
     /// Archives groupchat `message` of `room` (already addressed from the
     /// occupant JID `occupant`) when it has a body and no XEP-0334 hint
     /// against it, giving it a `<stanza-id/>` by the room first.
-    pub fn room_message(&self, room: &BareJid, occupant: &Jid, message: &mut Element) {
+    pub fn room_message(
+        &self,
+        room: &BareJid,
+        occupant: &Jid,
+        message: &mut Element,
+        mut reserved: Option<Reservation>,
+    ) {
         if !worth_keeping(message) {
             return;
         }
         let id = stamp(message, &Jid::from(room.clone()));
         let entry = self.entry(room, id, occupant, message);
-        self.enqueue(entry, Owner::Room);
+        self.enqueue(entry, Owner::Room, &mut reserved);
     }
 
     fn entry(&self, owner: &BareJid, id: String, with: &Jid, message: &Element) -> NewEntry {
@@ -396,20 +474,33 @@ impl Archive {
     }
 
     /// Hands a copy to the writer, unless too much is waiting already.
-    fn enqueue(&self, entry: NewEntry, owner: Owner) {
+    /// Takes the copy's bytes from `reserved` when it has enough, else
+    /// from what is free.
+    fn enqueue(&self, entry: NewEntry, owner: Owner, reserved: &mut Option<Reservation>) {
         // Already counted by `to_bytes`: nothing to write.
         if entry.stanza.is_empty() {
             return;
         }
         let cost = u32::try_from(entry.stanza.len()).unwrap_or(u32::MAX);
-        let Ok(permit) = self.inner.pending.clone().try_acquire_many_owned(cost) else {
-            tracing::warn!(owner = %entry.owner, "archive writes behind; a message is not archived");
+        let taken = reserved
+            .as_mut()
+            .and_then(|Reservation(permit)| permit.split(cost as usize));
+        let Some(permit) =
+            taken.or_else(|| self.inner.pending.clone().try_acquire_many_owned(cost).ok())
+        else {
+            if BEHIND_LOGGED.allows() {
+                tracing::warn!(
+                    owner = %entry.owner,
+                    "archive writes behind; a message is not archived \
+                     (all such copies: gatehouse_archive_write_failures_total{{reason=\"busy\"}})"
+                );
+            }
             return WriteFailure::Busy.count(1);
         };
         let job = Job {
             entry,
             owner,
-            _permit: permit,
+            permit,
         };
         // The writer runs as long as the archive exists.
         let _ = self.inner.writes.send(job);
@@ -428,10 +519,13 @@ impl Archive {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         while jobs.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             let mut entries = Vec::with_capacity(batch.len());
+            // Held until the batch is written: they keep its bytes counted.
+            let mut permits = Vec::with_capacity(batch.len());
             let mut skipped = 0;
-            for job in &batch {
+            for job in batch.drain(..) {
+                permits.push(job.permit);
                 match self.inner.keeps(&job.entry, job.owner).await {
-                    Ok(true) => entries.push(job.entry.clone()),
+                    Ok(true) => entries.push(job.entry),
                     Ok(false) => skipped += 1,
                     Err(_) => WriteFailure::Storage.count(1),
                 }
@@ -463,8 +557,7 @@ impl Archive {
                     }
                 }
             }
-            // Returns the permits.
-            batch.clear();
+            drop(permits);
         }
     }
 
@@ -636,20 +729,17 @@ impl Inner {
     /// messages once they are written. An archive that cannot be counted
     /// gets no bound (it is trimmed).
     async fn sizes_after(&self, entries: &[NewEntry]) -> Vec<(String, u64)> {
-        let mut added: Vec<(String, u64)> = Vec::new();
+        let mut added: HashMap<&str, u64> = HashMap::new();
         for entry in entries {
-            match added.iter_mut().find(|(owner, _)| *owner == entry.owner) {
-                Some((_, n)) => *n += 1,
-                None => added.push((entry.owner.clone(), 1)),
-            }
+            *added.entry(entry.owner.as_str()).or_default() += 1;
         }
         let mut sizes = Vec::with_capacity(added.len());
         for (owner, n) in added {
-            let before = match self.sizes.get(&owner).await {
+            let before = match self.sizes.get(owner).await {
                 Some(size) => size,
                 None => {
                     let everything = Filter {
-                        owner: owner.clone(),
+                        owner: owner.to_owned(),
                         with_bare: String::new(),
                         with_full: String::new(),
                         start: i64::MIN,
@@ -661,7 +751,7 @@ impl Inner {
                         .unwrap_or(u64::MAX)
                 }
             };
-            sizes.push((owner, before.saturating_add(n)));
+            sizes.push((owner.to_owned(), before.saturating_add(n)));
         }
         sizes
     }
@@ -826,6 +916,26 @@ impl Inner {
 
 /// A message with a body, not marked `<no-store/>` or
 /// `<no-permanent-store/>` (XEP-0334).
+/// About the bytes `el` takes written out, a little more for escapes and
+/// namespace declarations: what a copy will cost, known before it is
+/// written. The parser's depth limit bounds the recursion.
+fn approximate_bytes(el: &Element) -> usize {
+    let tags = 2 * el.name().len() + 5 + el.ns().len() + 10;
+    let attrs: usize = el
+        .attrs()
+        .into_iter()
+        .map(|((ns, name), value)| ns.len() + name.len() + value.len() * 5 / 4 + 4)
+        .sum();
+    let nodes: usize = el
+        .nodes()
+        .map(|node| match node {
+            Node::Element(child) => approximate_bytes(child),
+            Node::Text(text) => text.len() * 5 / 4,
+        })
+        .sum();
+    tags + attrs + nodes
+}
+
 fn worth_keeping(message: &Element) -> bool {
     message.has_child("body", ns::CLIENT)
         && !message.has_child("no-store", HINTS)
@@ -869,9 +979,17 @@ fn stamp(message: &mut Element, by: &Jid) -> String {
     id
 }
 
-/// 128 random bits in hex: unique and unguessable.
+/// 32 hex digits: the milliseconds since the Unix epoch (48 bits), then
+/// 80 random bits. Unique and unguessable, and ordered by time, so that
+/// each archive's ids are added at the end of the `(owner, stanza_id)`
+/// index instead of all over it (random ids made every write touch its
+/// own index page: most of the database's work under load).
 fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    let random = rand::random::<u128>() & ((1 << 80) - 1);
+    format!("{:012x}{random:020x}", millis & ((1 << 48) - 1))
 }
 
 /// The archived `stanza` as a XEP-0297 `<forwarded/>` stamped with when

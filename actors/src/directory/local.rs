@@ -222,7 +222,8 @@ impl Router {
             None => Membership::Unknown,
         };
         let membership = [membership(&from, &to), membership(&to, &from)];
-        Some(archive.exchange(&msg.from, &to, &mut msg.stanza, membership))
+        let reserved = msg.archive.take();
+        Some(archive.exchange(&msg.from, &to, &mut msg.stanza, membership, reserved))
     }
 
     /// Counts bound resources in `gatehouse_sessions`, by transport.
@@ -921,6 +922,7 @@ mod tests {
                 to: Jid::new(to).unwrap(),
                 stanza,
                 delivery: Delivery::First,
+                archive: None,
             });
         }
 
@@ -990,6 +992,7 @@ mod tests {
             .parse()
             .unwrap(),
             delivery: Delivery::First,
+            archive: None,
         };
 
         router.do_send(carbons(&old));

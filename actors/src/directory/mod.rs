@@ -11,6 +11,7 @@
 
 pub mod local;
 
+use crate::archive::Reservation;
 use crate::carbons;
 use crate::roster::Roster;
 use crate::session::SessionId;
@@ -131,6 +132,9 @@ pub struct Route {
     pub stanza: Element,
     /// Whether the stanza is routed for the first time.
     pub delivery: Delivery,
+    /// Room the sender set aside in the archive's pending bound for the
+    /// message's copies (see [`crate::archive::Archive::reserve`]).
+    pub archive: Option<Reservation>,
 }
 
 /// Whether a routed stanza is new or routed again.

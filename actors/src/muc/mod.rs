@@ -9,7 +9,7 @@
 pub mod gate;
 mod room;
 
-use crate::archive::Archive;
+use crate::archive::{Archive, Reservation};
 use crate::directory::ToSession;
 use crate::panic_guard;
 use crate::session::SessionId;
@@ -76,6 +76,9 @@ pub struct Incoming {
     /// The stanza as the client sent it, `to` naming the service, a room
     /// or an occupant.
     pub stanza: Element,
+    /// Room the sender set aside in the archive's pending bound for a
+    /// groupchat message's copy (see [`crate::archive::Archive::reserve`]).
+    pub archive: Option<Reservation>,
 }
 
 impl Incoming {
@@ -471,6 +474,7 @@ mod tests {
                 session: self.session,
                 mailbox: self.mailbox.clone(),
                 stanza,
+                archive: None,
             });
         }
 

@@ -570,7 +570,7 @@ impl Room {
         let occupant_jid = self.occupant_jid(sender);
         stanza::set_attr(&mut message, "from", occupant_jid.clone());
         if let (Some(archive), Ok(occupant)) = (&self.settings.archive, Jid::new(&occupant_jid)) {
-            archive.room_message(&self.jid, &occupant, &mut message);
+            archive.room_message(&self.jid, &occupant, &mut message, msg.archive);
         }
         // XEP-0045 §8.1: only a message with a subject and neither body
         // nor thread changes the subject; with either it is a normal

@@ -14,7 +14,7 @@ mod phase;
 mod sasl;
 mod sm;
 
-use crate::archive::{self, Archive};
+use crate::archive::{self, Archive, Reservation, Reserve};
 use crate::auth::{AuthError, Authenticator};
 use crate::carbons::{self, Eligibility};
 use crate::directory::{self, DirectoryHandle, ToSession};
@@ -801,12 +801,38 @@ impl Session {
             Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
             Phase::Bound { .. } if el.ns() == ns::CSI => ready(self.client_state_changed(&el)),
             Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
-            Phase::Bound { .. } => self.stanza(el, ctx),
+            Phase::Bound { .. } => self.paced_stanza(el, ctx),
             Phase::Connected
             | Phase::Upgraded { .. }
             | Phase::Authenticated { .. }
             | Phase::AwaitBind { .. }
             | Phase::Unbound => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
+        }
+    }
+
+    /// A bound client's stanza, once the archive set aside room for its
+    /// copies: when the archive's writes are that far behind, the
+    /// client's next input is read only then (see [`Archive::reserve`]).
+    fn paced_stanza(
+        &mut self,
+        el: Element,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Next> {
+        let reserve = match &self.services.archive {
+            Some(archive) => archive.reserve(&el),
+            None => Reserve::Nothing,
+        };
+        match reserve {
+            Reserve::Nothing => self.stanza(el, None, ctx),
+            Reserve::Now(reserved) => self.stanza(el, Some(reserved), ctx),
+            Reserve::Wait(room) => Box::pin(actix::fut::wrap_future(room).then(
+                move |reserved, session: &mut Session, ctx| {
+                    if session.closing {
+                        return ready(Next::Close);
+                    }
+                    session.stanza(el, reserved, ctx)
+                },
+            )),
         }
     }
 
@@ -990,9 +1016,12 @@ impl Session {
 
     /// A stanza from a bound client: stamp `from`, then answer it here (the
     /// server's and the account's own IQs) or hand it to the Router.
+    /// A bound client's stanza; `reserved`, the room set aside for its
+    /// archive copies, if any.
     fn stanza(
         &mut self,
         mut el: Element,
+        reserved: Option<Reservation>,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Next> {
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
@@ -1027,6 +1056,7 @@ impl Session {
                     session: self.id,
                     mailbox: ctx.address().recipient(),
                     stanza: el,
+                    archive: reserved,
                 });
                 return ready(Next::Continue);
             }
@@ -1069,7 +1099,7 @@ impl Session {
             // Messages without `to` go to the sender's own bare JID.
             ("message", None) => {
                 let to = Jid::from(me.to_bare());
-                self.route(me, to, el);
+                self.route(me, to, el, reserved);
             }
             // IQs to the server, to no one, or to an account (a bare JID)
             // are answered here.
@@ -1081,20 +1111,22 @@ impl Session {
             }
             (_, Some(to)) => {
                 self.copy_sent(&me, &to, &el);
-                self.route(me, to, el);
+                self.route(me, to, el, reserved);
             }
         }
         ready(Next::Continue)
     }
 
-    /// Hands a stanza the client sent (from `me`) to the directory.
-    fn route(&self, me: FullJid, to: Jid, stanza: Element) {
+    /// Hands a stanza the client sent (from `me`) to the directory, with
+    /// the room set aside for its archive copies.
+    fn route(&self, me: FullJid, to: Jid, stanza: Element, reserved: Option<Reservation>) {
         self.services.directory.route(directory::Route {
             from: me,
             session_id: self.id,
             to,
             stanza,
             delivery: directory::Delivery::First,
+            archive: reserved,
         });
     }
 

@@ -587,6 +587,7 @@ impl Session {
                 to,
                 stanza,
                 delivery: Delivery::Again,
+                archive: None,
             };
             if el.name() == "message" && el.attr("type") != Some("groupchat") {
                 metrics::counter!("gatehouse_sm_unacked_rerouted_total").increment(1);
@@ -599,6 +600,7 @@ impl Session {
                         to: Jid::from(from.clone()),
                         stanza: reply,
                         delivery: Delivery::First,
+                        archive: None,
                     });
                 }
             }

@@ -130,20 +130,22 @@ impl Storage {
     ) -> Result<u64, StorageError> {
         with_connection!(self, Query::ArchiveWrite, |conn| async {
             let mut tx = conn.begin().await?;
-            for entry in entries {
-                sqlx::query(
+            // One statement for the batch: a round trip per copy kept the
+            // single writer waiting far more than the database worked.
+            if !entries.is_empty() {
+                let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO archive_message \
-                     (owner, stanza_id, with_bare, with_full, stored_at, stanza) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&entry.owner)
-                .bind(&entry.stanza_id)
-                .bind(&entry.with_bare)
-                .bind(&entry.with_full)
-                .bind(entry.stored_at)
-                .bind(&entry.stanza)
-                .execute(&mut *tx)
-                .await?;
+                     (owner, stanza_id, with_bare, with_full, stored_at, stanza) ",
+                );
+                insert.push_values(entries, |mut row, entry| {
+                    row.push_bind(&entry.owner)
+                        .push_bind(&entry.stanza_id)
+                        .push_bind(&entry.with_bare)
+                        .push_bind(&entry.with_full)
+                        .push_bind(entry.stored_at)
+                        .push_bind(&entry.stanza);
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             let mut trimmed = 0;
             for owner in trim {
