@@ -126,11 +126,13 @@ port, report = sys.argv[1], json.loads(sys.argv[2])
 def counts():
     """Copies stored, and copies not stored by reason."""
     scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = {"stored": 0, "failures": {}}
+    total = {"stored": 0, "paced": 0, "failures": {}}
     for line in scrape.splitlines():
         value = line.rsplit(" ", 1)[-1]
         if line.startswith("gatehouse_archive_stored_total"):
             total["stored"] += int(float(value))
+        elif line.startswith("gatehouse_archive_paced_total"):
+            total["paced"] += int(float(value))
         elif line.startswith("gatehouse_archive_write_failures_total{reason=\""):
             reason = line.split('"')[1]
             total["failures"][reason] = int(float(value))

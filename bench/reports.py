@@ -78,15 +78,15 @@ def peak_mib(report):
 
 def archive(report):
     """A message run's archive cells: copies written, copies not written
-    (and why), seconds after the exchange until writes stopped (n/a
-    without an archive)."""
+    (and why), messages whose sender was paced, seconds after the exchange
+    until writes stopped (n/a without an archive)."""
     a = report.get("archive") or {}
     failures = {k: n for k, n in (a.get("failures") or {}).items() if n}
     if not a.get("stored") and not failures:
-        return ["n/a"] * 3
+        return ["n/a"] * 4
     reasons = ", ".join(sorted(failures))
     not_stored = str(sum(failures.values())) + (f" ({reasons})" if reasons else "")
-    return [str(a["stored"]), not_stored, f"{a['settled_seconds']:.1f} s"]
+    return [str(a["stored"]), not_stored, str(a.get("paced", 0)), f"{a['settled_seconds']:.1f} s"]
 
 
 def messages(rows):
@@ -94,8 +94,8 @@ def messages(rows):
     then login storms."""
     print("| variant | messages/s | p50 ms | p99 ms | server CPU s / 1000 messages "
           "| loadgen CPU s / 1000 messages | server RSS peak | sent | lost | duplicated | errors "
-          "| archived copies | not archived | archive settled after |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| archived copies | not archived | senders paced | archive settled after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for variant, r in rows.items():
         m = r.get("messages")
         if m is None:

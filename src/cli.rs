@@ -10,8 +10,9 @@
 use crate::auth::{manage_user, UserAction, UserOutcome};
 use crate::config::Config;
 use std::io::IsTerminal;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
 
 /// `gatehouse check-config FILE`: prints `FILE: ok` (exit 0) or every
 /// problem (exit 1) on standard output.
@@ -32,17 +33,11 @@ pub fn check_config(file: &Path) -> u8 {
 /// shutdown signal. Exit 0 after a clean stop, 2 on a bad config, 1 when
 /// the server could not start.
 pub fn serve(file: &Path) -> u8 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    gatehouse_actors::panic_guard::install_hook();
     let Some(config) = load(file) else {
         return 2;
     };
+    crate::logging::install(&config.log_level);
+    gatehouse_actors::panic_guard::install_hook();
     tracing::info!(config = %file.display(), "starting gatehouse {}", env!("CARGO_PKG_VERSION"));
     let result =
         actix_rt::System::new().block_on(crate::run(config, crate::signal::shutdown_signal()));
@@ -57,6 +52,74 @@ pub fn serve(file: &Path) -> u8 {
         }
     }
 }
+
+/// `gatehouse reload --config FILE`: asks the server running on FILE to
+/// read it again, through its operator listener, and prints its answer.
+/// Exit 0 reloaded, 1 the file is invalid (nothing changed), 2 the server
+/// could not be asked.
+pub fn reload(file: &Path) -> u8 {
+    // Checked here first, with check-config's words: an invalid file is
+    // never sent to the server, which would refuse it the same way.
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("{error}\nnothing changed");
+            return 1;
+        }
+    };
+    let mut listen = config.http.listen;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(match listen {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let Some(token) = config.http.admin_token.as_ref().map(|t| t.0.as_str()) else {
+        eprintln!(
+            "{}: http.admin_token is not set, so the server's reload endpoint is off; \
+             set it (and restart), or send the server SIGHUP",
+            file.display()
+        );
+        return 2;
+    };
+    let url = format!("http://{listen}/admin/reload");
+    let asked = async {
+        let response = gatehouse_actors::outbound_http::client_builder()
+            .timeout(RELOAD_TIMEOUT)
+            .build()?
+            .post(&url)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime.map(|runtime| runtime.block_on(asked)) {
+        Ok(Ok((status, answer))) => {
+            print!("{answer}");
+            match status.as_u16() {
+                200 => 0,
+                422 => 1,
+                _ => 2,
+            }
+        }
+        Ok(Err(error)) => {
+            eprintln!("{url}: cannot ask the server: {error}");
+            2
+        }
+        Err(error) => {
+            eprintln!("cannot start: {error}");
+            2
+        }
+    }
+}
+
+/// How long `gatehouse reload` waits for the server's answer: a reload
+/// that replaces auth processes one at a time can take a while.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `gatehouse user --config FILE ACTION JID`: reads the password when the
 /// action takes one, then asks the backend. Exit 0 done, 1 refused, 2

@@ -92,6 +92,16 @@ pub struct Config {
     /// The XMPP domains this server answers for (Prosody's `VirtualHost`s);
     /// a stream opened to any other domain is refused.
     pub hosts: Vec<String>,
+    /// What is logged: `tracing` filter directives (`info`,
+    /// `warn,gatehouse_actors::auth=debug`). `RUST_LOG`, when set, wins at
+    /// start; a reload that changes this key applies it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// The file this config was read from (or, for `parse`, is said to
+    /// come from) and its text: what a reload reads again and compares
+    /// with. Set by `load` and `parse`.
+    #[serde(skip)]
+    pub source: ConfigSource,
     /// The client listener. Required, because its TLS settings must be a
     /// conscious choice.
     pub c2s: C2sConfig,
@@ -263,13 +273,36 @@ pub struct HttpConfig {
     /// metrics and the roster refresh are not meant for the public.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// The bearer token of the operator's endpoints (`POST /admin/reload`,
+    /// which `gatehouse reload` uses); without it they are off.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_http_listen(),
+            admin_token: None,
         }
+    }
+}
+
+/// Where a config came from: the file a reload reads again, and the text
+/// the running config was parsed from, which a reload compares with.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// The whole file, secrets included: never printed.
+    pub text: String,
+}
+
+impl fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
     }
 }
 
@@ -512,6 +545,10 @@ fn default_c2s_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5222))
 }
 
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5280))
 }
@@ -718,6 +755,10 @@ impl Config {
         problems.sort_by_key(|problem| problem.position);
         if let Some(mut config) = config {
             config.resolve_paths(&base_dir(origin));
+            config.source = ConfigSource {
+                path: origin.to_owned(),
+                text: text.to_owned(),
+            };
             // A problem with a dropped key or inside a dropped table is
             // already reported; one about a whole table that lost a key
             // (`storage` naming no database once a broken `postgres`
@@ -754,6 +795,12 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Problems::default();
         validate_hosts(&self.hosts, &mut problems);
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            problems.add("log_level", format!("not a log filter: {error}"));
+        }
+        if let Some(token) = &self.http.admin_token {
+            validate_token("http.admin_token", token, &mut problems);
+        }
         self.c2s.validate(&mut problems);
         self.csi.validate(&mut problems);
         if let Some(direct) = self.c2s.direct_tls_listen {
@@ -1222,16 +1269,18 @@ impl RosterConfig {
     }
 }
 
+/// A bearer token must fit an `Authorization` header as it is.
+fn validate_token(key: &str, token: &Secret, problems: &mut Problems) {
+    let token = token.0.as_str();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.add(key, "must be non-empty printable ASCII without spaces");
+    }
+}
+
 impl RosterAdminConfig {
     fn validate(&self, problems: &mut Problems) {
         if let Some(token) = &self.token {
-            let token = token.0.as_str();
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                problems.add(
-                    "roster_admin.token",
-                    "must be non-empty printable ASCII without spaces",
-                );
-            }
+            validate_token("roster_admin.token", token, problems);
         }
         problems.range(
             "roster_admin.max_body_bytes",

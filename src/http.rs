@@ -1,11 +1,14 @@
 //! The operator HTTP listener (`[http] listen`): `/metrics` in Prometheus
-//! text format, `/health`, and, when `[roster]` is configured, the
-//! application's roster refresh endpoint (`/roster_admin/refresh`, as in
-//! Prosody's `mod_http_roster_admin`).
+//! text format, `/health`, when `[roster]` is configured the application's
+//! roster refresh endpoint (`/roster_admin/refresh`, as in Prosody's
+//! `mod_http_roster_admin`), and with `http.admin_token` the operator's
+//! `POST /admin/reload`.
 //!
 //! It owns the HTTP surface only: the refresh is done by the RosterCache
-//! actor; what the metrics say is recorded by the components themselves.
+//! actor, the reload by [`Reloader`]; what the metrics say is recorded by
+//! the components themselves.
 
+use crate::reload::{ReloadOutcome, Reloader};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -13,14 +16,59 @@ use gatehouse_actors::roster::{Refresh, RosterCache};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::net::TcpListener;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// A bearer token an endpoint checks, which a reload may change.
+#[derive(Clone, Default)]
+pub struct LiveToken(Arc<RwLock<Option<String>>>);
+
+impl LiveToken {
+    pub fn new(token: Option<String>) -> LiveToken {
+        LiveToken(Arc::new(RwLock::new(token)))
+    }
+
+    /// From now on, requests need `token` (none when `None`).
+    pub fn set(&self, token: Option<String>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = token;
+    }
+
+    fn is_set(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// A 401 answer, unless the request carries the token (or none is
+    /// set).
+    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
+        let token = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let token = token.as_ref()?;
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .unwrap_or_default();
+        if same_secret(given.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        Some(response)
+    }
+}
 
 /// What the refresh endpoint needs.
 #[derive(Clone)]
 pub struct RosterAdmin {
     /// Does the refreshing.
     pub cache: Addr<RosterCache>,
-    /// When set, the bearer token a request must carry.
-    pub token: Option<String>,
+    /// The bearer token a request must carry, when one is set.
+    pub token: LiveToken,
     /// Largest body accepted; a bigger one gets 413.
     pub max_body_bytes: usize,
 }
@@ -59,27 +107,6 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 impl RosterAdmin {
-    /// A 401 answer, unless the request carries the configured bearer
-    /// token (or none is configured).
-    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
-        let token = self.token.as_ref()?;
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or_default();
-        if same_secret(given.as_bytes(), token.as_bytes()) {
-            return None;
-        }
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        Some(response)
-    }
-
     async fn refresh(&self, users: Vec<String>) -> HttpResponse {
         let requested = users.len();
         match self.cache.send(Refresh { users }).await {
@@ -118,7 +145,7 @@ async fn refresh_many(
     payload: web::Payload,
     admin: web::Data<RosterAdmin>,
 ) -> HttpResponse {
-    if let Some(response) = admin.refusal(&request) {
+    if let Some(response) = admin.token.refusal(&request) {
         return response;
     }
     let too_large = || {
@@ -166,10 +193,42 @@ async fn refresh_one(
     user: web::Path<String>,
     admin: web::Data<RosterAdmin>,
 ) -> HttpResponse {
-    if let Some(response) = admin.refusal(&request) {
+    if let Some(response) = admin.token.refusal(&request) {
         return response;
     }
     admin.refresh(vec![user.into_inner()]).await
+}
+
+/// What the operator's endpoints need.
+#[derive(Clone)]
+pub struct Operator {
+    /// `http.admin_token`: without it the endpoints answer 404.
+    pub token: LiveToken,
+    /// Does the reloading.
+    pub reloader: Reloader,
+}
+
+/// `POST /admin/reload`: re-reads the config file the server started
+/// from. 200 with what changed (or that nothing did), 422 with every
+/// problem of an invalid file (nothing changed).
+async fn reload(request: HttpRequest, operator: web::Data<Operator>) -> HttpResponse {
+    if !operator.token.is_set() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the operator endpoints are off: set http.admin_token",
+        );
+    }
+    if let Some(response) = operator.token.refusal(&request) {
+        return response;
+    }
+    let outcome = operator.reloader.reload("http").await;
+    let status = match outcome {
+        ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
+        ReloadOutcome::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{outcome}\n"))
 }
 
 /// Starts the HTTP server on an already bound listener. One worker is
@@ -179,12 +238,15 @@ pub fn start(
     listener: TcpListener,
     handle: &'static PrometheusHandle,
     roster_admin: Option<RosterAdmin>,
+    operator: Operator,
 ) -> std::io::Result<actix_web::dev::Server> {
     let server = HttpServer::new(move || {
         let app = App::new()
             .app_data(web::Data::new(handle))
+            .app_data(web::Data::new(operator.clone()))
             .route("/metrics", web::get().to(metrics))
-            .route("/health", web::get().to(health));
+            .route("/health", web::get().to(health))
+            .route("/admin/reload", web::post().to(reload));
         match &roster_admin {
             Some(admin) => app
                 .app_data(web::Data::new(admin.clone()))

@@ -9,6 +9,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod logging;
+pub mod reload;
 pub mod signal;
 
 pub mod auth;
@@ -29,6 +31,7 @@ use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterU
 use gatehouse_actors::session::{C2sSettings, Resumable, Services};
 use gatehouse_actors::storage::{OpenError, Storage};
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
+use reload::Reloader;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,6 +121,9 @@ pub struct Server {
     archive: Option<Archive>,
     /// The database, closed last.
     storage: Option<Storage>,
+    /// Applies the config file again on SIGHUP (and for the operator
+    /// endpoint, which holds its own handle).
+    reloader: Reloader,
 }
 
 impl Server {
@@ -230,12 +236,25 @@ impl Server {
             }
             http::RosterAdmin {
                 cache,
-                token: admin.token.map(|t| t.0),
+                token: http::LiveToken::new(admin.token.map(|t| t.0)),
                 max_body_bytes: admin.max_body_bytes,
             }
         });
+        let admin_token =
+            http::LiveToken::new(config.http.admin_token.as_ref().map(|t| t.0.clone()));
+        let reloader = Reloader::new(
+            &config,
+            reload::Live {
+                admin_token: admin_token.clone(),
+                roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
+            },
+        );
+        let operator = http::Operator {
+            token: admin_token,
+            reloader: reloader.clone(),
+        };
         let http_server =
-            http::start(http_listener, metrics, roster_admin).map_err(RunError::Http)?;
+            http::start(http_listener, metrics, roster_admin, operator).map_err(RunError::Http)?;
         let http = http_server.handle();
         actix_rt::spawn(http_server);
 
@@ -333,6 +352,7 @@ impl Server {
             offline,
             archive,
             storage,
+            reloader,
         })
     }
 
@@ -360,7 +380,9 @@ impl Server {
     /// accepting, send every client `<system-shutdown/>`, end every auth
     /// process, stop the HTTP listener and the arbiters.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        let reloads = actix_rt::spawn(signal::reload_on_hangup(self.reloader.clone()));
         shutdown.await;
+        reloads.abort();
         tracing::info!("shutting down");
         self.shutdown.cancel();
         self.connections.close();

@@ -33,6 +33,17 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Make the server running on this config file read it again: applies
+    /// what can change live, names what needs a restart, and changes
+    /// nothing when the file is invalid. Talks to the server's operator
+    /// listener (`http.listen`, with `http.admin_token`). Exit 0 reloaded,
+    /// 1 the file is invalid (every problem printed), 2 the server could
+    /// not be asked.
+    Reload {
+        /// The config file the server runs on.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Manage an account through the configured auth backend. The password
     /// is read from the terminal (without echo) or from the first line of
     /// standard input. Exit 0 done, 1 refused, 2 invalid, 3 backend unavailable.
@@ -63,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     ExitCode::from(match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => cli::check_config(&file),
+        (Some(Command::Reload { config }), _) => cli::reload(&config),
         (Some(Command::User { config, action }), _) => {
             let (action, jid) = match action {
                 UserCommand::Add { jid } => (UserAction::Add, jid),

@@ -1,9 +1,12 @@
-//! The shutdown trigger: a future that resolves on SIGTERM or SIGINT.
+//! The signals the server acts on: SIGTERM or SIGINT to shut down, SIGHUP
+//! to reload its config.
 //!
 //! Owns: installing the signal handlers and logging which signal arrived.
 //! Must not touch: what shutting down means (closing listeners, draining
-//! sessions, stopping auth processes); that is `run`'s job.
+//! sessions, stopping auth processes; that is `run`'s job) or what a
+//! reload does ([`crate::reload`]).
 
+use crate::reload::Reloader;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Resolves on the first SIGTERM or SIGINT. Must be polled inside a Tokio
@@ -17,6 +20,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = recv(&mut terminate) => tracing::info!("received SIGTERM, shutting down"),
         () = recv(&mut interrupt) => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+/// Reloads the config at every SIGHUP, one after the other, until
+/// dropped. What each reload did is in its log line.
+pub async fn reload_on_hangup(reloader: Reloader) {
+    let mut hangup = install(SignalKind::hangup(), "SIGHUP");
+    loop {
+        recv(&mut hangup).await;
+        tracing::info!("received SIGHUP, reloading the configuration");
+        reloader.reload("signal").await;
     }
 }
 

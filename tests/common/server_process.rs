@@ -54,6 +54,8 @@ pub struct ServerProcess {
     child: Child,
     /// Where its stderr goes.
     log_path: PathBuf,
+    /// The config file it was started with.
+    config_path: PathBuf,
 }
 
 impl ServerProcess {
@@ -67,7 +69,16 @@ impl ServerProcess {
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .expect("gatehouse starts");
-        ServerProcess { child, log_path }
+        ServerProcess {
+            child,
+            log_path,
+            config_path: config_path.to_owned(),
+        }
+    }
+
+    /// The config file it runs on (what a reload reads again).
+    pub fn config_path(&self) -> PathBuf {
+        self.config_path.clone()
     }
 
     /// Writes `toml` into a fresh directory and starts the binary with it,

@@ -1,0 +1,342 @@
+//! Live configuration reload. Its three triggers (SIGHUP, `POST
+//! /admin/reload`, `gatehouse reload`) all end in [`Reloader::reload`],
+//! which re-reads the file the server started from, validates it whole
+//! (an invalid file changes nothing), works out which keys changed, applies
+//! those that can change while the server runs, and names the others
+//! "needs restart" — the rest is still applied: an operator tuning a pool
+//! in a storm should not be blocked by an unrelated edit they cannot apply
+//! without dropping every session, and the answer says which keys wait.
+//!
+//! Owns: the running config's text (what the next reload compares with),
+//! which keys are live, the reload metrics and log line. Must not touch:
+//! how a component takes its new settings (each has its own handle).
+
+use crate::config::{Config, ConfigError};
+use crate::http::LiveToken;
+use crate::logging;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use toml::{Table, Value};
+
+/// The handles through which a reload changes what runs.
+pub struct Live {
+    /// `http.admin_token`, checked by the operator endpoints.
+    pub admin_token: LiveToken,
+    /// `roster_admin.token`, when the refresh endpoint runs.
+    pub roster_token: Option<LiveToken>,
+}
+
+impl Live {
+    /// Whether a change of `key` takes effect without a restart.
+    fn applies(&self, key: &str) -> bool {
+        match key {
+            "log_level" | "http.admin_token" => true,
+            "roster_admin.token" => self.roster_token.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Applies `config`'s value of each of `keys` (all live ones).
+    fn apply(&self, config: &Config, keys: &BTreeSet<&str>) {
+        if keys.contains("log_level") {
+            // Checked by validation: this cannot fail.
+            if let Err(error) = logging::set_level(&config.log_level) {
+                tracing::error!(%error, "log_level not applied");
+            }
+        }
+        if keys.contains("http.admin_token") {
+            let token = config.http.admin_token.as_ref().map(|t| t.0.clone());
+            self.admin_token.set(token);
+        }
+        if let Some(roster) = self.roster_token.as_ref() {
+            if keys.contains("roster_admin.token") {
+                let admin = config.roster_admin.as_ref();
+                roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
+            }
+        }
+    }
+}
+
+/// What one reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// Keys changed: `applied` now, `needs_restart` left as they were.
+    Applied {
+        path: PathBuf,
+        applied: Vec<String>,
+        needs_restart: Vec<String>,
+    },
+    /// The file has no change that matters (perhaps in comments or
+    /// layout), besides keys that still need a restart.
+    Unchanged {
+        path: PathBuf,
+        needs_restart: Vec<String>,
+    },
+    /// The file cannot be used: nothing changed.
+    Invalid(ConfigError),
+}
+
+impl fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let restart = |f: &mut fmt::Formatter<'_>, path: &PathBuf, keys: &[String]| {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            write!(
+                f,
+                "\n{}: needs restart (running as before): {}",
+                path.display(),
+                keys.join(", ")
+            )
+        };
+        match self {
+            ReloadOutcome::Applied {
+                path,
+                applied,
+                needs_restart,
+            } => {
+                write!(f, "{}: reloaded", path.display())?;
+                if !applied.is_empty() {
+                    write!(f, ": applied {}", applied.join(", "))?;
+                }
+                restart(f, path, needs_restart)
+            }
+            ReloadOutcome::Unchanged {
+                path,
+                needs_restart,
+            } => {
+                write!(f, "{}: no change to apply", path.display())?;
+                restart(f, path, needs_restart)
+            }
+            ReloadOutcome::Invalid(error) => write!(f, "{error}\nnothing changed"),
+        }
+    }
+}
+
+/// Reloads the running server's config; cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+/// The running configuration, as a reload compares with it.
+struct Running {
+    /// The file's table, except that keys that need a restart keep the
+    /// values the server runs with.
+    table: Table,
+    /// The short hash of the file last read: its `gatehouse_config_info`.
+    hash: String,
+}
+
+struct Inner {
+    /// The file to read again.
+    path: PathBuf,
+    /// What runs now; one reload at a time.
+    running: tokio::sync::Mutex<Running>,
+    /// Where changes go.
+    live: Live,
+}
+
+impl Reloader {
+    /// A reloader for a server started on `config`, changing `live`.
+    pub fn new(config: &Config, live: Live) -> Reloader {
+        let (path, text) = (config.source.path.clone(), config.source.text.as_str());
+        let running = Running {
+            // It parsed as a config, so it parses as a table.
+            table: text.parse::<Table>().unwrap_or_default(),
+            hash: set_hash(text, None),
+        };
+        Reloader {
+            inner: Arc::new(Inner {
+                path,
+                running: tokio::sync::Mutex::new(running),
+                live,
+            }),
+        }
+    }
+
+    /// Reads the file again and applies what changed; `trigger` (`signal`,
+    /// `http`) is logged.
+    pub async fn reload(&self, trigger: &'static str) -> ReloadOutcome {
+        let path = &self.inner.path;
+        let mut running = self.inner.running.lock().await;
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(error) => {
+                count("failure");
+                tracing::warn!(
+                    trigger,
+                    "configuration not reloaded, nothing changed:\n{error}"
+                );
+                return ReloadOutcome::Invalid(error);
+            }
+        };
+        let text = config.source.text.as_str();
+        let new = text.parse::<Table>().unwrap_or_default();
+        let mut changed = Vec::new();
+        changed_keys("", Some(&running.table), Some(&new), &mut changed);
+        let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|key| self.inner.live.applies(key));
+        let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
+        self.inner.live.apply(&config, &live);
+        for key in &applied {
+            set_key(&mut running.table, &new, key);
+        }
+        running.hash = set_hash(text, Some(std::mem::take(&mut running.hash)));
+        count("success");
+        metrics::gauge!("gatehouse_config_last_reload_success_timestamp_seconds").set(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64()),
+        );
+        tracing::info!(
+            trigger,
+            applied = %applied.join(", "),
+            needs_restart = %needs_restart.join(", "),
+            "configuration reloaded"
+        );
+        if applied.is_empty() {
+            ReloadOutcome::Unchanged {
+                path: path.clone(),
+                needs_restart,
+            }
+        } else {
+            ReloadOutcome::Applied {
+                path: path.clone(),
+                applied,
+                needs_restart,
+            }
+        }
+    }
+}
+
+/// Help texts of the reload metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_config_reloads_total",
+        "Configuration reloads (SIGHUP, POST /admin/reload, gatehouse reload), by result: \
+         success (the file was valid; what could change live was applied) or failure \
+         (the file was invalid or unreadable; nothing changed)"
+    );
+    metrics::describe_gauge!(
+        "gatehouse_config_last_reload_success_timestamp_seconds",
+        "When the last successful reload happened (Unix time); 0 before the first"
+    );
+    metrics::describe_gauge!(
+        "gatehouse_config_info",
+        "1 for the running configuration file's hash (the first 12 hex digits of its \
+         SHA-256), 0 for hashes it had before"
+    );
+    for result in ["success", "failure"] {
+        metrics::counter!("gatehouse_config_reloads_total", "result" => result).absolute(0);
+    }
+    metrics::gauge!("gatehouse_config_last_reload_success_timestamp_seconds").set(0.0);
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("gatehouse_config_reloads_total", "result" => result).increment(1);
+}
+
+/// The short hash of `text`; with `previous`, marks it running (and
+/// `previous` no longer) in `gatehouse_config_info`.
+fn set_hash(text: &str, previous: Option<String>) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(previous) = previous.filter(|p| *p != hash) {
+        metrics::gauge!("gatehouse_config_info", "hash" => previous).set(0.0);
+    }
+    metrics::gauge!("gatehouse_config_info", "hash" => hash.clone()).set(1.0);
+    hash
+}
+
+/// Appends to `out` the dotted key of every value that differs between
+/// `old` and `new` (present in one only, or unequal), descending into
+/// tables; an array is one value.
+fn changed_keys(prefix: &str, old: Option<&Table>, new: Option<&Table>, out: &mut Vec<String>) {
+    let keys: BTreeSet<&String> = old
+        .into_iter()
+        .chain(new)
+        .flat_map(|table| table.keys())
+        .collect();
+    for key in keys {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let (a, b) = (old.and_then(|t| t.get(key)), new.and_then(|t| t.get(key)));
+        match (a, b) {
+            (Some(Value::Table(a)), Some(Value::Table(b))) => {
+                changed_keys(&path, Some(a), Some(b), out)
+            }
+            (Some(Value::Table(a)), None) => changed_keys(&path, Some(a), None, out),
+            (None, Some(Value::Table(b))) => changed_keys(&path, None, Some(b), out),
+            (a, b) if a != b => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// Makes dotted `key` in `running` what it is in `new` (absent if absent
+/// there), creating the tables on its way.
+fn set_key(running: &mut Table, new: &Table, key: &str) {
+    let (head, rest) = match key.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (key, None),
+    };
+    let Some(rest) = rest else {
+        match new.get(head) {
+            Some(value) => running.insert(head.to_owned(), value.clone()),
+            None => running.remove(head),
+        };
+        return;
+    };
+    let empty = Table::new();
+    let below = match new.get(head) {
+        Some(Value::Table(table)) => table,
+        _ => &empty,
+    };
+    let entry = running
+        .entry(head.to_owned())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !entry.is_table() {
+        *entry = Value::Table(Table::new());
+    }
+    if let Value::Table(inner) = entry {
+        set_key(inner, below, rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{changed_keys, set_key, Table};
+
+    fn table(text: &str) -> Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn changed_keys_are_leaves_added_removed_or_different() {
+        let old = table("a = 1\n[s]\nx = 1\ny = [1, 2]\n[gone]\nz = 1\n");
+        let new = table("a = 1\n[s]\nx = 2\ny = [1, 2]\nw = true\n[added.deep]\nv = 1\n");
+        let mut out = Vec::new();
+        changed_keys("", Some(&old), Some(&new), &mut out);
+        assert_eq!(out, ["added.deep.v", "gone.z", "s.w", "s.x"]);
+    }
+
+    #[test]
+    fn set_key_takes_one_leaf_and_leaves_the_rest() {
+        let mut running = table("[s]\nx = 1\ny = 1\n");
+        let new = table("[s]\nx = 2\ny = 2\n[t]\nz = 3\n");
+        set_key(&mut running, &new, "s.x");
+        set_key(&mut running, &new, "t.z");
+        assert_eq!(running, table("[s]\nx = 2\ny = 1\n[t]\nz = 3\n"));
+        set_key(&mut running, &table(""), "s.y");
+        assert_eq!(running, table("[s]\nx = 2\n[t]\nz = 3\n"));
+    }
+}
