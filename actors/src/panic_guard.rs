@@ -14,6 +14,7 @@
 //! by the same rule.
 
 use actix::prelude::*;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::Poll;
@@ -70,6 +71,47 @@ pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Pani
         tracing::error!(actor, message, "panic caught in an actor's handler");
         metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
         Panicked
+    })
+}
+
+/// Runs `future` with every poll under [`catch`]: a panic in it ends the
+/// future with `Err(Panicked)` (logged and counted) instead of unwinding
+/// through the task that polls it. The future is dropped after a panic,
+/// so what it held (a connection, a request's reply) is let go as on any
+/// other end. For a spawned task, and under [`guarded_response`].
+pub async fn catch_future<F: Future>(
+    actor: &'static str,
+    future: F,
+) -> Result<F::Output, Panicked> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|task| match catch(actor, || future.as_mut().poll(task)) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+        Err(Panicked) => Poll::Ready(Err(Panicked)),
+    })
+    .await
+}
+
+/// A handler's plain future (a `ResponseFuture`, which actix runs apart
+/// from the actor), built by `build` and polled under [`catch`]: after a
+/// panic in either it resolves to `recover()`, the answer the caller gets
+/// instead (a temporary failure), so no request in hand goes unanswered.
+/// [`Guarded`] is the same for an actor future.
+pub fn guarded_response<F>(
+    actor: &'static str,
+    build: impl FnOnce() -> F,
+    recover: fn() -> F::Output,
+) -> Pin<Box<dyn Future<Output = F::Output>>>
+where
+    F: Future + 'static,
+{
+    let built = catch(actor, build);
+    Box::pin(async move {
+        let output = match built {
+            Ok(future) => catch_future(actor, future).await,
+            Err(panicked) => Err(panicked),
+        };
+        output.unwrap_or_else(|Panicked| recover())
     })
 }
 
@@ -155,6 +197,31 @@ mod tests {
         let probe = Probe.start();
         assert_eq!(probe.send(Later(true)).await.unwrap(), "recovered");
         assert_eq!(probe.send(Later(false)).await.unwrap(), "done");
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_plain_future_is_caught_and_answered() {
+        // Panics after a turn, as a fetch's continuation would.
+        let late = |fail: bool| async move {
+            tokio::task::yield_now().await;
+            assert!(!fail, "future fault");
+            "done"
+        };
+        assert_eq!(catch_future("test", late(true)).await, Err(Panicked));
+        assert_eq!(catch_future("test", late(false)).await, Ok("done"));
+        let recover = || "recovered";
+        let answer = guarded_response("test", || late(true), recover);
+        assert_eq!(answer.await, "recovered");
+        let answer = guarded_response(
+            "test",
+            || -> std::future::Ready<&str> { panic!("build fault") },
+            recover,
+        );
+        assert_eq!(answer.await, "recovered");
+        assert_eq!(
+            guarded_response("test", || late(false), recover).await,
+            "done"
+        );
     }
 
     #[test]
