@@ -162,6 +162,64 @@ impl<A: Actor, T> ActorFuture<A> for Guarded<A, T> {
     }
 }
 
+/// For the guarded actors' unit tests: a metrics recorder that panics
+/// where the code under test counts something, so that a panic strikes in
+/// a real handler with no fault injection in the code itself. Install it
+/// with `metrics::set_default_local_recorder`: actors started in an
+/// `actix_rt::test` run on the test's thread.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::sync::Arc;
+
+    /// Panics on every increment of the counter `name` (whose labels
+    /// include `label`, a name and a value, when given); every other
+    /// metric is a no-op.
+    pub(crate) struct PanicOnIncrement {
+        pub(crate) name: &'static str,
+        pub(crate) label: Option<(&'static str, &'static str)>,
+    }
+
+    /// The counter that panics.
+    struct Tripwire;
+
+    impl CounterFn for Tripwire {
+        fn increment(&self, _: u64) {
+            panic!("injected by the test's recorder");
+        }
+
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl Recorder for PanicOnIncrement {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let trips = key.name() == self.name
+                && self.label.is_none_or(|(label, value)| {
+                    key.labels().any(|l| l.key() == label && l.value() == value)
+                });
+            if trips {
+                Counter::from_arc(Arc::new(Tripwire))
+            } else {
+                Counter::noop()
+            }
+        }
+
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
