@@ -135,6 +135,7 @@ fn register_at_zero() {
         "muc_room",
         "auth_pool",
         "roster_cache",
+        "muc_gate",
     ] {
         metrics::counter!("gatehouse_panics_total", "actor" => actor).absolute(0);
     }
