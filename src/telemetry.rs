@@ -136,6 +136,7 @@ fn register_at_zero() {
         "auth_pool",
         "roster_cache",
         "muc_gate",
+        "transport",
     ] {
         metrics::counter!("gatehouse_panics_total", "actor" => actor).absolute(0);
     }
