@@ -5,7 +5,9 @@
 //!
 //! It owns only catching, logging and counting. What happens next is the
 //! actor's choice: a Session ends its stream with
-//! `<internal-server-error/>`, the shared actors log and serve on.
+//! `<internal-server-error/>`, a connection's task ends that connection,
+//! the shared actors log and serve on (answering the request in hand with
+//! a temporary failure).
 //!
 //! The log line never holds the panic's text unless it is a literal from
 //! the source code: a formatted message may carry stanza content, and so
@@ -23,8 +25,10 @@ use std::task::Poll;
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_panics_total",
-        "Panics caught in an actor's handler, by actor: session (that session ends \
-         with internal-server-error), router, muc_service, muc_room (they serve on)"
+        "Panics caught in an actor's handler or a connection's task, by actor: session \
+         (that session ends with internal-server-error), transport (that connection \
+         ends), router, muc_service, muc_room, muc_gate, auth_pool, roster_cache (they \
+         serve on; the request in hand fails temporarily)"
     );
 }
 
