@@ -707,14 +707,17 @@ mod tests {
     use crate::panic_guard::test_support::PanicOnIncrement;
 
     /// A worker that says yes: at once, or after a while for user `slow`.
+    /// For user `boom` it panics.
     struct Nod;
 
     impl Worker for Nod {
         const REPLACE_AFTER_TIMEOUT: bool = false;
 
         async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
-            if command.parts().0 == "slow" {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            match command.parts().0 {
+                "slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+                "boom" => panic!("worker fault"),
+                _ => {}
             }
             Ok(true)
         }
@@ -746,6 +749,23 @@ mod tests {
             host: "localhost".into(),
             password: Password::new("wrong"),
         }
+    }
+
+    /// A panic in a worker slot fails the request it serves temporarily;
+    /// the slot starts over with a fresh worker and serves the next ones.
+    #[actix_rt::test]
+    async fn a_panic_in_a_worker_slot_fails_its_request_temporarily_and_the_slot_starts_over() {
+        let config = PoolConfig {
+            backend: "test",
+            workers: 1,
+            queue: 4,
+            timeout: Duration::from_secs(5),
+            queue_timeout: Duration::from_secs(5),
+        };
+        let pool = PoolHandle::start(config, Nods, Arc::new(|_: &AuthCommand| Ok(())));
+        assert_eq!(pool.call(auth("boom")).await, Err(AuthError::Internal));
+        assert_eq!(pool.call(auth("after")).await, Ok(true));
+        pool.shutdown().await;
     }
 
     /// A panic in the pool's queue timer strikes while it rejects a
