@@ -51,9 +51,12 @@ use toml::de::{DeTable, DeValue};
 /// allowed so tests can provoke the limit cheaply.
 const STANZA_BYTES: RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
 /// Below 16 a stanza with a small payload (a presence with caps and a
-/// nickname) stops fitting; above a million the DOM built for one stanza
-/// (~200 bytes an element) would be hundreds of MB.
-const STANZA_ELEMENTS: RangeInclusive<usize> = 16..=1_000_000;
+/// nickname) stops fitting. The tree built for a completed stanza costs
+/// ~200 bytes an element, ~1.2 KB for one with an attribute (nine bytes on
+/// the wire): at 100,000 that is ~120 MB for one stanza (at a million it
+/// was 1.2 GB), ten times the default and 30 times the largest real
+/// stanzas.
+const STANZA_ELEMENTS: RangeInclusive<usize> = 16..=100_000;
 /// Below 16 a stream header (seven attributes with its declarations) or a
 /// Jingle candidate (twelve) stops fitting.
 const ELEMENT_ATTRIBUTES: RangeInclusive<usize> = 16..=4096;
@@ -230,7 +233,8 @@ pub struct C2sConfig {
     pub max_stanza_bytes: usize,
     /// Most elements in one stanza (itself included); more end the stream
     /// with `<policy-violation/>`. Bounds the tree built for a stanza,
-    /// which costs ~200 bytes an element however few bytes it took.
+    /// which costs ~200 bytes to ~1.2 KB an element however few bytes it
+    /// took.
     #[serde(default = "default_max_stanza_elements")]
     pub max_stanza_elements: usize,
     /// Most attributes (namespace declarations included) on one element;

@@ -110,7 +110,7 @@ impl RosterAdmin {
     async fn refresh(&self, users: Vec<String>) -> HttpResponse {
         let requested = users.len();
         match self.cache.send(Refresh { users }).await {
-            Ok(report) => {
+            Ok(Ok(report)) => {
                 tracing::info!(
                     requested,
                     updated = report.updated,
@@ -131,6 +131,12 @@ impl RosterAdmin {
                     "errors": report.errors,
                 }))
             }
+            // A fault in the cache, logged and counted there: the refresh
+            // may be half done, and is safe to send again.
+            Ok(Err(_)) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the roster refresh failed inside Gatehouse; send it again",
+            ),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the roster cache is not running",

@@ -129,7 +129,16 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).absolute(0);
     }
-    for actor in ["session", "router", "muc_service", "muc_room"] {
+    for actor in [
+        "session",
+        "router",
+        "muc_service",
+        "muc_room",
+        "auth_pool",
+        "roster_cache",
+        "muc_gate",
+        "transport",
+    ] {
         metrics::counter!("gatehouse_panics_total", "actor" => actor).absolute(0);
     }
     for service in ["roster", "muc_gate", "auth"] {

@@ -25,7 +25,8 @@
 //!   `Authorization` header and the bounded body read shared by requests
 //!   to the application.
 //! - [`panic_guard`]: panics caught, logged and counted at an actor's
-//!   boundary.
+//!   boundary (its handlers, their continuations and futures) and at a
+//!   connection task's.
 //!
 //! It must not read configuration files or bind listeners: the `gatehouse`
 //! application does that and hands plain settings in.

@@ -5,7 +5,9 @@
 //!
 //! It owns only catching, logging and counting. What happens next is the
 //! actor's choice: a Session ends its stream with
-//! `<internal-server-error/>`, the shared actors log and serve on.
+//! `<internal-server-error/>`, a connection's task ends that connection,
+//! the shared actors log and serve on (answering the request in hand with
+//! a temporary failure).
 //!
 //! The log line never holds the panic's text unless it is a literal from
 //! the source code: a formatted message may carry stanza content, and so
@@ -14,6 +16,7 @@
 //! by the same rule.
 
 use actix::prelude::*;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::Poll;
@@ -22,8 +25,10 @@ use std::task::Poll;
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_panics_total",
-        "Panics caught in an actor's handler, by actor: session (that session ends \
-         with internal-server-error), router, muc_service, muc_room (they serve on)"
+        "Panics caught in an actor's handler or a connection's task, by actor: session \
+         (that session ends with internal-server-error), transport (that connection \
+         ends), router, muc_service, muc_room, muc_gate, auth_pool, roster_cache (they \
+         serve on; the request in hand fails temporarily)"
     );
 }
 
@@ -70,6 +75,47 @@ pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Pani
         tracing::error!(actor, message, "panic caught in an actor's handler");
         metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
         Panicked
+    })
+}
+
+/// Runs `future` with every poll under [`catch`]: a panic in it ends the
+/// future with `Err(Panicked)` (logged and counted) instead of unwinding
+/// through the task that polls it. The future is dropped after a panic,
+/// so what it held (a connection, a request's reply) is let go as on any
+/// other end. For a spawned task, and under [`guarded_response`].
+pub async fn catch_future<F: Future>(
+    actor: &'static str,
+    future: F,
+) -> Result<F::Output, Panicked> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|task| match catch(actor, || future.as_mut().poll(task)) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+        Err(Panicked) => Poll::Ready(Err(Panicked)),
+    })
+    .await
+}
+
+/// A handler's plain future (a `ResponseFuture`, which actix runs apart
+/// from the actor), built by `build` and polled under [`catch`]: after a
+/// panic in either it resolves to `recover()`, the answer the caller gets
+/// instead (a temporary failure), so no request in hand goes unanswered.
+/// [`Guarded`] is the same for an actor future.
+pub fn guarded_response<F>(
+    actor: &'static str,
+    build: impl FnOnce() -> F,
+    recover: fn() -> F::Output,
+) -> Pin<Box<dyn Future<Output = F::Output>>>
+where
+    F: Future + 'static,
+{
+    let built = catch(actor, build);
+    Box::pin(async move {
+        let output = match built {
+            Ok(future) => catch_future(actor, future).await,
+            Err(panicked) => Err(panicked),
+        };
+        output.unwrap_or_else(|Panicked| recover())
     })
 }
 
@@ -120,6 +166,64 @@ impl<A: Actor, T> ActorFuture<A> for Guarded<A, T> {
     }
 }
 
+/// For the guarded actors' unit tests: a metrics recorder that panics
+/// where the code under test counts something, so that a panic strikes in
+/// a real handler with no fault injection in the code itself. Install it
+/// with `metrics::set_default_local_recorder`: actors started in an
+/// `actix_rt::test` run on the test's thread.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::sync::Arc;
+
+    /// Panics on every increment of the counter `name` (whose labels
+    /// include `label`, a name and a value, when given); every other
+    /// metric is a no-op.
+    pub(crate) struct PanicOnIncrement {
+        pub(crate) name: &'static str,
+        pub(crate) label: Option<(&'static str, &'static str)>,
+    }
+
+    /// The counter that panics.
+    struct Tripwire;
+
+    impl CounterFn for Tripwire {
+        fn increment(&self, _: u64) {
+            panic!("injected by the test's recorder");
+        }
+
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl Recorder for PanicOnIncrement {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let trips = key.name() == self.name
+                && self.label.is_none_or(|(label, value)| {
+                    key.labels().any(|l| l.key() == label && l.value() == value)
+                });
+            if trips {
+                Counter::from_arc(Arc::new(Tripwire))
+            } else {
+                Counter::noop()
+            }
+        }
+
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +259,31 @@ mod tests {
         let probe = Probe.start();
         assert_eq!(probe.send(Later(true)).await.unwrap(), "recovered");
         assert_eq!(probe.send(Later(false)).await.unwrap(), "done");
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_in_a_plain_future_is_caught_and_answered() {
+        // Panics after a turn, as a fetch's continuation would.
+        let late = |fail: bool| async move {
+            tokio::task::yield_now().await;
+            assert!(!fail, "future fault");
+            "done"
+        };
+        assert_eq!(catch_future("test", late(true)).await, Err(Panicked));
+        assert_eq!(catch_future("test", late(false)).await, Ok("done"));
+        let recover = || "recovered";
+        let answer = guarded_response("test", || late(true), recover);
+        assert_eq!(answer.await, "recovered");
+        let answer = guarded_response(
+            "test",
+            || -> std::future::Ready<&str> { panic!("build fault") },
+            recover,
+        );
+        assert_eq!(answer.await, "recovered");
+        assert_eq!(
+            guarded_response("test", || late(false), recover).await,
+            "done"
+        );
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub enum AuthError {
     /// The pool is shutting down.
     #[error("auth pool is shut down")]
     ShutDown,
+    /// A panic in the pool (caught, logged and counted) dropped the
+    /// request; the pool serves on.
+    #[error("auth pool failed internally")]
+    Internal,
     /// The backend does not implement this command: it answered HTTP 501,
     /// or the external protocol lacks the command (then it was never
     /// written to a process).

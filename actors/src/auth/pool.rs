@@ -8,9 +8,15 @@
 //! has admitted (in service or queued) and refuses one more than
 //! `workers + queue` at once, without touching the actor.
 //!
+//! A panic in the actor's handlers or in a worker slot is caught, logged
+//! and counted (`gatehouse_panics_total{actor="auth_pool"}`): the request
+//! in hand fails as [`AuthError::Internal`], a temporary failure, and the
+//! pool serves on.
+//!
 //! It must not know a backend's wire protocol.
 
 use super::{AuthCommand, AuthError};
+use crate::panic_guard;
 use actix::prelude::*;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,6 +30,9 @@ use tokio_util::task::TaskTracker;
 /// Restart backoff after a worker failed: doubles from the first value to
 /// the second, and is reset by a good answer.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// The `actor` label of panics caught in the pool and its worker slots.
+const PANIC_LABEL: &str = "auth_pool";
 
 /// Why a worker could not answer a request.
 #[derive(Debug)]
@@ -181,7 +190,7 @@ impl PoolHandle {
                 timeout: config.timeout,
                 stop: stop.clone(),
             };
-            actix_rt::spawn(workers.track_future(slot.run()));
+            actix_rt::spawn(workers.track_future(slot.serve_on()));
         }
         workers.close();
         PoolHandle {
@@ -230,8 +239,11 @@ impl PoolHandle {
         }));
         match tokio::time::timeout(self.deadline, answer).await {
             Ok(Ok(result)) => result,
-            // The pool dropped the request: it is shutting down.
-            Ok(Err(_)) => Err(AuthError::ShutDown),
+            // The pool dropped the request: it is shutting down, or a
+            // panic in the pool (caught, logged and counted) unwound with
+            // the request in hand.
+            Ok(Err(_)) if self.stop.is_cancelled() => Err(AuthError::ShutDown),
+            Ok(Err(_)) => Err(AuthError::Internal),
             // Every request the pool holds is bounded by the timeouts, so
             // the pool itself is stalled. Dropping `answer` tells it that
             // nobody waits for this request any more.
@@ -339,8 +351,10 @@ impl AuthPool {
             match self.queue_timeout.checked_sub(oldest.enqueued.elapsed()) {
                 Some(left) if !left.is_zero() => {
                     self.expiry = Some(ctx.run_later(left, |pool, ctx| {
-                        pool.expiry = None;
-                        pool.expire(ctx);
+                        let _ = panic_guard::catch(PANIC_LABEL, || {
+                            pool.expiry = None;
+                            pool.expire(ctx);
+                        });
                     }));
                     break;
                 }
@@ -377,8 +391,11 @@ struct Submit(Job);
 impl Handler<Submit> for AuthPool {
     type Result = ();
 
+    /// Every handler (and the queue's timer) runs under the panic guard,
+    /// as the Router's do: a panic drops the job in hand, whose caller then
+    /// gets [`AuthError::Internal`], and the pool serves on.
     fn handle(&mut self, Submit(job): Submit, ctx: &mut Self::Context) {
-        self.admit(job, false, ctx);
+        let _ = panic_guard::catch(PANIC_LABEL, || self.admit(job, false, ctx));
     }
 }
 
@@ -391,25 +408,27 @@ impl Handler<Ready> for AuthPool {
     type Result = ();
 
     fn handle(&mut self, Ready(worker): Ready, _: &mut Self::Context) {
-        if self.shut_down {
-            return;
-        }
-        // Workers that broke while idle left their channel behind.
-        self.idle.retain(|idle| !idle.is_closed());
-        self.idle.push_back(worker);
-        while let Some(job) = self.queue.pop_front() {
-            // The timer may not have fired yet: a request never leaves the
-            // queue for a worker after its time is up.
-            if job.enqueued.elapsed() >= self.queue_timeout {
-                self.reject(job, AuthError::QueueTimeout, "queue_timeout");
-                continue;
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            if self.shut_down {
+                return;
             }
-            if let Some(job) = self.dispatch(job) {
-                self.queue.push_front(job);
-                break;
+            // Workers that broke while idle left their channel behind.
+            self.idle.retain(|idle| !idle.is_closed());
+            self.idle.push_back(worker);
+            while let Some(job) = self.queue.pop_front() {
+                // The timer may not have fired yet: a request never leaves
+                // the queue for a worker after its time is up.
+                if job.enqueued.elapsed() >= self.queue_timeout {
+                    self.reject(job, AuthError::QueueTimeout, "queue_timeout");
+                    continue;
+                }
+                if let Some(job) = self.dispatch(job) {
+                    self.queue.push_front(job);
+                    break;
+                }
             }
-        }
-        self.set_queue_gauge();
+            self.set_queue_gauge();
+        });
     }
 }
 
@@ -424,7 +443,7 @@ impl Handler<Requeue> for AuthPool {
     fn handle(&mut self, Requeue(job): Requeue, ctx: &mut Self::Context) {
         // It already waited: it goes first, for what is left of its queue
         // time.
-        self.admit(job, true, ctx);
+        let _ = panic_guard::catch(PANIC_LABEL, || self.admit(job, true, ctx));
     }
 }
 
@@ -437,11 +456,13 @@ impl Handler<Shutdown> for AuthPool {
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
         self.shut_down = true;
-        self.idle.clear();
-        for job in std::mem::take(&mut self.queue) {
-            self.reject(job, AuthError::ShutDown, "shut_down");
-        }
-        self.set_queue_gauge();
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            self.idle.clear();
+            for job in std::mem::take(&mut self.queue) {
+                self.reject(job, AuthError::ShutDown, "shut_down");
+            }
+            self.set_queue_gauge();
+        });
     }
 }
 
@@ -460,8 +481,49 @@ struct Slot<F: WorkerFactory> {
     stop: CancellationToken,
 }
 
+/// One unit of a gauge while it is held, given back when dropped: also
+/// when a panic unwinds the slot.
+struct GaugeUnit(metrics::Gauge);
+
+impl GaugeUnit {
+    fn hold(gauge: metrics::Gauge) -> GaugeUnit {
+        gauge.increment(1.0);
+        GaugeUnit(gauge)
+    }
+}
+
+impl Drop for GaugeUnit {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 impl<F: WorkerFactory> Slot<F> {
-    async fn run(self) {
+    /// Runs the slot until shutdown. A panic in it is caught, logged and
+    /// counted; unwinding drops its worker (a process is killed) and the
+    /// request in hand (its caller gets [`AuthError::Internal`]), and the
+    /// slot starts over with a fresh worker, as after a worker failure.
+    async fn serve_on(self) {
+        while panic_guard::catch_future(PANIC_LABEL, self.run())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backend = self.backend,
+                worker = %self.factory.describe(),
+                retry_in = ?BACKOFF.0,
+                "restarting auth worker after a panic"
+            );
+            metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => self.backend)
+                .increment(1);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(BACKOFF.0) => {}
+            }
+        }
+    }
+
+    async fn run(&self) {
         let mut backoff = BACKOFF.0;
         while !self.stop.is_cancelled() {
             let worker = tokio::select! {
@@ -470,11 +532,11 @@ impl<F: WorkerFactory> Slot<F> {
             };
             let failure = match worker {
                 Ok(worker) => {
-                    metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend)
-                        .increment(1.0);
+                    let up = GaugeUnit::hold(
+                        metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend),
+                    );
                     let failure = self.serve(worker, &mut backoff).await;
-                    metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend)
-                        .decrement(1.0);
+                    drop(up);
                     match failure {
                         Some(failure) => failure,
                         None => return, // stopped
@@ -529,14 +591,15 @@ impl<F: WorkerFactory> Slot<F> {
             if job.reply.is_closed() {
                 continue; // its caller went away on the way here
             }
-            let busy = metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend);
-            busy.increment(1.0);
+            let busy = GaugeUnit::hold(
+                metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend),
+            );
             let started = Instant::now();
             let served = tokio::select! {
                 _ = self.stop.cancelled() => None,
                 served = tokio::time::timeout(self.timeout, worker.serve(&job.command)) => Some(served),
             };
-            busy.decrement(1.0);
+            drop(busy);
             let outcome = match served {
                 // Shutting down: do not wait for a slow answer.
                 None => {
@@ -633,6 +696,113 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "gatehouse_auth_process_restarts_total",
-        "Auth workers restarted after they exited, hung, answered garbage or could not start"
+        "Auth workers restarted after they exited, hung, answered garbage, could not start or panicked"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Password;
+    use crate::panic_guard::test_support::PanicOnIncrement;
+
+    /// A worker that says yes: at once, or after a while for user `slow`.
+    /// For user `boom` it panics.
+    struct Nod;
+
+    impl Worker for Nod {
+        const REPLACE_AFTER_TIMEOUT: bool = false;
+
+        async fn serve(&mut self, command: &AuthCommand) -> Result<bool, WorkerFailure> {
+            match command.parts().0 {
+                "slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+                "boom" => panic!("worker fault"),
+                _ => {}
+            }
+            Ok(true)
+        }
+
+        async fn broken(&mut self) -> String {
+            std::future::pending().await
+        }
+
+        async fn stop(self) {}
+    }
+
+    struct Nods;
+
+    impl WorkerFactory for Nods {
+        type Worker = Nod;
+
+        async fn start(&self) -> std::io::Result<Nod> {
+            Ok(Nod)
+        }
+
+        fn describe(&self) -> String {
+            "nod".into()
+        }
+    }
+
+    fn auth(user: &str) -> AuthCommand {
+        AuthCommand::Auth {
+            user: user.into(),
+            host: "localhost".into(),
+            password: Password::new("wrong"),
+        }
+    }
+
+    /// A panic in a worker slot fails the request it serves temporarily;
+    /// the slot starts over with a fresh worker and serves the next ones.
+    #[actix_rt::test]
+    async fn a_panic_in_a_worker_slot_fails_its_request_temporarily_and_the_slot_starts_over() {
+        let config = PoolConfig {
+            backend: "test",
+            workers: 1,
+            queue: 4,
+            timeout: Duration::from_secs(5),
+            queue_timeout: Duration::from_secs(5),
+        };
+        let pool = PoolHandle::start(config, Nods, Arc::new(|_: &AuthCommand| Ok(())));
+        assert_eq!(pool.call(auth("boom")).await, Err(AuthError::Internal));
+        assert_eq!(pool.call(auth("after")).await, Ok(true));
+        pool.shutdown().await;
+    }
+
+    /// A panic in the pool's queue timer strikes while it rejects a
+    /// request that waited too long: that request is answered with a
+    /// temporary error all the same (never a yes or no), and the pool
+    /// serves the next ones.
+    #[actix_rt::test]
+    async fn a_panic_in_the_pool_fails_the_request_in_hand_temporarily_and_the_pool_serves_on() {
+        let recorder = PanicOnIncrement {
+            name: "gatehouse_auth_rejected_total",
+            label: Some(("reason", "queue_timeout")),
+        };
+        let _recorder = metrics::set_default_local_recorder(&recorder);
+        let config = PoolConfig {
+            backend: "test",
+            workers: 1,
+            queue: 4,
+            timeout: Duration::from_secs(5),
+            queue_timeout: Duration::from_millis(50),
+        };
+        let pool = PoolHandle::start(config, Nods, Arc::new(|_: &AuthCommand| Ok(())));
+        // The worker is up.
+        assert_eq!(pool.call(auth("warm")).await, Ok(true));
+
+        let busy = actix_rt::spawn({
+            let pool = pool.clone();
+            async move { pool.call(auth("slow")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // It waits behind the slow one, past its queue timeout: the pool
+        // panics rejecting it.
+        let failed = pool.call(auth("queued")).await;
+        assert_eq!(failed, Err(AuthError::Internal));
+        assert!(failed.unwrap_err().is_temporary());
+
+        assert_eq!(busy.await.unwrap(), Ok(true));
+        assert_eq!(pool.call(auth("after")).await, Ok(true));
+        pool.shutdown().await;
+    }
 }

@@ -7,12 +7,19 @@
 //! must not touch room state or occupants: a Room asks, the gate answers
 //! with a [`Decision`], and the Room acts on it. It fails closed: anything
 //! but a 2xx JSON answer with a boolean `allowed` denies.
+//!
+//! Its handler and the future it returns run under the panic guard
+//! (`gatehouse_panics_total{actor="muc_gate"}`): after a panic the join in
+//! hand gets [`GateError::Internal`], a temporary failure, and the gate
+//! serves on.
 
 use crate::outbound_http::{client_builder, read_bounded_body, redirect_refused, BodyError};
+use crate::panic_guard;
 use crate::xmpp::stanza;
 use actix::prelude::*;
 use jid::{BareJid, FullJid};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +27,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The largest gate answer read; a longer one is a failure. A verdict is a
 /// few dozen bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The `actor` label of panics caught in the gate.
+const PANIC_LABEL: &str = "muc_gate";
 
 /// Room localparts per user domain (or `"all"`).
 pub type RoomLists = BTreeMap<String, BTreeSet<String>>;
@@ -92,6 +102,10 @@ pub enum GateError {
     NotJson(#[source] serde_json::Error),
     #[error("`allowed` is missing or not a boolean")]
     NoVerdict,
+    /// A panic in the gate (caught, logged and counted) ended the request;
+    /// the gate serves on, and the join may be tried again.
+    #[error("the gate failed internally")]
+    Internal,
 }
 
 /// The gate's answer for one join.
@@ -263,6 +277,18 @@ impl Handler<Check> for MucGate {
     type Result = ResponseFuture<Decision>;
 
     fn handle(&mut self, check: Check, _: &mut Self::Context) -> Self::Result {
+        panic_guard::guarded_response(
+            PANIC_LABEL,
+            || self.decide(check),
+            || Decision::Failed(GateError::Internal),
+        )
+    }
+}
+
+impl MucGate {
+    /// Asks the gate about `check` (unless the queue is full), and logs
+    /// and counts the decision.
+    fn decide(&self, check: Check) -> impl Future<Output = Decision> + 'static {
         let timeout = self.config.timeout;
         // Taken here, in the order joins arrive, so a full queue refuses
         // at once instead of adding a waiter.
@@ -275,7 +301,7 @@ impl Handler<Check> for MucGate {
                 request_url(&self.config.url, &check),
             )
         });
-        Box::pin(async move {
+        async move {
             let started = Instant::now();
             let decision = match request {
                 Err(_) => Decision::Failed(GateError::Busy),
@@ -302,7 +328,7 @@ impl Handler<Check> for MucGate {
                 ),
             }
             decision
-        })
+        }
     }
 }
 
@@ -398,6 +424,42 @@ mod tests {
         for secret in ["k3y", "alice", "Alice", "/check"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+    }
+
+    /// A panic while a join is in hand (here where the decision is
+    /// counted) answers it with a temporary failure, and the gate serves
+    /// on.
+    #[actix_rt::test]
+    async fn a_panic_fails_the_join_in_hand_temporarily_and_the_gate_serves_on() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gate = MucGate::new(config(&format!("http://127.0.0.1:{port}/check")))
+            .unwrap()
+            .start();
+        let check = || Check {
+            user: FullJid::new("alice@x.example/r").unwrap(),
+            room: BareJid::new("tea@muc.example").unwrap(),
+            nickname: "Alice".into(),
+        };
+        let recorder = crate::panic_guard::test_support::PanicOnIncrement {
+            name: "gatehouse_muc_gate_decisions_total",
+            label: None,
+        };
+        let tripping = metrics::set_default_local_recorder(&recorder);
+        let decision = gate.send(check()).await.unwrap();
+        assert!(
+            matches!(decision, Decision::Failed(GateError::Internal)),
+            "{decision:?}"
+        );
+        drop(tripping);
+        let decision = gate.send(check()).await.unwrap();
+        assert!(
+            matches!(decision, Decision::Failed(GateError::Transport(_))),
+            "{decision:?}"
+        );
     }
 
     #[test]

@@ -365,6 +365,10 @@ impl Room {
                             Ok(Decision::Failed(GateError::Busy)) => {
                                 Err(StanzaError::RESOURCE_CONSTRAINT)
                             }
+                            // A fault in the gate: the client may try again.
+                            Ok(Decision::Failed(GateError::Internal)) => {
+                                Err(StanzaError::INTERNAL_SERVER_ERROR)
+                            }
                             Ok(_) => Err(StanzaError::NOT_AUTHORIZED),
                             Err(error) => {
                                 tracing::warn!(%error, "MUC gate unreachable; join denied");

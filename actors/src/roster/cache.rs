@@ -7,12 +7,18 @@
 //! undone by a fetch that started before it. It must not talk to clients:
 //! rosters that changed for online users go to the Router, which pushes
 //! them.
+//!
+//! Its handlers and the futures they return run under the panic guard
+//! (`gatehouse_panics_total{actor="roster_cache"}`): after a panic the
+//! lookup or refresh in hand fails with [`RosterError::Internal`], a
+//! temporary failure, and the cache serves on.
 
 use super::{ParseError, Roster};
 use crate::directory::local::{OnlineUsers, RosterChanged, Router};
 use crate::outbound_http::{
     client_builder, read_bounded_body, redirect_refused, sensitive_header_value, BodyError,
 };
+use crate::panic_guard;
 use actix::prelude::*;
 use futures_util::StreamExt;
 use jid::BareJid;
@@ -44,6 +50,9 @@ const USERNAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// The `actor` label of panics caught in the cache's handlers.
+const PANIC_LABEL: &str = "roster_cache";
 
 /// Help texts of the roster metrics.
 pub fn describe_metrics() {
@@ -186,6 +195,10 @@ pub enum RosterError {
     Superseded,
     #[error("the roster cache is not running")]
     Stopped,
+    /// A panic in the cache (caught, logged and counted) ended the lookup
+    /// or refresh; the cache serves on, and a retry may succeed.
+    #[error("the roster cache failed internally")]
+    Internal,
     #[error("the roster HTTP client cannot be set up: {0}")]
     Setup(String),
 }
@@ -198,9 +211,11 @@ pub struct GetRoster {
     pub user: String,
 }
 
-/// The application says these users' rosters changed.
+/// The application says these users' rosters changed. Fails only with
+/// [`RosterError::Internal`]: the refresh may be half done, and should be
+/// sent again.
 #[derive(Message)]
-#[rtype(result = "RefreshReport")]
+#[rtype(result = "Result<RefreshReport, RosterError>")]
 pub struct Refresh {
     /// Usernames, as the application sent them.
     pub users: Vec<String>,
@@ -427,20 +442,32 @@ impl Handler<GetRoster> for RosterCache {
     type Result = ResponseFuture<Result<Arc<Roster>, RosterError>>;
 
     fn handle(&mut self, msg: GetRoster, _: &mut Self::Context) -> Self::Result {
-        let shared = self.shared.clone();
-        Box::pin(async move { shared.get(&msg.user).await })
+        panic_guard::guarded_response(
+            PANIC_LABEL,
+            || {
+                let shared = self.shared.clone();
+                async move { shared.get(&msg.user).await }
+            },
+            || Err(RosterError::Internal),
+        )
     }
 }
 
 impl Handler<Refresh> for RosterCache {
-    type Result = ResponseFuture<RefreshReport>;
+    type Result = ResponseFuture<Result<RefreshReport, RosterError>>;
 
     fn handle(&mut self, msg: Refresh, _: &mut Self::Context) -> Self::Result {
-        let shared = self.shared.clone();
-        let router = self.router.clone();
-        let hosts = self.hosts.clone();
-        let max_in_flight = self.max_in_flight;
-        Box::pin(async move { refresh(shared, router, &hosts, msg.users, max_in_flight).await })
+        panic_guard::guarded_response(
+            PANIC_LABEL,
+            || {
+                let shared = self.shared.clone();
+                let router = self.router.clone();
+                let hosts = self.hosts.clone();
+                let max_in_flight = self.max_in_flight;
+                async move { Ok(refresh(shared, router, &hosts, msg.users, max_in_flight).await) }
+            },
+            || Err(RosterError::Internal),
+        )
     }
 }
 
@@ -585,6 +612,44 @@ mod tests {
         assert!(matches!(
             RosterUrl::parse("not a url %s"),
             Err(UrlError::Invalid(_))
+        ));
+    }
+
+    /// A panic while a lookup is in hand (here where it counts its cache
+    /// miss) answers it with a temporary error, and the cache serves on.
+    #[actix_rt::test]
+    async fn a_panic_in_a_lookup_fails_it_temporarily_and_the_cache_serves_on() {
+        // A port nobody listens on: every fetch fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = RosterSettings {
+            url: RosterUrl::parse(&format!("http://127.0.0.1:{port}/%s")).unwrap(),
+            hosts: vec!["localhost".into()],
+            capacity: 10,
+            ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+            max_in_flight: 1,
+            authorization: None,
+        };
+        let cache = RosterCache::new(settings, Router::default().start())
+            .unwrap()
+            .start();
+        let get = || GetRoster {
+            user: "alice".into(),
+        };
+        let recorder = crate::panic_guard::test_support::PanicOnIncrement {
+            name: "gatehouse_roster_cache_misses_total",
+            label: None,
+        };
+        let tripping = metrics::set_default_local_recorder(&recorder);
+        assert_eq!(cache.send(get()).await.unwrap(), Err(RosterError::Internal));
+        drop(tripping);
+        assert!(matches!(
+            cache.send(get()).await.unwrap(),
+            Err(RosterError::Request(_))
         ));
     }
 

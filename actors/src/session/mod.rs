@@ -235,8 +235,8 @@ struct Attach(Attachment);
 impl Handler<Attach> for Session {
     type Result = ();
 
-    fn handle(&mut self, Attach(connection): Attach, _: &mut Self::Context) {
-        self.connection = Some(connection);
+    fn handle(&mut self, Attach(connection): Attach, ctx: &mut Self::Context) {
+        let _ = self.guarded(ctx, |act, _| act.connection = Some(connection));
     }
 }
 
@@ -322,13 +322,16 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_later(self.settings.unauthenticated_timeout, |act, _| {
-            // Authenticated but never bound counts as not logged in: such a
-            // connection would hold a socket and a session for nothing.
-            if act.phase.jid().is_none() {
-                act.stream_error(StreamErrorCondition::ConnectionTimeout);
-                act.close();
-            }
+        ctx.run_later(self.settings.unauthenticated_timeout, |act, ctx| {
+            let _ = act.guarded(ctx, |act, _| {
+                // Authenticated but never bound counts as not logged in:
+                // such a connection would hold a socket and a session for
+                // nothing.
+                if act.phase.jid().is_none() {
+                    act.stream_error(StreamErrorCondition::ConnectionTimeout);
+                    act.close();
+                }
+            });
         });
     }
 
@@ -368,10 +371,11 @@ impl Actor for Session {
     }
 }
 
-/// Every handler that input from outside reaches (the client's, the
-/// Router's on other clients' behalf) runs under the panic guard: a panic
+/// Every handler (and every timer) runs under the panic guard: a panic
 /// ends this session only, with `<internal-server-error/>`, logged and
-/// counted, instead of killing the actor silently.
+/// counted, instead of killing the actor silently. The client's input and
+/// its continuations are guarded here; the other handlers go through
+/// [`Session::guarded`].
 impl Handler<Inbound> for Session {
     type Result = ResponseActFuture<Self, Next>;
 
@@ -387,9 +391,7 @@ impl Handler<ToSession> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
-        if panic_guard::catch(PANIC_LABEL, || self.routed(msg)).is_err() {
-            self.panicked(ctx);
-        }
+        let _ = self.guarded(ctx, |act, _| act.routed(msg));
         // A detached session that must end (too much unacknowledged) has
         // no connection whose loss would stop it.
         if self.closing && self.connection.is_none() {
@@ -399,6 +401,30 @@ impl Handler<ToSession> for Session {
 }
 
 impl Session {
+    /// Runs a handler's or a timer's `body` under the panic guard. After a
+    /// panic the stream ends with `<internal-server-error/>`
+    /// ([`Session::panicked`]), and the I/O task's end stops the actor; a
+    /// session with no I/O task left (detached, or its connection lost
+    /// while the panic struck) stops at once.
+    fn guarded<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> T,
+    ) -> Result<T, Panicked> {
+        let result = panic_guard::catch(PANIC_LABEL, || body(self, ctx));
+        if result.is_err() {
+            self.panicked(ctx);
+            if self
+                .connection
+                .as_ref()
+                .is_none_or(|connection| connection.out.is_closed())
+            {
+                ctx.stop();
+            }
+        }
+        result
+    }
+
     /// An event from the I/O task (the client's input), unguarded.
     fn inbound(&mut self, msg: Inbound, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
         if self.closing {
@@ -449,11 +475,13 @@ impl Session {
 impl Handler<SystemShutdown> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: SystemShutdown, _: &mut Self::Context) {
-        if !self.closing {
-            self.stream_error(StreamErrorCondition::SystemShutdown);
-        }
-        self.close();
+    fn handle(&mut self, _: SystemShutdown, ctx: &mut Self::Context) {
+        let _ = self.guarded(ctx, |act, _| {
+            if !act.closing {
+                act.stream_error(StreamErrorCondition::SystemShutdown);
+            }
+            act.close();
+        });
     }
 }
 
@@ -465,15 +493,17 @@ impl Handler<ConnectionLost> for Session {
     /// not end (then it waits, see [`Session::detach`]). The loss of a
     /// connection a resumption already replaced changes nothing.
     fn handle(&mut self, ConnectionLost(id): ConnectionLost, ctx: &mut Self::Context) {
-        if self
-            .connection
-            .as_ref()
-            .is_none_or(|connection| connection.target.id() != id)
-        {
-            return;
-        }
-        self.connection = None;
-        self.detach(ctx);
+        let _ = self.guarded(ctx, |act, ctx| {
+            if act
+                .connection
+                .as_ref()
+                .is_none_or(|connection| connection.target.id() != id)
+            {
+                return;
+            }
+            act.connection = None;
+            act.detach(ctx);
+        });
     }
 }
 

@@ -13,6 +13,7 @@
 
 use super::{ready, Attachment, Next, Phase, Session};
 use crate::directory::{self, Delivery};
+use crate::panic_guard::Panicked;
 use crate::transport::{Output, TransportKind};
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::StreamErrorCondition;
@@ -434,10 +435,14 @@ impl Session {
         }
         self.sm = Some(sm);
         self.send(&enabled.into());
-        ctx.run_interval(settings.ack_interval, |act, _| {
-            if act.connection.is_some() && act.sm.as_ref().is_some_and(StreamManagement::unasked) {
-                act.ask_ack();
-            }
+        ctx.run_interval(settings.ack_interval, |act, ctx| {
+            let _ = act.guarded(ctx, |act, _| {
+                if act.connection.is_some()
+                    && act.sm.as_ref().is_some_and(StreamManagement::unasked)
+                {
+                    act.ask_ack();
+                }
+            });
         });
     }
 
@@ -485,8 +490,11 @@ impl Session {
                 tracing::debug!(peer = %self.peer, "connection lost; waiting for a resumption");
                 count_detached(1.0);
                 let timeout = ctx.run_later(resumption.timeout, |act, ctx| {
-                    tracing::debug!(peer = %act.peer, "not resumed in time");
-                    metrics::counter!("gatehouse_sm_detached_timeouts_total").increment(1);
+                    // Stops whether or not a panic strikes.
+                    let _ = act.guarded(ctx, |act, _| {
+                        tracing::debug!(peer = %act.peer, "not resumed in time");
+                        metrics::counter!("gatehouse_sm_detached_timeouts_total").increment(1);
+                    });
                     ctx.stop();
                 });
                 // An attached session hears of a shutdown from its
@@ -611,7 +619,33 @@ impl Session {
 impl Handler<TakeOver> for Session {
     type Result = Result<(), Refused>;
 
+    /// Under the panic guard, like every handler. After a panic this
+    /// session ends its stream with `<internal-server-error/>`: on the
+    /// offered connection if it had taken it already — then the new
+    /// session must let go of it, as after a resumption — or else on its
+    /// own, and the resumption is refused.
     fn handle(&mut self, msg: TakeOver, ctx: &mut Self::Context) -> Self::Result {
+        let offered = msg.connection.target.id();
+        match self.guarded(ctx, |act, ctx| act.take_over(msg, ctx)) {
+            Ok(result) => result,
+            Err(Panicked) => {
+                let taken = self
+                    .connection
+                    .as_ref()
+                    .is_some_and(|connection| connection.target.id() == offered);
+                if taken {
+                    Ok(())
+                } else {
+                    Err(Refused::NotFound)
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    /// [`TakeOver`], unguarded.
+    fn take_over(&mut self, msg: TakeOver, ctx: &mut Context<Self>) -> Result<(), Refused> {
         let mine = self.phase.jid().is_some_and(|jid| {
             jid.node().is_some_and(|node| node.as_str() == msg.user)
                 && jid.domain().as_str() == msg.host

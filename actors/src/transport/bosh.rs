@@ -23,7 +23,8 @@
 //! stanza.
 
 use super::{
-    prime, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
+    prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
+    Turn,
 };
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ns, ParseError, StanzaLimits, StreamEvent, StreamHeader, StreamParser};
@@ -327,7 +328,7 @@ impl Bosh {
             answer: request.answer,
         });
         let tracker = registry.services.connections.clone();
-        actix_rt::spawn(tracker.track_future(run(state, link, requests)));
+        spawn_io(&tracker, run(state, link, requests));
         Ok(())
     }
 }
@@ -496,8 +497,17 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
         }
         End::Killed | End::Inactive => drop(link),
     }
-    state.registry.lock().remove(&state.sid);
-    metrics::gauge!("gatehouse_bosh_sessions").decrement(1.0);
+    // Dropping `state` takes the session out of the registry.
+}
+
+impl Drop for BoshSession {
+    /// The session leaves the registry however its task ends, a caught
+    /// panic included: its sid is unknown from then on, and its held
+    /// requests, dropped with it, are answered as for an unknown sid.
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.sid);
+        metrics::gauge!("gatehouse_bosh_sessions").decrement(1.0);
+    }
 }
 
 impl BoshSession {

@@ -10,12 +10,15 @@
 //!
 //! It owns sockets, framing and the handshake. It must not look inside a
 //! stanza nor decide anything about the stream: the session does.
+//!
+//! Every connection's task runs under the panic guard ([`spawn_io`]).
 
 pub mod bosh;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;
 
+use crate::panic_guard;
 use crate::session::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::{ns, StreamErrorCondition, StreamEvent, StreamParser};
 use actix::dev::Request;
@@ -28,12 +31,28 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The `actor` label of panics caught in a connection's task.
+const PANIC_LABEL: &str = "transport";
 
 /// Help texts of the transports' metrics, and their labelled series
 /// registered at zero.
 pub fn describe_metrics() {
     tls::describe_metrics();
     bosh::describe_metrics();
+}
+
+/// Spawns a connection's task (its I/O loop, or a TLS handshake) on the
+/// current arbiter, tracked so that shutdown waits for it. A panic in it
+/// is caught, logged and counted (`gatehouse_panics_total{actor="transport"}`)
+/// instead of ending the connection unseen; what the task held is dropped
+/// as at any other end (its [`SessionLink`] tells the session, which ends
+/// or waits for a resumption).
+pub(crate) fn spawn_io(tracker: &TaskTracker, task: impl Future<Output = ()> + 'static) {
+    actix_rt::spawn(tracker.track_future(async move {
+        let _ = panic_guard::catch_future(PANIC_LABEL, task).await;
+    }));
 }
 
 /// Which transport carries a session's stream: what the session may offer
@@ -377,5 +396,27 @@ impl Drop for SessionLink {
             .do_send(ConnectionLost(self.session.id()));
         metrics::gauge!("gatehouse_connections", "transport" => self.transport.as_str())
             .decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in a connection's task ends that task only: what it held
+    /// is let go (here a channel its peer waits on), and shutdown does not
+    /// wait for it forever.
+    #[actix_rt::test]
+    async fn a_panic_in_a_connection_task_is_caught_and_lets_go_of_what_it_held() {
+        let tracker = TaskTracker::new();
+        let (held, peer) = tokio::sync::oneshot::channel::<()>();
+        spawn_io(&tracker, async move {
+            tokio::task::yield_now().await;
+            let _held = held;
+            panic!("connection task fault");
+        });
+        tracker.close();
+        assert!(peer.await.is_err(), "the task's channel was dropped");
+        tracker.wait().await;
     }
 }

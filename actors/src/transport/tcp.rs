@@ -12,7 +12,7 @@
 //! interpret stanzas: that is the Session's job.
 
 use super::tls::{self, HandshakeFailure};
-use super::{Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
+use super::{spawn_io, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::ns;
 use bytes::BytesMut;
@@ -62,7 +62,7 @@ pub fn start_direct_tls(
 ) {
     let tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
-    actix_rt::spawn(tracker.track_future(async move {
+    spawn_io(&tracker, async move {
         let handshake = tls::upgrade(Either::Left(socket), &acceptor, peer);
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -70,7 +70,7 @@ pub fn start_direct_tls(
                 start_on(secure, peer, settings, services);
             },
         }
-    }));
+    });
 }
 
 /// Starts a session on `socket`, plain or already TLS, and its I/O task.
@@ -82,7 +82,7 @@ fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, servic
     let tls = settings.tls.clone();
     let tracker = services.connections.clone();
     let link = session::start(peer, kind, secure, settings, services);
-    actix_rt::spawn(tracker.track_future(run(socket, peer, tls, link)));
+    spawn_io(&tracker, run(socket, peer, tls, link));
 }
 
 /// Why the loop ended; only for the debug log.

@@ -12,7 +12,8 @@
 //! listener's; this file never looks inside a stanza.
 
 use super::{
-    prime, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
+    prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
+    Turn,
 };
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ParseError, StreamEvent, StreamHeader, StreamParser};
@@ -55,7 +56,7 @@ pub fn start(
         .max_continuation_size(max_message);
     let tracker = services.connections.clone();
     let link = session::start(peer, TransportKind::WebSocket, secure, settings, services);
-    actix_rt::spawn(tracker.track_future(run(ws, messages, link)));
+    spawn_io(&tracker, run(ws, messages, link));
 }
 
 /// Why the loop ended; only for the debug log.
