@@ -7,17 +7,19 @@
 //! handed to its transport (`gatehouse_actors::transport::tcp`) on its
 //! arbiter.
 
+use crate::config::Config;
+use crate::tls::{Certificate, Listener};
 use crate::RunError;
 use actix::Arbiter;
+use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::transport::{tcp, tls};
+use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// Binds the listener with an explicit backlog, so a login storm's burst
@@ -41,6 +43,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, RunError> {
 
 /// The TLS acceptors of the client listeners, from one certificate.
 pub struct TlsAcceptors {
+    /// What both present; a reload replaces the pair inside.
+    pub certificate: Arc<Certificate>,
     /// For STARTTLS on the plain listener: no ALPN (the client asked for
     /// XMPP already).
     pub starttls: TlsAcceptor,
@@ -50,40 +54,48 @@ pub struct TlsAcceptors {
 
 /// Loads a PEM certificate chain and private key into the TLS acceptors.
 pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> {
-    let config = server_config(cert, key)?;
-    let mut direct = config.clone();
-    direct.alpn_protocols = vec![tls::ALPN_XMPP_CLIENT.to_vec()];
+    let certificate = Certificate::load(Listener::C2s, cert, key)?;
+    let acceptor = |alpn: &[&[u8]]| {
+        certificate
+            .server_config(alpn)
+            .map(|config| TlsAcceptor::from(Arc::new(config)))
+    };
     Ok(TlsAcceptors {
-        starttls: TlsAcceptor::from(Arc::new(config)),
-        direct: TlsAcceptor::from(Arc::new(direct)),
+        starttls: acceptor(&[])?,
+        direct: acceptor(&[tls::ALPN_XMPP_CLIENT])?,
+        certificate,
     })
 }
 
-/// A TLS server configuration (rustls with ring, safe defaults, no client
-/// certificates) for a PEM certificate chain and private key: the one way
-/// Gatehouse builds one, for the client listeners and the web listener.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, RunError> {
-    let tls_error = |path: &Path, reason: String| RunError::Tls {
-        path: path.to_owned(),
-        reason,
-    };
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls_error(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(tls_error(cert, "no certificate in the file".into()));
+/// The settings of client streams from `config` (those of `[c2s]`, stream
+/// management, carbons and CSI), presenting `tls` and sharing
+/// `unauthenticated_budget` among unauthenticated streams.
+pub fn settings(
+    config: &Config,
+    tls: Option<TlsAcceptor>,
+    unauthenticated_budget: Arc<PartialStanzaBudget>,
+) -> C2sSettings {
+    C2sSettings {
+        hosts: config
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        tls,
+        require_tls: config.c2s.require_tls,
+        stanza_limits: StanzaLimits {
+            max_bytes: config.c2s.max_stanza_bytes,
+            max_elements: config.c2s.max_stanza_elements,
+            max_attributes: config.c2s.max_element_attributes,
+        },
+        unauthenticated_budget,
+        unauthenticated_timeout: config.c2s.unauthenticated_timeout,
+        max_outbound_queue: config.c2s.max_outbound_queue,
+        max_outbound_bytes: config.c2s.max_outbound_bytes,
+        stream_management: config.stream_management.settings(&config.c2s),
+        carbons: config.carbons.offer(),
+        csi: config.csi.settings(config.c2s.max_outbound_queue),
     }
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut read(key)?.as_slice())
-        .map_err(|e| tls_error(key, e.to_string()))?
-        .ok_or_else(|| tls_error(key, "no private key in the file".into()))?;
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(cert, e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .map_err(|e| tls_error(cert, e.to_string()))?;
-    Ok(config)
 }
 
 /// What a listener's connections begin with.
@@ -95,19 +107,12 @@ pub enum Entry {
     DirectTls(TlsAcceptor),
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, RunError> {
-    std::fs::read(path).map_err(|e| RunError::Tls {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 /// Accepts until shutdown, spreading connections over `arbiters`.
 pub async fn accept_loop(
     listener: TcpListener,
     entry: Entry,
     arbiters: Arc<Vec<Arbiter>>,
-    settings: Arc<C2sSettings>,
+    settings: Reloadable<C2sSettings>,
     services: Services,
 ) {
     let mut next = 0usize;
@@ -136,7 +141,8 @@ pub async fn accept_loop(
         };
         let arbiter = &arbiters[next % arbiters.len()];
         next = next.wrapping_add(1);
-        let (settings, services, entry) = (settings.clone(), services.clone(), entry.clone());
+        // A session keeps the settings it started with.
+        let (settings, services, entry) = (settings.get(), services.clone(), entry.clone());
         arbiter.spawn(async move {
             match (tokio::net::TcpStream::from_std(socket), entry) {
                 (Ok(socket), Entry::Plain) => tcp::start(socket, peer, settings, services),

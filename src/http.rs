@@ -12,38 +12,35 @@ use crate::reload::{ReloadOutcome, Reloader};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::roster::{Refresh, RosterCache};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::net::TcpListener;
-use std::sync::{Arc, PoisonError, RwLock};
 
 /// A bearer token an endpoint checks, which a reload may change.
-#[derive(Clone, Default)]
-pub struct LiveToken(Arc<RwLock<Option<String>>>);
+#[derive(Clone)]
+pub struct LiveToken(Reloadable<Option<String>>);
 
 impl LiveToken {
     pub fn new(token: Option<String>) -> LiveToken {
-        LiveToken(Arc::new(RwLock::new(token)))
+        LiveToken(Reloadable::new(token))
     }
 
     /// From now on, requests need `token` (none when `None`).
     pub fn set(&self, token: Option<String>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = token;
+        self.0.set(token);
     }
 
     fn is_set(&self) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.0.get().is_some()
     }
 
     /// A 401 answer, unless the request carries the token (or none is
     /// set).
     fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
-        let token = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let token = token.as_ref()?;
+        let token = self.0.get();
+        let token = token.as_ref().as_ref()?;
         let given = request
             .headers()
             .get(header::AUTHORIZATION)

@@ -17,6 +17,7 @@ pub mod auth;
 mod c2s;
 mod http;
 mod telemetry;
+mod tls;
 mod web;
 
 use actix::{Actor, Arbiter};
@@ -27,16 +28,18 @@ use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::offline::OfflineMessages;
+use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
-use gatehouse_actors::session::{C2sSettings, Resumable, Services};
+use gatehouse_actors::session::{Resumable, Services};
 use gatehouse_actors::storage::{OpenError, Storage};
-use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
+use gatehouse_actors::xmpp::PartialStanzaBudget;
 use reload::Reloader;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tls::Certificate;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -240,23 +243,6 @@ impl Server {
                 max_body_bytes: admin.max_body_bytes,
             }
         });
-        let admin_token =
-            http::LiveToken::new(config.http.admin_token.as_ref().map(|t| t.0.clone()));
-        let reloader = Reloader::new(
-            &config,
-            reload::Live {
-                admin_token: admin_token.clone(),
-                roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
-            },
-        );
-        let operator = http::Operator {
-            token: admin_token,
-            reloader: reloader.clone(),
-        };
-        let http_server =
-            http::start(http_listener, metrics, roster_admin, operator).map_err(RunError::Http)?;
-        let http = http_server.handle();
-        actix_rt::spawn(http_server);
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
@@ -280,29 +266,22 @@ impl Server {
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
-        let settings = Arc::new(C2sSettings {
-            hosts,
-            tls: tls.map(|tls| tls.starttls),
-            require_tls: config.c2s.require_tls,
-            stanza_limits: StanzaLimits {
-                max_bytes: config.c2s.max_stanza_bytes,
-                max_elements: config.c2s.max_stanza_elements,
-                max_attributes: config.c2s.max_element_attributes,
-            },
-            unauthenticated_budget: PartialStanzaBudget::new(
-                config.c2s.max_unauthenticated_partial_bytes,
-            ),
-            unauthenticated_timeout: config.c2s.unauthenticated_timeout,
-            max_outbound_queue: config.c2s.max_outbound_queue,
-            max_outbound_bytes: config.c2s.max_outbound_bytes,
-            stream_management: config.stream_management.settings(&config.c2s),
-            carbons: config.carbons.offer(),
-            csi: config.csi.settings(config.c2s.max_outbound_queue),
-        });
+        let c2s_certificate = tls.as_ref().map(|tls| tls.certificate.clone());
+        let settings = Reloadable::new(c2s::settings(
+            &config,
+            tls.map(|tls| tls.starttls),
+            PartialStanzaBudget::new(config.c2s.max_unauthenticated_partial_bytes),
+        ));
+        let mut web_certificate = None;
         let web = match web_listener {
             Some((listener, _, web)) => {
                 let tls = match (&web.tls_cert, &web.tls_key) {
-                    (Some(cert), Some(key)) => Some(c2s::server_config(cert, key)?),
+                    (Some(cert), Some(key)) => {
+                        let certificate = Certificate::load(tls::Listener::Web, cert, key)?;
+                        let config = certificate.server_config(&[])?;
+                        web_certificate = Some(certificate);
+                        Some(config)
+                    }
                     _ => None,
                 };
                 let server = web::start(listener, tls, web, settings.clone(), services.clone())
@@ -326,9 +305,29 @@ impl Server {
             listener,
             c2s::Entry::Plain,
             arbiters.clone(),
-            settings,
+            settings.clone(),
             services,
         ));
+        let admin_token =
+            http::LiveToken::new(config.http.admin_token.as_ref().map(|t| t.0.clone()));
+        let reloader = Reloader::new(
+            &config,
+            reload::Live {
+                admin_token: admin_token.clone(),
+                roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
+                c2s: settings,
+                c2s_certificate,
+                web_certificate,
+            },
+        );
+        let operator = http::Operator {
+            token: admin_token,
+            reloader: reloader.clone(),
+        };
+        let http_server =
+            http::start(http_listener, metrics, roster_admin, operator).map_err(RunError::Http)?;
+        let http = http_server.handle();
+        actix_rt::spawn(http_server);
         let optional = |addr: Option<SocketAddr>| addr.map_or("-".to_owned(), |a| a.to_string());
         tracing::info!(
             c2s = %c2s_addr,

@@ -11,9 +11,15 @@
 //! which keys are live, the reload metrics and log line. Must not touch:
 //! how a component takes its new settings (each has its own handle).
 
-use crate::config::{Config, ConfigError};
+use crate::c2s;
+use crate::config::{Config, ConfigError, ConfigProblem};
 use crate::http::LiveToken;
 use crate::logging;
+use crate::tls::{Certificate, CertificatePair};
+use crate::RunError;
+use gatehouse_actors::reloadable::Reloadable;
+use gatehouse_actors::session::C2sSettings;
+use gatehouse_actors::xmpp::PartialStanzaBudget;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,26 +28,121 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use toml::{Table, Value};
 
+/// Keys of the client streams' settings: a new stream gets the values
+/// current when it starts, a running one keeps its own.
+const STREAM_KEYS: &[&str] = &[
+    "c2s.require_tls",
+    "c2s.max_stanza_bytes",
+    "c2s.max_stanza_elements",
+    "c2s.max_element_attributes",
+    "c2s.max_unauthenticated_partial_bytes",
+    "c2s.unauthenticated_timeout",
+    "c2s.max_outbound_queue",
+    "c2s.max_outbound_bytes",
+];
+
+/// Sections whose every key is a client stream setting.
+const STREAM_SECTIONS: &[&str] = &["stream_management.", "carbons.", "csi."];
+
 /// The handles through which a reload changes what runs.
 pub struct Live {
     /// `http.admin_token`, checked by the operator endpoints.
     pub admin_token: LiveToken,
     /// `roster_admin.token`, when the refresh endpoint runs.
     pub roster_token: Option<LiveToken>,
+    /// What new client streams (TCP, Direct TLS, WebSocket, BOSH) start
+    /// with.
+    pub c2s: Reloadable<C2sSettings>,
+    /// The client listeners' certificate, when they have one.
+    pub c2s_certificate: Option<Arc<Certificate>>,
+    /// The web listener's certificate, when it serves TLS itself.
+    pub web_certificate: Option<Arc<Certificate>>,
+}
+
+/// Certificates read again for a reload, not yet presented: what
+/// [`Live::apply`] swaps in, after everything that could fail did not.
+#[derive(Default)]
+struct NewCertificates {
+    c2s: Option<CertificatePair>,
+    web: Option<CertificatePair>,
 }
 
 impl Live {
-    /// Whether a change of `key` takes effect without a restart.
-    fn applies(&self, key: &str) -> bool {
+    /// Whether a change of `key` in `config` takes effect without a
+    /// restart. A certificate can be replaced, not added or removed.
+    fn applies(&self, key: &str, config: &Config) -> bool {
+        let web_tls = config
+            .web
+            .as_ref()
+            .is_some_and(|web| web.tls_cert.is_some() && web.tls_key.is_some());
         match key {
             "log_level" | "http.admin_token" => true,
             "roster_admin.token" => self.roster_token.is_some(),
-            _ => false,
+            "c2s.tls_cert" | "c2s.tls_key" => {
+                self.c2s_certificate.is_some()
+                    && config.c2s.tls_cert.is_some()
+                    && config.c2s.tls_key.is_some()
+            }
+            "web.tls_cert" | "web.tls_key" => self.web_certificate.is_some() && web_tls,
+            key => STREAM_KEYS.contains(&key) || STREAM_SECTIONS.iter().any(|s| key.starts_with(s)),
         }
     }
 
-    /// Applies `config`'s value of each of `keys` (all live ones).
-    fn apply(&self, config: &Config, keys: &BTreeSet<&str>) {
+    /// Reads the certificates `config` names again (a renewal usually
+    /// keeps the paths and replaces the files): the pairs that changed.
+    fn reread_certificates(&self, config: &Config) -> Result<NewCertificates, ConfigError> {
+        let mut new = NewCertificates::default();
+        let invalid = |key: &str, error: RunError| ConfigError::Invalid {
+            path: config.source.path.clone(),
+            problems: vec![ConfigProblem {
+                position: None,
+                key: key.to_owned(),
+                message: error.to_string(),
+            }],
+        };
+        if let (Some(certificate), Some(cert), Some(key)) = (
+            &self.c2s_certificate,
+            &config.c2s.tls_cert,
+            &config.c2s.tls_key,
+        ) {
+            new.c2s = certificate
+                .reread(cert, key)
+                .map_err(|e| invalid("c2s.tls_cert", e))?;
+        }
+        let web = config.web.as_ref();
+        if let (Some(certificate), Some(cert), Some(key)) = (
+            &self.web_certificate,
+            web.and_then(|w| w.tls_cert.as_ref()),
+            web.and_then(|w| w.tls_key.as_ref()),
+        ) {
+            new.web = certificate
+                .reread(cert, key)
+                .map_err(|e| invalid("web.tls_cert", e))?;
+        }
+        Ok(new)
+    }
+
+    /// Applies `config`'s value of each of `keys` (all live ones) and the
+    /// `certificates` read again.
+    fn apply(&self, config: &Config, keys: &BTreeSet<&str>, certificates: NewCertificates) {
+        if let (Some(certificate), Some(pair)) = (&self.c2s_certificate, certificates.c2s) {
+            certificate.replace(pair);
+        }
+        if let (Some(certificate), Some(pair)) = (&self.web_certificate, certificates.web) {
+            certificate.replace(pair);
+        }
+        if keys.iter().any(|key| {
+            STREAM_KEYS.contains(key) || STREAM_SECTIONS.iter().any(|s| key.starts_with(s))
+        }) {
+            let current = self.c2s.get();
+            let budget = if keys.contains("c2s.max_unauthenticated_partial_bytes") {
+                PartialStanzaBudget::new(config.c2s.max_unauthenticated_partial_bytes)
+            } else {
+                current.unauthenticated_budget.clone()
+            };
+            self.c2s
+                .set(c2s::settings(config, current.tls.clone(), budget));
+        }
         if keys.contains("log_level") {
             // Checked by validation: this cannot fail.
             if let Err(error) = logging::set_level(&config.log_level) {
@@ -166,24 +267,32 @@ impl Reloader {
         let mut running = self.inner.running.lock().await;
         let config = match Config::load(path) {
             Ok(config) => config,
-            Err(error) => {
-                count("failure");
-                tracing::warn!(
-                    trigger,
-                    "configuration not reloaded, nothing changed:\n{error}"
-                );
-                return ReloadOutcome::Invalid(error);
-            }
+            Err(error) => return refused(trigger, error),
         };
         let text = config.source.text.as_str();
         let new = text.parse::<Table>().unwrap_or_default();
         let mut changed = Vec::new();
         changed_keys("", Some(&running.table), Some(&new), &mut changed);
-        let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
+        let (mut applied, needs_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
-            .partition(|key| self.inner.live.applies(key));
+            .partition(|key| self.inner.live.applies(key, &config));
+        // What can fail is done before anything changes.
+        let certificates = match self.inner.live.reread_certificates(&config) {
+            Ok(certificates) => certificates,
+            Err(error) => return refused(trigger, error),
+        };
+        // New files at the same paths are a change of the key too.
+        for (renewed, key) in [
+            (certificates.c2s.is_some(), "c2s.tls_cert"),
+            (certificates.web.is_some(), "web.tls_cert"),
+        ] {
+            if renewed && !applied.iter().any(|k| k == key) {
+                applied.push(key.to_owned());
+                applied.sort();
+            }
+        }
         let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-        self.inner.live.apply(&config, &live);
+        self.inner.live.apply(&config, &live, certificates);
         for key in &applied {
             set_key(&mut running.table, &new, key);
         }
@@ -236,6 +345,16 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_config_reloads_total", "result" => result).absolute(0);
     }
     metrics::gauge!("gatehouse_config_last_reload_success_timestamp_seconds").set(0.0);
+}
+
+/// A reload that changed nothing because of `error`: counted and logged.
+fn refused(trigger: &'static str, error: ConfigError) -> ReloadOutcome {
+    count("failure");
+    tracing::warn!(
+        trigger,
+        "configuration not reloaded, nothing changed:\n{error}"
+    );
+    ReloadOutcome::Invalid(error)
 }
 
 fn count(result: &'static str) {

@@ -95,6 +95,7 @@ fn describe() {
     gatehouse_actors::xmpp::stanza::describe_metrics();
     gatehouse_actors::storage::describe_metrics();
     crate::reload::describe_metrics();
+    crate::tls::describe_metrics();
     gatehouse_actors::offline::describe_metrics();
     gatehouse_actors::archive::describe_metrics();
 }

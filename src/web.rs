@@ -14,11 +14,11 @@ use crate::config::WebConfig;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer};
+use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::transport::bosh::{Bosh, BoshSettings, Refusal};
 use gatehouse_actors::transport::websocket;
 use std::net::TcpListener;
-use std::sync::Arc;
 use tokio_rustls::rustls::ServerConfig;
 
 /// Where XMPP over WebSocket is served.
@@ -33,8 +33,9 @@ const CORS_MAX_AGE: &str = "86400";
 struct WebState {
     /// The `[web]` section: origins, whether streams count as secure.
     config: WebConfig,
-    /// The c2s limits and hosts: a web session is held to the same ones.
-    settings: Arc<C2sSettings>,
+    /// The c2s limits and hosts: a web session is held to the ones
+    /// current when it starts.
+    settings: Reloadable<C2sSettings>,
     /// The actors a session talks to.
     services: Services,
     /// The BOSH sessions, shared by every worker: a session's requests
@@ -119,7 +120,7 @@ async fn xmpp_websocket(
                 messages,
                 client,
                 state.config.secure(),
-                state.settings.clone(),
+                state.settings.get(),
                 state.services.clone(),
             );
             response
@@ -248,7 +249,7 @@ pub fn start(
     listener: TcpListener,
     tls: Option<ServerConfig>,
     config: WebConfig,
-    settings: Arc<C2sSettings>,
+    settings: Reloadable<C2sSettings>,
     services: Services,
 ) -> std::io::Result<actix_web::dev::Server> {
     let bosh = Bosh::new(

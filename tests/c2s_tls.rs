@@ -212,3 +212,60 @@ async fn direct_tls_negotiates_alpn_and_offers_sasl_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A certificate renewed in place (new files at the same paths, as a
+/// renewal tool writes them) is presented to every handshake after a
+/// reload, over STARTTLS and Direct TLS; a session that began under the
+/// old one goes on; the expiry metric follows the new certificate.
+#[actix_rt::test]
+async fn a_renewed_certificate_is_presented_after_a_reload() {
+    let (toml, old_ca) = tls_config(&fixture_auth(""));
+    let server = ServerProcess::from_toml(&with_direct_tls(&toml));
+    let (c2s, http) = server.listeners();
+    let direct = server.direct_tls_listener();
+    let before = http_get(http, "/metrics").await;
+
+    // A session under the old certificate, stopped after the handshake.
+    let tcp = proceed(c2s, "").await;
+    let mut established = trusting(&old_ca).connect(localhost(), tcp).await.unwrap();
+
+    let renewed = tempdir();
+    let (new_ca, new_cert, new_key) = make_certificates(&renewed);
+    let cert_line = toml.lines().find(|l| l.starts_with("tls_cert")).unwrap();
+    let key_line = toml.lines().find(|l| l.starts_with("tls_key")).unwrap();
+    let path = |line: &str| line.split('"').nth(1).unwrap().to_owned();
+    std::fs::copy(new_cert, path(cert_line)).unwrap();
+    std::fs::copy(new_key, path(key_line)).unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let reloads = "gatehouse_config_reloads_total{result=\"success\"}";
+    let after = metrics_when(http, "the reload", |scrape| {
+        sample(scrape, reloads) == sample(&before, reloads) + 1.0
+    })
+    .await;
+    assert!(server.log().contains("applied=c2s.tls_cert needs_restart="));
+    let expiry = "gatehouse_tls_certificate_expiry_timestamp_seconds{listener=\"c2s\"}";
+    assert!(sample(&after, expiry) > 0.0);
+
+    let tcp = proceed(c2s, "").await;
+    let mut renewed_tls = trusting(&new_ca).connect(localhost(), tcp).await.unwrap();
+    renewed_tls.write_all(HEADER.as_bytes()).await.unwrap();
+    read_until(&mut renewed_tls, "</stream:features>").await;
+    let tcp = TcpStream::connect(direct).await.unwrap();
+    connector(roots(&new_ca), &[b"xmpp-client"])
+        .connect(localhost(), tcp)
+        .await
+        .expect("Direct TLS presents the new certificate");
+    let tcp = proceed(c2s, "").await;
+    assert!(
+        trusting(&old_ca).connect(localhost(), tcp).await.is_err(),
+        "the old certificate is no longer presented"
+    );
+
+    established.write_all(HEADER.as_bytes()).await.unwrap();
+    let features = read_until(&mut established, "</stream:features>").await;
+    assert!(features.contains("PLAIN"), "{features}");
+}

@@ -826,7 +826,9 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
     })
     .await;
     let database = common::database::TestDatabase::sqlite();
-    let server = TestServer::start(&config(
+    // A certificate (so its expiry is exported), STARTTLS not required:
+    // the storm logs in over plain TCP.
+    let (toml, _) = with_tls(&config(
         &roster_auth(
             &rosters.url(),
             &format!(
@@ -841,6 +843,7 @@ async fn every_dashboard_query_returns_data_after_a_storm() {
             &format!("\"{}\", \"--delay\", \"0.02\"", fixture("auth.py")),
         ),
     ));
+    let server = TestServer::start(&toml.replace("require_tls = true", "require_tls = false"));
     let prometheus = Prometheus::start(server.http);
     let client = reqwest::Client::new();
 

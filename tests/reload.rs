@@ -7,7 +7,7 @@
 mod common;
 
 use common::server_process::{wait_for, ServerProcess};
-use common::{fixture_auth, http_get, sample, Client};
+use common::{fixture_auth, http_get, metrics_when, sample, Client};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,18 +80,7 @@ fn running_hash(scrape: &str) -> String {
 
 /// Scrapes until `series` is `value`.
 async fn metric_reaches(http: SocketAddr, series: &str, value: f64) -> String {
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    loop {
-        let scrape = http_get(http, "/metrics").await;
-        if sample(&scrape, series) == value {
-            return scrape;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {value}:\n{scrape}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    metrics_when(http, series, |scrape| sample(scrape, series) == value).await
 }
 
 fn invalid_fixtures() -> Vec<PathBuf> {
@@ -241,4 +230,54 @@ fn the_command_without_a_server_exits_2() {
     std::fs::write(&file, config(free_port(), Some(TOKEN), "")).unwrap();
     let (code, _) = gatehouse(&["reload", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 2);
+}
+
+/// Client stream settings change for streams that start after the
+/// reload; a stream that started before keeps its own.
+#[tokio::test]
+async fn stream_settings_apply_to_new_streams_and_spare_running_ones() {
+    let port = free_port();
+    let before_reload = config(port, Some(TOKEN), "");
+    let server = ServerProcess::from_toml(&before_reload);
+    let (c2s, http) = server.listeners();
+    let (mut early, _) = Client::login(c2s, "alice", "wonderland", "early").await;
+    let (_, features) = Client::authenticated(c2s, "bob", "builder").await;
+    assert!(features.has_child("sm", "urn:xmpp:sm:3"), "{features:?}");
+
+    // `require_tls` ends [c2s]; [http] follows.
+    let tighter = before_reload.replace(
+        "require_tls = false",
+        "require_tls = false\nmax_stanza_bytes = 8192\n[stream_management]\nenabled = false",
+    );
+    std::fs::write(server.config_path(), &tighter).unwrap();
+    let (status, answer) = post_reload(http, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("applied c2s.max_stanza_bytes, stream_management.enabled"),
+        "{answer}"
+    );
+
+    let (_, features) = Client::authenticated(c2s, "bob", "builder").await;
+    assert!(!features.has_child("sm", "urn:xmpp:sm:3"), "{features:?}");
+    let big = format!(
+        "<message to='alice@localhost'><body>{}</body></message>",
+        "x".repeat(10_000)
+    );
+    let (mut late, _) = Client::login(c2s, "grace", "grace", "late").await;
+    late.send(&big).await;
+    assert_eq!(late.stream_error().await, "policy-violation");
+    // To itself: it comes back whole.
+    early
+        .send(&big.replace("alice@localhost", "alice@localhost/early"))
+        .await;
+    let echoed = early.element().await;
+    assert_eq!(
+        echoed
+            .get_child("body", common::CLIENT)
+            .unwrap()
+            .text()
+            .len(),
+        10_000
+    );
+    early.answers_ping().await;
 }

@@ -19,6 +19,7 @@
 //!   framing of what a session says ([`transport::Output`]).
 //! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
 //!   message archives, kept in [`storage`].
+//! - [`reloadable`]: a setting a reload may replace while the server runs.
 //! - [`redact`]: what of a configured URL may appear in logs;
 //!   [`log_budget`]: how many lines a repeatable event may log a second.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
@@ -41,6 +42,7 @@ pub mod offline;
 pub mod outbound_http;
 pub mod panic_guard;
 pub mod redact;
+pub mod reloadable;
 pub mod roster;
 pub mod session;
 pub mod storage;

@@ -192,15 +192,7 @@ impl TestServer {
     /// got its answer, such as a restart, may lag it); panics after
     /// PATIENCE.
     pub async fn metrics_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let scrape = self.metrics().await;
-            if ready(&scrape) {
-                return scrape;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}:\n{scrape}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        metrics_when(self.http, what, ready).await
     }
 
     /// Scrapes until `series` has grown by exactly `by` since `before`
@@ -215,6 +207,20 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Scrapes the operator listener `http` until `ready` holds; panics
+/// after PATIENCE.
+pub async fn metrics_when(http: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let scrape = http_get(http, "/metrics").await;
+        if ready(&scrape) {
+            return scrape;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

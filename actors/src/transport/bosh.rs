@@ -26,6 +26,7 @@ use super::{
     prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
     Turn,
 };
+use crate::reloadable::Reloadable;
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ns, ParseError, StanzaLimits, StreamEvent, StreamHeader, StreamParser};
 use bytes::{Bytes, BytesMut};
@@ -181,8 +182,9 @@ struct Registry {
     sessions: Mutex<HashMap<String, mpsc::Sender<Request>>>,
     /// The server's limits on `wait`, `hold`, inactivity and polling.
     settings: BoshSettings,
-    /// The c2s limits and hosts: a BOSH session is held to the same ones.
-    c2s: Arc<C2sSettings>,
+    /// The c2s limits and hosts: a BOSH session is held to the ones
+    /// current when it starts.
+    c2s: Reloadable<C2sSettings>,
     /// The actors a session talks to.
     services: Services,
     /// Whether streams count as encrypted (TLS terminated in front).
@@ -212,7 +214,7 @@ impl Bosh {
     /// their creation request.
     pub fn new(
         settings: BoshSettings,
-        c2s: Arc<C2sSettings>,
+        c2s: Reloadable<C2sSettings>,
         services: Services,
         secure: bool,
     ) -> Bosh {
@@ -227,14 +229,14 @@ impl Bosh {
 
     /// The largest request body accepted: one stanza and its wrapper.
     pub fn max_body_bytes(&self) -> usize {
-        self.0.c2s.stanza_limits.max_bytes + FRAMING_SLACK
+        self.0.c2s.get().stanza_limits.max_bytes + FRAMING_SLACK
     }
 
     /// Answers one POSTed body: the `<body/>` to send back, once there is
     /// something to say or the request's `wait` is over. Must be called
     /// on an actix arbiter (a new session starts on it).
     pub async fn request(&self, body: &[u8], peer: SocketAddr) -> Bytes {
-        let body = match RequestBody::parse(body, self.0.c2s.stanza_limits) {
+        let body = match RequestBody::parse(body, self.0.c2s.get().stanza_limits) {
             Ok(body) => body,
             Err(error) => {
                 tracing::debug!(%peer, %error, "bad BOSH body");
@@ -298,7 +300,7 @@ impl Bosh {
             peer,
             TransportKind::Bosh,
             registry.secure,
-            registry.c2s.clone(),
+            registry.c2s.get(),
             registry.services.clone(),
         );
         let mut state = BoshSession {
