@@ -8,6 +8,7 @@
 //! arbiter.
 
 use crate::config::Config;
+use crate::limits::ConnectionLimits;
 use crate::tls::{Certificate, Listener};
 use crate::RunError;
 use actix::Arbiter;
@@ -92,6 +93,7 @@ pub fn settings(
         unauthenticated_timeout: config.c2s.unauthenticated_timeout,
         max_outbound_queue: config.c2s.max_outbound_queue,
         max_outbound_bytes: config.c2s.max_outbound_bytes,
+        max_resources: config.c2s.max_resources,
         stream_management: config.stream_management.settings(&config.c2s),
         carbons: config.carbons.offer(),
         csi: config.csi.settings(config.c2s.max_outbound_queue),
@@ -113,6 +115,7 @@ pub async fn accept_loop(
     entry: Entry,
     arbiters: Arc<Vec<Arbiter>>,
     settings: Reloadable<C2sSettings>,
+    limits: ConnectionLimits,
     services: Services,
 ) {
     let mut next = 0usize;
@@ -131,6 +134,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let admitted = match limits.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                // Closed at once: a refusal costs an accept and a close.
+                refused.count();
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let socket = match socket.into_std() {
             Ok(socket) => socket,
@@ -145,9 +156,11 @@ pub async fn accept_loop(
         let (settings, services, entry) = (settings.get(), services.clone(), entry.clone());
         arbiter.spawn(async move {
             match (tokio::net::TcpStream::from_std(socket), entry) {
-                (Ok(socket), Entry::Plain) => tcp::start(socket, peer, settings, services),
+                (Ok(socket), Entry::Plain) => {
+                    tcp::start(socket, peer, settings, services, admitted)
+                }
                 (Ok(socket), Entry::DirectTls(acceptor)) => {
-                    tcp::start_direct_tls(socket, acceptor, peer, settings, services)
+                    tcp::start_direct_tls(socket, acceptor, peer, settings, services, admitted)
                 }
                 (Err(error), _) => {
                     tracing::warn!(%error, "could not register an accepted socket")

@@ -20,6 +20,7 @@
 mod archive;
 mod carbons;
 mod csi;
+mod limits;
 mod muc;
 mod storage;
 mod stream_management;
@@ -28,6 +29,7 @@ mod web;
 pub use archive::ArchiveConfig;
 pub use carbons::CarbonsConfig;
 pub use csi::CsiConfig;
+pub use limits::LimitsConfig;
 pub use muc::{MucConfig, MucHttpAuthConfig, RoomLists};
 pub use storage::{OfflineConfig, PostgresUrl, StorageConfig};
 pub use stream_management::StreamManagementConfig;
@@ -149,6 +151,10 @@ pub struct Config {
     /// unless switched off here.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// What one client address, and all of them, may take of the XMPP
+    /// listeners.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// `[roster]`: rosters fetched from the application over HTTP (Prosody's
@@ -266,6 +272,12 @@ pub struct C2sConfig {
     /// is still sent when nothing else is queued (a big roster).
     #[serde(default = "default_max_outbound_bytes")]
     pub max_outbound_bytes: usize,
+    /// Resources one account may have bound at once (its devices and
+    /// clients); one more bind is refused with `<resource-constraint/>`
+    /// (the newest gives way: an attacker with the password cannot push
+    /// the owner's devices off).
+    #[serde(default = "default_max_resources")]
+    pub max_resources: usize,
 }
 
 /// `[http]`: the listener for `/metrics`, `/health` and, with `[roster]`,
@@ -593,6 +605,10 @@ fn default_max_outbound_bytes() -> usize {
     1024 * 1024
 }
 
+fn default_max_resources() -> usize {
+    32
+}
+
 fn default_processes() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -807,6 +823,7 @@ impl Config {
         }
         self.c2s.validate(&mut problems);
         self.csi.validate(&mut problems);
+        self.limits.validate(&mut problems);
         if let Some(direct) = self.c2s.direct_tls_listen {
             for (key, other) in [
                 ("c2s.listen", self.c2s.listen),
@@ -1141,6 +1158,8 @@ impl C2sConfig {
             self.max_outbound_bytes,
             OUTBOUND_BYTES,
         );
+        // Presence fans out among an account's resources: their square.
+        problems.range("c2s.max_resources", self.max_resources, 1..=1000);
     }
 }
 

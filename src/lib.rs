@@ -16,6 +16,7 @@ pub mod signal;
 pub mod auth;
 mod c2s;
 mod http;
+mod limits;
 mod telemetry;
 mod tls;
 mod web;
@@ -266,6 +267,9 @@ impl Server {
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
+        // One admission for both XMPP listeners: a client's connections
+        // count together whichever it uses.
+        let limits = limits::ConnectionLimits::new(config.limits.clone());
         let c2s_certificate = tls.as_ref().map(|tls| tls.certificate.clone());
         let settings = Reloadable::new(c2s::settings(
             &config,
@@ -298,6 +302,7 @@ impl Server {
                 c2s::Entry::DirectTls(acceptor),
                 arbiters.clone(),
                 settings.clone(),
+                limits.clone(),
                 services.clone(),
             ));
         }
@@ -306,6 +311,7 @@ impl Server {
             c2s::Entry::Plain,
             arbiters.clone(),
             settings.clone(),
+            limits,
             services,
         ));
         let admin_token =

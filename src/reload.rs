@@ -39,6 +39,7 @@ const STREAM_KEYS: &[&str] = &[
     "c2s.unauthenticated_timeout",
     "c2s.max_outbound_queue",
     "c2s.max_outbound_bytes",
+    "c2s.max_resources",
 ];
 
 /// Sections whose every key is a client stream setting.

@@ -94,6 +94,7 @@ fn describe() {
     gatehouse_actors::panic_guard::describe_metrics();
     gatehouse_actors::xmpp::stanza::describe_metrics();
     gatehouse_actors::storage::describe_metrics();
+    gatehouse_actors::refused::describe_metrics();
     crate::reload::describe_metrics();
     crate::tls::describe_metrics();
     gatehouse_actors::offline::describe_metrics();

@@ -20,6 +20,7 @@
 //! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
 //!   message archives, kept in [`storage`].
 //! - [`reloadable`]: a setting a reload may replace while the server runs.
+//! - [`refused`]: the count of refusals by the limits against abuse.
 //! - [`redact`]: what of a configured URL may appear in logs;
 //!   [`log_budget`]: how many lines a repeatable event may log a second.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
@@ -42,6 +43,7 @@ pub mod offline;
 pub mod outbound_http;
 pub mod panic_guard;
 pub mod redact;
+pub mod refused;
 pub mod reloadable;
 pub mod roster;
 pub mod session;

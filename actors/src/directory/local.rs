@@ -12,8 +12,8 @@
 //! rosters fetched by the RosterCache.
 
 use super::{
-    is_broadcast, Bind, Broadcast, CopySent, Delivery, Directory, Route, SetCarbons, ToSession,
-    Unbind, UseRoster,
+    is_broadcast, Bind, BindRefused, Broadcast, CopySent, Delivery, Directory, Route, SetCarbons,
+    ToSession, Unbind, UseRoster,
 };
 use crate::archive::{Archive, Exchange, Membership};
 use crate::carbons::{self, Eligibility};
@@ -76,8 +76,9 @@ impl LocalDirectory {
 }
 
 impl Directory for LocalDirectory {
-    fn bind(&self, bind: Bind) {
-        self.router.do_send(bind);
+    fn bind(&self, bind: Bind) -> BoxFuture<'static, Result<(), BindRefused>> {
+        let answer = self.router.send(bind);
+        Box::pin(async move { answer.await.unwrap_or(Err(BindRefused::Unavailable)) })
     }
 
     fn unbind(&self, unbind: Unbind) {
@@ -549,10 +550,10 @@ impl Router {
 }
 
 impl Handler<Bind> for Router {
-    type Result = ();
+    type Result = Result<(), BindRefused>;
 
-    fn handle(&mut self, msg: Bind, _: &mut Self::Context) {
-        let _ = panic_guard::catch(PANIC_LABEL, || {
+    fn handle(&mut self, msg: Bind, _: &mut Self::Context) -> Result<(), BindRefused> {
+        panic_guard::catch(PANIC_LABEL, || {
             let resources = self.users.entry(msg.jid.to_bare()).or_default();
             let resource = msg.jid.resource().as_str();
             if let Some(same) = resources
@@ -563,7 +564,11 @@ impl Handler<Bind> for Router {
                 Self::count_bound(same.transport, -1.0);
                 Self::count_bound(msg.transport, 1.0);
                 same.transport = msg.transport;
-                return;
+                return Ok(());
+            }
+            let replaces = resources.iter().any(|r| r.resource == resource);
+            if !replaces && resources.len() >= msg.max_resources {
+                return Err(BindRefused::TooManyResources);
             }
             let new = Resource {
                 resource: resource.to_owned(),
@@ -593,7 +598,9 @@ impl Handler<Bind> for Router {
                 resources.push(new);
                 Self::count_bound(msg.transport, 1.0);
             }
-        });
+            Ok(())
+        })
+        .unwrap_or(Err(BindRefused::Unavailable))
     }
 }
 
@@ -894,6 +901,7 @@ mod tests {
                 session_id,
                 transport: TransportKind::Tcp,
                 mailbox,
+                max_resources: 10,
             });
             Client {
                 jid,

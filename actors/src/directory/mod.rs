@@ -25,10 +25,12 @@ use std::sync::Arc;
 pub use local::{LocalDirectory, Router};
 
 /// Where sessions find each other. Every method returns at once (the work
-/// is queued); only [`Directory::use_roster`] waits for an answer.
+/// is queued); only [`Directory::bind`] and [`Directory::use_roster`] have
+/// an answer to wait for.
 pub trait Directory: Send + Sync + 'static {
-    /// A session bound a resource: deliver to it from now on.
-    fn bind(&self, bind: Bind);
+    /// A session asks to bind a resource: delivered to from now on, unless
+    /// refused.
+    fn bind(&self, bind: Bind) -> BoxFuture<'static, Result<(), BindRefused>>;
     /// A session's resource is gone.
     fn unbind(&self, unbind: Unbind);
     /// A stanza addressed to a local JID.
@@ -66,9 +68,10 @@ pub enum ToSession {
 
 /// Registers a bound resource. An older session with the same full JID is
 /// told it was replaced; the same session binding again (resumed on a
-/// connection of another transport) only changes its transport.
+/// connection of another transport) only changes its transport. A new
+/// resource beyond `max_resources` is refused (the newest gives way).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), BindRefused>")]
 pub struct Bind {
     pub jid: FullJid,
     /// Tells this session apart from a newer one bound to the same JID.
@@ -77,6 +80,19 @@ pub struct Bind {
     /// `gatehouse_sessions`.
     pub transport: TransportKind,
     pub mailbox: Recipient<ToSession>,
+    /// Resources the account may have bound at once (`c2s.max_resources`
+    /// when the session started); a new one beyond them is refused.
+    pub max_resources: usize,
+}
+
+/// Why a bind was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindRefused {
+    /// The account has `max_resources` bound already
+    /// (`<resource-constraint/>`).
+    TooManyResources,
+    /// The directory could not be asked (it is stopping).
+    Unavailable,
 }
 
 /// Removes a resource, unless it was replaced by a newer session meanwhile.

@@ -17,10 +17,11 @@ mod sm;
 use crate::archive::{self, Archive, Reservation, Reserve};
 use crate::auth::{AuthError, Authenticator};
 use crate::carbons::{self, Eligibility};
-use crate::directory::{self, DirectoryHandle, ToSession};
+use crate::directory::{self, BindRefused, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
 use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
+use crate::refused::Refused;
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
 use crate::transport::{
     ConnectionId, Outbound, Output, QueuedBytes, SessionLink, SessionTarget, TransportKind,
@@ -91,6 +92,9 @@ pub struct C2sSettings {
     /// Bytes queued towards a client before it counts as too slow and is
     /// dropped; one larger stanza still goes out when nothing is queued.
     pub max_outbound_bytes: usize,
+    /// Resources one account may have bound at once; the next bind gets
+    /// `<resource-constraint/>`.
+    pub max_resources: usize,
     /// XEP-0198 stream management, when offered.
     pub stream_management: Option<SmSettings>,
     /// Whether clients may turn on XEP-0280 carbons.
@@ -828,7 +832,7 @@ impl Session {
         }
         match &self.phase {
             Phase::Negotiating { .. } => self.negotiate(el),
-            Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => ready(self.bind(&el, ctx)),
+            Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => self.bind(&el, ctx),
             Phase::Bound { .. } if el.ns() == ns::CSI => ready(self.client_state_changed(&el)),
             Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
             Phase::Bound { .. } => self.paced_stanza(el, ctx),
@@ -1004,13 +1008,13 @@ impl Session {
 
     // ----- after authentication -----
 
-    fn bind(&mut self, iq: &Element, ctx: &mut Context<Self>) -> Next {
+    fn bind(&mut self, iq: &Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {
         let Some(bind) = iq
             .get_child("bind", ns::BIND)
             .filter(|_| iq.attr("type") == Some("set"))
         else {
             // Only binding is allowed before a resource is bound.
-            return self.stream_error(StreamErrorCondition::NotAuthorized);
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
         };
         let requested = bind
             .get_child("resource", ns::BIND)
@@ -1022,26 +1026,47 @@ impl Session {
             requested
         };
         let Phase::AwaitBind { host, user } = &self.phase else {
-            return self.stream_error(StreamErrorCondition::NotAuthorized);
+            return ready(self.stream_error(StreamErrorCondition::NotAuthorized));
         };
         let user = user.clone();
         let bare = format!("{user}@{host}");
         let Ok(jid) = FullJid::new(&format!("{bare}/{resource}")) else {
-            if let Some(reply) = stanza::error_reply(iq, StanzaError::BAD_REQUEST) {
-                self.send(&reply);
-            }
-            return Next::Continue;
+            self.reply_error(iq, StanzaError::BAD_REQUEST);
+            return ready(Next::Continue);
         };
-        self.services.directory.bind(directory::Bind {
+        let answer = self.services.directory.bind(directory::Bind {
             jid: jid.clone(),
             session_id: self.id,
             transport: self.transport,
             mailbox: ctx.address().recipient(),
+            max_resources: self.settings.max_resources,
         });
-        let bound = BindResponse { jid: jid.clone() };
-        self.send(&stanza::iq_result(iq, Some(bound.into())));
-        self.phase = Phase::Bound { user, jid };
-        Next::Continue
+        // What reaches the resource before the answer waits behind it.
+        self.held = Some(Vec::new());
+        let iq = iq.clone();
+        Box::pin(
+            actix::fut::wrap_future(answer).map(move |answer, session: &mut Session, _| {
+                let held = session.held.take().unwrap_or_default();
+                match answer {
+                    Ok(()) => {
+                        let bound = BindResponse { jid: jid.clone() };
+                        session.send(&stanza::iq_result(&iq, Some(bound.into())));
+                        session.phase = Phase::Bound { user, jid };
+                        for data in held {
+                            session.send_stanza(data, true);
+                        }
+                    }
+                    Err(BindRefused::TooManyResources) => {
+                        Refused::Resources.count();
+                        session.reply_error(&iq, StanzaError::RESOURCE_CONSTRAINT);
+                    }
+                    Err(BindRefused::Unavailable) => {
+                        session.reply_error(&iq, StanzaError::INTERNAL_SERVER_ERROR);
+                    }
+                }
+                Next::Continue
+            }),
+        )
     }
 
     /// A stanza from a bound client: stamp `from`, then answer it here (the

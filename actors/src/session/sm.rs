@@ -674,12 +674,16 @@ impl Session {
         self.connection = Some(msg.connection);
         if self.transport != msg.transport {
             if let Some(jid) = self.phase.jid() {
-                self.services.directory.bind(directory::Bind {
+                // The same session only changes its transport: always
+                // accepted, nothing to wait for.
+                let rebound = self.services.directory.bind(directory::Bind {
                     jid: jid.clone(),
                     session_id: self.id,
                     transport: msg.transport,
                     mailbox: ctx.address().recipient(),
+                    max_resources: self.settings.max_resources,
                 });
+                ctx.spawn(actix::fut::wrap_future(rebound).map(|_, _, _| ()));
             }
         }
         self.transport = msg.transport;

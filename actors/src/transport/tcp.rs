@@ -45,8 +45,16 @@ const READ_CHUNK: usize = 4096;
 
 /// Starts a session and its I/O task on the current arbiter for a plain
 /// TCP connection (STARTTLS offered when a certificate is configured).
-pub fn start(socket: TcpStream, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
-    start_on(Either::Left(socket), peer, settings, services);
+/// `held` (the listener's place for the connection under its limits) is
+/// dropped when the connection ends.
+pub fn start(
+    socket: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<C2sSettings>,
+    services: Services,
+    held: impl Send + 'static,
+) {
+    start_on(Either::Left(socket), peer, settings, services, held);
 }
 
 /// Starts a Direct TLS (XEP-0368) connection on the current arbiter: the
@@ -59,6 +67,7 @@ pub fn start_direct_tls(
     peer: SocketAddr,
     settings: Arc<C2sSettings>,
     services: Services,
+    held: impl Send + 'static,
 ) {
     let tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
@@ -67,14 +76,20 @@ pub fn start_direct_tls(
         tokio::select! {
             _ = shutdown.cancelled() => {}
             secure = handshake => if let Some(secure) = secure {
-                start_on(secure, peer, settings, services);
+                start_on(secure, peer, settings, services, held);
             },
         }
     });
 }
 
 /// Starts a session on `socket`, plain or already TLS, and its I/O task.
-fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, services: Services) {
+fn start_on(
+    socket: Socket,
+    peer: SocketAddr,
+    settings: Arc<C2sSettings>,
+    services: Services,
+    held: impl Send + 'static,
+) {
     let (kind, secure) = match socket {
         Either::Left(_) => (TransportKind::Tcp, false),
         Either::Right(_) => (TransportKind::DirectTls, true),
@@ -82,7 +97,10 @@ fn start_on(socket: Socket, peer: SocketAddr, settings: Arc<C2sSettings>, servic
     let tls = settings.tls.clone();
     let tracker = services.connections.clone();
     let link = session::start(peer, kind, secure, settings, services);
-    spawn_io(&tracker, run(socket, peer, tls, link));
+    spawn_io(&tracker, async move {
+        run(socket, peer, tls, link).await;
+        drop(held);
+    });
 }
 
 /// Why the loop ended; only for the debug log.

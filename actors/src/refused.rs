@@ -1,0 +1,59 @@
+//! `gatehouse_refused_total{reason}`: every refusal of a limit that keeps
+//! one client (or one address) from taking what others need, counted by
+//! the limit, so the operator can tell an attack from a limit set too low.
+//!
+//! Owns the reasons and the counter. Must not touch where a limit is
+//! enforced: each enforcing component counts its own refusals here.
+
+/// Which limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections` were open.
+    Connections,
+    /// `limits.max_connections_per_address` were open from the address.
+    ConnectionsPerAddress,
+    /// The address opened connections faster than
+    /// `limits.connections_per_second_per_address` allows.
+    ConnectionRate,
+    /// The account had `c2s.max_resources` bound already.
+    Resources,
+}
+
+impl Refused {
+    const ALL: [Refused; 4] = [
+        Refused::Connections,
+        Refused::ConnectionsPerAddress,
+        Refused::ConnectionRate,
+        Refused::Resources,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Connections => "connections",
+            Refused::ConnectionsPerAddress => "connections_per_address",
+            Refused::ConnectionRate => "connection_rate",
+            Refused::Resources => "resources",
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn count(self) {
+        metrics::counter!("gatehouse_refused_total", "reason" => self.as_str()).increment(1);
+    }
+}
+
+/// Help text, and every reason at zero.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "gatehouse_refused_total",
+        "Refusals by the limit that refused: connections (limits.max_connections open; the \
+         socket closed at once), connections_per_address (limits.max_connections_per_address \
+         open from one address), connection_rate (an address over \
+         limits.connections_per_second_per_address), resources (an account at \
+         c2s.max_resources; the bind got resource-constraint)"
+    );
+    for reason in Refused::ALL {
+        metrics::counter!("gatehouse_refused_total", "reason" => reason.as_str()).absolute(0);
+    }
+}

@@ -1,0 +1,218 @@
+//! Connection admission on the XMPP listeners (plain c2s and Direct TLS):
+//! a cap on open connections in all, and per client address a cap on open
+//! connections and a connection rate (a token bucket), so one address
+//! cannot take the sockets and file descriptors everyone else needs. A
+//! refused connection is closed at once (the accept loop goes on
+//! accepting) and counted in `gatehouse_refused_total{reason}`.
+//!
+//! Owns the counts and buckets. Must not touch the connection itself: the
+//! listener closes a refused socket, the transport holds an [`Admitted`]
+//! for an admitted one until it ends.
+
+use crate::config::LimitsConfig;
+use gatehouse_actors::refused::Refused;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// Addresses whose connection rate is remembered; an address forgotten
+/// (the least recently seen beyond this) starts again with a full
+/// bucket, so the memory stays bounded however many addresses an attacker
+/// uses.
+const BUCKETS: u64 = 100_000;
+
+/// The admission of the XMPP listeners; cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionLimits {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: LimitsConfig,
+    /// Connections admitted and not yet closed.
+    open: AtomicUsize,
+    /// Open connections by address (IPv6: by prefix), for the addresses
+    /// the per-address limits apply to. Bounded by `max_connections`:
+    /// every entry has at least one open connection.
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Each recent address's token bucket.
+    buckets: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
+}
+
+/// Connections an address may still open now, refilled over time.
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// An admitted connection's place under the limits, given back when it
+/// is dropped (when the connection ends).
+pub struct Admitted {
+    inner: Arc<Inner>,
+    /// Its address, when the per-address limits apply to it.
+    address: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.inner.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(address) = self.address {
+            let mut by_address = self.inner.lock();
+            if let Some(open) = by_address.get_mut(&address) {
+                *open -= 1;
+                if *open == 0 {
+                    by_address.remove(&address);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(settings: LimitsConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            inner: Arc::new(Inner {
+                settings,
+                open: AtomicUsize::new(0),
+                by_address: Mutex::new(HashMap::new()),
+                buckets: moka::sync::Cache::new(BUCKETS),
+            }),
+        }
+    }
+
+    /// Admits a connection from `peer`, or says which limit refuses it.
+    pub fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        if inner.open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
+            inner.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Connections);
+        }
+        // From here on, dropping it gives the place back.
+        let mut admitted = Admitted {
+            inner: inner.clone(),
+            address: None,
+        };
+        let peer = peer.to_canonical();
+        if settings.exempt.iter().any(|net| net.contains(&peer)) {
+            return Ok(admitted);
+        }
+        let address = self.client_of(peer);
+        if !self.take_token(address) {
+            return Err(Refused::ConnectionRate);
+        }
+        let mut by_address = inner.lock();
+        let open = by_address.entry(address).or_insert(0);
+        if *open >= settings.max_connections_per_address {
+            return Err(Refused::ConnectionsPerAddress);
+        }
+        *open += 1;
+        admitted.address = Some(address);
+        Ok(admitted)
+    }
+
+    /// The client an address stands for: itself, or its IPv6 prefix.
+    fn client_of(&self, peer: IpAddr) -> IpAddr {
+        match peer {
+            IpAddr::V4(_) => peer,
+            IpAddr::V6(v6) => {
+                let prefix = u32::from(self.inner.settings.address_prefix_v6);
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Takes one connection from `address`'s bucket, if it has one.
+    fn take_token(&self, address: IpAddr) -> bool {
+        let settings = &self.inner.settings;
+        let burst = f64::from(settings.connection_burst_per_address);
+        let bucket = self.inner.buckets.get_with(address, || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: burst,
+                refilled: Instant::now(),
+            }))
+        });
+        let mut bucket = bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let rate = f64::from(settings.connections_per_second_per_address);
+        let refill = now.duration_since(bucket.refilled).as_secs_f64() * rate;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // The counts stay consistent whatever panicked while holding it.
+        self.by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionLimits;
+    use crate::config::LimitsConfig;
+    use gatehouse_actors::refused::Refused;
+
+    fn limits(per_address: usize, burst: u32) -> ConnectionLimits {
+        ConnectionLimits::new(LimitsConfig {
+            max_connections: 5,
+            max_connections_per_address: per_address,
+            connections_per_second_per_address: 1,
+            connection_burst_per_address: burst,
+            exempt: vec!["10.0.0.0/8".parse().unwrap()],
+            ..LimitsConfig::default()
+        })
+    }
+
+    #[test]
+    fn an_address_is_held_to_its_share_and_gets_it_back() {
+        let limits = limits(2, 100);
+        let a = "192.0.2.1".parse().unwrap();
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).err(), Some(Refused::ConnectionsPerAddress));
+        assert!(limits.admit("192.0.2.2".parse().unwrap()).is_ok());
+        drop(first);
+        assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn the_total_caps_everyone_exempt_or_not() {
+        let limits = limits(100, 100);
+        let held: Vec<_> = (0..5)
+            .map(|i| {
+                limits
+                    .admit(format!("10.0.0.{i}").parse().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            limits.admit("10.0.0.9".parse().unwrap()).err(),
+            Some(Refused::Connections)
+        );
+        drop(held);
+        assert!(limits.admit("10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_burst_beyond_the_bucket_is_refused_and_an_ipv6_prefix_is_one_client() {
+        let limits = limits(100, 2);
+        let one = "2001:db8::1".parse().unwrap();
+        let same_64 = "2001:db8::ffff".parse().unwrap();
+        let _a = limits.admit(one).unwrap();
+        let _b = limits.admit(same_64).unwrap();
+        assert_eq!(limits.admit(one).err(), Some(Refused::ConnectionRate));
+        assert!(limits.admit("2001:db8:0:1::1".parse().unwrap()).is_ok());
+    }
+}
