@@ -7,6 +7,12 @@
 //! in a storm should not be blocked by an unrelated edit they cannot apply
 //! without dropping every session, and the answer says which keys wait.
 //!
+//! A reload is whole or nothing: everything that can fail (building a new
+//! HTTP client) is prepared for every component first ([`Live::prepare`]);
+//! if anything fails, nothing changes and the reload counts as a failure;
+//! otherwise every change is committed ([`Prepared::commit`]), which cannot
+//! fail.
+//!
 //! Owns: the running config's text (what the next reload compares with),
 //! which keys are live, the reload metrics and log line. Must not touch:
 //! how a component takes its new settings (each has its own handle).
@@ -30,6 +36,17 @@ pub struct Live {
     pub roster_token: Option<LiveToken>,
 }
 
+/// Why a valid file could not be applied: something it asks for could not
+/// be set up. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ReloadError {
+    /// The key (or section) whose setting could not be set up.
+    pub key: &'static str,
+    /// Why; never a secret value.
+    pub reason: String,
+}
+
 impl Live {
     /// Whether a change of `key` takes effect without a restart.
     fn applies(&self, key: &str) -> bool {
@@ -40,8 +57,33 @@ impl Live {
         }
     }
 
-    /// Applies `config`'s value of each of `keys` (all live ones).
-    fn apply(&self, config: &Config, keys: &BTreeSet<&str>) {
+    /// Builds everything `config`'s value of each of `keys` (all live ones)
+    /// needs, changing nothing; the first failure is the answer.
+    fn prepare<'a>(
+        &'a self,
+        config: &'a Config,
+        keys: BTreeSet<&'a str>,
+    ) -> Result<Prepared<'a>, ReloadError> {
+        Ok(Prepared {
+            live: self,
+            config,
+            keys,
+        })
+    }
+}
+
+/// A reload ready to apply: whatever could fail has not.
+struct Prepared<'a> {
+    live: &'a Live,
+    /// The new config and the keys of it to apply.
+    config: &'a Config,
+    keys: BTreeSet<&'a str>,
+}
+
+impl Prepared<'_> {
+    /// Applies every change; nothing here can fail.
+    fn commit(self) {
+        let (config, keys, live) = (self.config, &self.keys, self.live);
         if keys.contains("log_level") {
             // Checked by validation: this cannot fail.
             if let Err(error) = logging::set_level(&config.log_level) {
@@ -50,9 +92,9 @@ impl Live {
         }
         if keys.contains("http.admin_token") {
             let token = config.http.admin_token.as_ref().map(|t| t.0.clone());
-            self.admin_token.set(token);
+            live.admin_token.set(token);
         }
-        if let Some(roster) = self.roster_token.as_ref() {
+        if let Some(roster) = live.roster_token.as_ref() {
             if keys.contains("roster_admin.token") {
                 let admin = config.roster_admin.as_ref();
                 roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
@@ -78,6 +120,9 @@ pub enum ReloadOutcome {
     },
     /// The file cannot be used: nothing changed.
     Invalid(ConfigError),
+    /// The file is valid, but something it asks for could not be set up:
+    /// nothing changed.
+    NotApplied { path: PathBuf, error: ReloadError },
 }
 
 impl fmt::Display for ReloadOutcome {
@@ -113,6 +158,9 @@ impl fmt::Display for ReloadOutcome {
                 restart(f, path, needs_restart)
             }
             ReloadOutcome::Invalid(error) => write!(f, "{error}\nnothing changed"),
+            ReloadOutcome::NotApplied { path, error } => {
+                write!(f, "{}: {error}\nnothing changed", path.display())
+            }
         }
     }
 }
@@ -183,7 +231,17 @@ impl Reloader {
             .into_iter()
             .partition(|key| self.inner.live.applies(key));
         let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-        self.inner.live.apply(&config, &live);
+        match self.inner.live.prepare(&config, live) {
+            Ok(prepared) => prepared.commit(),
+            Err(error) => {
+                count("failure");
+                tracing::warn!(trigger, %error, "configuration not reloaded, nothing changed");
+                return ReloadOutcome::NotApplied {
+                    path: path.clone(),
+                    error,
+                };
+            }
+        }
         for key in &applied {
             set_key(&mut running.table, &new, key);
         }
