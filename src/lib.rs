@@ -16,6 +16,7 @@ pub mod signal;
 pub mod auth;
 mod c2s;
 mod http;
+mod roster;
 mod telemetry;
 mod web;
 
@@ -27,7 +28,7 @@ use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucService, MucSettings};
 use gatehouse_actors::offline::OfflineMessages;
-use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
+use gatehouse_actors::roster::{RosterCache, RosterError};
 use gatehouse_actors::session::{C2sSettings, Resumable, Services};
 use gatehouse_actors::storage::{OpenError, Storage};
 use gatehouse_actors::xmpp::{PartialStanzaBudget, StanzaLimits};
@@ -209,19 +210,7 @@ impl Server {
         let router = Router::new(offline.clone(), archive.clone()).start();
         let roster = match &config.roster {
             Some(roster) => Some(
-                RosterCache::new(
-                    RosterSettings {
-                        url: RosterUrl::parse(&roster.url).expect("validated: roster.url"),
-                        hosts: hosts.clone(),
-                        capacity: roster.cache_capacity,
-                        ttl: roster.ttl,
-                        timeout: roster.timeout,
-                        max_in_flight: roster.max_in_flight,
-                        authorization: roster.authorization_header.as_ref().map(|h| h.0.clone()),
-                    },
-                    router.clone(),
-                )?
-                .start(),
+                RosterCache::new(roster::settings(roster), hosts.clone(), router.clone())?.start(),
             ),
             None => None,
         };
@@ -247,6 +236,7 @@ impl Server {
             reload::Live {
                 admin_token: admin_token.clone(),
                 roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
+                roster: roster.clone().map(roster::LiveRoster),
             },
         );
         let operator = http::Operator {

@@ -20,6 +20,7 @@
 use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
 use crate::logging;
+use crate::roster::{LiveRoster, RosterChange};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -34,6 +35,8 @@ pub struct Live {
     pub admin_token: LiveToken,
     /// `roster_admin.token`, when the refresh endpoint runs.
     pub roster_token: Option<LiveToken>,
+    /// `[roster]`, when the roster cache runs.
+    pub roster: Option<LiveRoster>,
 }
 
 /// Why a valid file could not be applied: something it asks for could not
@@ -48,12 +51,13 @@ pub struct ReloadError {
 }
 
 impl Live {
-    /// Whether a change of `key` takes effect without a restart.
-    fn applies(&self, key: &str) -> bool {
+    /// Whether a change of `key` to what `config` says takes effect without
+    /// a restart.
+    fn applies(&self, config: &Config, key: &str) -> bool {
         match key {
             "log_level" | "http.admin_token" => true,
             "roster_admin.token" => self.roster_token.is_some(),
-            _ => false,
+            _ => self.roster.as_ref().is_some_and(|r| r.applies(config, key)),
         }
     }
 
@@ -64,10 +68,17 @@ impl Live {
         config: &'a Config,
         keys: BTreeSet<&'a str>,
     ) -> Result<Prepared<'a>, ReloadError> {
+        // Whether one of `keys` is a component's, by its `applies`.
+        let touched = |applies: &dyn Fn(&str) -> bool| keys.iter().any(|key| applies(key));
+        let roster = match &self.roster {
+            Some(live) if touched(&|key| live.applies(config, key)) => live.prepare(config)?,
+            _ => None,
+        };
         Ok(Prepared {
             live: self,
             config,
             keys,
+            roster,
         })
     }
 }
@@ -78,6 +89,8 @@ struct Prepared<'a> {
     /// The new config and the keys of it to apply.
     config: &'a Config,
     keys: BTreeSet<&'a str>,
+    /// The roster cache's new settings, when they changed.
+    roster: Option<RosterChange>,
 }
 
 impl Prepared<'_> {
@@ -99,6 +112,9 @@ impl Prepared<'_> {
                 let admin = config.roster_admin.as_ref();
                 roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
             }
+        }
+        if let Some(change) = self.roster {
+            change.commit();
         }
     }
 }
@@ -229,7 +245,7 @@ impl Reloader {
         changed_keys("", Some(&running.table), Some(&new), &mut changed);
         let (applied, needs_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
-            .partition(|key| self.inner.live.applies(key));
+            .partition(|key| self.inner.live.applies(&config, key));
         let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
         match self.inner.live.prepare(&config, live) {
             Ok(prepared) => prepared.commit(),
