@@ -16,6 +16,7 @@ pub mod signal;
 pub mod auth;
 mod c2s;
 mod http;
+mod muc;
 mod roster;
 mod telemetry;
 mod web;
@@ -25,8 +26,7 @@ use config::Config;
 use gatehouse_actors::archive::Archive;
 use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
-use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
-use gatehouse_actors::muc::{MucService, MucSettings};
+use gatehouse_actors::muc::MucService;
 use gatehouse_actors::offline::OfflineMessages;
 use gatehouse_actors::roster::{RosterCache, RosterError};
 use gatehouse_actors::session::{C2sSettings, Resumable, Services};
@@ -229,6 +229,13 @@ impl Server {
                 max_body_bytes: admin.max_body_bytes,
             }
         });
+        let muc = match &config.muc {
+            Some(muc) => Some(
+                MucService::start(muc::settings(muc, archive.clone()))
+                    .map_err(RunError::MucGate)?,
+            ),
+            None => None,
+        };
         let admin_token =
             http::LiveToken::new(config.http.admin_token.as_ref().map(|t| t.0.clone()));
         let reloader = Reloader::new(
@@ -237,6 +244,7 @@ impl Server {
                 admin_token: admin_token.clone(),
                 roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
                 roster: roster.clone().map(roster::LiveRoster),
+                muc: muc.clone().map(muc::LiveMuc),
             },
         );
         let operator = http::Operator {
@@ -252,12 +260,6 @@ impl Server {
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
-        let muc = match &config.muc {
-            Some(muc) => Some(
-                MucService::start(muc_settings(muc, archive.clone())).map_err(RunError::MucGate)?,
-            ),
-            None => None,
-        };
         let directory: DirectoryHandle = Arc::new(LocalDirectory::new(router));
         let services = Services {
             directory: directory.clone(),
@@ -418,31 +420,6 @@ impl Server {
             arbiter.stop();
         }
         Ok(())
-    }
-}
-
-/// The MUC actors' settings from `[muc]`.
-fn muc_settings(muc: &config::MucConfig, archive: Option<Archive>) -> MucSettings {
-    MucSettings {
-        archive,
-        domain: muc.domain.clone(),
-        persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
-        max_occupants: muc.max_occupants,
-        max_rooms: muc.max_rooms,
-        history: muc.history,
-        gate: muc.http_auth.as_ref().map(|gate| GateConfig {
-            url: gate.parsed_url(),
-            rooms: match (&gate.enabled_for, &gate.disabled_for) {
-                (Some(enabled), _) => GatedRooms::EnabledFor(enabled.clone()),
-                (None, Some(disabled)) => GatedRooms::DisabledFor(disabled.clone()),
-                (None, None) => GatedRooms::Every,
-            },
-            insecure: gate.insecure,
-            authorization_header: gate.authorization_value(),
-            timeout: gate.timeout,
-            max_in_flight: gate.max_in_flight,
-            queue: gate.queue,
-        }),
     }
 }
 

@@ -20,6 +20,7 @@
 use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
 use crate::logging;
+use crate::muc::{LiveMuc, MucChange};
 use crate::roster::{LiveRoster, RosterChange};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -37,6 +38,8 @@ pub struct Live {
     pub roster_token: Option<LiveToken>,
     /// `[roster]`, when the roster cache runs.
     pub roster: Option<LiveRoster>,
+    /// `[muc]`, when the MUC service runs.
+    pub muc: Option<LiveMuc>,
 }
 
 /// Why a valid file could not be applied: something it asks for could not
@@ -57,7 +60,10 @@ impl Live {
         match key {
             "log_level" | "http.admin_token" => true,
             "roster_admin.token" => self.roster_token.is_some(),
-            _ => self.roster.as_ref().is_some_and(|r| r.applies(config, key)),
+            _ => {
+                self.roster.as_ref().is_some_and(|r| r.applies(config, key))
+                    || self.muc.as_ref().is_some_and(|m| m.applies(config, key))
+            }
         }
     }
 
@@ -74,11 +80,16 @@ impl Live {
             Some(live) if touched(&|key| live.applies(config, key)) => live.prepare(config)?,
             _ => None,
         };
+        let muc = match &self.muc {
+            Some(live) if touched(&|key| live.applies(config, key)) => live.prepare(config)?,
+            _ => None,
+        };
         Ok(Prepared {
             live: self,
             config,
             keys,
             roster,
+            muc,
         })
     }
 }
@@ -91,6 +102,8 @@ struct Prepared<'a> {
     keys: BTreeSet<&'a str>,
     /// The roster cache's new settings, when they changed.
     roster: Option<RosterChange>,
+    /// The MUC service's new rules, when they changed.
+    muc: Option<MucChange>,
 }
 
 impl Prepared<'_> {
@@ -114,6 +127,9 @@ impl Prepared<'_> {
             }
         }
         if let Some(change) = self.roster {
+            change.commit();
+        }
+        if let Some(change) = self.muc {
             change.commit();
         }
     }

@@ -1,13 +1,17 @@
-//! Live reload of `[roster]` in the real binary, against real HTTP roster
-//! services: a new roster URL, header and token each take effect for the
-//! next request, and the sessions online throughout stay online.
+//! Live reload of `[roster]` and `[muc]` in the real binary, against real
+//! HTTP roster services and join gates: a new roster URL, header, token,
+//! gate URL and room lists each take effect for the next request, a
+//! persistent room added exists at once and one removed goes away once
+//! empty, and the sessions online throughout stay online.
 
 mod common;
+mod muc_support;
 
 use common::roster_service::RosterService;
 use common::server_process::ServerProcess;
 use common::*;
 use minidom::Element;
+use muc_support::{disco_items, join, rooms_until, Gate, GateRequest, Reply, MUC};
 use std::net::SocketAddr;
 
 const TOKEN: &str = "reload-admin";
@@ -77,12 +81,7 @@ async fn still_online(client: &mut Client) {
     client
         .send("<iq type='get' id='alive'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
-    let answer = loop {
-        let el = client.element().await;
-        if el.attr("id") == Some("alive") {
-            break el;
-        }
-    };
+    let answer = muc_support::until(client, |el| el.attr("id") == Some("alive")).await;
     assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
 }
 
@@ -189,4 +188,115 @@ async fn roster_url_header_token_and_cache_change_for_the_next_request() {
     for secret in ["Bearer one", "Bearer two", "refresh-one", "refresh-two"] {
         assert!(!log.contains(secret), "{secret} in the log");
     }
+}
+
+/// Allows every join, so whether a gate was asked is what tells.
+fn allow(_: &GateRequest) -> Reply {
+    Reply::json(r#"{"allowed": true}"#)
+}
+
+#[tokio::test]
+async fn gate_url_lists_and_persistent_rooms_change_for_the_next_join() {
+    let a = Gate::start(allow).await;
+    let b = Gate::start(allow).await;
+    let section = |persistent: &str, url: &str, gated: &str| {
+        // The header names the gate, so each gate's requests show which
+        // settings asked.
+        let header = if url == a.url {
+            "Bearer gate-a"
+        } else {
+            "Bearer gate-b"
+        };
+        format!(
+            "[muc]\ndomain = \"{MUC}\"\npersistent_rooms = [{persistent}]\n\
+             [muc.http_auth]\nurl = \"{url}\"\nauthorization_header = \"{header}\"\n\
+             enabled_for = {{ all = [\"{gated}\"] }}\n"
+        )
+    };
+    let server = ServerProcess::from_toml(&config(&section("", &a.url, "tea")));
+    let (c2s, http) = server.listeners();
+    let (mut alice, _) = Client::login(c2s, "alice", "wonderland", "r").await;
+    join(&mut alice, "tea", "Alice").await.unwrap();
+    assert_eq!(a.requests().len(), 1, "tea is gated by A");
+    let (mut watcher, _) = Client::login(c2s, "user1", "pass1", "r").await;
+    assert_eq!(disco_items(&mut watcher).await, [format!("tea@{MUC}")]);
+
+    // Another gate for other rooms, and a persistent room.
+    let answer = reload(
+        &server,
+        http,
+        &config(&section("\"lobby\"", &b.url, "coffee")),
+    )
+    .await;
+    assert_eq!(
+        answer,
+        ["reloaded: applied muc.http_auth.authorization_header, \
+             muc.http_auth.enabled_for.all, muc.http_auth.url, muc.persistent_rooms"]
+    );
+    assert_eq!(
+        rooms_until(&mut watcher, |r| r.len() == 2).await,
+        [format!("lobby@{MUC}"), format!("tea@{MUC}")]
+    );
+    let (mut bob, _) = Client::login(c2s, "bob", "builder", "r").await;
+    join(&mut bob, "tea", "Bob").await.unwrap();
+    assert_eq!(a.requests().len(), 1, "tea is no longer gated");
+    assert!(b.requests().is_empty());
+    join(&mut bob, "coffee", "Bob").await.unwrap();
+    assert_eq!(a.requests().len(), 1);
+    let asked = b.requests();
+    assert_eq!(asked.len(), 1, "coffee is gated by B");
+    assert_eq!(asked[0].params["mucJID"], format!("coffee@{MUC}"));
+    assert_eq!(asked[0].headers["authorization"], "Bearer gate-b");
+    assert_eq!(a.requests()[0].headers["authorization"], "Bearer gate-a");
+    let joined = join(&mut bob, "lobby", "Bob").await.unwrap();
+    let own = joined
+        .iter()
+        .find(|el| el.attr("from") == Some(&format!("lobby@{MUC}/Bob")))
+        .unwrap();
+    assert!(
+        !muc_support::codes(own).contains(&"201".to_owned()),
+        "the persistent room existed before Bob: {own:?}"
+    );
+
+    // No longer persistent: lobby goes once Bob leaves it; the domain
+    // needs a restart.
+    let answer = reload(
+        &server,
+        http,
+        &config(&section("", &b.url, "coffee").replace(MUC, "chat.localhost")),
+    )
+    .await;
+    assert_eq!(
+        answer,
+        [
+            "reloaded: applied muc.persistent_rooms",
+            "needs restart (running as before): muc.domain"
+        ]
+    );
+    assert!(disco_items(&mut watcher)
+        .await
+        .contains(&format!("lobby@{MUC}")));
+    bob.send(&format!(
+        "<presence to='lobby@{MUC}/Bob' type='unavailable'/>"
+    ))
+    .await;
+    rooms_until(&mut watcher, |r| !r.contains(&format!("lobby@{MUC}"))).await;
+
+    // Alice was in tea throughout, and her session stayed up.
+    still_online(&mut alice).await;
+    alice
+        .send(&format!(
+            "<message to='tea@{MUC}' type='groupchat'><body>still here</body></message>"
+        ))
+        .await;
+    muc_support::until(&mut alice, |el| {
+        el.get_child("body", CLIENT)
+            .is_some_and(|b| b.text() == "still here")
+    })
+    .await;
+    let log = server.log();
+    assert!(
+        !log.contains("gate-a") && !log.contains("gate-b"),
+        "a header was logged"
+    );
 }
