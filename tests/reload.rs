@@ -7,7 +7,7 @@
 mod common;
 
 use common::server_process::{wait_for, ServerProcess};
-use common::{fixture_auth, http_get, sample, Client};
+use common::{fixture_auth, http_get, metric_reaches, sample, Client};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
@@ -76,22 +76,6 @@ fn running_hash(scrape: &str) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "one running hash: {lines:?}");
     lines[0].split('"').nth(1).unwrap().to_owned()
-}
-
-/// Scrapes until `series` is `value`.
-async fn metric_reaches(http: SocketAddr, series: &str, value: f64) -> String {
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    loop {
-        let scrape = http_get(http, "/metrics").await;
-        if sample(&scrape, series) == value {
-            return scrape;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never reached {value}:\n{scrape}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 fn invalid_fixtures() -> Vec<PathBuf> {

@@ -154,7 +154,9 @@ async fn roster_url_header_token_and_cache_change_for_the_next_request() {
     assert_eq!(refresh_status(http, "nobody", "refresh-one").await, 401);
     assert_eq!(refresh_status(http, "nobody", "refresh-two").await, 200);
 
-    // A new ttl starts an empty cache: alice's roster comes from B now.
+    // A new ttl starts an empty cache: alice's roster comes from B now,
+    // and the gauge counts only what the new cache holds.
+    metric_reaches(http, "gatehouse_roster_cache_entries", 3.0).await;
     let answer = reload(
         &server,
         http,
@@ -167,6 +169,7 @@ async fn roster_url_header_token_and_cache_change_for_the_next_request() {
         ["from-b@localhost"]
     );
     assert_eq!(a.requests("alice"), 1);
+    metric_reaches(http, "gatehouse_roster_cache_entries", 1.0).await;
 
     // Removing the section needs a restart: rosters still come from B.
     // (`[roster_admin]` must go too; its token is removed live.)

@@ -242,6 +242,23 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
+/// Scrapes the operator listener `http` until `series` is `value`; returns
+/// that scrape. Panics after PATIENCE.
+pub async fn metric_reaches(http: SocketAddr, series: &str, value: f64) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let scrape = http_get(http, "/metrics").await;
+        if sample(&scrape, series) == value {
+            return scrape;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{scrape}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The sum of the samples in a Prometheus scrape whose name is `series`'s
 /// and whose labels include all of `series`'s, e.g.
 /// `gatehouse_logins_total{result="success"}` over every transport; 0 when
