@@ -55,8 +55,8 @@ pub fn serve(file: &Path) -> u8 {
 
 /// `gatehouse reload --config FILE`: asks the server running on FILE to
 /// read it again, through its operator listener, and prints its answer.
-/// Exit 0 reloaded, 1 the file is invalid (nothing changed), 2 the server
-/// could not be asked.
+/// Exit 0 reloaded, 1 the file is invalid or could not be applied (nothing
+/// changed), 2 the server could not be asked.
 pub fn reload(file: &Path) -> u8 {
     // Checked here first, with check-config's words: an invalid file is
     // never sent to the server, which would refuse it the same way.

@@ -213,7 +213,8 @@ pub struct Operator {
 
 /// `POST /admin/reload`: re-reads the config file the server started
 /// from. 200 with what changed (or that nothing did), 422 with every
-/// problem of an invalid file (nothing changed).
+/// problem of an invalid file, or what could not be set up for a valid one
+/// (nothing changed).
 async fn reload(request: HttpRequest, operator: web::Data<Operator>) -> HttpResponse {
     if !operator.token.is_set() {
         return error(
@@ -227,7 +228,9 @@ async fn reload(request: HttpRequest, operator: web::Data<Operator>) -> HttpResp
     let outcome = operator.reloader.reload("http").await;
     let status = match outcome {
         ReloadOutcome::Applied { .. } | ReloadOutcome::Unchanged { .. } => StatusCode::OK,
-        ReloadOutcome::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ReloadOutcome::Invalid(_) | ReloadOutcome::NotApplied { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
     };
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")

@@ -17,6 +17,8 @@ pub mod auth;
 mod c2s;
 mod http;
 mod limits;
+mod muc;
+mod roster;
 mod telemetry;
 mod tls;
 mod web;
@@ -26,11 +28,10 @@ use config::Config;
 use gatehouse_actors::archive::Archive;
 use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
-use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
-use gatehouse_actors::muc::{MucService, MucSettings};
+use gatehouse_actors::muc::MucService;
 use gatehouse_actors::offline::OfflineMessages;
 use gatehouse_actors::reloadable::Reloadable;
-use gatehouse_actors::roster::{RosterCache, RosterError, RosterSettings, RosterUrl};
+use gatehouse_actors::roster::{RosterCache, RosterError};
 use gatehouse_actors::session::{Resumable, Services};
 use gatehouse_actors::storage::{OpenError, Storage};
 use gatehouse_actors::xmpp::PartialStanzaBudget;
@@ -213,19 +214,7 @@ impl Server {
         let router = Router::new(offline.clone(), archive.clone()).start();
         let roster = match &config.roster {
             Some(roster) => Some(
-                RosterCache::new(
-                    RosterSettings {
-                        url: RosterUrl::parse(&roster.url).expect("validated: roster.url"),
-                        hosts: hosts.clone(),
-                        capacity: roster.cache_capacity,
-                        ttl: roster.ttl,
-                        timeout: roster.timeout,
-                        max_in_flight: roster.max_in_flight,
-                        authorization: roster.authorization_header.as_ref().map(|h| h.0.clone()),
-                    },
-                    router.clone(),
-                )?
-                .start(),
+                RosterCache::new(roster::settings(roster), hosts.clone(), router.clone())?.start(),
             ),
             None => None,
         };
@@ -244,17 +233,20 @@ impl Server {
                 max_body_bytes: admin.max_body_bytes,
             }
         });
+        let muc = match &config.muc {
+            Some(muc) => Some(
+                MucService::start(muc::settings(muc, archive.clone()))
+                    .map_err(RunError::MucGate)?,
+            ),
+            None => None,
+        };
+        let live_roster = roster.clone().map(roster::LiveRoster);
+        let live_muc = muc.clone().map(muc::LiveMuc);
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arbiters = Arc::new((0..cores).map(|_| Arbiter::new()).collect::<Vec<_>>());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
-        let muc = match &config.muc {
-            Some(muc) => Some(
-                MucService::start(muc_settings(muc, archive.clone())).map_err(RunError::MucGate)?,
-            ),
-            None => None,
-        };
         let directory: DirectoryHandle = Arc::new(LocalDirectory::new(router));
         let services = Services {
             directory: directory.clone(),
@@ -321,6 +313,8 @@ impl Server {
             reload::Live {
                 admin_token: admin_token.clone(),
                 roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
+                roster: live_roster,
+                muc: live_muc,
                 c2s: settings,
                 c2s_certificate,
                 web_certificate,
@@ -433,31 +427,6 @@ impl Server {
             arbiter.stop();
         }
         Ok(())
-    }
-}
-
-/// The MUC actors' settings from `[muc]`.
-fn muc_settings(muc: &config::MucConfig, archive: Option<Archive>) -> MucSettings {
-    MucSettings {
-        archive,
-        domain: muc.domain.clone(),
-        persistent_rooms: muc.persistent_rooms.iter().cloned().collect(),
-        max_occupants: muc.max_occupants,
-        max_rooms: muc.max_rooms,
-        history: muc.history,
-        gate: muc.http_auth.as_ref().map(|gate| GateConfig {
-            url: gate.parsed_url(),
-            rooms: match (&gate.enabled_for, &gate.disabled_for) {
-                (Some(enabled), _) => GatedRooms::EnabledFor(enabled.clone()),
-                (None, Some(disabled)) => GatedRooms::DisabledFor(disabled.clone()),
-                (None, None) => GatedRooms::Every,
-            },
-            insecure: gate.insecure,
-            authorization_header: gate.authorization_value(),
-            timeout: gate.timeout,
-            max_in_flight: gate.max_in_flight,
-            queue: gate.queue,
-        }),
     }
 }
 

@@ -7,16 +7,23 @@
 //! in a storm should not be blocked by an unrelated edit they cannot apply
 //! without dropping every session, and the answer says which keys wait.
 //!
+//! A reload is whole or nothing: everything that can fail (building a new
+//! HTTP client) is prepared for every component first ([`Live::prepare`]);
+//! if anything fails, nothing changes and the reload counts as a failure;
+//! otherwise every change is committed ([`Prepared::commit`]), which cannot
+//! fail.
+//!
 //! Owns: the running config's text (what the next reload compares with),
 //! which keys are live, the reload metrics and log line. Must not touch:
 //! how a component takes its new settings (each has its own handle).
 
 use crate::c2s;
-use crate::config::{Config, ConfigError, ConfigProblem};
+use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
 use crate::logging;
+use crate::muc::{LiveMuc, MucChange};
+use crate::roster::{LiveRoster, RosterChange};
 use crate::tls::{Certificate, CertificatePair};
-use crate::RunError;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::C2sSettings;
 use gatehouse_actors::xmpp::PartialStanzaBudget;
@@ -51,6 +58,10 @@ pub struct Live {
     pub admin_token: LiveToken,
     /// `roster_admin.token`, when the refresh endpoint runs.
     pub roster_token: Option<LiveToken>,
+    /// `[roster]`, when the roster cache runs.
+    pub roster: Option<LiveRoster>,
+    /// `[muc]`, when the MUC service runs.
+    pub muc: Option<LiveMuc>,
     /// What new client streams (TCP, Direct TLS, WebSocket, BOSH) start
     /// with.
     pub c2s: Reloadable<C2sSettings>,
@@ -60,18 +71,26 @@ pub struct Live {
     pub web_certificate: Option<Arc<Certificate>>,
 }
 
-/// Certificates read again for a reload, not yet presented: what
-/// [`Live::apply`] swaps in, after everything that could fail did not.
-#[derive(Default)]
-struct NewCertificates {
-    c2s: Option<CertificatePair>,
-    web: Option<CertificatePair>,
+/// Why a valid file could not be applied: something it asks for could not
+/// be set up. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ReloadError {
+    /// The key (or section) whose setting could not be set up.
+    pub key: &'static str,
+    /// Why; never a secret value.
+    pub reason: String,
+}
+
+/// Whether `key` is one of the client streams' settings.
+fn is_stream_key(key: &str) -> bool {
+    STREAM_KEYS.contains(&key) || STREAM_SECTIONS.iter().any(|s| key.starts_with(s))
 }
 
 impl Live {
-    /// Whether a change of `key` in `config` takes effect without a
-    /// restart. A certificate can be replaced, not added or removed.
-    fn applies(&self, key: &str, config: &Config) -> bool {
+    /// Whether a change of `key` to what `config` says takes effect without
+    /// a restart. A certificate can be replaced, not added or removed.
+    fn applies(&self, config: &Config, key: &str) -> bool {
         let web_tls = config
             .web
             .as_ref()
@@ -85,63 +104,120 @@ impl Live {
                     && config.c2s.tls_key.is_some()
             }
             "web.tls_cert" | "web.tls_key" => self.web_certificate.is_some() && web_tls,
-            key => STREAM_KEYS.contains(&key) || STREAM_SECTIONS.iter().any(|s| key.starts_with(s)),
+            key if is_stream_key(key) => true,
+            _ => {
+                self.roster.as_ref().is_some_and(|r| r.applies(config, key))
+                    || self.muc.as_ref().is_some_and(|m| m.applies(config, key))
+            }
         }
     }
 
-    /// Reads the certificates `config` names again (a renewal usually
-    /// keeps the paths and replaces the files): the pairs that changed.
-    fn reread_certificates(&self, config: &Config) -> Result<NewCertificates, ConfigError> {
-        let mut new = NewCertificates::default();
-        let invalid = |key: &str, error: RunError| ConfigError::Invalid {
-            path: config.source.path.clone(),
-            problems: vec![ConfigProblem {
-                position: None,
-                key: key.to_owned(),
-                message: error.to_string(),
-            }],
+    /// Builds everything `config`'s value of each of `keys` (all live ones)
+    /// needs, and reads the certificates again (a renewal usually keeps
+    /// the paths and replaces the files), changing nothing; the first
+    /// failure is the answer.
+    fn prepare<'a>(
+        &'a self,
+        config: &'a Config,
+        keys: BTreeSet<String>,
+    ) -> Result<Prepared<'a>, ReloadError> {
+        // Whether one of `keys` is a component's, by its `applies`.
+        let touched = |applies: &dyn Fn(&str) -> bool| keys.iter().any(|key| applies(key));
+        let roster = match &self.roster {
+            Some(live) if touched(&|key| live.applies(config, key)) => live.prepare(config)?,
+            _ => None,
         };
-        if let (Some(certificate), Some(cert), Some(key)) = (
-            &self.c2s_certificate,
-            &config.c2s.tls_cert,
-            &config.c2s.tls_key,
-        ) {
-            new.c2s = certificate
-                .reread(cert, key)
-                .map_err(|e| invalid("c2s.tls_cert", e))?;
-        }
+        let muc = match &self.muc {
+            Some(live) if touched(&|key| live.applies(config, key)) => live.prepare(config)?,
+            _ => None,
+        };
         let web = config.web.as_ref();
-        if let (Some(certificate), Some(cert), Some(key)) = (
-            &self.web_certificate,
-            web.and_then(|w| w.tls_cert.as_ref()),
-            web.and_then(|w| w.tls_key.as_ref()),
-        ) {
-            new.web = certificate
-                .reread(cert, key)
-                .map_err(|e| invalid("web.tls_cert", e))?;
-        }
-        Ok(new)
+        Ok(Prepared {
+            live: self,
+            config,
+            keys,
+            roster,
+            muc,
+            c2s_certificate: reread(
+                "c2s.tls_cert",
+                &self.c2s_certificate,
+                config
+                    .c2s
+                    .tls_cert
+                    .as_deref()
+                    .zip(config.c2s.tls_key.as_deref()),
+            )?,
+            web_certificate: reread(
+                "web.tls_cert",
+                &self.web_certificate,
+                web.and_then(|w| w.tls_cert.as_deref())
+                    .zip(web.and_then(|w| w.tls_key.as_deref())),
+            )?,
+        })
+    }
+}
+
+/// The pair at `files` when it is not what `certificate` presents.
+fn reread(
+    key: &'static str,
+    certificate: &Option<Arc<Certificate>>,
+    files: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Option<CertificatePair>, ReloadError> {
+    let (Some(certificate), Some((cert, private_key))) = (certificate, files) else {
+        return Ok(None);
+    };
+    certificate
+        .reread(cert, private_key)
+        .map_err(|error| ReloadError {
+            key,
+            reason: error.to_string(),
+        })
+}
+
+/// A reload ready to apply: whatever could fail has not.
+struct Prepared<'a> {
+    live: &'a Live,
+    /// The new config and the keys of it to apply.
+    config: &'a Config,
+    keys: BTreeSet<String>,
+    /// The roster cache's new settings, when they changed.
+    roster: Option<RosterChange>,
+    /// The MUC service's new rules, when they changed.
+    muc: Option<MucChange>,
+    /// Certificates whose files changed, to present from now on.
+    c2s_certificate: Option<CertificatePair>,
+    web_certificate: Option<CertificatePair>,
+}
+
+impl Prepared<'_> {
+    /// The certificate keys whose files changed although the keys may not
+    /// have: applied too.
+    fn renewed(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.c2s_certificate.is_some(), "c2s.tls_cert"),
+            (self.web_certificate.is_some(), "web.tls_cert"),
+        ]
+        .into_iter()
+        .filter_map(|(renewed, key)| renewed.then_some(key))
     }
 
-    /// Applies `config`'s value of each of `keys` (all live ones) and the
-    /// `certificates` read again.
-    fn apply(&self, config: &Config, keys: &BTreeSet<&str>, certificates: NewCertificates) {
-        if let (Some(certificate), Some(pair)) = (&self.c2s_certificate, certificates.c2s) {
+    /// Applies every change; nothing here can fail.
+    fn commit(self) {
+        let (config, keys, live) = (self.config, &self.keys, self.live);
+        if let (Some(certificate), Some(pair)) = (&live.c2s_certificate, self.c2s_certificate) {
             certificate.replace(pair);
         }
-        if let (Some(certificate), Some(pair)) = (&self.web_certificate, certificates.web) {
+        if let (Some(certificate), Some(pair)) = (&live.web_certificate, self.web_certificate) {
             certificate.replace(pair);
         }
-        if keys.iter().any(|key| {
-            STREAM_KEYS.contains(key) || STREAM_SECTIONS.iter().any(|s| key.starts_with(s))
-        }) {
-            let current = self.c2s.get();
+        if keys.iter().any(|key| is_stream_key(key)) {
+            let current = live.c2s.get();
             let budget = if keys.contains("c2s.max_unauthenticated_partial_bytes") {
                 PartialStanzaBudget::new(config.c2s.max_unauthenticated_partial_bytes)
             } else {
                 current.unauthenticated_budget.clone()
             };
-            self.c2s
+            live.c2s
                 .set(c2s::settings(config, current.tls.clone(), budget));
         }
         if keys.contains("log_level") {
@@ -152,13 +228,19 @@ impl Live {
         }
         if keys.contains("http.admin_token") {
             let token = config.http.admin_token.as_ref().map(|t| t.0.clone());
-            self.admin_token.set(token);
+            live.admin_token.set(token);
         }
-        if let Some(roster) = self.roster_token.as_ref() {
+        if let Some(roster) = live.roster_token.as_ref() {
             if keys.contains("roster_admin.token") {
                 let admin = config.roster_admin.as_ref();
                 roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
             }
+        }
+        if let Some(change) = self.roster {
+            change.commit();
+        }
+        if let Some(change) = self.muc {
+            change.commit();
         }
     }
 }
@@ -180,6 +262,9 @@ pub enum ReloadOutcome {
     },
     /// The file cannot be used: nothing changed.
     Invalid(ConfigError),
+    /// The file is valid, but something it asks for could not be set up:
+    /// nothing changed.
+    NotApplied { path: PathBuf, error: ReloadError },
 }
 
 impl fmt::Display for ReloadOutcome {
@@ -215,6 +300,9 @@ impl fmt::Display for ReloadOutcome {
                 restart(f, path, needs_restart)
             }
             ReloadOutcome::Invalid(error) => write!(f, "{error}\nnothing changed"),
+            ReloadOutcome::NotApplied { path, error } => {
+                write!(f, "{}: {error}\nnothing changed", path.display())
+            }
         }
     }
 }
@@ -276,24 +364,28 @@ impl Reloader {
         changed_keys("", Some(&running.table), Some(&new), &mut changed);
         let (mut applied, needs_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
-            .partition(|key| self.inner.live.applies(key, &config));
-        // What can fail is done before anything changes.
-        let certificates = match self.inner.live.reread_certificates(&config) {
-            Ok(certificates) => certificates,
-            Err(error) => return refused(trigger, error),
-        };
-        // New files at the same paths are a change of the key too.
-        for (renewed, key) in [
-            (certificates.c2s.is_some(), "c2s.tls_cert"),
-            (certificates.web.is_some(), "web.tls_cert"),
-        ] {
-            if renewed && !applied.iter().any(|k| k == key) {
-                applied.push(key.to_owned());
-                applied.sort();
+            .partition(|key| self.inner.live.applies(&config, key));
+        let keys: BTreeSet<String> = applied.iter().cloned().collect();
+        match self.inner.live.prepare(&config, keys) {
+            Ok(prepared) => {
+                // New files at the same paths are a change of the key too.
+                for key in prepared.renewed() {
+                    if !applied.iter().any(|k| k == key) {
+                        applied.push(key.to_owned());
+                        applied.sort();
+                    }
+                }
+                prepared.commit();
+            }
+            Err(error) => {
+                count("failure");
+                tracing::warn!(trigger, %error, "configuration not reloaded, nothing changed");
+                return ReloadOutcome::NotApplied {
+                    path: path.clone(),
+                    error,
+                };
             }
         }
-        let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-        self.inner.live.apply(&config, &live, certificates);
         for key in &applied {
             set_key(&mut running.table, &new, key);
         }

@@ -273,19 +273,6 @@ async fn messages_subject_private_and_history() {
     }
 }
 
-/// The rooms the service lists.
-async fn disco_items(c: &mut Client) -> Vec<String> {
-    c.send("<iq type='get' id='d' to='rooms.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
-        .await;
-    let reply = until(c, |el| el.is("iq", CLIENT)).await;
-    reply
-        .get_child("query", "http://jabber.org/protocol/disco#items")
-        .unwrap()
-        .children()
-        .map(|i| i.attr("jid").unwrap().to_owned())
-        .collect()
-}
-
 #[actix_rt::test]
 async fn max_occupants_disco_and_room_lifetime() {
     let server = TestServer::start(&muc_config(
@@ -390,19 +377,6 @@ fn froms(got: &[minidom::Element]) -> Vec<String> {
     got.iter()
         .map(|el| el.attr("from").unwrap_or_default().to_owned())
         .collect()
-}
-
-/// Polls the service's room list until `wanted` holds.
-async fn rooms_until(c: &mut Client, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let rooms = disco_items(c).await;
-        if wanted(&rooms) {
-            return rooms;
-        }
-        assert!(std::time::Instant::now() < deadline, "rooms: {rooms:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_rt::test]

@@ -7,7 +7,7 @@
 mod common;
 
 use common::server_process::{wait_for, ServerProcess};
-use common::{fixture_auth, http_get, metrics_when, sample, Client};
+use common::{fixture_auth, http_get, metric_reaches, sample, Client};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
@@ -76,11 +76,6 @@ fn running_hash(scrape: &str) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "one running hash: {lines:?}");
     lines[0].split('"').nth(1).unwrap().to_owned()
-}
-
-/// Scrapes until `series` is `value`.
-async fn metric_reaches(http: SocketAddr, series: &str, value: f64) -> String {
-    metrics_when(http, series, |scrape| sample(scrape, series) == value).await
 }
 
 fn invalid_fixtures() -> Vec<PathBuf> {

@@ -248,6 +248,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     body.to_owned()
 }
 
+/// Scrapes the operator listener `http` until `series` is `value`; returns
+/// that scrape. Panics after PATIENCE.
+pub async fn metric_reaches(http: SocketAddr, series: &str, value: f64) -> String {
+    metrics_when(http, series, |scrape| sample(scrape, series) == value).await
+}
+
 /// The sum of the samples in a Prometheus scrape whose name is `series`'s
 /// and whose labels include all of `series`'s, e.g.
 /// `gatehouse_logins_total{result="success"}` over every transport; 0 when

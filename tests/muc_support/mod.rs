@@ -337,3 +337,31 @@ pub async fn until(c: &mut Client, wanted: impl Fn(&Element) -> bool) -> Element
         }
     }
 }
+
+/// The rooms the service lists.
+pub async fn disco_items(c: &mut Client) -> Vec<String> {
+    c.send(&format!(
+        "<iq type='get' id='d' to='{MUC}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+    ))
+    .await;
+    let reply = until(c, |el| el.is("iq", CLIENT)).await;
+    reply
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap()
+        .children()
+        .map(|i| i.attr("jid").unwrap().to_owned())
+        .collect()
+}
+
+/// Polls the service's room list until `wanted` holds.
+pub async fn rooms_until(c: &mut Client, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let rooms = disco_items(c).await;
+        if wanted(&rooms) {
+            return rooms;
+        }
+        assert!(std::time::Instant::now() < deadline, "rooms: {rooms:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

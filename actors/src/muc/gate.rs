@@ -62,7 +62,7 @@ impl GatedRooms {
 }
 
 /// Settings of the gate, from `[muc.http_auth]`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GateConfig {
     /// The endpoint; the query parameters are appended to it.
     pub url: url::Url,
@@ -78,6 +78,18 @@ pub struct GateConfig {
     pub max_in_flight: usize,
     /// Joins that may wait for a slot; one more is refused at once.
     pub queue: usize,
+}
+
+impl GateConfig {
+    /// Whether a gate on `other` sends the requests a gate on `self` does:
+    /// only which rooms are gated may differ.
+    pub fn asks_as(&self, other: &GateConfig) -> bool {
+        let rooms = GateConfig {
+            rooms: other.rooms.clone(),
+            ..self.clone()
+        };
+        rooms == *other
+    }
 }
 
 /// Why a gate request produced no usable answer. Every one denies the join.
@@ -176,6 +188,13 @@ impl MucGate {
             admitted: Arc::new(Semaphore::new(config.max_in_flight + config.queue)),
             config: Arc::new(config),
         })
+    }
+}
+
+impl MucGate {
+    /// The settings it asks with.
+    pub fn config(&self) -> Arc<GateConfig> {
+        self.config.clone()
     }
 }
 

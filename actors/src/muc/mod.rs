@@ -2,9 +2,11 @@
 //! the service's own disco, and the hand-off of every stanza addressed to
 //! the domain to the Room actor it is for.
 //!
-//! It owns which rooms exist and which sessions may be in which room. It
-//! must not touch a room's occupants or history (each [`room::Room`] owns
-//! its own) nor ask the join gate (rooms do, through [`gate::MucGate`]).
+//! It owns which rooms exist and which sessions may be in which room, and
+//! hands the rules a reload changes ([`Reconfigure`]) to every room, so the
+//! next stanza follows them. It must not touch a room's occupants or
+//! history (each [`room::Room`] owns its own) nor ask the join gate (rooms
+//! do, through [`gate::MucGate`]).
 
 pub mod gate;
 mod room;
@@ -37,6 +39,16 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub struct MucSettings {
     /// The service's domain, e.g. `rooms.example`.
     pub domain: String,
+    /// What a reload may change.
+    pub rules: MucRules,
+    /// Where rooms archive their groupchat messages (XEP-0313), when
+    /// archiving is on.
+    pub archive: Option<Archive>,
+}
+
+/// The service's limits, persistent rooms and gate: what a reload may
+/// change.
+pub struct MucRules {
     /// Room localparts that stay when their last occupant leaves.
     pub persistent_rooms: HashSet<String>,
     /// Occupants a room admits; one more gets `<service-unavailable/>`.
@@ -48,9 +60,22 @@ pub struct MucSettings {
     pub history: usize,
     /// The join gate, when `[muc.http_auth]` is configured.
     pub gate: Option<GateConfig>,
-    /// Where rooms archive their groupchat messages (XEP-0313), when
-    /// archiving is on.
-    pub archive: Option<Archive>,
+}
+
+/// New rules for a running service, the gate's HTTP client built (see
+/// [`MucHandle::prepare`]). Rooms follow them from their next stanza:
+/// occupants stay, a history longer than the new one loses its oldest
+/// messages, persistent rooms added are created, and a room no longer
+/// persistent goes away once empty like any other. Joins at the gate get
+/// their answer from the gate they asked; the next join asks the new one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    rules: MucRules,
+    /// The gate to ask, not started yet: a gate asking as the running one
+    /// does (only the room lists changed) is not started, the running one
+    /// stays.
+    gate: Option<MucGate>,
 }
 
 /// What a session needs to reach the service.
@@ -60,6 +85,16 @@ pub struct MucHandle {
     pub domain: String,
     /// Where those stanzas and the end of each session are sent.
     pub service: Addr<MucService>,
+}
+
+impl MucHandle {
+    /// Builds what `rules` need (the gate's HTTP client) without changing
+    /// anything: sending the result to [`MucHandle::service`] applies them.
+    pub fn prepare(rules: MucRules) -> Result<Reconfigure, reqwest::Error> {
+        let mut rules = rules;
+        let gate = rules.gate.take().map(MucGate::new).transpose()?;
+        Ok(Reconfigure { rules, gate })
+    }
 }
 
 /// A stanza from a bound client to the MUC domain, `from` already stamped.
@@ -196,33 +231,66 @@ struct RoomSettings {
     max_rooms: usize,
     /// Groupchat messages a room keeps for joiners.
     history: usize,
-    /// The gate and which rooms it decides for, when configured.
-    gate: Option<(Addr<MucGate>, GatedRooms)>,
+    /// The gate, when configured.
+    gate: Option<RunningGate>,
     /// Rooms' archives, when archiving is on.
     archive: Option<Archive>,
+}
+
+impl RoomSettings {
+    /// The settings of `rules` (without its gate, taken out), at `domain`.
+    fn new(
+        domain: String,
+        archive: Option<Archive>,
+        rules: MucRules,
+        gate: Option<RunningGate>,
+    ) -> RoomSettings {
+        RoomSettings {
+            domain,
+            persistent_rooms: rules.persistent_rooms,
+            max_occupants: rules.max_occupants,
+            max_rooms: rules.max_rooms,
+            history: rules.history,
+            gate,
+            archive,
+        }
+    }
+}
+
+/// The started gate and what it was configured with.
+#[derive(Clone)]
+struct RunningGate {
+    addr: Addr<MucGate>,
+    /// Its settings, `rooms` naming the gated rooms.
+    config: Arc<GateConfig>,
+}
+
+impl RunningGate {
+    fn start(gate: MucGate) -> RunningGate {
+        RunningGate {
+            config: gate.config(),
+            addr: gate.start(),
+        }
+    }
+
+    /// Which rooms it decides for.
+    fn rooms(&self) -> &GatedRooms {
+        &self.config.rooms
+    }
 }
 
 impl MucService {
     /// Starts the service (and the gate, if configured) on the current
     /// arbiter.
     pub fn start(config: MucSettings) -> Result<MucHandle, reqwest::Error> {
-        let gate = match config.gate {
-            Some(gate) => {
-                let rooms = gate.rooms.clone();
-                Some((MucGate::new(gate)?.start(), rooms))
-            }
-            None => None,
-        };
+        let Reconfigure { rules, gate } = MucHandle::prepare(config.rules)?;
         let domain = config.domain.clone();
-        let settings = Arc::new(RoomSettings {
-            domain: config.domain,
-            persistent_rooms: config.persistent_rooms,
-            max_occupants: config.max_occupants,
-            max_rooms: config.max_rooms,
-            history: config.history,
-            gate,
-            archive: config.archive,
-        });
+        let settings = Arc::new(RoomSettings::new(
+            config.domain,
+            config.archive,
+            rules,
+            gate.map(RunningGate::start),
+        ));
         let service = MucService {
             settings,
             rooms: HashMap::new(),
@@ -298,8 +366,15 @@ impl MucService {
 impl Actor for MucService {
     type Context = Context<Self>;
 
-    /// Persistent rooms exist before anyone joins, so disco lists them.
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.open_persistent_rooms(ctx);
+    }
+}
+
+impl MucService {
+    /// Persistent rooms exist before anyone joins, so disco lists them:
+    /// creates those that do not exist.
+    fn open_persistent_rooms(&mut self, ctx: &mut Context<Self>) {
         let names: Vec<String> = self.settings.persistent_rooms.iter().cloned().collect();
         for name in names {
             // Configuration validation refuses names that are not JID
@@ -403,7 +478,7 @@ impl Handler<Released> for MucService {
 impl Handler<Vacated> for MucService {
     type Result = ();
 
-    fn handle(&mut self, msg: Vacated, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Vacated, ctx: &mut Self::Context) {
         let _ = panic_guard::catch(PANIC_LABEL, || {
             if self
                 .rooms
@@ -412,7 +487,38 @@ impl Handler<Vacated> for MucService {
             {
                 self.rooms.remove(&msg.name);
                 self.set_rooms_gauge();
+                // Made persistent by a reload after it reported vacant.
+                if self.settings.persistent_rooms.contains(&msg.name) {
+                    self.open_persistent_rooms(ctx);
+                }
             }
+        });
+    }
+}
+
+impl Handler<Reconfigure> for MucService {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let gate = msg.gate.map(|new| match &self.settings.gate {
+                Some(running) if running.config.asks_as(&new.config()) => RunningGate {
+                    addr: running.addr.clone(),
+                    config: new.config(),
+                },
+                _ => RunningGate::start(new),
+            });
+            let settings = Arc::new(RoomSettings::new(
+                self.settings.domain.clone(),
+                self.settings.archive.clone(),
+                msg.rules,
+                gate,
+            ));
+            self.settings = settings.clone();
+            for room in self.rooms.values() {
+                room.do_send(room::Settings(settings.clone()));
+            }
+            self.open_persistent_rooms(ctx);
         });
     }
 }
@@ -521,11 +627,13 @@ mod tests {
     fn start_service(max_rooms: usize, gate: Option<GateConfig>) -> Addr<MucService> {
         MucService::start(MucSettings {
             domain: "rooms.example".into(),
-            persistent_rooms: HashSet::new(),
-            max_occupants: 10,
-            max_rooms,
-            history: 5,
-            gate,
+            rules: MucRules {
+                persistent_rooms: HashSet::new(),
+                max_occupants: 10,
+                max_rooms,
+                history: 5,
+                gate,
+            },
             archive: None,
         })
         .unwrap()
@@ -744,6 +852,48 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[actix_rt::test]
+    async fn new_rules_cut_the_history_and_limit_the_next_join() {
+        let muc = service();
+        let mut alice = Client::new("alice@example/r", SessionId::random());
+        alice.send(&muc, join("Alice"));
+        alice.next().await; // Alice
+        alice.next().await; // the subject
+        for n in 0..3 {
+            alice.send(
+                &muc,
+                stanza(&format!(
+                    "<message xmlns='jabber:client' to='tea@rooms.example' type='groupchat'>\
+                     <body>{n}</body></message>"
+                )),
+            );
+            alice.next().await;
+        }
+        let rules = MucRules {
+            persistent_rooms: HashSet::new(),
+            max_occupants: 2,
+            max_rooms: 10,
+            history: 1,
+            gate: None,
+        };
+        muc.do_send(MucHandle::prepare(rules).unwrap());
+
+        // Bob gets the one message kept, and fills the room.
+        let mut bob = Client::new("bob@example/r", SessionId::random());
+        bob.send(&muc, join("Bob"));
+        bob.next().await; // Alice
+        bob.next().await; // Bob
+        let kept = bob.next().await;
+        assert_eq!(
+            kept.get_child("body", ns::CLIENT).map(Element::text),
+            Some("2".to_owned())
+        );
+        assert!(bob.next().await.has_child("subject", ns::CLIENT));
+        let mut carol = Client::new("carol@example/r", SessionId::random());
+        carol.send(&muc, join("Carol"));
+        assert_eq!(condition(&carol.next().await), "service-unavailable");
     }
 
     #[actix_rt::test]

@@ -62,6 +62,12 @@ pub(super) struct Leave {
     pub session: SessionId,
 }
 
+/// The service's settings changed (a reload): the room follows them from
+/// its next stanza.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Settings(pub Arc<RoomSettings>);
+
 /// One person in the room.
 struct Occupant {
     /// The client behind the nickname.
@@ -337,8 +343,12 @@ impl Room {
             return reply_error(&join.mailbox, &join.presence, error);
         }
         let gate = match &self.settings.gate {
-            Some((gate, rooms)) if rooms.is_gated(join.from.domain().as_str(), &self.name) => {
-                gate.clone()
+            Some(gate)
+                if gate
+                    .rooms()
+                    .is_gated(join.from.domain().as_str(), &self.name) =>
+            {
+                gate.addr.clone()
             }
             _ => return self.enter(join),
         };
@@ -800,6 +810,24 @@ impl Handler<Deliver> for Room {
                 _ => self.handle_iq(msg),
             }
             self.vacate_if_empty(ctx);
+        });
+    }
+}
+
+impl Handler<Settings> for Room {
+    type Result = ();
+
+    fn handle(&mut self, Settings(settings): Settings, ctx: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            self.settings = settings;
+            let keep = self.settings.history;
+            if self.history.len() > keep {
+                self.history.drain(..self.history.len() - keep);
+            }
+            // A room no longer persistent goes away once empty.
+            if !self.closed {
+                self.vacate_if_empty(ctx);
+            }
         });
     }
 }

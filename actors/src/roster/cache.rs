@@ -4,7 +4,9 @@
 //!
 //! It owns the cache, the one shared HTTP client, the bound on concurrent
 //! fetches and the per-user generations that keep a refresh from being
-//! undone by a fetch that started before it. It must not talk to clients:
+//! undone by a fetch that started before it, and takes new settings from a
+//! reload ([`Reconfigure`]) for the next lookup while fetches in flight
+//! finish under the settings they began with. It must not talk to clients:
 //! rosters that changed for online users go to the Router, which pushes
 //! them.
 //!
@@ -30,7 +32,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -140,13 +142,11 @@ impl RosterUrl {
     }
 }
 
-/// Settings of the roster cache.
+/// Settings of the roster cache; a reload may change each of them.
 #[derive(Clone)]
 pub struct RosterSettings {
     /// Where rosters are fetched from.
     pub url: RosterUrl,
-    /// The served domains: a refreshed username is online on any of them.
-    pub hosts: Vec<String>,
     /// Rosters kept; the least used go first.
     pub capacity: u64,
     /// A cached roster is fetched again after this long, as a backstop for
@@ -165,7 +165,6 @@ impl fmt::Debug for RosterSettings {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.debug_struct("RosterSettings")
             .field("url", &self.url)
-            .field("hosts", &self.hosts)
             .field("capacity", &self.capacity)
             .field("ttl", &self.ttl)
             .field("timeout", &self.timeout)
@@ -231,10 +230,23 @@ pub struct RefreshReport {
     pub errors: usize,
 }
 
-/// What the actor's futures share.
-struct Shared {
-    /// Rosters by username.
-    cache: Cache<String, Arc<Roster>>,
+/// New settings for a running cache, their HTTP client built (see
+/// [`RosterCache::prepare`]). The cache applies them to the lookups and
+/// refreshes that come after; fetches in flight finish as they began. A
+/// new `ttl` or `capacity` starts an empty cache (the rosters cached so far
+/// are dropped, and each is fetched again at its user's next lookup;
+/// sessions keep the rosters they have); otherwise the cached rosters stay.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    fetcher: Fetcher,
+    capacity: u64,
+    ttl: Duration,
+}
+
+/// How rosters are fetched under one configuration. A fetch keeps the one
+/// it started with.
+struct Fetcher {
     /// One client for every fetch: its connection pool keeps connections to
     /// the application alive.
     client: reqwest::Client,
@@ -246,21 +258,73 @@ struct Shared {
     permits: Semaphore,
     /// Per fetch, waiting for a permit included.
     timeout: Duration,
+    /// Refetches in flight during one refresh.
+    max_in_flight: usize,
+}
+
+/// The cached rosters, shared by configurations of the same size and ttl.
+struct Store {
+    /// Rosters by username.
+    cache: Cache<String, Arc<Roster>>,
+    /// Set once a reload replaced this store by one of another size or
+    /// ttl: what a fetch in flight then inserts is removed again.
+    retired: AtomicBool,
+}
+
+impl Store {
+    fn new(capacity: u64, ttl: Duration) -> Store {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            // Every removal but a replacement (which never happens
+            // here: entries are only inserted when absent) takes one
+            // from the gauge that each insertion adds one to.
+            .eviction_listener(|_, _, cause| {
+                if cause != RemovalCause::Replaced {
+                    metrics::gauge!("gatehouse_roster_cache_entries").decrement(1.0);
+                }
+            })
+            .build();
+        Store {
+            cache,
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether it was built with `capacity` and `ttl`.
+    fn fits(&self, capacity: u64, ttl: Duration) -> bool {
+        let policy = self.cache.policy();
+        policy.max_capacity() == Some(capacity) && policy.time_to_live() == Some(ttl)
+    }
+
+    /// Empties the store for good (which takes its rosters from the gauge).
+    async fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+/// What the actor's futures share: one configuration's fetcher, the store
+/// and the generations.
+struct Shared {
+    /// The cached rosters.
+    store: Arc<Store>,
+    /// How this configuration fetches.
+    fetcher: Fetcher,
     /// Bumped by every refresh of a user hashing to the slot; a fetch that
-    /// saw an older value must not be kept.
-    generations: Box<[AtomicU64]>,
+    /// saw an older value must not be kept. Shared by every configuration.
+    generations: Arc<[AtomicU64]>,
 }
 
 pub struct RosterCache {
-    /// The cache and what fetches need, shared with the futures serving
-    /// lookups and refreshes concurrently.
+    /// The store, the fetcher and the generations, shared with the futures
+    /// serving lookups and refreshes concurrently; replaced by a reload.
     shared: Arc<Shared>,
     /// Told about new rosters of online users.
     router: Addr<Router>,
     /// The served domains, to turn refreshed usernames into JIDs.
     hosts: Arc<[String]>,
-    /// Refetches in flight during one refresh.
-    max_in_flight: usize,
 }
 
 impl Actor for RosterCache {
@@ -268,7 +332,34 @@ impl Actor for RosterCache {
 }
 
 impl RosterCache {
-    pub fn new(settings: RosterSettings, router: Addr<Router>) -> Result<RosterCache, RosterError> {
+    /// A cache for `hosts` (the served domains, to turn refreshed
+    /// usernames into JIDs) that tells `router` about new rosters.
+    pub fn new(
+        settings: RosterSettings,
+        hosts: Vec<String>,
+        router: Addr<Router>,
+    ) -> Result<RosterCache, RosterError> {
+        let Reconfigure {
+            fetcher,
+            capacity,
+            ttl,
+        } = RosterCache::prepare(settings)?;
+        let shared = Shared {
+            store: Arc::new(Store::new(capacity, ttl)),
+            fetcher,
+            generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        };
+        Ok(RosterCache {
+            shared: Arc::new(shared),
+            router,
+            hosts: hosts.into(),
+        })
+    }
+
+    /// Builds what `settings` need (the HTTP client, the header) without
+    /// changing anything: sending the result to a running cache applies
+    /// them.
+    pub fn prepare(settings: RosterSettings) -> Result<Reconfigure, RosterError> {
         let authorization = settings
             .authorization
             .as_deref()
@@ -279,31 +370,17 @@ impl RosterCache {
             .pool_max_idle_per_host(settings.max_in_flight)
             .build()
             .map_err(|e| RosterError::Setup(e.to_string()))?;
-        let shared = Shared {
-            cache: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
-                // Every removal but a replacement (which never happens
-                // here: entries are only inserted when absent) takes one
-                // from the gauge that each insertion adds one to.
-                .eviction_listener(|_, _, cause| {
-                    if cause != RemovalCause::Replaced {
-                        metrics::gauge!("gatehouse_roster_cache_entries").decrement(1.0);
-                    }
-                })
-                .build(),
-            client,
-            url: settings.url,
-            authorization,
-            permits: Semaphore::new(settings.max_in_flight),
-            timeout: settings.timeout,
-            generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-        };
-        Ok(RosterCache {
-            shared: Arc::new(shared),
-            router,
-            hosts: settings.hosts.into(),
-            max_in_flight: settings.max_in_flight,
+        Ok(Reconfigure {
+            fetcher: Fetcher {
+                client,
+                url: settings.url,
+                authorization,
+                permits: Semaphore::new(settings.max_in_flight),
+                timeout: settings.timeout,
+                max_in_flight: settings.max_in_flight,
+            },
+            capacity: settings.capacity,
+            ttl: settings.ttl,
         })
     }
 }
@@ -318,10 +395,10 @@ impl Shared {
     /// fetch is not cached, and a roster fetched before the latest refresh
     /// of `user` is never returned.
     async fn get(&self, user: &str) -> Result<Arc<Roster>, RosterError> {
+        let cache = &self.store.cache;
         for _ in 0..MAX_ATTEMPTS {
             let mut fetched = false;
-            let result = self
-                .cache
+            let result = cache
                 .try_get_with_by_ref(user, async {
                     fetched = true;
                     self.fetch(user).await
@@ -333,6 +410,10 @@ impl Shared {
                     // Added rather than set, so that several caches in one
                     // process (as in the tests) sum up.
                     metrics::gauge!("gatehouse_roster_cache_entries").increment(1.0);
+                    if self.store.retired.load(Ordering::Acquire) {
+                        // A reload replaced the store while this fetch ran.
+                        cache.invalidate(user).await;
+                    }
                 }
             } else {
                 metrics::counter!("gatehouse_roster_cache_hits_total").increment(1);
@@ -343,7 +424,7 @@ impl Shared {
                 // A refresh came between the fetch's last check and its
                 // insertion: remove what it inserted, unless newer already.
                 Ok(_) => {
-                    self.cache
+                    cache
                         .entry_by_ref(user)
                         .and_compute_with(|entry| async move {
                             match entry {
@@ -365,7 +446,7 @@ impl Shared {
     async fn fetch(&self, user: &str) -> Result<Arc<Roster>, RosterError> {
         let generation = self.generation(user).load(Ordering::Acquire);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.download(user))
+        let result = tokio::time::timeout(self.fetcher.timeout, self.download(user))
             .await
             .unwrap_or(Err(RosterError::Timeout))
             .and_then(|body| Ok(Roster::parse(&body, generation)?));
@@ -404,16 +485,17 @@ impl Shared {
 
     /// The body of `user`'s roster, within [`MAX_ROSTER_BYTES`].
     async fn download(&self, user: &str) -> Result<Vec<u8>, RosterError> {
-        let _permit = self
+        let fetcher = &self.fetcher;
+        let _permit = fetcher
             .permits
             .acquire()
             .await
             .map_err(|_| RosterError::Stopped)?;
-        let mut request = self
+        let mut request = fetcher
             .client
-            .get(self.url.for_user(user))
+            .get(fetcher.url.for_user(user))
             .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(authorization) = &self.authorization {
+        if let Some(authorization) = &fetcher.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
         let response = request.send().await.map_err(request_error)?;
@@ -463,11 +545,36 @@ impl Handler<Refresh> for RosterCache {
                 let shared = self.shared.clone();
                 let router = self.router.clone();
                 let hosts = self.hosts.clone();
-                let max_in_flight = self.max_in_flight;
-                async move { Ok(refresh(shared, router, &hosts, msg.users, max_in_flight).await) }
+                async move { Ok(refresh(shared, router, &hosts, msg.users).await) }
             },
             || Err(RosterError::Internal),
         )
+    }
+}
+
+impl Handler<Reconfigure> for RosterCache {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, _: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            let running = &self.shared.store;
+            let store = if running.fits(msg.capacity, msg.ttl) {
+                running.clone()
+            } else {
+                let retired = running.clone();
+                tracing::info!(
+                    dropped = retired.cache.entry_count(),
+                    "roster cache started anew for a new ttl or capacity"
+                );
+                actix_rt::spawn(async move { retired.retire().await });
+                Arc::new(Store::new(msg.capacity, msg.ttl))
+            };
+            self.shared = Arc::new(Shared {
+                store,
+                fetcher: msg.fetcher,
+                generations: self.shared.generations.clone(),
+            });
+        });
     }
 }
 
@@ -481,7 +588,6 @@ async fn refresh(
     router: Addr<Router>,
     hosts: &[String],
     users: Vec<String>,
-    max_in_flight: usize,
 ) -> RefreshReport {
     let mut errors = 0;
     // JIDs per username, nodeprep'd as logins are ("Alice" is alice); a
@@ -493,7 +599,7 @@ async fn refresh(
             Some((user, user_jids)) => {
                 // Bump before dropping: a fetch in flight then cannot be kept.
                 shared.generation(&user).fetch_add(1, Ordering::AcqRel);
-                shared.cache.invalidate(&user).await;
+                shared.store.cache.invalidate(&user).await;
                 jids.insert(user, user_jids);
             }
             None => {
@@ -537,7 +643,7 @@ async fn refresh(
                 Ok::<(), RosterError>(())
             }
         })
-        .buffer_unordered(max_in_flight)
+        .buffer_unordered(shared.fetcher.max_in_flight)
         .collect::<Vec<_>>()
         .await;
     for result in &refetched {
@@ -627,16 +733,19 @@ mod tests {
             .port();
         let settings = RosterSettings {
             url: RosterUrl::parse(&format!("http://127.0.0.1:{port}/%s")).unwrap(),
-            hosts: vec!["localhost".into()],
             capacity: 10,
             ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(5),
             max_in_flight: 1,
             authorization: None,
         };
-        let cache = RosterCache::new(settings, Router::default().start())
-            .unwrap()
-            .start();
+        let cache = RosterCache::new(
+            settings,
+            vec!["localhost".into()],
+            Router::default().start(),
+        )
+        .unwrap()
+        .start();
         let get = || GetRoster {
             user: "alice".into(),
         };
@@ -657,7 +766,6 @@ mod tests {
     fn the_authorization_header_is_not_in_debug_output() {
         let settings = RosterSettings {
             url: RosterUrl::parse("http://a/%s").unwrap(),
-            hosts: vec!["x".into()],
             capacity: 1,
             ttl: Duration::from_secs(1),
             timeout: Duration::from_secs(1),

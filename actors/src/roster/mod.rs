@@ -10,8 +10,8 @@
 mod cache;
 
 pub use cache::{
-    describe_metrics, GetRoster, Refresh, RefreshReport, RosterCache, RosterError, RosterSettings,
-    RosterUrl, UrlError,
+    describe_metrics, GetRoster, Reconfigure, Refresh, RefreshReport, RosterCache, RosterError,
+    RosterSettings, RosterUrl, UrlError,
 };
 
 use crate::xmpp::{ns, stanza};
