@@ -11,6 +11,7 @@
 //! which keys are live, the reload metrics and log line. Must not touch:
 //! how a component takes its new settings (each has its own handle).
 
+use crate::auth::LiveAuth;
 use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
 use crate::logging;
@@ -28,6 +29,8 @@ pub struct Live {
     pub admin_token: LiveToken,
     /// `roster_admin.token`, when the refresh endpoint runs.
     pub roster_token: Option<LiveToken>,
+    /// The whole `[auth]` section.
+    pub auth: Arc<LiveAuth>,
 }
 
 impl Live {
@@ -36,12 +39,17 @@ impl Live {
         match key {
             "log_level" | "http.admin_token" => true,
             "roster_admin.token" => self.roster_token.is_some(),
-            _ => false,
+            key => key.starts_with("auth."),
         }
     }
 
-    /// Applies `config`'s value of each of `keys` (all live ones).
-    fn apply(&self, config: &Config, keys: &BTreeSet<&str>) {
+    /// Applies `config`'s value of each of `keys` (all live ones). What
+    /// can fail comes first (the auth backend); if it fails nothing
+    /// changed, and the error says why.
+    async fn apply(&self, config: &Config, keys: &BTreeSet<&str>) -> Result<(), crate::RunError> {
+        if keys.iter().any(|key| key.starts_with("auth.")) {
+            self.auth.apply(&config.auth).await?;
+        }
         if keys.contains("log_level") {
             // Checked by validation: this cannot fail.
             if let Err(error) = logging::set_level(&config.log_level) {
@@ -58,6 +66,7 @@ impl Live {
                 roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
             }
         }
+        Ok(())
     }
 }
 
@@ -78,6 +87,10 @@ pub enum ReloadOutcome {
     },
     /// The file cannot be used: nothing changed.
     Invalid(ConfigError),
+    /// The file is valid, but what it asks for could not be set up (a CA
+    /// file that cannot be read, an auth program that does not start):
+    /// nothing changed.
+    NotApplied { path: PathBuf, error: String },
 }
 
 impl fmt::Display for ReloadOutcome {
@@ -113,6 +126,13 @@ impl fmt::Display for ReloadOutcome {
                 restart(f, path, needs_restart)
             }
             ReloadOutcome::Invalid(error) => write!(f, "{error}\nnothing changed"),
+            ReloadOutcome::NotApplied { path, error } => {
+                write!(
+                    f,
+                    "{}: cannot apply: {error}\nnothing changed",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -183,7 +203,18 @@ impl Reloader {
             .into_iter()
             .partition(|key| self.inner.live.applies(key));
         let live: BTreeSet<&str> = applied.iter().map(String::as_str).collect();
-        self.inner.live.apply(&config, &live);
+        if let Err(error) = self.inner.live.apply(&config, &live).await {
+            count("failure");
+            tracing::warn!(
+                trigger,
+                %error,
+                "configuration not reloaded, nothing changed"
+            );
+            return ReloadOutcome::NotApplied {
+                path: path.clone(),
+                error: error.to_string(),
+            };
+        }
         for key in &applied {
             set_key(&mut running.table, &new, key);
         }
@@ -221,7 +252,8 @@ pub fn describe_metrics() {
         "gatehouse_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /admin/reload, gatehouse reload), by result: \
          success (the file was valid; what could change live was applied) or failure \
-         (the file was invalid or unreadable; nothing changed)"
+         (the file was invalid or unreadable, or what it asks for could not be set up; \
+         nothing changed)"
     );
     metrics::describe_gauge!(
         "gatehouse_config_last_reload_success_timestamp_seconds",

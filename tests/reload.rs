@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::server_process::{wait_for, ServerProcess};
+use common::server_process::{free_port, gatehouse, wait_for, ServerProcess};
 use common::{fixture_auth, http_get, sample, Client};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,16 +16,6 @@ const TOKEN: &str = "reload-secret-1";
 const NEW_TOKEN: &str = "reload-secret-2";
 const RELOADS_OK: &str = "gatehouse_config_reloads_total{result=\"success\"}";
 const RELOADS_FAILED: &str = "gatehouse_config_reloads_total{result=\"failure\"}";
-
-/// A port nothing listens on now: `gatehouse reload` reads the operator
-/// listener from the file, so the file must name the real one.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A valid config with the operator listener on `http` and `extra` TOML
 /// at the top level (before any table).
@@ -35,18 +25,6 @@ fn config(http: u16, admin_token: Option<&str>, extra: &str) -> String {
         "hosts = [\"localhost\"]\n{extra}\n[c2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n\
          [http]\nlisten = \"127.0.0.1:{http}\"\n{token}{}",
         fixture_auth("")
-    )
-}
-
-/// `gatehouse ARGS…`: exit code and standard output.
-fn gatehouse(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
     )
 }
 

@@ -21,29 +21,15 @@ use gatehouse_actors::auth::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use poll::eventually;
-use processes::{pids, running};
+use processes::{pids, python, running};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Generic, Protocol::Ejabberd];
 
 /// A password that must never show up in an error.
 const SECRET: &str = "s3cret:pw";
-
-/// The Python interpreter itself, not a version-manager shim in front of
-/// it: a spawned child's pid is then the pid the fixture records.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 /// A program in the workspace's `tests/fixtures`.
 fn fixture(name: &str) -> String {
