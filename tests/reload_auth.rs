@@ -7,13 +7,16 @@
 //! fails (a refusal before admission, `temporary-auth-failure` counted as
 //! `queue_full`, is fine) and no auth process outlives its use.
 //!
-//! Also: `gatehouse cache drop` and `POST /admin/cache/drop` make the next
-//! login of a cached user ask the backend again.
+//! Also: a switch of backend (external ⇄ http) and of the HTTP URL with
+//! logins in flight; a reload whose auth program cannot start changes
+//! nothing; `gatehouse cache drop` and `POST /admin/cache/drop` make the
+//! next login of a cached user ask the backend again.
 
 mod common;
 #[path = "common/processes.rs"]
 mod processes;
 
+use common::backend::Backend;
 use common::server_process::{free_port, gatehouse, ServerProcess};
 use common::{fixture, http_get, sample, Client};
 use gatehouse_loadgen::client::{self, Credentials, Hold, Outcome, Target};
@@ -34,24 +37,35 @@ const LOAD: usize = 8;
 /// Seconds the auth program takes per answer.
 const DELAY: &str = "0.02";
 
-/// The server's config: `processes` slow auth processes behind a queue of
-/// `queue`, the program given `extra` arguments, the cache as `cache`.
-fn config(http: u16, processes: usize, queue: usize, extra: &str, cache: &str) -> String {
+/// The server's config: an operator listener on `http` and `auth`, the
+/// `[auth]` section with its subsections.
+fn server_config(http: u16, auth: &str) -> String {
     format!(
         "hosts = [\"localhost\"]\n\
          [c2s]\nlisten = \"127.0.0.1:0\"\nrequire_tls = false\n\
-         [http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"{TOKEN}\"\n\
-         [auth]\nbackend = \"external\"\n\
-         [auth.external]\ncommand = [\"{}\", \"{}\", \"--delay\", \"{DELAY}\"{extra}]\n\
-         processes = {processes}\nqueue = {queue}\n{cache}",
-        python(),
-        fixture("auth.py"),
+         [http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"{TOKEN}\"\n{auth}"
+    )
+}
+
+/// The server's config: `processes` slow auth processes behind a queue of
+/// `queue`, the program given `extra` arguments, then `more` TOML (in
+/// `[auth]`'s subsections).
+fn config(http: u16, processes: usize, queue: usize, extra: &str, more: &str) -> String {
+    server_config(
+        http,
+        &format!(
+            "[auth]\nbackend = \"external\"\n\
+             [auth.external]\ncommand = [\"{}\", \"{}\", \"--delay\", \"{DELAY}\"{extra}]\n\
+             processes = {processes}\nqueue = {queue}\n{more}",
+            python(),
+            fixture("auth.py"),
+        ),
     )
 }
 
 /// Writes `toml` over the server's config and reloads it through `POST
-/// /admin/reload`; panics unless it was applied.
-async fn reload(server: &ServerProcess, http: SocketAddr, toml: &str) -> String {
+/// /admin/reload`: the answer's status and text.
+async fn try_reload(server: &ServerProcess, http: SocketAddr, toml: &str) -> (u16, String) {
     std::fs::write(server.config_path(), toml).unwrap();
     let response = reqwest::Client::new()
         .post(format!("http://{http}/admin/reload"))
@@ -60,7 +74,12 @@ async fn reload(server: &ServerProcess, http: SocketAddr, toml: &str) -> String 
         .await
         .unwrap();
     let status = response.status().as_u16();
-    let body = response.text().await.unwrap();
+    (status, response.text().await.unwrap())
+}
+
+/// [`try_reload`], which must apply something.
+async fn reload(server: &ServerProcess, http: SocketAddr, toml: &str) -> String {
+    let (status, body) = try_reload(server, http, toml).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("applied"), "{body}");
     body
@@ -334,4 +353,140 @@ async fn a_dropped_cache_entry_is_checked_by_the_backend_again() {
     login().await;
     login().await;
     assert_eq!(asked(), 5, "no cache any more");
+}
+
+#[actix_rt::test]
+async fn the_backend_switches_between_external_and_http_while_logins_are_in_flight() {
+    let http_port = free_port();
+    let slow = ", \"--delay\", \"0.5\"";
+    let external = config(http_port, 2, 8, slow, "");
+    let server = ServerProcess::from_toml(&external);
+    let (c2s, http) = server.listeners();
+    let login = || async move {
+        Client::login(c2s, "alice", "wonderland", "r").await;
+    };
+    let processes = wait_for_children(&server, 2).await;
+    let (first, second) = (
+        Backend::start(&[("alice", &["wonderland"])]),
+        Backend::start(&[("alice", &["wonderland"])]),
+    );
+    let on_http = |url: String| {
+        server_config(
+            http_port,
+            &format!("[auth]\nbackend = \"http\"\n[auth.http]\nurl = \"{url}\"\n"),
+        )
+    };
+
+    // Four slow logins are with the external pool when the HTTP backend
+    // takes over: each is answered; then the processes stop.
+    let in_flight: Vec<_> = (0..4).map(|_| tokio::spawn(login())).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = reload(&server, http, &on_http(first.url())).await;
+    assert!(answer.contains("auth.backend"), "{answer}");
+    for login in in_flight {
+        login.await.unwrap();
+    }
+    assert!(
+        children(&server).is_empty(),
+        "auth processes after the switch"
+    );
+    assert!(processes.iter().all(|pid| !running(*pid)));
+    login().await;
+    assert_eq!(first.count("/api/check_password"), 1);
+
+    // Another URL: the next login goes there.
+    reload(&server, http, &on_http(second.url())).await;
+    login().await;
+    assert_eq!(
+        (
+            first.count("/api/check_password"),
+            second.count("/api/check_password")
+        ),
+        (1, 1)
+    );
+
+    // Registration offered from the next stream on.
+    let offered = |features: &minidom::Element| features.children().any(|f| f.name() == "register");
+    let mut client = Client::connect(c2s).await;
+    assert!(!offered(&client.open("localhost").await));
+    let registering = on_http(second.url()).replace(
+        "backend = \"http\"",
+        "backend = \"http\"\nallow_registration = true",
+    );
+    let answer = reload(&server, http, &registering).await;
+    assert!(answer.contains("auth.allow_registration"), "{answer}");
+    let mut client = Client::connect(c2s).await;
+    assert!(offered(&client.open("localhost").await));
+
+    // And back to processes.
+    reload(&server, http, &external).await;
+    assert_eq!(wait_for_children(&server, 2).await.len(), 2);
+    login().await;
+    assert_eq!(second.count("/api/check_password"), 1);
+    let metrics = http_get(http, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "gatehouse_auth_workers{backend=\"external\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&metrics, "gatehouse_auth_workers{backend=\"http\"}"),
+        0.0
+    );
+}
+
+/// The server's auth processes, once there are `n`.
+async fn wait_for_children(server: &ServerProcess, n: usize) -> BTreeSet<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = children(server);
+        if now.len() == n {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "auth processes: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_reload_whose_auth_program_cannot_start_changes_nothing() {
+    let http_port = free_port();
+    let before = config(http_port, 2, 8, "", "");
+    let server = ServerProcess::from_toml(&before);
+    let (c2s, http) = server.listeners();
+    let processes = wait_for_children(&server, 2).await;
+    // An executable file that passes validation but cannot be run.
+    let broken = common::tempdir().join("auth.sh");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&broken, executable).unwrap();
+    // More processes and a new program at once: neither is applied.
+    let after = server_config(
+        http_port,
+        &format!(
+            "[auth]\nbackend = \"external\"\n[auth.external]\ncommand = \"{}\"\nprocesses = 4\n",
+            broken.display()
+        ),
+    );
+    let (status, body) = try_reload(&server, http, &after).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("cannot apply") && body.contains("nothing changed"),
+        "{body}"
+    );
+    let (code, out) = gatehouse(&["reload", "--config", server.config_path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(children(&server), processes);
+    let metrics = http_get(http, "/metrics").await;
+    assert_eq!(sample(&metrics, "gatehouse_auth_workers"), 2.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "gatehouse_config_reloads_total{result=\"failure\"}"
+        ),
+        2.0
+    );
+    Client::login(c2s, "alice", "wonderland", "r").await;
+    // The running config is still the one to compare with.
+    reload(&server, http, &config(http_port, 3, 8, "", "")).await;
+    assert_eq!(wait_for_children(&server, 3).await.len(), 3);
 }
