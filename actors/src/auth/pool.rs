@@ -136,19 +136,55 @@ struct Shared {
     admitted: AtomicUsize,
     /// `workers + queue`: more admitted requests than this are refused.
     capacity: AtomicUsize,
-    /// How long a worker may take to answer; read by every slot.
-    timeout: Arc<LiveDuration>,
     /// How long a request may wait in the queue (the actor has its own
-    /// copy); with `timeout`, the caller's deadline.
+    /// copy); with the request timeout, the caller's deadline.
     queue_timeout: LiveDuration,
     /// Refuses what the backend's protocol cannot carry, before admission.
     validate: RwLock<Validator>,
+    /// What every slot is started with.
+    place: SlotPlace,
+    /// The running slots and how to start another; one change at a time.
+    slots: tokio::sync::Mutex<Slots>,
+}
+
+/// What every slot of a pool shares, whatever its kind of worker.
+#[derive(Clone)]
+struct SlotPlace {
+    /// The pool actor, where a slot reports itself idle.
+    pool: Addr<AuthPool>,
+    /// The `backend` metric label.
+    backend: &'static str,
+    /// How long a worker may take to answer; read for every request.
+    timeout: Arc<LiveDuration>,
     /// Ends every worker task on shutdown.
     stop: CancellationToken,
     /// The worker tasks, awaited on shutdown.
     workers: TaskTracker,
-    /// The running slots and how to start another; one change at a time.
-    slots: tokio::sync::Mutex<Slots>,
+}
+
+impl SlotPlace {
+    /// What starts a slot of `factory`'s workers here.
+    fn spawner<F: WorkerFactory>(&self, factory: F) -> Spawner {
+        let (factory, place) = (Arc::new(factory), self.clone());
+        Box::new(move || {
+            let (state, watched) = watch::channel(SlotState::Starting);
+            let retire = place.stop.child_token();
+            let slot = Slot {
+                factory: factory.clone(),
+                pool: place.pool.clone(),
+                backend: place.backend,
+                timeout: place.timeout.clone(),
+                stop: place.stop.clone(),
+                retire: retire.clone(),
+                state,
+            };
+            actix_rt::spawn(place.workers.track_future(slot.serve_on()));
+            SlotHandle {
+                retire,
+                state: watched,
+            }
+        })
+    }
 }
 
 /// A duration that a reload may change while others read it.
@@ -276,60 +312,27 @@ impl PoolHandle {
         metrics::counter!("gatehouse_auth_timeouts_total", "backend" => backend).absolute(0);
         metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => backend)
             .absolute(0);
-        let timeout = Arc::new(LiveDuration::new(config.timeout));
-        let stop = CancellationToken::new();
-        let workers = TaskTracker::new();
-        let handle = PoolHandle {
+        let place = SlotPlace {
+            pool: addr.clone(),
+            backend,
+            timeout: Arc::new(LiveDuration::new(config.timeout)),
+            stop: CancellationToken::new(),
+            workers: TaskTracker::new(),
+        };
+        let spawn = place.spawner(factory);
+        let running = (0..config.workers).map(|_| spawn()).collect();
+        PoolHandle {
             addr,
             backend,
             shared: Arc::new(Shared {
                 admitted: AtomicUsize::new(0),
                 capacity: AtomicUsize::new(config.workers + config.queue),
-                timeout,
                 queue_timeout: LiveDuration::new(config.queue_timeout),
                 validate: RwLock::new(validate),
-                stop,
-                workers,
-                slots: tokio::sync::Mutex::new(Slots {
-                    spawn: Box::new(|| unreachable!("replaced below")),
-                    running: Vec::new(),
-                }),
+                place,
+                slots: tokio::sync::Mutex::new(Slots { spawn, running }),
             }),
-        };
-        let spawn = handle.spawner(factory);
-        let running = (0..config.workers).map(|_| spawn()).collect();
-        *handle
-            .shared
-            .slots
-            .try_lock()
-            .expect("nobody else holds a new pool's slots") = Slots { spawn, running };
-        handle
-    }
-
-    /// What starts a slot of `factory`'s workers in this pool.
-    fn spawner<F: WorkerFactory>(&self, factory: F) -> Spawner {
-        let factory = Arc::new(factory);
-        let (pool, backend) = (self.addr.clone(), self.backend);
-        let (timeout, stop) = (self.shared.timeout.clone(), self.shared.stop.clone());
-        let workers = self.shared.workers.clone();
-        Box::new(move || {
-            let (state, watched) = watch::channel(SlotState::Starting);
-            let retire = stop.child_token();
-            let slot = Slot {
-                factory: factory.clone(),
-                pool: pool.clone(),
-                backend,
-                timeout: timeout.clone(),
-                stop: stop.clone(),
-                retire: retire.clone(),
-                state,
-            };
-            actix_rt::spawn(workers.track_future(slot.serve_on()));
-            SlotHandle {
-                retire,
-                state: watched,
-            }
-        })
+        }
     }
 
     /// Changes the pool's size, queue and timeouts while it serves. New
@@ -341,7 +344,7 @@ impl PoolHandle {
     pub(crate) async fn tune(&self, config: &PoolConfig) {
         let shared = &self.shared;
         let mut slots = shared.slots.lock().await;
-        shared.timeout.set(config.timeout);
+        shared.place.timeout.set(config.timeout);
         shared.queue_timeout.set(config.queue_timeout);
         let capacity = config.workers + config.queue;
         if capacity < shared.capacity.load(Ordering::Acquire) {
@@ -384,8 +387,8 @@ impl PoolHandle {
         validate: Validator,
     ) -> Result<(), String> {
         let mut slots = self.shared.slots.lock().await;
-        let spawn = self.spawner(factory);
-        let within = self.shared.timeout.get();
+        let spawn = self.shared.place.spawner(factory);
+        let within = self.shared.place.timeout.get();
         let mut old = std::mem::take(&mut slots.running).into_iter();
         let mut replaced = Vec::with_capacity(old.len());
         while let Some(old_slot) = old.next() {
@@ -414,7 +417,7 @@ impl PoolHandle {
     /// Waits until every slot's first worker is up; the first that could
     /// not start (within the request timeout) is the error.
     pub async fn started(&self) -> Result<(), String> {
-        let within = self.shared.timeout.get();
+        let within = self.shared.place.timeout.get();
         let mut slots = self.shared.slots.lock().await;
         for slot in &mut slots.running {
             slot.started(within).await?;
@@ -434,7 +437,7 @@ impl PoolHandle {
 
     /// The longest a request admitted now can take to be answered.
     pub(crate) fn longest_wait(&self) -> Duration {
-        self.shared.queue_timeout.get() + self.shared.timeout.get() + Duration::from_secs(1)
+        self.shared.queue_timeout.get() + self.shared.place.timeout.get() + Duration::from_secs(1)
     }
 
     /// The `backend` metric label.
@@ -460,7 +463,7 @@ impl PoolHandle {
             return Err(error);
         }
         let shared = &self.shared;
-        if shared.stop.is_cancelled() {
+        if shared.place.stop.is_cancelled() {
             self.rejected("shut_down");
             return Err(AuthError::ShutDown);
         }
@@ -485,7 +488,7 @@ impl PoolHandle {
             // The pool dropped the request: it is shutting down, or a
             // panic in the pool (caught, logged and counted) unwound with
             // the request in hand.
-            Ok(Err(_)) if shared.stop.is_cancelled() => Err(AuthError::ShutDown),
+            Ok(Err(_)) if shared.place.stop.is_cancelled() => Err(AuthError::ShutDown),
             Ok(Err(_)) => Err(AuthError::Internal),
             // Every request the pool holds is bounded by the timeouts, so
             // the pool itself is stalled. Dropping `answer` tells it that
@@ -504,10 +507,10 @@ impl PoolHandle {
     /// Refuses new calls, fails queued ones, ends every worker and waits
     /// until each is gone.
     pub async fn shutdown(&self) {
-        self.shared.stop.cancel();
+        self.shared.place.stop.cancel();
         let _ = self.addr.send(Shutdown).await;
-        self.shared.workers.close();
-        self.shared.workers.wait().await;
+        self.shared.place.workers.close();
+        self.shared.place.workers.wait().await;
     }
 }
 
