@@ -67,6 +67,66 @@ pub fn reload(file: &Path) -> u8 {
             return 1;
         }
     };
+    match ask_operator(file, &config, "/admin/reload", None) {
+        Ok((200, answer)) => {
+            print!("{answer}");
+            0
+        }
+        Ok((422, answer)) => {
+            print!("{answer}");
+            1
+        }
+        Ok((_, answer)) => {
+            print!("{answer}");
+            2
+        }
+        Err(()) => 2,
+    }
+}
+
+/// `gatehouse cache drop --config FILE USER…`: asks the server running on
+/// FILE to forget the cached auth checks of each USER (`user@host`, or a
+/// username on every host), so their next login asks the backend. Prints
+/// how many entries were dropped. Exit 0 done, 2 the config is invalid or
+/// the server could not be asked.
+pub fn cache_drop(file: &Path, users: &[String]) -> u8 {
+    let Some(config) = load(file) else {
+        return 2;
+    };
+    let body = serde_json::to_vec(users).expect("strings serialize");
+    match ask_operator(file, &config, "/admin/cache/drop", Some(body)) {
+        Ok((200, answer)) => {
+            let dropped = serde_json::from_str::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|answer| answer["dropped"].as_u64());
+            match dropped {
+                Some(dropped) => {
+                    println!("dropped {dropped} cached auth entries");
+                    0
+                }
+                None => {
+                    eprintln!("unexpected answer: {answer}");
+                    2
+                }
+            }
+        }
+        Ok((_, answer)) => {
+            eprintln!("{answer}");
+            2
+        }
+        Err(()) => 2,
+    }
+}
+
+/// POSTs `body` to `path` on the operator listener of the server running
+/// on `config` (read from `file`), with `http.admin_token`: the answer's
+/// status and text, or `Err` after printing why it could not be asked.
+fn ask_operator(
+    file: &Path,
+    config: &Config,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, String), ()> {
     let mut listen = config.http.listen;
     if listen.ip().is_unspecified() {
         listen.set_ip(match listen {
@@ -76,50 +136,52 @@ pub fn reload(file: &Path) -> u8 {
     }
     let Some(token) = config.http.admin_token.as_ref().map(|t| t.0.as_str()) else {
         eprintln!(
-            "{}: http.admin_token is not set, so the server's reload endpoint is off; \
-             set it (and restart), or send the server SIGHUP",
-            file.display()
+            "{}: http.admin_token is not set, so the server's operator endpoints are off; \
+             set it (and restart){}",
+            file.display(),
+            if path == "/admin/reload" {
+                ", or send the server SIGHUP"
+            } else {
+                ""
+            }
         );
-        return 2;
+        return Err(());
     };
-    let url = format!("http://{listen}/admin/reload");
+    let url = format!("http://{listen}{path}");
     let asked = async {
-        let response = gatehouse_actors::outbound_http::client_builder()
-            .timeout(RELOAD_TIMEOUT)
+        let mut request = gatehouse_actors::outbound_http::client_builder()
+            .timeout(OPERATOR_TIMEOUT)
             .build()?
             .post(&url)
-            .bearer_auth(token)
-            .send()
-            .await?;
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await?;
         let status = response.status();
-        Ok::<_, reqwest::Error>((status, response.text().await?))
+        Ok::<_, reqwest::Error>((status.as_u16(), response.text().await?))
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     match runtime.map(|runtime| runtime.block_on(asked)) {
-        Ok(Ok((status, answer))) => {
-            print!("{answer}");
-            match status.as_u16() {
-                200 => 0,
-                422 => 1,
-                _ => 2,
-            }
-        }
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(error)) => {
             eprintln!("{url}: cannot ask the server: {error}");
-            2
+            Err(())
         }
         Err(error) => {
             eprintln!("cannot start: {error}");
-            2
+            Err(())
         }
     }
 }
 
-/// How long `gatehouse reload` waits for the server's answer: a reload
+/// How long the operator commands wait for the server's answer: a reload
 /// that replaces auth processes one at a time can take a while.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `gatehouse user --config FILE ACTION JID`: reads the password when the
 /// action takes one, then asks the backend. Exit 0 done, 1 refused, 2

@@ -2,16 +2,18 @@
 //! text format, `/health`, when `[roster]` is configured the application's
 //! roster refresh endpoint (`/roster_admin/refresh`, as in Prosody's
 //! `mod_http_roster_admin`), and with `http.admin_token` the operator's
-//! `POST /admin/reload`.
+//! `POST /admin/reload` and `POST /admin/cache/drop`.
 //!
 //! It owns the HTTP surface only: the refresh is done by the RosterCache
-//! actor, the reload by [`Reloader`]; what the metrics say is recorded by
+//! actor, the reload by [`Reloader`], the cache drop by the
+//! [`Authenticator`]; what the metrics say is recorded by
 //! the components themselves.
 
 use crate::reload::{ReloadOutcome, Reloader};
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use gatehouse_actors::auth::Authenticator;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::roster::{Refresh, RosterCache};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -209,6 +211,39 @@ pub struct Operator {
     pub token: LiveToken,
     /// Does the reloading.
     pub reloader: Reloader,
+    /// Whose auth cache `/admin/cache/drop` empties.
+    pub auth: Authenticator,
+    /// The served domains: a bare username is dropped on each.
+    pub hosts: Vec<String>,
+}
+
+impl Operator {
+    /// A 404 while the endpoints are off, a 401 without the token.
+    fn refusal(&self, request: &HttpRequest) -> Option<HttpResponse> {
+        if !self.token.is_set() {
+            return Some(error(
+                StatusCode::NOT_FOUND,
+                "the operator endpoints are off: set http.admin_token",
+            ));
+        }
+        self.token.refusal(request)
+    }
+
+    /// The (user, host) pairs `name` stands for: `user@host` (a resource
+    /// is ignored) on that host, a bare `user` on every served host.
+    fn accounts(&self, name: &str) -> Result<Vec<(String, String)>, String> {
+        let bare = name.split_once('/').map_or(name, |(bare, _)| bare);
+        let (user, hosts) = match bare.split_once('@') {
+            Some((user, host)) => (user, vec![host.to_owned()]),
+            None => (bare, self.hosts.clone()),
+        };
+        let user =
+            jid::NodePart::new(user).map_err(|_| format!("{name:?} is not a user name or JID"))?;
+        Ok(hosts
+            .into_iter()
+            .map(|host| (user.as_str().to_owned(), host))
+            .collect())
+    }
 }
 
 /// `POST /admin/reload`: re-reads the config file the server started
@@ -216,13 +251,7 @@ pub struct Operator {
 /// problem of an invalid file, or what could not be set up for a valid one
 /// (nothing changed).
 async fn reload(request: HttpRequest, operator: web::Data<Operator>) -> HttpResponse {
-    if !operator.token.is_set() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the operator endpoints are off: set http.admin_token",
-        );
-    }
-    if let Some(response) = operator.token.refusal(&request) {
+    if let Some(response) = operator.refusal(&request) {
         return response;
     }
     let outcome = operator.reloader.reload("http").await;
@@ -235,6 +264,44 @@ async fn reload(request: HttpRequest, operator: web::Data<Operator>) -> HttpResp
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(format!("{outcome}\n"))
+}
+
+/// `POST /admin/cache/drop` with a JSON array of JIDs (`user@host`) or
+/// usernames (dropped on every served host): forgets their cached auth
+/// checks, so the next login of each asks the backend (a password changed
+/// outside Gatehouse). 200 with `{"status":"ok","dropped":N}`, N the
+/// entries dropped; 400 for a body that is not such an array (413 over
+/// actix-web's 256 KiB limit).
+async fn drop_cached(
+    request: HttpRequest,
+    body: web::Bytes,
+    operator: web::Data<Operator>,
+) -> HttpResponse {
+    if let Some(response) = operator.refusal(&request) {
+        return response;
+    }
+    let names = match serde_json::from_slice::<Vec<String>>(&body) {
+        Ok(names) => names,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be a JSON array of JIDs or usernames (strings): {e}"),
+            )
+        }
+    };
+    let mut accounts = Vec::new();
+    for name in &names {
+        match operator.accounts(name) {
+            Ok(more) => accounts.extend(more),
+            Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+        }
+    }
+    let dropped: usize = accounts
+        .iter()
+        .map(|(user, host)| operator.auth.drop_cached(user, host))
+        .sum();
+    tracing::info!(users = names.len(), dropped, "auth cache entries dropped");
+    HttpResponse::Ok().json(json!({ "status": "ok", "dropped": dropped }))
 }
 
 /// Starts the HTTP server on an already bound listener. One worker is
@@ -252,7 +319,8 @@ pub fn start(
             .app_data(web::Data::new(operator.clone()))
             .route("/metrics", web::get().to(metrics))
             .route("/health", web::get().to(health))
-            .route("/admin/reload", web::post().to(reload));
+            .route("/admin/reload", web::post().to(reload))
+            .route("/admin/cache/drop", web::post().to(drop_cached));
         match &roster_admin {
             Some(admin) => app
                 .app_data(web::Data::new(admin.clone()))

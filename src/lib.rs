@@ -73,6 +73,9 @@ pub enum RunError {
     /// The HTTP auth backend's client could not be set up.
     #[error("auth backend: HTTP client: {0}")]
     AuthHttp(#[source] gatehouse_actors::auth::HttpSetupError),
+    /// The external auth backend's processes could not start.
+    #[error("auth backend: {0}")]
+    AuthStart(String),
     /// The roster cache's HTTP client could not be set up.
     #[error("roster: {0}")]
     Roster(#[from] RosterError),
@@ -196,6 +199,7 @@ impl Server {
                 None => None,
             };
         let auth = auth::start(&config.auth)?;
+        let live_auth = Arc::new(auth::LiveAuth::new(auth.clone(), &config.auth)?);
         let offline = match (&storage, config.offline.settings(true), &config.storage) {
             (Some(storage), Some(settings), Some(section)) => Some(
                 OfflineMessages::open(storage.clone(), auth.clone(), settings)
@@ -315,6 +319,7 @@ impl Server {
                 roster_token: roster_admin.as_ref().map(|admin| admin.token.clone()),
                 roster: live_roster,
                 muc: live_muc,
+                auth: live_auth,
                 c2s: settings,
                 c2s_certificate,
                 web_certificate,
@@ -323,6 +328,8 @@ impl Server {
         let operator = http::Operator {
             token: admin_token,
             reloader: reloader.clone(),
+            auth: auth.clone(),
+            hosts,
         };
         let http_server =
             http::start(http_listener, metrics, roster_admin, operator).map_err(RunError::Http)?;

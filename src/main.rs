@@ -44,6 +44,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Operate the running server's auth cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Manage an account through the configured auth backend. The password
     /// is read from the terminal (without echo) or from the first line of
     /// standard input. Exit 0 done, 1 refused, 2 invalid, 3 backend unavailable.
@@ -53,6 +58,22 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Forget the cached auth checks of these users (a password changed
+    /// outside Gatehouse), so their next login asks the backend. Talks to
+    /// the server's operator listener (`http.listen`, with
+    /// `http.admin_token`). Exit 0 done, 2 the server could not be asked.
+    Drop {
+        /// The config file the server runs on.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// `user@host`, or a username (dropped on every host).
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
     },
 }
 
@@ -75,6 +96,9 @@ fn main() -> ExitCode {
     ExitCode::from(match (cli.command, cli.config) {
         (Some(Command::CheckConfig { file }), _) => cli::check_config(&file),
         (Some(Command::Reload { config }), _) => cli::reload(&config),
+        (Some(Command::Cache { action }), _) => match action {
+            CacheCommand::Drop { config, users } => cli::cache_drop(&config, &users),
+        },
         (Some(Command::User { config, action }), _) => {
             let (action, jid) = match action {
                 UserCommand::Add { jid } => (UserAction::Add, jid),

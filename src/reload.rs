@@ -17,6 +17,7 @@
 //! which keys are live, the reload metrics and log line. Must not touch:
 //! how a component takes its new settings (each has its own handle).
 
+use crate::auth::LiveAuth;
 use crate::c2s;
 use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
@@ -30,7 +31,7 @@ use gatehouse_actors::xmpp::PartialStanzaBudget;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use toml::{Table, Value};
@@ -62,6 +63,8 @@ pub struct Live {
     pub roster: Option<LiveRoster>,
     /// `[muc]`, when the MUC service runs.
     pub muc: Option<LiveMuc>,
+    /// The whole `[auth]` section.
+    pub auth: Arc<LiveAuth>,
     /// What new client streams (TCP, Direct TLS, WebSocket, BOSH) start
     /// with.
     pub c2s: Reloadable<C2sSettings>,
@@ -104,7 +107,7 @@ impl Live {
                     && config.c2s.tls_key.is_some()
             }
             "web.tls_cert" | "web.tls_key" => self.web_certificate.is_some() && web_tls,
-            key if is_stream_key(key) => true,
+            key if is_stream_key(key) || key.starts_with("auth.") => true,
             _ => {
                 self.roster.as_ref().is_some_and(|r| r.applies(config, key))
                     || self.muc.as_ref().is_some_and(|m| m.applies(config, key))
@@ -262,7 +265,8 @@ pub enum ReloadOutcome {
     },
     /// The file cannot be used: nothing changed.
     Invalid(ConfigError),
-    /// The file is valid, but something it asks for could not be set up:
+    /// The file is valid, but what it asks for could not be set up (a CA
+    /// file that cannot be read, an auth program that does not start):
     /// nothing changed.
     NotApplied { path: PathBuf, error: ReloadError },
 }
@@ -366,26 +370,32 @@ impl Reloader {
             .into_iter()
             .partition(|key| self.inner.live.applies(&config, key));
         let keys: BTreeSet<String> = applied.iter().cloned().collect();
-        match self.inner.live.prepare(&config, keys) {
-            Ok(prepared) => {
-                // New files at the same paths are a change of the key too.
-                for key in prepared.renewed() {
-                    if !applied.iter().any(|k| k == key) {
-                        applied.push(key.to_owned());
-                        applied.sort();
-                    }
-                }
-                prepared.commit();
-            }
-            Err(error) => {
-                count("failure");
-                tracing::warn!(trigger, %error, "configuration not reloaded, nothing changed");
-                return ReloadOutcome::NotApplied {
-                    path: path.clone(),
-                    error,
+        let auth_changed = keys.iter().any(|key| key.starts_with("auth."));
+        // Nothing changes until everything that can fail has not: what
+        // the other sections need is built first, then the auth backend
+        // is switched (which changes nothing when it fails), then the rest
+        // is committed, which cannot fail.
+        let prepared = match self.inner.live.prepare(&config, keys) {
+            Ok(prepared) => prepared,
+            Err(error) => return not_applied(trigger, path, error),
+        };
+        if auth_changed {
+            if let Err(error) = self.inner.live.auth.apply(&config.auth).await {
+                let error = ReloadError {
+                    key: "auth",
+                    reason: error.to_string(),
                 };
+                return not_applied(trigger, path, error);
             }
         }
+        // New files at the same paths are a change of the key too.
+        for key in prepared.renewed() {
+            if !applied.iter().any(|k| k == key) {
+                applied.push(key.to_owned());
+                applied.sort();
+            }
+        }
+        prepared.commit();
         for key in &applied {
             set_key(&mut running.table, &new, key);
         }
@@ -423,7 +433,8 @@ pub fn describe_metrics() {
         "gatehouse_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /admin/reload, gatehouse reload), by result: \
          success (the file was valid; what could change live was applied) or failure \
-         (the file was invalid or unreadable; nothing changed)"
+         (the file was invalid or unreadable, or what it asks for could not be set up; \
+         nothing changed)"
     );
     metrics::describe_gauge!(
         "gatehouse_config_last_reload_success_timestamp_seconds",
@@ -438,6 +449,17 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_config_reloads_total", "result" => result).absolute(0);
     }
     metrics::gauge!("gatehouse_config_last_reload_success_timestamp_seconds").set(0.0);
+}
+
+/// A reload of a valid file that changed nothing because what it asks
+/// for could not be set up: counted and logged.
+fn not_applied(trigger: &'static str, path: &Path, error: ReloadError) -> ReloadOutcome {
+    count("failure");
+    tracing::warn!(trigger, %error, "configuration not reloaded, nothing changed");
+    ReloadOutcome::NotApplied {
+        path: path.to_owned(),
+        error,
+    }
 }
 
 /// A reload that changed nothing because of `error`: counted and logged.

@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::server_process::{wait_for, ServerProcess};
+use common::server_process::{free_port, gatehouse, post_reload, wait_for, ServerProcess};
 use common::{fixture_auth, http_get, metric_reaches, sample, Client};
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,16 +15,6 @@ const TOKEN: &str = "reload-secret-1";
 const NEW_TOKEN: &str = "reload-secret-2";
 const RELOADS_OK: &str = "gatehouse_config_reloads_total{result=\"success\"}";
 const RELOADS_FAILED: &str = "gatehouse_config_reloads_total{result=\"failure\"}";
-
-/// A port nothing listens on now: `gatehouse reload` reads the operator
-/// listener from the file, so the file must name the real one.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A valid config with the operator listener on `http` and `extra` TOML
 /// at the top level (before any table).
@@ -36,28 +25,6 @@ fn config(http: u16, admin_token: Option<&str>, extra: &str) -> String {
          [http]\nlisten = \"127.0.0.1:{http}\"\n{token}{}",
         fixture_auth("")
     )
-}
-
-/// `gatehouse ARGS…`: exit code and standard output.
-fn gatehouse(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
-/// `POST /admin/reload` with `token`: status and body.
-async fn post_reload(http: SocketAddr, token: Option<&str>) -> (u16, String) {
-    let mut request = reqwest::Client::new().post(format!("http://{http}/admin/reload"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 fn sighup(server: &ServerProcess) {

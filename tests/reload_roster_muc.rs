@@ -8,7 +8,7 @@ mod common;
 mod muc_support;
 
 use common::roster_service::RosterService;
-use common::server_process::ServerProcess;
+use common::server_process::{post_reload, ServerProcess};
 use common::*;
 use minidom::Element;
 use muc_support::{disco_items, join, rooms_until, Gate, GateRequest, Reply, MUC};
@@ -31,14 +31,7 @@ fn config(sections: &str) -> String {
 async fn reload(server: &ServerProcess, http: SocketAddr, toml: &str) -> Vec<String> {
     let path = server.config_path();
     std::fs::write(&path, toml).unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("http://{http}/admin/reload"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.text().await.unwrap();
+    let (status, body) = post_reload(http, Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     let prefix = format!("{}: ", path.display());
     body.lines()

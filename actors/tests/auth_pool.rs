@@ -2,7 +2,9 @@
 //! processes: the workspace's fixture program `tests/fixtures/auth.py` (both wire
 //! protocols, misbehaving on demand). Covers answers, validation before
 //! anything is written, replacement of broken processes, idle dispatch,
-//! admission, the queue timeout, shutdown and the metrics.
+//! admission, the queue timeout, shutdown, the metrics, and the changes a
+//! reload makes to a running pool (resize, rolling replacement, a swap of
+//! the whole pool).
 //!
 //! Each test installs its own Prometheus recorder on its thread: the pool
 //! and its workers run on the test's actix System, so every metric they
@@ -14,33 +16,20 @@ mod poll;
 mod processes;
 
 use gatehouse_actors::auth::{
-    AuthCommand, AuthError, ExternalConfig, Password, PoolHandle, Protocol,
+    AuthCommand, AuthError, Authenticator, Capabilities, ExternalConfig, Password, PoolHandle,
+    Protocol,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use poll::eventually;
-use processes::{pids, running};
+use processes::{pids, python, running};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Generic, Protocol::Ejabberd];
 
 /// A password that must never show up in an error.
 const SECRET: &str = "s3cret:pw";
-
-/// The Python interpreter itself, not a version-manager shim in front of
-/// it: a spawned child's pid is then the pid the fixture records.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 /// A program in the workspace's `tests/fixtures`.
 fn fixture(name: &str) -> String {
@@ -103,6 +92,10 @@ impl Setup {
     }
 
     fn start(self) -> PoolHandle {
+        PoolHandle::start_external(self.config())
+    }
+
+    fn config(self) -> ExternalConfig {
         let protocol = match self.protocol {
             Protocol::Generic => "generic",
             Protocol::Ejabberd => "ejabberd",
@@ -119,7 +112,7 @@ impl Setup {
             protocol.into(),
         ]);
         command.extend(self.args);
-        PoolHandle::start_external(ExternalConfig {
+        ExternalConfig {
             command,
             protocol: self.protocol,
             processes: self.processes,
@@ -127,7 +120,7 @@ impl Setup {
             timeout: self.timeout,
             queue_timeout: self.queue_timeout,
             reply_grace: self.reply_grace,
-        })
+        }
     }
 }
 
@@ -1118,4 +1111,191 @@ async fn a_program_that_cannot_start_never_says_wrong_password() {
         4.0
     );
     pool.shutdown().await;
+}
+
+/// `n` concurrent logins of alice through `pool`, spawned.
+fn logins(pool: &PoolHandle, n: usize) -> Vec<tokio::task::JoinHandle<Result<bool, AuthError>>> {
+    (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call(auth("alice", "wonderland")).await })
+        })
+        .collect()
+}
+
+/// `processes` fixture processes answering after `delay` seconds, each
+/// recording its pid in `dir`.
+fn recording(processes: usize, dir: &Path, delay: f64) -> ExternalConfig {
+    Setup {
+        processes,
+        ..Setup::default()
+    }
+    .arg("--pids", dir.display())
+    .arg("--delay", delay)
+    .config()
+}
+
+/// The recorded pids in `dir` still running.
+fn running_pids(dir: &Path) -> BTreeSet<u32> {
+    pids(dir).into_iter().filter(|pid| running(*pid)).collect()
+}
+
+#[actix_rt::test]
+async fn processes_go_up_at_once_and_down_once_idle_a_busy_one_finishing_first() {
+    let metrics = Metrics::new();
+    let _installed = metrics.install();
+    let h = metrics.handle();
+    let dir = scratch("resize");
+    let small = recording(2, &dir, 0.5);
+    let pool = PoolHandle::start_external(small.clone());
+    workers_up(&h, 2).await;
+    let big = ExternalConfig {
+        processes: 6,
+        ..small.clone()
+    };
+    pool.reconfigure_external(&small, &big).await.unwrap();
+    assert_eq!(metric(&h, "gatehouse_auth_workers", &[]), 6.0);
+    assert_eq!(recorded_pids(&dir, 6).await.len(), 6);
+
+    // Six slow logins keep all six busy while the pool shrinks to two:
+    // every one is answered, by the process it was handed to.
+    let calls = logins(&pool, 6);
+    eventually("all six to be busy", Duration::from_secs(5), || {
+        metric(&h, "gatehouse_auth_busy_workers", &[]) == 6.0
+    })
+    .await;
+    pool.reconfigure_external(&big, &small).await.unwrap();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(true));
+    }
+    assert_eq!(metric(&h, "gatehouse_auth_workers", &[]), 2.0);
+    eventually(
+        "the surplus processes to be gone",
+        Duration::from_secs(5),
+        || running_pids(&dir).len() == 2,
+    )
+    .await;
+    // More than the new size at once: the rest wait in the queue.
+    for call in logins(&pool, 4) {
+        assert_eq!(call.await.unwrap(), Ok(true));
+    }
+    pool.shutdown().await;
+    assert!(running_pids(&dir).is_empty());
+}
+
+#[actix_rt::test]
+async fn a_new_command_replaces_every_process_one_at_a_time_under_load() {
+    let metrics = Metrics::new();
+    let _installed = metrics.install();
+    let h = metrics.handle();
+    let (old_dir, new_dir) = (scratch("roll-old"), scratch("roll-new"));
+    let (old, new) = (recording(3, &old_dir, 0.1), recording(3, &new_dir, 0.1));
+    let pool = PoolHandle::start_external(old.clone());
+    workers_up(&h, 3).await;
+    let old_pids = recorded_pids(&old_dir, 3).await;
+
+    // Logins keep coming during the rollout, and the number of processes
+    // up never drops below three.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn({
+        let (pool, stop) = (pool.clone(), stop.clone());
+        async move {
+            let mut answers = Vec::new();
+            while !stop.is_cancelled() {
+                for call in logins(&pool, 3) {
+                    answers.push(call.await.unwrap());
+                }
+            }
+            answers
+        }
+    });
+    let fewest = tokio::spawn({
+        let (h, stop) = (h.clone(), stop.clone());
+        async move {
+            let mut fewest = f64::MAX;
+            while !stop.is_cancelled() {
+                fewest = fewest.min(metric(&h, "gatehouse_auth_workers", &[]));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            fewest
+        }
+    });
+    pool.reconfigure_external(&old, &new).await.unwrap();
+    stop.cancel();
+    let answers = load.await.unwrap();
+    assert!(!answers.is_empty());
+    assert!(answers.iter().all(|a| *a == Ok(true)), "{answers:?}");
+    assert!(
+        fewest.await.unwrap() >= 3.0,
+        "fewer than three processes up"
+    );
+    assert_eq!(metric(&h, "gatehouse_auth_workers", &[]), 3.0);
+    assert_eq!(running_pids(&new_dir).len(), 3);
+    assert!(
+        old_pids.iter().all(|pid| !running(*pid)),
+        "an old process survived"
+    );
+    pool.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_new_command_that_cannot_start_changes_nothing() {
+    let metrics = Metrics::new();
+    let _installed = metrics.install();
+    let h = metrics.handle();
+    let dir = scratch("roll-broken");
+    let old = recording(2, &dir, 0.0);
+    let pool = PoolHandle::start_external(old.clone());
+    workers_up(&h, 2).await;
+    let pids_before = recorded_pids(&dir, 2).await;
+    let broken = ExternalConfig {
+        command: vec!["/nonexistent/auth-program".into()],
+        processes: 4,
+        ..old.clone()
+    };
+    let error = pool.reconfigure_external(&old, &broken).await.unwrap_err();
+    assert!(error.contains("cannot start"), "{error}");
+    assert_eq!(running_pids(&dir), pids_before);
+    assert_eq!(metric(&h, "gatehouse_auth_workers", &[]), 2.0);
+    assert_eq!(pool.call(auth("alice", "wonderland")).await, Ok(true));
+    pool.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_swapped_pool_finishes_its_requests_then_stops() {
+    let metrics = Metrics::new();
+    let _installed = metrics.install();
+    let (old_dir, new_dir) = (scratch("swap-old"), scratch("swap-new"));
+    let setup = |dir: &Path| PoolHandle::start_external(recording(2, dir, 0.5));
+    let auth = Authenticator::new(setup(&old_dir), None, Capabilities::default());
+    let old_pids = recorded_pids(&old_dir, 2).await;
+    // Two in service and two queued on the old pool when it is swapped.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                auth.check_password("alice", "localhost", Password::new("wonderland"))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new = setup(&new_dir);
+    new.started().await.unwrap();
+    auth.swap_pool(new).await;
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(true));
+    }
+    assert!(
+        old_pids.iter().all(|pid| !running(*pid)),
+        "the old pool's processes live on"
+    );
+    assert_eq!(
+        auth.check_password("alice", "localhost", Password::new("wonderland"))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(running_pids(&new_dir).len(), 2);
+    auth.shutdown().await;
+    assert!(running_pids(&new_dir).is_empty());
 }

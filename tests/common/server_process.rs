@@ -49,6 +49,40 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
 
 /// A running `gatehouse --config FILE` with `RUST_LOG=trace`. If the test
 /// fails midway, it is killed rather than left behind.
+/// A port nothing listens on now, for a config that must name its
+/// operator listener before the server starts (`gatehouse reload` and
+/// `gatehouse cache drop` read it from the file).
+/// `POST /admin/reload` to the operator listener `http` with `token`:
+/// the answer's status and body.
+pub async fn post_reload(http: SocketAddr, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().post(format!("http://{http}/admin/reload"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `gatehouse ARGS…` run to its end: exit code and standard output.
+pub fn gatehouse(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 pub struct ServerProcess {
     /// The child process.
     child: Child,

@@ -146,15 +146,19 @@ impl AuthCache {
 
     /// Drops every entry of a user (after a password change or removal)
     /// and moves the user's generation, so checks already under way are
-    /// not remembered.
-    pub(crate) fn forget(&self, user: &str, host: &str) {
+    /// not remembered. Returns how many entries the user had.
+    pub(crate) fn forget(&self, user: &str, host: &str) -> usize {
         let mut generation = self.lock(self.stripe(user, host));
         *generation += 1;
+        let owns = |owner: &CachedUser| owner.user == user && owner.host == host;
+        self.entries.run_pending_tasks();
+        let had = self.entries.iter().filter(|(_, owner)| owns(owner)).count();
         let (user, host) = (user.to_owned(), host.to_owned());
         // Only fails if invalidation closures were not enabled at build.
         let _ = self
             .entries
             .invalidate_entries_if(move |_, owner| owner.user == user && owner.host == host);
+        had
     }
 
     /// Everything stored: the salted key and whose it is. Read only by

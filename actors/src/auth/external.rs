@@ -7,7 +7,7 @@
 //! It owns the bytes exchanged with a child process. It must not queue or
 //! schedule requests (the pool does) nor know about XMPP.
 
-use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure};
+use super::pool::{PoolConfig, PoolHandle, Validator, Worker, WorkerFactory, WorkerFailure};
 use super::{AuthCommand, AuthError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -68,7 +68,7 @@ impl Protocol {
 }
 
 /// Settings of an external-process pool.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExternalConfig {
     /// The program and its arguments; `command[0]` is the program.
     pub command: Vec<String>,
@@ -88,26 +88,56 @@ pub struct ExternalConfig {
     pub reply_grace: Duration,
 }
 
+impl ExternalConfig {
+    fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            backend: "external",
+            workers: self.processes,
+            queue: self.queue,
+            timeout: self.timeout,
+            queue_timeout: self.queue_timeout,
+        }
+    }
+
+    /// What starts this config's processes.
+    fn workers(&self) -> ExternalBackend {
+        ExternalBackend {
+            command: self.command.clone(),
+            protocol: self.protocol,
+            reply_grace: self.reply_grace,
+        }
+    }
+
+    fn validator(&self) -> Validator {
+        let protocol = self.protocol;
+        Arc::new(move |command| request_line(command, protocol).map(drop))
+    }
+}
+
 impl PoolHandle {
     /// Starts a pool of external auth processes. Must be called inside a
     /// running actix System.
     pub fn start_external(config: ExternalConfig) -> PoolHandle {
-        let protocol = config.protocol;
-        PoolHandle::start(
-            PoolConfig {
-                backend: "external",
-                workers: config.processes,
-                queue: config.queue,
-                timeout: config.timeout,
-                queue_timeout: config.queue_timeout,
-            },
-            ExternalBackend {
-                command: config.command,
-                protocol,
-                reply_grace: config.reply_grace,
-            },
-            Arc::new(move |command| request_line(command, protocol).map(drop)),
-        )
+        PoolHandle::start(config.pool(), config.workers(), config.validator())
+    }
+
+    /// Makes a running external pool (started on `old`) run on `new`: a
+    /// new `command`, `protocol` or `reply_grace` replaces every process,
+    /// one at a time (see [`PoolHandle::replace_workers`]); then its size,
+    /// queue and timeouts change (see [`PoolHandle::tune`]). When the
+    /// first new process cannot start, nothing changed and the error says
+    /// why.
+    pub async fn reconfigure_external(
+        &self,
+        old: &ExternalConfig,
+        new: &ExternalConfig,
+    ) -> Result<(), String> {
+        let program = |c: &ExternalConfig| (c.command.clone(), c.protocol, c.reply_grace);
+        if program(old) != program(new) {
+            self.replace_workers(new.workers(), new.validator()).await?;
+        }
+        self.tune(&new.pool()).await;
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@
 //! backend: a shared connection pool could dial extra ones while a finished
 //! connection is still on its way back to the pool.
 
-use super::pool::{PoolConfig, PoolHandle, Worker, WorkerFactory, WorkerFailure};
+use super::pool::{PoolConfig, PoolHandle, Validator, Worker, WorkerFactory, WorkerFailure};
 use super::{AuthCommand, AuthError};
 use base64::Engine;
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use tokio_rustls::TlsConnector;
 const MAX_BODY: usize = 64 * 1024;
 
 /// Settings of the HTTP backend.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpAuthSettings {
     /// Base URL; requests go to `URL/METHOD`.
     pub url: String,
@@ -82,13 +82,26 @@ pub enum HttpSetupError {
     /// The CA file is not PEM, or holds no usable certificate.
     #[error("invalid CA certificates: {0}")]
     Ca(String),
+    /// A slot with the new settings did not start.
+    #[error("cannot start: {0}")]
+    Start(String),
 }
 
-impl PoolHandle {
-    /// Starts a pool over the HTTP backend. Must be called inside a running
-    /// actix System.
-    pub fn start_http(config: HttpAuthSettings) -> Result<PoolHandle, HttpSetupError> {
-        let url = url::Url::parse(&config.url).map_err(|e| HttpSetupError::Url(e.to_string()))?;
+impl HttpAuthSettings {
+    fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            backend: "http",
+            workers: self.max_in_flight,
+            queue: self.queue,
+            timeout: self.timeout,
+            queue_timeout: self.queue_timeout,
+        }
+    }
+
+    /// What every slot of these settings connects to and how: the URL
+    /// parsed, the TLS client built.
+    fn workers(&self) -> Result<HttpBackend, HttpSetupError> {
+        let url = url::Url::parse(&self.url).map_err(|e| HttpSetupError::Url(e.to_string()))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(HttpSetupError::Url(
                 "user:password@ in the URL; HTTP Basic credentials go in `credentials`".into(),
@@ -105,7 +118,7 @@ impl PoolHandle {
             .ok_or_else(|| HttpSetupError::Url("no port".into()))?;
         let tls = match url.scheme() {
             "http" => None,
-            "https" => Some(tls_connector(config.ca_pem.as_deref())?),
+            "https" => Some(tls_connector(self.ca_pem.as_deref())?),
             other => return Err(HttpSetupError::Url(format!("unsupported scheme {other}"))),
         };
         // `host_str` keeps an IPv6 literal's brackets, as the header needs.
@@ -114,7 +127,7 @@ impl PoolHandle {
             Some(port) => format!("{host_header}:{port}"),
             None => host_header.to_owned(),
         };
-        let authorization = config.credentials.as_ref().map(|(user, password)| {
+        let authorization = self.credentials.as_ref().map(|(user, password)| {
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             let mut value = HeaderValue::from_str(&format!("Basic {token}"))
@@ -122,7 +135,7 @@ impl PoolHandle {
             value.set_sensitive(true);
             value
         });
-        let backend = HttpBackend {
+        Ok(HttpBackend {
             shared: Arc::new(Shared {
                 host,
                 port,
@@ -132,19 +145,49 @@ impl PoolHandle {
                 tls,
                 authorization,
             }),
-        };
-        Ok(PoolHandle::start(
-            PoolConfig {
-                backend: "http",
-                workers: config.max_in_flight,
-                queue: config.queue,
-                timeout: config.timeout,
-                queue_timeout: config.queue_timeout,
-            },
-            backend,
-            // Form and query encoding carry any string.
-            Arc::new(|_| Ok(())),
-        ))
+        })
+    }
+
+    /// Whether `other` reaches the backend differently: another URL,
+    /// credentials or CA.
+    fn endpoint_differs(&self, other: &HttpAuthSettings) -> bool {
+        self.url != other.url
+            || self.credentials != other.credentials
+            || self.ca_pem != other.ca_pem
+    }
+}
+
+/// Form and query encoding carry any string.
+fn accept_all() -> Validator {
+    Arc::new(|_| Ok(()))
+}
+
+impl PoolHandle {
+    /// Starts a pool over the HTTP backend. Must be called inside a running
+    /// actix System.
+    pub fn start_http(config: HttpAuthSettings) -> Result<PoolHandle, HttpSetupError> {
+        let workers = config.workers()?;
+        Ok(PoolHandle::start(config.pool(), workers, accept_all()))
+    }
+
+    /// Makes a running HTTP pool (started on `old`) run on `new`. A new
+    /// `url`, `credentials` or CA is set up first (an error changes
+    /// nothing), then replaces the slots one at a time, each finishing the
+    /// request it serves on the old endpoint; then `max_in_flight`, the
+    /// queue and the timeouts change (see [`PoolHandle::tune`]).
+    pub async fn reconfigure_http(
+        &self,
+        old: &HttpAuthSettings,
+        new: &HttpAuthSettings,
+    ) -> Result<(), HttpSetupError> {
+        if old.endpoint_differs(new) {
+            let workers = new.workers()?;
+            self.replace_workers(workers, accept_all())
+                .await
+                .map_err(HttpSetupError::Start)?;
+        }
+        self.tune(&new.pool()).await;
+        Ok(())
     }
 }
 

@@ -8,6 +8,13 @@
 //! has admitted (in service or queued) and refuses one more than
 //! `workers + queue` at once, without touching the actor.
 //!
+//! A running pool changes shape without failing an admitted request
+//! ([`PoolHandle::tune`], [`PoolHandle::replace_workers`]): new slots
+//! start, surplus ones stop once idle (a busy one finishes its request
+//! first; a job offered to a slot that is stopping goes back to the front
+//! of the queue), and a new kind of worker replaces the old one slot at a
+//! time, each new one up before an old one stops.
+//!
 //! A panic in the actor's handlers or in a worker slot is caught, logged
 //! and counted (`gatehouse_panics_total{actor="auth_pool"}`): the request
 //! in hand fails as [`AuthError::Internal`], a temporary failure, and the
@@ -20,10 +27,10 @@ use crate::panic_guard;
 use actix::prelude::*;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -79,7 +86,8 @@ pub(crate) trait WorkerFactory: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Settings of one pool, independent of the backend kind.
+/// Settings of one pool, independent of the backend kind; all but
+/// `backend` can change while it runs ([`PoolHandle::tune`]).
 #[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
     /// The `backend` label on every metric.
@@ -117,28 +125,153 @@ pub struct PoolHandle {
     addr: Addr<AuthPool>,
     /// The `backend` label on every metric.
     backend: &'static str,
+    /// What every clone shares.
+    shared: Arc<Shared>,
+}
+
+/// The state of a pool that is not the actor's: admission, the live
+/// settings, the slots.
+struct Shared {
     /// Requests admitted and not yet answered (in service or queued).
-    admitted: Arc<AtomicUsize>,
+    admitted: AtomicUsize,
     /// `workers + queue`: more admitted requests than this are refused.
-    capacity: usize,
-    /// Longest time a caller can wait: queue timeout plus request timeout,
-    /// plus a margin for the actor's own scheduling.
-    deadline: Duration,
+    capacity: AtomicUsize,
+    /// How long a request may wait in the queue (the actor has its own
+    /// copy); with the request timeout, the caller's deadline.
+    queue_timeout: LiveDuration,
     /// Refuses what the backend's protocol cannot carry, before admission.
-    validate: Validator,
+    validate: RwLock<Validator>,
+    /// What every slot is started with.
+    place: SlotPlace,
+    /// The running slots and how to start another; one change at a time.
+    slots: tokio::sync::Mutex<Slots>,
+}
+
+/// What every slot of a pool shares, whatever its kind of worker.
+#[derive(Clone)]
+struct SlotPlace {
+    /// The pool actor, where a slot reports itself idle.
+    pool: Addr<AuthPool>,
+    /// The `backend` metric label.
+    backend: &'static str,
+    /// How long a worker may take to answer; read for every request.
+    timeout: Arc<LiveDuration>,
     /// Ends every worker task on shutdown.
     stop: CancellationToken,
     /// The worker tasks, awaited on shutdown.
     workers: TaskTracker,
 }
 
+impl SlotPlace {
+    /// What starts a slot of `factory`'s workers here.
+    fn spawner<F: WorkerFactory>(&self, factory: F) -> Spawner {
+        let (factory, place) = (Arc::new(factory), self.clone());
+        Box::new(move || {
+            let (state, watched) = watch::channel(SlotState::Starting);
+            let retire = place.stop.child_token();
+            let slot = Slot {
+                factory: factory.clone(),
+                pool: place.pool.clone(),
+                backend: place.backend,
+                timeout: place.timeout.clone(),
+                stop: place.stop.clone(),
+                retire: retire.clone(),
+                state,
+            };
+            actix_rt::spawn(place.workers.track_future(slot.serve_on()));
+            SlotHandle {
+                retire,
+                state: watched,
+            }
+        })
+    }
+}
+
+/// A duration that a reload may change while others read it.
+#[derive(Debug)]
+struct LiveDuration(AtomicU64);
+
+impl LiveDuration {
+    fn new(value: Duration) -> LiveDuration {
+        LiveDuration(AtomicU64::new(Self::nanos(value)))
+    }
+
+    fn nanos(value: Duration) -> u64 {
+        u64::try_from(value.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Acquire))
+    }
+
+    fn set(&self, value: Duration) {
+        self.0.store(Self::nanos(value), Ordering::Release);
+    }
+}
+
+/// Starts one more slot with the pool's current kind of worker.
+type Spawner = Box<dyn Fn() -> SlotHandle + Send + Sync>;
+
+/// The pool's slots, oldest first, and how to start another.
+struct Slots {
+    spawn: Spawner,
+    running: Vec<SlotHandle>,
+}
+
+/// Where a slot is in its life, as its controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Its first worker is starting.
+    Starting,
+    /// A worker has been up (it may be restarting since).
+    Up,
+    /// Its first worker could not start; it retries with backoff.
+    CannotStart(String),
+    /// It stopped its worker and ended.
+    Ended,
+}
+
+/// The controller's end of one slot.
+struct SlotHandle {
+    /// Cancelled to stop the slot once its worker is idle.
+    retire: CancellationToken,
+    /// What the slot reports about itself.
+    state: watch::Receiver<SlotState>,
+}
+
+impl SlotHandle {
+    /// Waits until the slot's first worker is up, it could not start, or
+    /// `within` passed.
+    async fn started(&mut self, within: Duration) -> Result<(), String> {
+        let settled = self.state.wait_for(|state| *state != SlotState::Starting);
+        match tokio::time::timeout(within, settled).await {
+            Err(_) => Err(format!("no worker up within {within:?}")),
+            Ok(Err(_)) => Err("the slot ended".into()),
+            Ok(Ok(state)) => match &*state {
+                SlotState::CannotStart(why) => Err(why.clone()),
+                SlotState::Ended => Err("the slot ended".into()),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Stops the slot (once its worker is idle) and waits until it ended.
+    async fn retire(mut self) {
+        self.retire.cancel();
+        let _ = self
+            .state
+            .wait_for(|state| *state == SlotState::Ended)
+            .await;
+    }
+}
+
 /// Gives the admission slot back however the call ends (even if the
 /// caller's future is dropped).
-struct Admission(Arc<AtomicUsize>);
+struct Admission(Arc<Shared>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -179,30 +312,132 @@ impl PoolHandle {
         metrics::counter!("gatehouse_auth_timeouts_total", "backend" => backend).absolute(0);
         metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => backend)
             .absolute(0);
-        let stop = CancellationToken::new();
-        let workers = TaskTracker::new();
-        let factory = Arc::new(factory);
-        for _ in 0..config.workers {
-            let slot = Slot {
-                factory: factory.clone(),
-                pool: addr.clone(),
-                backend,
-                timeout: config.timeout,
-                stop: stop.clone(),
-            };
-            actix_rt::spawn(workers.track_future(slot.serve_on()));
-        }
-        workers.close();
+        let place = SlotPlace {
+            pool: addr.clone(),
+            backend,
+            timeout: Arc::new(LiveDuration::new(config.timeout)),
+            stop: CancellationToken::new(),
+            workers: TaskTracker::new(),
+        };
+        let spawn = place.spawner(factory);
+        let running = (0..config.workers).map(|_| spawn()).collect();
         PoolHandle {
             addr,
             backend,
-            admitted: Arc::new(AtomicUsize::new(0)),
-            capacity: config.workers + config.queue,
-            deadline: config.queue_timeout + config.timeout + Duration::from_secs(1),
-            validate,
-            stop,
-            workers,
+            shared: Arc::new(Shared {
+                admitted: AtomicUsize::new(0),
+                capacity: AtomicUsize::new(config.workers + config.queue),
+                queue_timeout: LiveDuration::new(config.queue_timeout),
+                validate: RwLock::new(validate),
+                place,
+                slots: tokio::sync::Mutex::new(Slots { spawn, running }),
+            }),
         }
+    }
+
+    /// Changes the pool's size, queue and timeouts while it serves. New
+    /// slots start, and the admission capacity grows only once their
+    /// workers are up (or could not start within the request timeout), so
+    /// a request admitted on their account finds room; surplus slots (the
+    /// newest) stop once idle, a busy one after its request, and this
+    /// waits until they are gone. No admitted request fails because of it.
+    pub(crate) async fn tune(&self, config: &PoolConfig) {
+        let shared = &self.shared;
+        let mut slots = shared.slots.lock().await;
+        shared.place.timeout.set(config.timeout);
+        shared.queue_timeout.set(config.queue_timeout);
+        let capacity = config.workers + config.queue;
+        if capacity < shared.capacity.load(Ordering::Acquire) {
+            shared.capacity.store(capacity, Ordering::Release);
+        }
+        let _ = self
+            .addr
+            .send(Tune {
+                queue: config.queue,
+                queue_timeout: config.queue_timeout,
+            })
+            .await;
+        let mut new = Vec::new();
+        while slots.running.len() + new.len() < config.workers {
+            new.push((slots.spawn)());
+        }
+        for slot in &mut new {
+            if let Err(why) = slot.started(config.timeout).await {
+                tracing::warn!(backend = self.backend, reason = %why, "new auth worker not up yet");
+            }
+        }
+        slots.running.extend(new);
+        shared.capacity.store(capacity, Ordering::Release);
+        let keep = config.workers.min(slots.running.len());
+        let surplus = slots.running.split_off(keep);
+        futures_util::future::join_all(surplus.into_iter().map(SlotHandle::retire)).await;
+    }
+
+    /// Replaces every worker with one of `factory`'s, one slot at a time:
+    /// a new slot's worker is up before an old slot stops (once idle; a
+    /// busy one finishes its request first), so never fewer workers serve
+    /// than configured. If the first new worker cannot start (within the
+    /// request timeout), nothing changed and the reason is returned; a
+    /// later one that cannot start keeps retrying with backoff, as after
+    /// any worker failure, and the rollout goes on. `validate` checks
+    /// requests from the end of the rollout on.
+    pub(crate) async fn replace_workers<F: WorkerFactory>(
+        &self,
+        factory: F,
+        validate: Validator,
+    ) -> Result<(), String> {
+        let mut slots = self.shared.slots.lock().await;
+        let spawn = self.shared.place.spawner(factory);
+        let within = self.shared.place.timeout.get();
+        let mut old = std::mem::take(&mut slots.running).into_iter();
+        let mut replaced = Vec::with_capacity(old.len());
+        while let Some(old_slot) = old.next() {
+            let mut new = spawn();
+            if let Err(why) = new.started(within).await {
+                if replaced.is_empty() {
+                    new.retire().await;
+                    slots.running = std::iter::once(old_slot).chain(old).collect();
+                    return Err(why);
+                }
+                tracing::warn!(backend = self.backend, reason = %why, "new auth worker not up yet");
+            }
+            replaced.push(new);
+            old_slot.retire().await;
+        }
+        slots.running = replaced;
+        slots.spawn = spawn;
+        *self
+            .shared
+            .validate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = validate;
+        Ok(())
+    }
+
+    /// Waits until every slot's first worker is up; the first that could
+    /// not start (within the request timeout) is the error.
+    pub async fn started(&self) -> Result<(), String> {
+        let within = self.shared.place.timeout.get();
+        let mut slots = self.shared.slots.lock().await;
+        for slot in &mut slots.running {
+            slot.started(within).await?;
+        }
+        Ok(())
+    }
+
+    /// Requests admitted and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shared.admitted.load(Ordering::Acquire)
+    }
+
+    /// Whether `other` is a handle of this very pool.
+    pub(crate) fn same_pool(&self, other: &PoolHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The longest a request admitted now can take to be answered.
+    pub(crate) fn longest_wait(&self) -> Duration {
+        self.shared.queue_timeout.get() + self.shared.place.timeout.get() + Duration::from_secs(1)
     }
 
     /// The `backend` metric label.
@@ -214,35 +449,46 @@ impl PoolHandle {
     /// `InvalidRequest` and `NotSupported` is temporary. Never waits longer
     /// than the queue timeout plus the request timeout (plus a margin).
     pub async fn call(&self, command: AuthCommand) -> Result<bool, AuthError> {
-        if let Err(error) = (self.validate)(&command) {
+        let validate = self
+            .shared
+            .validate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Err(error) = validate(&command) {
             self.rejected(match error {
                 AuthError::NotSupported => "not_supported",
                 _ => "invalid_request",
             });
             return Err(error);
         }
-        if self.stop.is_cancelled() {
+        let shared = &self.shared;
+        if shared.place.stop.is_cancelled() {
             self.rejected("shut_down");
             return Err(AuthError::ShutDown);
         }
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+        if shared.admitted.fetch_add(1, Ordering::AcqRel) >= shared.capacity.load(Ordering::Acquire)
+        {
+            shared.admitted.fetch_sub(1, Ordering::AcqRel);
             self.rejected("queue_full");
             return Err(AuthError::QueueFull);
         }
-        let _admission = Admission(self.admitted.clone());
+        let _admission = Admission(shared.clone());
+        // Longest time a caller can wait: queue timeout plus request
+        // timeout, plus a margin for the actor's own scheduling.
+        let deadline = self.longest_wait();
         let (reply, answer) = oneshot::channel();
         self.addr.do_send(Submit(Job {
             command,
             reply,
             enqueued: Instant::now(),
         }));
-        match tokio::time::timeout(self.deadline, answer).await {
+        match tokio::time::timeout(deadline, answer).await {
             Ok(Ok(result)) => result,
             // The pool dropped the request: it is shutting down, or a
             // panic in the pool (caught, logged and counted) unwound with
             // the request in hand.
-            Ok(Err(_)) if self.stop.is_cancelled() => Err(AuthError::ShutDown),
+            Ok(Err(_)) if shared.place.stop.is_cancelled() => Err(AuthError::ShutDown),
             Ok(Err(_)) => Err(AuthError::Internal),
             // Every request the pool holds is bounded by the timeouts, so
             // the pool itself is stalled. Dropping `answer` tells it that
@@ -261,9 +507,10 @@ impl PoolHandle {
     /// Refuses new calls, fails queued ones, ends every worker and waits
     /// until each is gone.
     pub async fn shutdown(&self) {
-        self.stop.cancel();
+        self.shared.place.stop.cancel();
         let _ = self.addr.send(Shutdown).await;
-        self.workers.wait().await;
+        self.shared.place.workers.close();
+        self.shared.place.workers.wait().await;
     }
 }
 
@@ -466,6 +713,28 @@ impl Handler<Shutdown> for AuthPool {
     }
 }
 
+/// New queue settings: a shorter queue refuses new requests until it is
+/// short enough, and never drops one it holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tune {
+    queue: usize,
+    queue_timeout: Duration,
+}
+
+impl Handler<Tune> for AuthPool {
+    type Result = ();
+
+    fn handle(&mut self, tune: Tune, ctx: &mut Self::Context) {
+        let _ = panic_guard::catch(PANIC_LABEL, || {
+            self.queue_capacity = tune.queue;
+            self.queue_timeout = tune.queue_timeout;
+            // The oldest request's deadline moved.
+            self.expire(ctx);
+        });
+    }
+}
+
 /// One worker position in the pool: keeps a worker running, restarting it
 /// with backoff, and serves the jobs the pool hands it.
 struct Slot<F: WorkerFactory> {
@@ -475,10 +744,16 @@ struct Slot<F: WorkerFactory> {
     pool: Addr<AuthPool>,
     /// The `backend` label on the slot's metrics.
     backend: &'static str,
-    /// How long the worker may take to answer one request.
-    timeout: Duration,
-    /// Cancelled by shutdown: the slot stops its worker and ends.
+    /// How long the worker may take to answer one request (read for each).
+    timeout: Arc<LiveDuration>,
+    /// Cancelled by shutdown: the slot stops its worker and ends, failing
+    /// a request in service.
     stop: CancellationToken,
+    /// Cancelled by shutdown or when the pool no longer needs the slot:
+    /// it ends once its worker is idle.
+    retire: CancellationToken,
+    /// Where the slot says how it is doing.
+    state: watch::Sender<SlotState>,
 }
 
 /// One unit of a gauge while it is held, given back when dropped: also
@@ -504,6 +779,11 @@ impl<F: WorkerFactory> Slot<F> {
     /// request in hand (its caller gets [`AuthError::Internal`]), and the
     /// slot starts over with a fresh worker, as after a worker failure.
     async fn serve_on(self) {
+        self.serve_until_retired().await;
+        self.state.send_replace(SlotState::Ended);
+    }
+
+    async fn serve_until_retired(&self) {
         while panic_guard::catch_future(PANIC_LABEL, self.run())
             .await
             .is_err()
@@ -517,7 +797,7 @@ impl<F: WorkerFactory> Slot<F> {
             metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => self.backend)
                 .increment(1);
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.retire.cancelled() => return,
                 _ = tokio::time::sleep(BACKOFF.0) => {}
             }
         }
@@ -525,13 +805,14 @@ impl<F: WorkerFactory> Slot<F> {
 
     async fn run(&self) {
         let mut backoff = BACKOFF.0;
-        while !self.stop.is_cancelled() {
+        while !self.retire.is_cancelled() {
             let worker = tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.retire.cancelled() => return,
                 started = self.factory.start() => started,
             };
             let failure = match worker {
                 Ok(worker) => {
+                    self.state.send_replace(SlotState::Up);
                     let up = GaugeUnit::hold(
                         metrics::gauge!("gatehouse_auth_workers", "backend" => self.backend),
                     );
@@ -542,7 +823,17 @@ impl<F: WorkerFactory> Slot<F> {
                         None => return, // stopped
                     }
                 }
-                Err(error) => format!("cannot start: {error}"),
+                Err(error) => {
+                    let why = format!("cannot start: {error}");
+                    self.state.send_if_modified(|state| {
+                        let first = *state == SlotState::Starting;
+                        if first {
+                            *state = SlotState::CannotStart(why.clone());
+                        }
+                        first
+                    });
+                    why
+                }
             };
             tracing::warn!(
                 backend = self.backend,
@@ -554,39 +845,41 @@ impl<F: WorkerFactory> Slot<F> {
             metrics::counter!("gatehouse_auth_process_restarts_total", "backend" => self.backend)
                 .increment(1);
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.retire.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF.1);
         }
     }
 
-    /// Serves jobs until the worker fails (returns why) or the pool stops
-    /// (returns `None`). The worker is stopped either way.
+    /// Serves jobs until the worker fails (returns why), or the slot is
+    /// retired or the pool stops (returns `None`). The worker is stopped
+    /// either way.
     async fn serve(&self, mut worker: F::Worker, backoff: &mut Duration) -> Option<String> {
         loop {
             let (offer, mut take) = oneshot::channel();
             self.pool.do_send(Ready(offer));
             let job = tokio::select! {
                 // A broken worker must not take a job that arrives with
-                // the news, and shutdown comes before either.
+                // the news, and retirement (or shutdown) comes before
+                // either.
                 biased;
-                _ = self.stop.cancelled() => None,
-                reason = worker.broken() => {
+                _ = self.retire.cancelled() => Err(None),
+                reason = worker.broken() => Err(Some(reason)),
+                job = &mut take => job.map_err(|_| None),
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(reason) => {
                     // No job can arrive any more; one that came just now
-                    // goes back to the pool.
+                    // goes back to the pool, first in line.
                     take.close();
                     if let Ok(job) = take.try_recv() {
                         self.pool.do_send(Requeue(job));
                     }
                     worker.stop().await;
-                    return Some(reason);
+                    return reason;
                 }
-                job = &mut take => job.ok(),
-            };
-            let Some(job) = job else {
-                worker.stop().await;
-                return None;
             };
             if job.reply.is_closed() {
                 continue; // its caller went away on the way here
@@ -595,9 +888,10 @@ impl<F: WorkerFactory> Slot<F> {
                 metrics::gauge!("gatehouse_auth_busy_workers", "backend" => self.backend),
             );
             let started = Instant::now();
+            let timeout = self.timeout.get();
             let served = tokio::select! {
                 _ = self.stop.cancelled() => None,
-                served = tokio::time::timeout(self.timeout, worker.serve(&job.command)) => Some(served),
+                served = tokio::time::timeout(timeout, worker.serve(&job.command)) => Some(served),
             };
             drop(busy);
             let outcome = match served {
@@ -637,7 +931,7 @@ impl<F: WorkerFactory> Slot<F> {
                         .increment(1);
                     let _ = job.reply.send(Err(AuthError::Timeout));
                     F::Worker::REPLACE_AFTER_TIMEOUT
-                        .then(|| format!("no answer within {:?}", self.timeout))
+                        .then(|| format!("no answer within {timeout:?}"))
                 }
                 Err(WorkerFailure::Broken(reason)) => {
                     let _ = job
