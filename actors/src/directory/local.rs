@@ -162,15 +162,24 @@ struct Resource {
 }
 
 impl Resource {
-    /// RFC 6121 §4.7.2.3: priority defaults to 0, range -128..=127.
+    /// RFC 6121 §4.7.2.3: priority defaults to 0, range -128..=127;
+    /// `None` when unavailable (or its session ended).
     fn priority(&self) -> Option<i8> {
-        let presence = self.presence.as_ref()?;
+        let presence = self.presence.as_ref().filter(|_| self.is_live())?;
         Some(
             presence
                 .get_child("priority", crate::xmpp::ns::CLIENT)
                 .and_then(|p| p.text().trim().parse().ok())
                 .unwrap_or(0),
         )
+    }
+
+    /// Whether its session still runs. One that ended has its unbind on
+    /// the way, behind stanzas routed before it; those must not go to a
+    /// mailbox nobody reads (they go where a stanza for an absent
+    /// resource goes: another resource, or offline storage).
+    fn is_live(&self) -> bool {
+        self.mailbox.connected()
     }
 }
 
@@ -241,9 +250,10 @@ impl Router {
     }
 
     fn find(&self, jid: &FullJid) -> Option<&Resource> {
-        self.users
-            .get(&jid.to_bare())
-            .and_then(|rs| rs.iter().find(|r| r.resource == jid.resource().as_str()))
+        self.users.get(&jid.to_bare()).and_then(|rs| {
+            rs.iter()
+                .find(|r| r.resource == jid.resource().as_str() && r.is_live())
+        })
     }
 
     /// Sends an error reply to the sender of `stanza`, if it is still bound.
