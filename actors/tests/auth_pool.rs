@@ -1230,6 +1230,9 @@ async fn a_new_command_replaces_every_process_one_at_a_time_under_load() {
         "fewer than three processes up"
     );
     assert_eq!(metric(&h, "gatehouse_auth_workers", &[]), 3.0);
+    // A process is up for the pool once started; it writes its pid file
+    // a moment later.
+    recorded_pids(&new_dir, 3).await;
     assert_eq!(running_pids(&new_dir).len(), 3);
     assert!(
         old_pids.iter().all(|pid| !running(*pid)),
@@ -1295,6 +1298,7 @@ async fn a_swapped_pool_finishes_its_requests_then_stops() {
             .await,
         Ok(true)
     );
+    recorded_pids(&new_dir, 2).await;
     assert_eq!(running_pids(&new_dir).len(), 2);
     auth.shutdown().await;
     assert!(running_pids(&new_dir).is_empty());
