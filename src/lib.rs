@@ -26,7 +26,7 @@ mod web;
 use actix::{Actor, Arbiter};
 use config::Config;
 use gatehouse_actors::archive::Archive;
-use gatehouse_actors::auth::Authenticator;
+use gatehouse_actors::auth::{Authenticator, LoginThrottle};
 use gatehouse_actors::directory::{DirectoryHandle, LocalDirectory, Router};
 use gatehouse_actors::muc::MucService;
 use gatehouse_actors::offline::OfflineMessages;
@@ -255,6 +255,7 @@ impl Server {
         let services = Services {
             directory: directory.clone(),
             auth: auth.clone(),
+            throttle: LoginThrottle::new(config.limits.throttle()),
             roster,
             muc,
             offline: offline.clone(),

@@ -10,6 +10,7 @@
 //! for an admitted one until it ends.
 
 use crate::config::LimitsConfig;
+use gatehouse_actors::client_address::ClientAddresses;
 use gatehouse_actors::refused::Refused;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +32,8 @@ pub struct ConnectionLimits {
 
 struct Inner {
     settings: LimitsConfig,
+    /// Which client an address is, and which are exempt.
+    addresses: ClientAddresses,
     /// Connections admitted and not yet closed.
     open: AtomicUsize,
     /// Open connections by address (IPv6: by prefix), for the addresses
@@ -74,6 +77,7 @@ impl ConnectionLimits {
     pub fn new(settings: LimitsConfig) -> ConnectionLimits {
         ConnectionLimits {
             inner: Arc::new(Inner {
+                addresses: settings.client_addresses(),
                 settings,
                 open: AtomicUsize::new(0),
                 by_address: Mutex::new(HashMap::new()),
@@ -95,11 +99,9 @@ impl ConnectionLimits {
             inner: inner.clone(),
             address: None,
         };
-        let peer = peer.to_canonical();
-        if settings.exempt.iter().any(|net| net.contains(&peer)) {
+        let Some(address) = inner.addresses.client(peer) else {
             return Ok(admitted);
-        }
-        let address = self.client_of(peer);
+        };
         if !self.take_token(address) {
             return Err(Refused::ConnectionRate);
         }
@@ -111,18 +113,6 @@ impl ConnectionLimits {
         *open += 1;
         admitted.address = Some(address);
         Ok(admitted)
-    }
-
-    /// The client an address stands for: itself, or its IPv6 prefix.
-    fn client_of(&self, peer: IpAddr) -> IpAddr {
-        match peer {
-            IpAddr::V4(_) => peer,
-            IpAddr::V6(v6) => {
-                let prefix = u32::from(self.inner.settings.address_prefix_v6);
-                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        }
     }
 
     /// Takes one connection from `address`'s bucket, if it has one.

@@ -122,3 +122,70 @@ async fn an_account_is_held_to_its_resources() {
     let (_again, _) = Client::login(server.c2s, "heidi", "heidi", "one").await;
     assert_eq!(first.stream_error().await, "conflict");
 }
+
+/// One SASL PLAIN attempt from `from`: `Ok` or the failure's condition
+/// and text.
+async fn attempt(from: &str, server: SocketAddr, user: &str, password: &str) -> Result<(), String> {
+    let mut client = Client::over(connect_from(from, server).await);
+    client.open("localhost").await;
+    client.auth(user, password).await
+}
+
+/// A password guesser is held to the budget and then to growing waits,
+/// told so before the backend is asked; the owner logs in from elsewhere
+/// meanwhile, and an honest storm of distinct users from another address
+/// is not slowed at all.
+#[tokio::test]
+async fn a_password_guesser_waits_and_nobody_else_does() {
+    let server = TestServer::start(&limited(
+        "login_failures_per_account = 3\nlogin_backoff = \"2s\"\n\
+         connections_per_second_per_address = 100000\nconnection_burst_per_address = 100000",
+    ));
+    let before = server.metrics().await;
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        refused.push(
+            attempt("127.0.0.5", server.c2s, "alice", "guess")
+                .await
+                .unwrap_err(),
+        );
+    }
+    assert_eq!(refused[..3], ["not-authorized"; 3]);
+    assert!(
+        refused[3..].iter().all(|c| c == "temporary-auth-failure"),
+        "{refused:?}"
+    );
+    // Told, not asked: the backend saw three guesses.
+    let after = server.metrics().await;
+    let throttled = "gatehouse_refused_total{reason=\"login_throttled\"}";
+    assert_eq!(sample(&after, throttled) - sample(&before, throttled), 7.0);
+    let not_authorized = "gatehouse_logins_total{result=\"not_authorized\"}";
+    assert_eq!(
+        sample(&after, not_authorized) - sample(&before, not_authorized),
+        3.0
+    );
+    // Even the right password waits from there…
+    assert_eq!(
+        attempt("127.0.0.5", server.c2s, "alice", "wonderland").await,
+        Err("temporary-auth-failure".to_owned())
+    );
+    // …but not from the owner's address.
+    attempt("127.0.0.6", server.c2s, "alice", "wonderland")
+        .await
+        .expect("the owner logs in");
+    // A storm of 2,000 distinct honest users from one more address, as
+    // many at once as the auth pool admits.
+    let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let storm: Vec<_> = (1..=2000)
+        .map(|i| {
+            let (c2s, at_once) = (server.c2s, at_once.clone());
+            tokio::spawn(async move {
+                let _turn = at_once.acquire().await;
+                attempt("127.0.0.7", c2s, &format!("user{i}"), &format!("pass{i}")).await
+            })
+        })
+        .collect();
+    for login in storm {
+        assert_eq!(login.await.unwrap(), Ok(()));
+    }
+}

@@ -20,7 +20,8 @@
 //! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
 //!   message archives, kept in [`storage`].
 //! - [`reloadable`]: a setting a reload may replace while the server runs.
-//! - [`refused`]: the count of refusals by the limits against abuse.
+//! - [`refused`]: the count of refusals by the limits against abuse;
+//!   [`client_address`]: which client an address stands for.
 //! - [`redact`]: what of a configured URL may appear in logs;
 //!   [`log_budget`]: how many lines a repeatable event may log a second.
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
@@ -36,6 +37,7 @@
 pub mod archive;
 pub mod auth;
 pub mod carbons;
+pub mod client_address;
 pub mod directory;
 pub mod log_budget;
 pub mod muc;

@@ -17,14 +17,18 @@ pub enum Refused {
     ConnectionRate,
     /// The account had `c2s.max_resources` bound already.
     Resources,
+    /// Too many failed logins from the client (for the account, or for
+    /// any): the login was refused before the backend was asked.
+    LoginThrottled,
 }
 
 impl Refused {
-    const ALL: [Refused; 4] = [
+    const ALL: [Refused; 5] = [
         Refused::Connections,
         Refused::ConnectionsPerAddress,
         Refused::ConnectionRate,
         Refused::Resources,
+        Refused::LoginThrottled,
     ];
 
     /// The `reason` label.
@@ -34,6 +38,7 @@ impl Refused {
             Refused::ConnectionsPerAddress => "connections_per_address",
             Refused::ConnectionRate => "connection_rate",
             Refused::Resources => "resources",
+            Refused::LoginThrottled => "login_throttled",
         }
     }
 
@@ -51,7 +56,9 @@ pub fn describe_metrics() {
          socket closed at once), connections_per_address (limits.max_connections_per_address \
          open from one address), connection_rate (an address over \
          limits.connections_per_second_per_address), resources (an account at \
-         c2s.max_resources; the bind got resource-constraint)"
+         c2s.max_resources; the bind got resource-constraint), login_throttled (too many \
+         failed logins from one client, for the account or for all: \
+         temporary-auth-failure before the backend is asked)"
     );
     for reason in Refused::ALL {
         metrics::counter!("gatehouse_refused_total", "reason" => reason.as_str()).absolute(0);

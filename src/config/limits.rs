@@ -6,9 +6,12 @@
 //! accepted connection to the admission `Server::bind` builds from it.
 
 use super::Problems;
+use gatehouse_actors::auth::ThrottleSettings;
+use gatehouse_actors::client_address::ClientAddresses;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 /// `max_connections`: beyond a million the process's file limit is the
 /// real bound anyway.
@@ -20,6 +23,10 @@ const RATE: RangeInclusive<u32> = 1..=100_000;
 /// IPv6 prefix lengths that make sense as "one client": a /32 is a whole
 /// provider, a /128 lets one host rotate through its /64 at will.
 const PREFIX_V6: RangeInclusive<u8> = 32..=128;
+
+/// Failed logins allowed before a wait: at least one typo, at most what
+/// still stops a guesser.
+const LOGIN_FAILURES: RangeInclusive<u32> = 1..=10_000;
 
 /// `[limits]`: connection admission.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -49,6 +56,21 @@ pub struct LimitsConfig {
     /// not pass the client's address on. Loopback by default.
     #[serde(default = "default_exempt")]
     pub exempt: Vec<IpNet>,
+    /// Wrong passwords for one account from one client before that
+    /// client waits to try that account again (others are not slowed).
+    #[serde(default = "default_login_failures_per_account")]
+    pub login_failures_per_account: u32,
+    /// Wrong passwords from one client, whatever the accounts, before it
+    /// waits to try any.
+    #[serde(default = "default_login_failures_per_address")]
+    pub login_failures_per_address: u32,
+    /// The first wait past a budget; each further failure doubles it.
+    #[serde(default = "default_login_backoff", with = "humantime_serde")]
+    pub login_backoff: Duration,
+    /// The longest wait, and how long a quiet client's failures are
+    /// remembered.
+    #[serde(default = "default_login_backoff_max", with = "humantime_serde")]
+    pub login_backoff_max: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -60,8 +82,28 @@ impl Default for LimitsConfig {
             connection_burst_per_address: default_connection_burst(),
             address_prefix_v6: default_prefix_v6(),
             exempt: default_exempt(),
+            login_failures_per_account: default_login_failures_per_account(),
+            login_failures_per_address: default_login_failures_per_address(),
+            login_backoff: default_login_backoff(),
+            login_backoff_max: default_login_backoff_max(),
         }
     }
+}
+
+fn default_login_failures_per_account() -> u32 {
+    5
+}
+
+fn default_login_failures_per_address() -> u32 {
+    30
+}
+
+fn default_login_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_login_backoff_max() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_connections() -> usize {
@@ -92,6 +134,25 @@ fn default_exempt() -> Vec<IpNet> {
 }
 
 impl LimitsConfig {
+    /// Which client an address stands for, by these limits.
+    pub fn client_addresses(&self) -> ClientAddresses {
+        ClientAddresses {
+            prefix_v6: self.address_prefix_v6,
+            exempt: self.exempt.clone(),
+        }
+    }
+
+    /// What the login throttle uses.
+    pub fn throttle(&self) -> ThrottleSettings {
+        ThrottleSettings {
+            addresses: self.client_addresses(),
+            per_account: self.login_failures_per_account,
+            per_client: self.login_failures_per_address,
+            backoff: self.login_backoff,
+            max_backoff: self.login_backoff_max,
+        }
+    }
+
     pub(super) fn validate(&self, problems: &mut Problems) {
         problems.range(
             "limits.max_connections",
@@ -118,5 +179,23 @@ impl LimitsConfig {
             self.address_prefix_v6,
             PREFIX_V6,
         );
+        problems.range(
+            "limits.login_failures_per_account",
+            self.login_failures_per_account,
+            LOGIN_FAILURES,
+        );
+        problems.range(
+            "limits.login_failures_per_address",
+            self.login_failures_per_address,
+            LOGIN_FAILURES,
+        );
+        problems.duration("limits.login_backoff", self.login_backoff);
+        problems.duration("limits.login_backoff_max", self.login_backoff_max);
+        if self.login_backoff > self.login_backoff_max {
+            problems.add(
+                "limits.login_backoff",
+                "must not be longer than limits.login_backoff_max",
+            );
+        }
     }
 }

@@ -318,8 +318,13 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
+        Client::over(TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    /// A client on a connection made elsewhere (from a chosen address).
+    pub fn over(stream: TcpStream) -> Client {
         Client {
-            stream: TcpStream::connect(addr).await.expect("connect"),
+            stream,
             buf: BytesMut::new(),
             // The server's output, not a client's: no limits but size.
             parser: StreamParser::new(

@@ -4,7 +4,8 @@
 //!
 //! This module owns the backends' wire protocols (mod_auth_external's
 //! generic and ejabberd protocols over child processes, mod_auth_http over
-//! HTTP), the worker pool and the auth-result cache. It must not know about
+//! HTTP), the worker pool, the auth-result cache and the login throttle
+//! against password guessing. It must not know about
 //! XMPP: sessions turn a [`AuthError`] into a SASL or stanza condition
 //! themselves.
 
@@ -13,12 +14,14 @@ mod cache;
 mod external;
 mod http;
 mod pool;
+mod throttle;
 
 pub use authenticator::{Authenticator, Capabilities};
 pub use cache::{AuthCache, CachedUser};
 pub use external::{ExternalConfig, Protocol};
 pub use http::{ca_certificates, HttpAuthSettings, HttpSetupError};
 pub use pool::{describe_metrics, PoolHandle};
+pub use throttle::{LoginThrottle, ThrottleSettings, Throttled};
 
 use std::fmt;
 

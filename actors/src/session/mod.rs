@@ -15,7 +15,7 @@ mod sasl;
 mod sm;
 
 use crate::archive::{self, Archive, Reservation, Reserve};
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, LoginThrottle};
 use crate::carbons::{self, Eligibility};
 use crate::directory::{self, BindRefused, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
@@ -111,6 +111,9 @@ pub struct Services {
     /// The auth backend (pool and cache) and the account operations the
     /// deployment allows.
     pub auth: Authenticator,
+    /// Refuses logins from a client that failed too often, before the
+    /// backend is asked.
+    pub throttle: LoginThrottle,
     /// Where rosters come from; `None` when no roster service is configured
     /// (roster gets are then answered with an empty roster).
     pub roster: Option<Addr<RosterCache>>,
@@ -535,10 +538,12 @@ impl SlowLimit {
 }
 
 /// A SASL `<failure/>` with `condition` and no text.
-fn sasl_failure(condition: SaslCondition) -> Element {
+fn sasl_failure(condition: SaslCondition, text: Option<String>) -> Element {
     SaslFailure {
         defined_condition: condition,
-        texts: Default::default(),
+        texts: text
+            .map(|text| [(String::new(), text)].into_iter().collect())
+            .unwrap_or_default(),
     }
     .into()
 }
@@ -910,7 +915,7 @@ impl Session {
             (ns::SASL, "abort") => {
                 self.set_challenged(false);
                 // The client gave up; that is no failed attempt.
-                self.send(&sasl_failure(SaslCondition::Aborted));
+                self.send(&sasl_failure(SaslCondition::Aborted, None));
                 ready(Next::Continue)
             }
             _ => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
@@ -943,6 +948,14 @@ impl Session {
         };
         let user = credentials.user;
         let password = credentials.password;
+        let account = format!("{user}@{host}");
+        if let Err(throttled) = self.services.throttle.check(&account, self.peer.ip()) {
+            Refused::LoginThrottled.count();
+            let retry = throttled.retry_after.as_secs() + 1;
+            tracing::info!(peer = %self.peer, user = %user, %host, retry, "login refused: throttled");
+            let text = format!("too many failed logins; try again in {retry} s");
+            return ready(self.sasl_failed_with(SaslCondition::TemporaryAuthFailure, Some(text)));
+        }
         let auth = self.services.auth.clone();
         let started = Instant::now();
         let checked_user = user.clone();
@@ -969,16 +982,25 @@ impl Session {
         match result {
             Ok(true) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login");
+                self.services
+                    .throttle
+                    .succeeded(&format!("{user}@{host}"), self.peer.ip());
                 self.phase = Phase::Authenticated { host, user };
                 self.send(&Success { data: Vec::new() }.into());
                 Next::Restart
             }
             Ok(false) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login refused: not authorized");
+                self.services
+                    .throttle
+                    .failed(&format!("{user}@{host}"), self.peer.ip());
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(AuthError::InvalidRequest(why)) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, reason = why, "login refused: credentials cannot be sent to the backend");
+                self.services
+                    .throttle
+                    .failed(&format!("{user}@{host}"), self.peer.ip());
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(error) => {
@@ -998,7 +1020,12 @@ impl Session {
 
     /// Answers a failed SASL attempt; the third ends the stream.
     fn sasl_failed(&mut self, condition: SaslCondition) -> Next {
-        self.send(&sasl_failure(condition));
+        self.sasl_failed_with(condition, None)
+    }
+
+    /// [`Session::sasl_failed`] with a `<text/>` for the client.
+    fn sasl_failed_with(&mut self, condition: SaslCondition, text: Option<String>) -> Next {
+        self.send(&sasl_failure(condition, text));
         self.sasl_failures += 1;
         if self.sasl_failures >= MAX_SASL_FAILURES {
             return self.end_stream();
