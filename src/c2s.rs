@@ -8,10 +8,12 @@
 //! arbiter.
 
 use crate::config::Config;
-use crate::limits::ConnectionLimits;
+use crate::limits::{Admitted, ConnectionLimits};
+use crate::proxy_protocol;
 use crate::tls::{Certificate, Listener};
 use crate::RunError;
 use actix::Arbiter;
+use gatehouse_actors::refused::Refused;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::transport::{tcp, tls};
@@ -134,12 +136,18 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match limits.admit(peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                // Closed at once: a refusal costs an accept and a close.
-                refused.count();
-                continue;
+        // Through a trusted proxy the client is known once its header is
+        // read, on the connection's arbiter; otherwise now.
+        let admitted = if limits.trusts(peer.ip()) {
+            None
+        } else {
+            match limits.admit(peer.ip()) {
+                Ok(admitted) => Some(admitted),
+                Err(refused) => {
+                    // Closed at once: a refusal costs an accept and a close.
+                    refused.count();
+                    continue;
+                }
             }
         };
         let _ = socket.set_nodelay(true);
@@ -154,18 +162,62 @@ pub async fn accept_loop(
         next = next.wrapping_add(1);
         // A session keeps the settings it started with.
         let (settings, services, entry) = (settings.get(), services.clone(), entry.clone());
+        let limits = limits.clone();
         arbiter.spawn(async move {
-            match (tokio::net::TcpStream::from_std(socket), entry) {
-                (Ok(socket), Entry::Plain) => {
-                    tcp::start(socket, peer, settings, services, admitted)
+            let mut socket = match tokio::net::TcpStream::from_std(socket) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    return tracing::warn!(%error, "could not register an accepted socket");
                 }
-                (Ok(socket), Entry::DirectTls(acceptor)) => {
+            };
+            let (peer, admitted) = match admitted {
+                Some(admitted) => (peer, admitted),
+                None => match proxied(&mut socket, peer, &limits).await {
+                    Some(client) => client,
+                    None => return,
+                },
+            };
+            match entry {
+                Entry::Plain => tcp::start(socket, peer, settings, services, admitted),
+                Entry::DirectTls(acceptor) => {
                     tcp::start_direct_tls(socket, acceptor, peer, settings, services, admitted)
-                }
-                (Err(error), _) => {
-                    tracing::warn!(%error, "could not register an accepted socket")
                 }
             }
         });
+    }
+}
+
+/// The client behind the trusted proxy at `proxy`, from the PROXY header
+/// `socket` begins with, admitted by `limits`; `None` (counted) when the
+/// header is missing, late or broken, or the client is refused.
+async fn proxied(
+    socket: &mut tokio::net::TcpStream,
+    proxy: SocketAddr,
+    limits: &ConnectionLimits,
+) -> Option<(SocketAddr, Admitted)> {
+    let header = tokio::time::timeout(
+        proxy_protocol::HEADER_TIMEOUT,
+        proxy_protocol::client_address(socket, proxy),
+    )
+    .await;
+    let client = match header {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => {
+            Refused::ProxyHeader.count();
+            tracing::info!(%proxy, %error, "connection from a trusted proxy closed");
+            return None;
+        }
+        Err(_) => {
+            Refused::ProxyHeader.count();
+            tracing::info!(%proxy, "connection from a trusted proxy closed: no PROXY header in time");
+            return None;
+        }
+    };
+    match limits.admit(client.ip()) {
+        Ok(admitted) => Some((client, admitted)),
+        Err(refused) => {
+            refused.count();
+            None
+        }
     }
 }

@@ -18,6 +18,7 @@ mod c2s;
 mod http;
 mod limits;
 mod muc;
+mod proxy_protocol;
 mod roster;
 mod telemetry;
 mod tls;

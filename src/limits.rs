@@ -86,6 +86,17 @@ impl ConnectionLimits {
         }
     }
 
+    /// Whether connections from `peer` come through a trusted proxy (and
+    /// begin with a PROXY header naming the client).
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.inner
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
+
     /// Admits a connection from `peer`, or says which limit refuses it.
     pub fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
         let inner = &self.inner;

@@ -7,7 +7,7 @@ mod common;
 use common::{config, fixture_auth, sample, Client, TestServer};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A connection to `server` from the loopback address `from`.
@@ -188,4 +188,71 @@ async fn a_password_guesser_waits_and_nobody_else_does() {
     for login in storm {
         assert_eq!(login.await.unwrap(), Ok(()));
     }
+}
+
+/// A PROXY protocol v2 header (as HAProxy's `send-proxy-v2` writes it)
+/// from `client`, followed by a stream header.
+fn proxied_opening(client: &str) -> Vec<u8> {
+    let client: SocketAddr = client.parse().unwrap();
+    let ours: SocketAddr = "192.0.2.100:5222".parse().unwrap();
+    let mut bytes = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (client, ours),
+    )
+    .build()
+    .unwrap();
+    bytes.extend_from_slice(
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+          xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>",
+    );
+    bytes
+}
+
+/// What the server says within half a second (until it closes).
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut chunk = [0; 4096];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 || String::from_utf8_lossy(&seen).contains("</stream:features>") {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Behind a trusted proxy, the limits count the client its PROXY header
+/// names, not the proxy; the same header from anyone else is not
+/// believed: it is bytes that are not XML.
+#[tokio::test]
+async fn a_trusted_proxys_header_names_the_client_and_nobody_elses_does() {
+    let server = TestServer::start(&limited(
+        "max_connections_per_address = 1\ntrusted_proxies = [\"127.0.0.8/32\"]",
+    ));
+    let open = |client: &'static str| async move {
+        let mut stream = connect_from("127.0.0.8", server.c2s).await;
+        stream.write_all(&proxied_opening(client)).await.unwrap();
+        stream
+    };
+    let mut first = open("198.51.100.1:4000").await;
+    assert!(answer(&mut first).await.contains("<stream:features"));
+    // The same client again is over its limit; another one is not,
+    // though both come from the proxy's address.
+    let mut same = open("198.51.100.1:4001").await;
+    assert!(!answer(&mut same).await.contains("<stream:features"));
+    let mut other = open("198.51.100.2:4000").await;
+    assert!(answer(&mut other).await.contains("<stream:features"));
+
+    let mut untrusted = connect_from("127.0.0.9", server.c2s).await;
+    untrusted
+        .write_all(&proxied_opening("198.51.100.3:4000"))
+        .await
+        .unwrap();
+    let said = answer(&mut untrusted).await;
+    assert!(!said.contains("<stream:features"), "{said}");
+    assert!(said.contains("not-well-formed"), "{said}");
 }

@@ -20,15 +20,19 @@ pub enum Refused {
     /// Too many failed logins from the client (for the account, or for
     /// any): the login was refused before the backend was asked.
     LoginThrottled,
+    /// A trusted proxy's connection began with no valid PROXY protocol v2
+    /// header (in time).
+    ProxyHeader,
 }
 
 impl Refused {
-    const ALL: [Refused; 5] = [
+    const ALL: [Refused; 6] = [
         Refused::Connections,
         Refused::ConnectionsPerAddress,
         Refused::ConnectionRate,
         Refused::Resources,
         Refused::LoginThrottled,
+        Refused::ProxyHeader,
     ];
 
     /// The `reason` label.
@@ -39,6 +43,7 @@ impl Refused {
             Refused::ConnectionRate => "connection_rate",
             Refused::Resources => "resources",
             Refused::LoginThrottled => "login_throttled",
+            Refused::ProxyHeader => "proxy_header",
         }
     }
 
@@ -58,7 +63,8 @@ pub fn describe_metrics() {
          limits.connections_per_second_per_address), resources (an account at \
          c2s.max_resources; the bind got resource-constraint), login_throttled (too many \
          failed logins from one client, for the account or for all: \
-         temporary-auth-failure before the backend is asked)"
+         temporary-auth-failure before the backend is asked), proxy_header (a connection \
+         from limits.trusted_proxies without a valid PROXY v2 header)"
     );
     for reason in Refused::ALL {
         metrics::counter!("gatehouse_refused_total", "reason" => reason.as_str()).absolute(0);

@@ -56,6 +56,12 @@ pub struct LimitsConfig {
     /// not pass the client's address on. Loopback by default.
     #[serde(default = "default_exempt")]
     pub exempt: Vec<IpNet>,
+    /// Load balancers that put a PROXY protocol v2 header before each
+    /// client's bytes (HAProxy's `send-proxy-v2`): on their connections
+    /// the header is read first, and the client it names is the one the
+    /// limits count. None by default.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
     /// Wrong passwords for one account from one client before that
     /// client waits to try that account again (others are not slowed).
     #[serde(default = "default_login_failures_per_account")]
@@ -82,6 +88,7 @@ impl Default for LimitsConfig {
             connection_burst_per_address: default_connection_burst(),
             address_prefix_v6: default_prefix_v6(),
             exempt: default_exempt(),
+            trusted_proxies: Vec::new(),
             login_failures_per_account: default_login_failures_per_account(),
             login_failures_per_address: default_login_failures_per_address(),
             login_backoff: default_login_backoff(),
