@@ -220,8 +220,11 @@ impl Prepared<'_> {
             } else {
                 current.unauthenticated_budget.clone()
             };
-            live.c2s
-                .set(c2s::settings(config, current.tls.clone(), budget));
+            let mut settings = c2s::settings(config, current.tls.clone(), budget);
+            // `hosts` needs a restart: the rest of the server serves the
+            // running ones.
+            settings.hosts.clone_from(&current.hosts);
+            live.c2s.set(settings);
         }
         if keys.contains("log_level") {
             // Checked by validation: this cannot fail.
