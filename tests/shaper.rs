@@ -2,10 +2,11 @@
 //! its read rate is held to it (the server consumes its bytes at the rate,
 //! seen in when its last stanza is answered), is not disconnected, and
 //! another session's pings are answered at once meanwhile; before
-//! authentication the stricter rate applies.
+//! authentication the stricter rate applies; WebSocket is shaped alike.
 
 mod common;
 
+use common::websocket::connect;
 use common::{config, fixture_auth, metrics_when, sample, Client, TestServer};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,4 +137,31 @@ async fn an_unauthenticated_client_is_held_to_the_stricter_rate() {
     let _writer = write.await.unwrap();
     assert_held_to_the_rate(bytes, took);
     counted(&server, &before, "unauthenticated").await;
+}
+
+/// The same over WebSocket, where a read is one whole message: pings
+/// padded to ~4 KB each, sent at once, are answered at the rate.
+#[tokio::test]
+async fn a_websocket_client_is_held_to_its_rate() {
+    let server = TestServer::start(
+        &(shaped(&format!("read_rate = {RATE}\nread_burst = {BURST}"))
+            + "[web]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    let before = server.metrics().await;
+    let mut ws = connect(server.web.expect("a web listener"), Some("xmpp"), None)
+        .await
+        .unwrap();
+    ws.login("alice", "wonderland", "flood").await;
+    let padding = " ".repeat(ONE_READ - 100);
+    let pings: Vec<String> = (0..7)
+        .map(|i| format!("<iq type='get' id='p{i}'>{padding}<ping xmlns='urn:xmpp:ping'/></iq>"))
+        .collect();
+    let bytes = pings.iter().map(String::len).sum();
+    let started = Instant::now();
+    for ping in &pings {
+        ws.send(ping).await;
+    }
+    ws.until("p6").await;
+    assert_held_to_the_rate(bytes, started.elapsed());
+    counted(&server, &before, "authenticated").await;
 }
