@@ -93,6 +93,10 @@ listen = "127.0.0.1:$c2s"
 require_tls = false
 backlog = 1024
 max_stanza_bytes = 262144
+# Each loadgen sender is a machine writing hundreds of messages a second,
+# far beyond the default read rate meant for people: not shaped here.
+read_rate = 1073741824
+read_burst = 1073741824
 [carbons]
 enabled = true
 [csi]

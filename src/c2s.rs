@@ -99,6 +99,7 @@ pub fn settings(
         stream_management: config.stream_management.settings(&config.c2s),
         carbons: config.carbons.offer(),
         csi: config.csi.settings(config.c2s.max_outbound_queue),
+        read_shaper: config.c2s.read_shaper(),
     }
 }
 

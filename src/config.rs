@@ -44,6 +44,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gatehouse_actors::session::{ReadRate, ShaperSettings};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -72,6 +73,11 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 /// Below 4 KiB a client would be dropped for reading at a normal pace;
 /// above 1 GiB one slow client could hold most of a machine.
 const OUTBOUND_BYTES: RangeInclusive<usize> = 4096..=1 << 30;
+/// Below 512 B/s a login would take seconds; above 1 GiB/s there is no
+/// limit in practice.
+const READ_RATE: RangeInclusive<u32> = 512..=1 << 30;
+/// At least one read's worth (4 KiB), else every read waits.
+const READ_BURST: RangeInclusive<u32> = 4096..=1 << 30;
 const PROCESSES: RangeInclusive<usize> = 1..=1024;
 /// Zero means "never wait": refuse a login at once when all processes are busy.
 const AUTH_QUEUE: RangeInclusive<usize> = 0..=1_000_000;
@@ -278,6 +284,20 @@ pub struct C2sConfig {
     /// the owner's devices off).
     #[serde(default = "default_max_resources")]
     pub max_resources: usize,
+    /// Bytes per second a TCP or WebSocket client may send before SASL
+    /// succeeds; past it the server stops reading for a while (the client
+    /// is slowed, not disconnected).
+    #[serde(default = "default_read_rate_unauthenticated")]
+    pub read_rate_unauthenticated: u32,
+    /// Bytes such a client may send at once after a quiet spell.
+    #[serde(default = "default_read_burst_unauthenticated")]
+    pub read_burst_unauthenticated: u32,
+    /// Bytes per second an authenticated TCP or WebSocket client may send.
+    #[serde(default = "default_read_rate")]
+    pub read_rate: u32,
+    /// Bytes an authenticated client may send at once after a quiet spell.
+    #[serde(default = "default_read_burst")]
+    pub read_burst: u32,
 }
 
 /// `[http]`: the listener for `/metrics`, `/health` and, with `[roster]`,
@@ -607,6 +627,22 @@ fn default_max_outbound_bytes() -> usize {
 
 fn default_max_resources() -> usize {
     32
+}
+
+fn default_read_rate_unauthenticated() -> u32 {
+    ShaperSettings::default().unauthenticated.rate
+}
+
+fn default_read_burst_unauthenticated() -> u32 {
+    ShaperSettings::default().unauthenticated.burst
+}
+
+fn default_read_rate() -> u32 {
+    ShaperSettings::default().authenticated.rate
+}
+
+fn default_read_burst() -> u32 {
+    ShaperSettings::default().authenticated.burst
 }
 
 fn default_processes() -> usize {
@@ -1116,6 +1152,20 @@ fn check_tls_pair(
 }
 
 impl C2sConfig {
+    /// The read shaper's rates, as the streams take them.
+    pub fn read_shaper(&self) -> ShaperSettings {
+        ShaperSettings {
+            unauthenticated: ReadRate {
+                rate: self.read_rate_unauthenticated,
+                burst: self.read_burst_unauthenticated,
+            },
+            authenticated: ReadRate {
+                rate: self.read_rate,
+                burst: self.read_burst,
+            },
+        }
+    }
+
     fn validate(&self, problems: &mut Problems) {
         let neither = check_tls_pair("c2s", &self.tls_cert, &self.tls_key, problems);
         if neither && self.direct_tls_listen.is_some() {
@@ -1160,6 +1210,18 @@ impl C2sConfig {
         );
         // Presence fans out among an account's resources: their square.
         problems.range("c2s.max_resources", self.max_resources, 1..=1000);
+        problems.range(
+            "c2s.read_rate_unauthenticated",
+            self.read_rate_unauthenticated,
+            READ_RATE,
+        );
+        problems.range(
+            "c2s.read_burst_unauthenticated",
+            self.read_burst_unauthenticated,
+            READ_BURST,
+        );
+        problems.range("c2s.read_rate", self.read_rate, READ_RATE);
+        problems.range("c2s.read_burst", self.read_burst, READ_BURST);
     }
 }
 

@@ -48,6 +48,10 @@ const STREAM_KEYS: &[&str] = &[
     "c2s.max_outbound_queue",
     "c2s.max_outbound_bytes",
     "c2s.max_resources",
+    "c2s.read_rate_unauthenticated",
+    "c2s.read_burst_unauthenticated",
+    "c2s.read_rate",
+    "c2s.read_burst",
 ];
 
 /// Sections whose every key is a client stream setting.

@@ -155,6 +155,9 @@ fn register_at_zero() {
         // counts before the first fetch.
         let _ = metrics::histogram!("gatehouse_roster_fetch_duration_seconds", "result" => result);
     }
+    for phase in gatehouse_actors::transport::shaper::PHASES {
+        metrics::counter!("gatehouse_shaped_reads_total", "phase" => phase).absolute(0);
+    }
     for outcome in ["allowed", "denied", "error"] {
         metrics::counter!("gatehouse_muc_gate_decisions_total", "outcome" => outcome).absolute(0);
     }

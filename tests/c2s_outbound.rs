@@ -27,7 +27,12 @@ fn slow_disconnects(scrape: &str, limit: &str) -> f64 {
 
 #[actix_rt::test]
 async fn a_reader_that_never_reads_is_dropped_at_the_byte_bound() {
-    let server = ServerProcess::from_toml(&config(&fixture_auth("")));
+    // The sender writes 20 MB as fast as it can: not shaped, since the
+    // readers are what is tested.
+    let server = ServerProcess::from_toml(&config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nread_rate = 1073741824\nread_burst = 1073741824",
+    ));
     let (c2s, http) = server.listeners();
 
     let mut readers = Vec::new();

@@ -126,6 +126,10 @@ fn minimal_file_gets_every_default() {
     assert_eq!(c2s.backlog, 1024);
     assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(30));
     assert_eq!(c2s.max_outbound_queue, 1024);
+    assert_eq!(c2s.read_rate_unauthenticated, 4096);
+    assert_eq!(c2s.read_burst_unauthenticated, 16_384);
+    assert_eq!(c2s.read_rate, 65_536);
+    assert_eq!(c2s.read_burst, 262_144);
     assert_eq!(config.http.listen, addr("127.0.0.1:5280"));
     assert_eq!(config.auth.backend, AuthBackendKind::External);
     let external = config.auth.external.unwrap();
@@ -184,6 +188,10 @@ fn full_file_sets_every_key() {
     assert_eq!(c2s.backlog, 4096);
     assert_eq!(c2s.unauthenticated_timeout, Duration::from_secs(90));
     assert_eq!(c2s.max_outbound_queue, 500);
+    assert_eq!(c2s.read_rate_unauthenticated, 2048);
+    assert_eq!(c2s.read_burst_unauthenticated, 8192);
+    assert_eq!(c2s.read_rate, 32_768);
+    assert_eq!(c2s.read_burst, 131_072);
     assert_eq!(config.http.listen, addr("127.0.0.1:9090"));
     let external = config.auth.external.unwrap();
     assert_eq!(external.command.argv()[1], "--verbose");

@@ -23,13 +23,14 @@ use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::refused::Refused;
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
+pub use crate::transport::shaper::{ReadRate, ShaperSettings};
 use crate::transport::{
     ConnectionId, Outbound, Output, QueuedBytes, SessionLink, SessionTarget, TransportKind,
 };
 use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::{
     ns, ParseError, PartialStanzaBudget, StanzaLimits, StreamErrorCondition, StreamEvent,
-    StreamHeader, StreamParser,
+    StreamHeader,
 };
 use actix::prelude::*;
 use bytes::Bytes;
@@ -101,6 +102,9 @@ pub struct C2sSettings {
     pub carbons: carbons::Offer,
     /// XEP-0352 client state indication, when offered.
     pub csi: Option<CsiSettings>,
+    /// Read rates of TCP and WebSocket streams, before and after
+    /// authentication.
+    pub read_shaper: ShaperSettings,
 }
 
 /// The shared services a session talks to.
@@ -202,10 +206,6 @@ pub(crate) fn attach(
     let (out, outbound) = mpsc::channel(settings.max_outbound_queue - 1);
     let kill = CancellationToken::new();
     let queued = QueuedBytes::default();
-    let parser = StreamParser::new(
-        settings.stanza_limits,
-        Some(settings.unauthenticated_budget.clone()),
-    );
     let target = SessionTarget::new(session.clone());
     // Sent before the transport can send anything: the session has its
     // connection before the first event arrives.
@@ -215,7 +215,9 @@ pub(crate) fn attach(
         kill: kill.clone(),
         target: target.clone(),
     }));
-    SessionLink::new(transport, target, outbound, queued, parser, kill, shutdown)
+    SessionLink::new(
+        transport, target, outbound, queued, settings, kill, shutdown,
+    )
 }
 
 /// The connection a session speaks through while attached. Cloned when a

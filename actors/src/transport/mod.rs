@@ -14,12 +14,13 @@
 //! Every connection's task runs under the panic guard ([`spawn_io`]).
 
 pub mod bosh;
+pub mod shaper;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;
 
 use crate::panic_guard;
-use crate::session::{ConnectionLost, Inbound, Next, Session, SystemShutdown};
+use crate::session::{C2sSettings, ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::{ns, StreamErrorCondition, StreamEvent, StreamParser};
 use actix::dev::Request;
 use actix::{Addr, MailboxError};
@@ -41,6 +42,7 @@ const PANIC_LABEL: &str = "transport";
 pub fn describe_metrics() {
     tls::describe_metrics();
     bosh::describe_metrics();
+    shaper::describe_metrics();
 }
 
 /// Spawns a connection's task (its I/O loop, or a TLS handshake) on the
@@ -291,6 +293,8 @@ pub(crate) struct SessionLink {
     /// Turns the client's bytes into stream events, within the stanza
     /// limits and (until SASL succeeds) the unauthenticated budget.
     pub parser: StreamParser,
+    /// Holds the client to its read rate (stream transports only).
+    pub shaper: shaper::ReadShaper,
     /// Cancelled by the session to drop the connection at once (a client
     /// too slow to read what it is sent).
     pub kill: CancellationToken,
@@ -321,10 +325,17 @@ impl SessionLink {
         session: SessionTarget,
         outbound: mpsc::Receiver<Outbound>,
         queued: QueuedBytes,
-        parser: StreamParser,
+        settings: &C2sSettings,
         kill: CancellationToken,
         shutdown: CancellationToken,
     ) -> SessionLink {
+        // Until SASL succeeds the stream draws from the unauthenticated
+        // budget and reads at the unauthenticated rate.
+        let parser = StreamParser::new(
+            settings.stanza_limits,
+            Some(settings.unauthenticated_budget.clone()),
+        );
+        let shaper = shaper::ReadShaper::new(settings.read_shaper);
         metrics::gauge!("gatehouse_connections", "transport" => transport.as_str()).increment(1.0);
         SessionLink {
             transport,
@@ -332,11 +343,20 @@ impl SessionLink {
             outbound,
             queued,
             parser,
+            shaper,
             kill,
             shutdown,
             pending: None,
             shutdown_told: false,
         }
+    }
+
+    /// The session answered [`Next::Restart`] after SASL success: the
+    /// stream is authenticated from now on (no more unauthenticated
+    /// budget; the authenticated read rate).
+    pub(crate) fn authenticated(&mut self) {
+        self.parser.reset_authenticated();
+        self.shaper.authenticated();
     }
 
     /// Whether the session has an event in hand: read nothing meanwhile.

@@ -12,7 +12,7 @@
 //! interpret stanzas: that is the Session's job.
 
 use super::tls::{self, HandshakeFailure};
-use super::{spawn_io, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
+use super::{shaper, spawn_io, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::ns;
 use bytes::BytesMut;
@@ -131,7 +131,9 @@ async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut lin
                 buf = BytesMut::new();
             }
         }
-        match link.turn(read_chunk(&mut reader, &mut buf)).await {
+        let wait = link.shaper.wait();
+        let read = shaper::after(wait, read_chunk(&mut reader, &mut buf));
+        match link.turn(read).await {
             Turn::Killed => break End::Killed,
             Turn::Said(Some(Outbound::Item(first))) => {
                 let write = write_batch(
@@ -156,7 +158,7 @@ async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut lin
                 break End::Closed;
             }
             Turn::Answer(Ok(Next::Continue)) => {}
-            Turn::Answer(Ok(Next::Restart)) => link.parser.reset_authenticated(),
+            Turn::Answer(Ok(Next::Restart)) => link.authenticated(),
             Turn::Answer(Ok(Next::StartTls)) => {
                 // The client waits for <proceed/> before its handshake, so
                 // nothing may be buffered yet.
@@ -184,7 +186,7 @@ async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut lin
             }
             Turn::Answer(Err(_)) => break End::SessionGone,
             Turn::Read(Ok(0)) => break End::Eof,
-            Turn::Read(Ok(_)) => {}
+            Turn::Read(Ok(n)) => link.shaper.consume(n),
             Turn::Read(Err(e)) => break End::Io(e),
         }
     };

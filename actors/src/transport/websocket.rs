@@ -12,8 +12,8 @@
 //! listener's; this file never looks inside a stanza.
 
 use super::{
-    prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
-    Turn,
+    prime, shaper, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink,
+    TransportKind, Turn,
 };
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ParseError, StreamEvent, StreamHeader, StreamParser};
@@ -78,7 +78,8 @@ async fn run(
 ) {
     prime(&mut link.parser);
     let end = loop {
-        match link.turn(messages.recv()).await {
+        let wait = link.shaper.wait();
+        match link.turn(shaper::after(wait, messages.recv())).await {
             Turn::Killed => break End::Killed,
             Turn::Said(Some(Outbound::Item(item))) => {
                 if let Err(end) = write(&mut ws, &item, &link.queued, &link.kill).await {
@@ -92,11 +93,12 @@ async fn run(
             }
             Turn::Answer(Ok(Next::Continue)) => {}
             Turn::Answer(Ok(Next::Restart)) => {
-                link.parser.reset_authenticated();
+                link.authenticated();
                 prime(&mut link.parser);
             }
             Turn::Answer(Err(_)) => break End::SessionGone,
             Turn::Read(Some(Ok(AggregatedMessage::Text(text)))) => {
+                link.shaper.consume(text.len());
                 if let Some(inbound) = inbound(&mut link.parser, text.as_bytes()) {
                     link.tell(inbound);
                 }
