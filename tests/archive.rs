@@ -447,7 +447,11 @@ async fn a_fast_sender_is_paced_and_every_copy_archived(database: TestDatabase) 
     const MESSAGES: usize = 200;
     let _serial = METRICS.lock().await;
     // The least allowed: twice c2s.max_stanza_bytes; pacing from half.
-    let server = TestServer::start(&toml(&database, "max_pending_bytes = 524288"));
+    // A sender as fast as it can be: no read shaper in the way.
+    let unshaped = "require_tls = false\nread_rate = 1073741824\nread_burst = 1073741824";
+    let server = TestServer::start(
+        &toml(&database, "max_pending_bytes = 524288").replace("require_tls = false", unshaped),
+    );
     let before = server.metrics().await;
     let (mut alice, _) = online(&server, "alice", "wonderland").await;
     let (mut bob, _) = online(&server, "bob", "builder").await;
