@@ -12,6 +12,7 @@
 use crate::config::LimitsConfig;
 use gatehouse_actors::client_address::ClientAddresses;
 use gatehouse_actors::refused::Refused;
+use gatehouse_actors::token_bucket::{Rate, TokenBucket};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,14 +41,8 @@ struct Inner {
     /// the per-address limits apply to. Bounded by `max_connections`:
     /// every entry has at least one open connection.
     by_address: Mutex<HashMap<IpAddr, usize>>,
-    /// Each recent address's token bucket.
-    buckets: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
-}
-
-/// Connections an address may still open now, refilled over time.
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+    /// Connections each recent address may still open now.
+    buckets: moka::sync::Cache<IpAddr, Arc<Mutex<TokenBucket>>>,
 }
 
 /// An admitted connection's place under the limits, given back when it
@@ -129,24 +124,16 @@ impl ConnectionLimits {
     /// Takes one connection from `address`'s bucket, if it has one.
     fn take_token(&self, address: IpAddr) -> bool {
         let settings = &self.inner.settings;
-        let burst = f64::from(settings.connection_burst_per_address);
+        let rate = Rate {
+            per_second: f64::from(settings.connections_per_second_per_address),
+            burst: f64::from(settings.connection_burst_per_address),
+        };
+        let now = Instant::now();
         let bucket = self.inner.buckets.get_with(address, || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: burst,
-                refilled: Instant::now(),
-            }))
+            Arc::new(Mutex::new(TokenBucket::full(rate, now)))
         });
         let mut bucket = bucket.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let rate = f64::from(settings.connections_per_second_per_address);
-        let refill = now.duration_since(bucket.refilled).as_secs_f64() * rate;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.refilled = now;
-        if bucket.tokens < 1.0 {
-            return false;
-        }
-        bucket.tokens -= 1.0;
-        true
+        bucket.try_take(rate, 1.0, now)
     }
 }
 

@@ -19,7 +19,8 @@
 //!   framing of what a session says ([`transport::Output`]).
 //! - [`offline`], [`archive`]: XEP-0160 offline messages and XEP-0313
 //!   message archives, kept in [`storage`].
-//! - [`reloadable`]: a setting a reload may replace while the server runs.
+//! - [`reloadable`]: a setting a reload may replace while the server runs;
+//!   [`token_bucket`]: the arithmetic of every rate limit.
 //! - [`refused`]: the count of refusals by the limits against abuse;
 //!   [`client_address`]: which client an address stands for.
 //! - [`redact`]: what of a configured URL may appear in logs;
@@ -50,5 +51,6 @@ pub mod reloadable;
 pub mod roster;
 pub mod session;
 pub mod storage;
+pub mod token_bucket;
 pub mod transport;
 pub mod xmpp;

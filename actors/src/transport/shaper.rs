@@ -7,11 +7,12 @@
 //! [`Next::Restart`](crate::session::Next::Restart) — the transport never
 //! looks inside a stanza to learn it.
 
+use crate::token_bucket::{Rate, TokenBucket};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// The phases a shaped read is counted under.
 pub const PHASES: [&str; 2] = ["unauthenticated", "authenticated"];
@@ -67,12 +68,19 @@ pub(crate) struct ReadShaper {
     authenticated: bool,
     /// Whether the read in progress had to wait first (for the metric).
     waited: bool,
-    /// Bytes that may be read now. Negative after a read took more than
+    /// Bytes that may be read now; in debt after a read took more than
     /// there was (a read takes what the socket has): the debt is waited
     /// off before the next read.
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    last: Instant,
+    bucket: TokenBucket,
+}
+
+impl ReadRate {
+    fn bucket_rate(self) -> Rate {
+        Rate {
+            per_second: f64::from(self.rate),
+            burst: f64::from(self.burst),
+        }
+    }
 }
 
 impl ReadShaper {
@@ -82,16 +90,15 @@ impl ReadShaper {
             settings,
             authenticated: false,
             waited: false,
-            tokens: f64::from(settings.unauthenticated.burst),
-            last: Instant::now(),
+            bucket: TokenBucket::full(settings.unauthenticated.bucket_rate(), Instant::now()),
         }
     }
 
-    fn current(&self) -> ReadRate {
+    fn current(&self) -> Rate {
         if self.authenticated {
-            self.settings.authenticated
+            self.settings.authenticated.bucket_rate()
         } else {
-            self.settings.unauthenticated
+            self.settings.unauthenticated.bucket_rate()
         }
     }
 
@@ -103,13 +110,6 @@ impl ReadShaper {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let rate = self.current();
-        let earned = now.saturating_duration_since(self.last).as_secs_f64() * f64::from(rate.rate);
-        self.tokens = (self.tokens + earned).min(f64::from(rate.burst));
-        self.last = now;
-    }
-
     /// How long to wait before the next read: `None` when the bucket is
     /// not in debt.
     pub(crate) fn delay(&mut self) -> Option<Duration> {
@@ -117,14 +117,9 @@ impl ReadShaper {
     }
 
     fn delay_at(&mut self, now: Instant) -> Option<Duration> {
-        self.refill(now);
-        if self.tokens >= 0.0 {
-            return None;
-        }
-        self.waited = true;
-        Some(Duration::from_secs_f64(
-            -self.tokens / f64::from(self.current().rate),
-        ))
+        let wait = self.bucket.debt(self.current(), now);
+        self.waited |= wait.is_some();
+        wait
     }
 
     /// A wait for [`ReadShaper::delay`], boxed so that a connection that
@@ -142,8 +137,7 @@ impl ReadShaper {
         if std::mem::take(&mut self.waited) {
             metrics::counter!("gatehouse_shaped_reads_total", "phase" => self.phase()).increment(1);
         }
-        self.refill(now);
-        self.tokens -= n as f64;
+        self.bucket.take(self.current(), n as f64, now);
     }
 
     /// SASL succeeded: the authenticated rate from now on, starting with a
@@ -156,8 +150,7 @@ impl ReadShaper {
     fn authenticated_at(&mut self, now: Instant) {
         self.authenticated = true;
         self.waited = false;
-        self.tokens = f64::from(self.settings.authenticated.burst);
-        self.last = now;
+        self.bucket.fill(self.current(), now);
     }
 }
 
@@ -196,7 +189,7 @@ mod tests {
     #[test]
     fn holds_reads_to_the_rate_with_bursts() {
         let mut shaper = ReadShaper::new(settings());
-        let t0 = shaper.last;
+        let t0 = Instant::now();
         assert_eq!(shaper.delay_at(t0), None);
         shaper.consume_at(2000, t0);
         assert_eq!(
@@ -220,7 +213,7 @@ mod tests {
     #[test]
     fn authentication_switches_to_the_authenticated_rate() {
         let mut shaper = ReadShaper::new(settings());
-        let t0 = shaper.last;
+        let t0 = Instant::now();
         shaper.consume_at(5000, t0);
         assert!(shaper.delay_at(t0).is_some());
         shaper.authenticated_at(t0);
