@@ -97,6 +97,8 @@ max_stanza_bytes = 262144
 # far beyond the default read rate meant for people: not shaped here.
 read_rate = 1073741824
 read_burst = 1073741824
+messages_per_second = 1000000
+message_burst = 1000000
 [carbons]
 enabled = true
 [csi]

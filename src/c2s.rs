@@ -100,6 +100,7 @@ pub fn settings(
         carbons: config.carbons.offer(),
         csi: config.csi.settings(config.c2s.max_outbound_queue),
         read_shaper: config.c2s.read_shaper(),
+        stanza_rates: config.c2s.stanza_rates(),
     }
 }
 

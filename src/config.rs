@@ -44,7 +44,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gatehouse_actors::session::{ReadRate, ShaperSettings};
+use gatehouse_actors::session::{ReadRate, ShaperSettings, StanzaRates};
+use gatehouse_actors::token_bucket::Rate;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
@@ -75,6 +76,10 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 const OUTBOUND_BYTES: RangeInclusive<usize> = 4096..=1 << 30;
 /// Below 512 B/s a login would take seconds; above 1 GiB/s there is no
 /// limit in practice.
+/// Stanzas per second, and bursts: at least one, at most what no person
+/// or client needs.
+const STANZA_RATE: RangeInclusive<u32> = 1..=1_000_000;
+
 const READ_RATE: RangeInclusive<u32> = 512..=1 << 30;
 /// At least one read's worth (4 KiB), else every read waits.
 const READ_BURST: RangeInclusive<u32> = 4096..=1 << 30;
@@ -298,6 +303,20 @@ pub struct C2sConfig {
     /// Bytes an authenticated client may send at once after a quiet spell.
     #[serde(default = "default_read_burst")]
     pub read_burst: u32,
+    /// Messages per second one session may send on average; past the
+    /// burst its next input is read later (slowed, never refused).
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+    /// Messages one session may send at once after a quiet spell.
+    #[serde(default = "default_message_burst")]
+    pub message_burst: u32,
+    /// Presence stanzas per second one session may send on average.
+    #[serde(default = "default_presences_per_second")]
+    pub presences_per_second: u32,
+    /// Presence stanzas one session may send at once (joining many rooms
+    /// at login is a burst of them).
+    #[serde(default = "default_presence_burst")]
+    pub presence_burst: u32,
 }
 
 /// `[http]`: the listener for `/metrics`, `/health` and, with `[roster]`,
@@ -627,6 +646,22 @@ fn default_max_outbound_bytes() -> usize {
 
 fn default_max_resources() -> usize {
     32
+}
+
+fn default_messages_per_second() -> u32 {
+    50
+}
+
+fn default_message_burst() -> u32 {
+    500
+}
+
+fn default_presences_per_second() -> u32 {
+    10
+}
+
+fn default_presence_burst() -> u32 {
+    200
 }
 
 fn default_read_rate_unauthenticated() -> u32 {
@@ -1222,6 +1257,26 @@ impl C2sConfig {
         );
         problems.range("c2s.read_rate", self.read_rate, READ_RATE);
         problems.range("c2s.read_burst", self.read_burst, READ_BURST);
+        for (key, value) in [
+            ("c2s.messages_per_second", self.messages_per_second),
+            ("c2s.message_burst", self.message_burst),
+            ("c2s.presences_per_second", self.presences_per_second),
+            ("c2s.presence_burst", self.presence_burst),
+        ] {
+            problems.range(key, value, STANZA_RATE);
+        }
+    }
+
+    /// The stanza rates sessions are held to.
+    pub fn stanza_rates(&self) -> StanzaRates {
+        let rate = |per_second: u32, burst: u32| Rate {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+        };
+        StanzaRates {
+            messages: rate(self.messages_per_second, self.message_burst),
+            presence: rate(self.presences_per_second, self.presence_burst),
+        }
     }
 }
 

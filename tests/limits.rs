@@ -256,3 +256,34 @@ async fn a_trusted_proxys_header_names_the_client_and_nobody_elses_does() {
     assert!(!said.contains("<stream:features"), "{said}");
     assert!(said.contains("not-well-formed"), "{said}");
 }
+
+/// A session sending messages faster than its rate is slowed, never
+/// refused: every message arrives, in order, no sooner than the rate
+/// allows past the burst, and the session goes on.
+#[tokio::test]
+async fn a_session_flooding_messages_is_slowed_not_refused() {
+    let toml = config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmessages_per_second = 20\nmessage_burst = 10",
+    );
+    let server = TestServer::start(&toml);
+    let before = server.metrics().await;
+    let (mut alice, jid) = Client::login(server.c2s, "alice", "wonderland", "r").await;
+    let flood: String = (0..50)
+        .map(|i| format!("<message to='{jid}' type='chat'><body>{i}</body></message>"))
+        .collect();
+    let started = std::time::Instant::now();
+    alice.send(&flood).await;
+    for i in 0..50 {
+        let message = alice.element().await;
+        let body = message.get_child("body", common::CLIENT).unwrap().text();
+        assert_eq!(body, i.to_string());
+    }
+    // Ten at once, then forty at twenty a second.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+    alice.answers_ping().await;
+    let delayed = "gatehouse_stanzas_delayed_total{kind=\"message\"}";
+    let after = server.metrics().await;
+    assert!(sample(&after, delayed) - sample(&before, delayed) >= 39.0);
+}

@@ -23,6 +23,7 @@ use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
 use crate::refused::Refused;
 use crate::roster::{GetRoster, Roster, RosterCache, RosterError};
+use crate::token_bucket::{Rate, TokenBucket};
 pub use crate::transport::shaper::{ReadRate, ShaperSettings};
 use crate::transport::{
     ConnectionId, Outbound, Output, QueuedBytes, SessionLink, SessionTarget, TransportKind,
@@ -105,6 +106,23 @@ pub struct C2sSettings {
     /// Read rates of TCP and WebSocket streams, before and after
     /// authentication.
     pub read_shaper: ShaperSettings,
+    /// How many messages and presence stanzas a bound session may send.
+    pub stanza_rates: StanzaRates,
+}
+
+/// A session's buckets for [`StanzaRates`].
+struct SentRates {
+    messages: TokenBucket,
+    presence: TokenBucket,
+}
+
+/// The rates of a session's messages and presence stanzas: past a burst,
+/// the session's next input is read later (as the read shaper does with
+/// bytes), so one client cannot flood others; nothing is refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StanzaRates {
+    pub messages: Rate,
+    pub presence: Rate,
 }
 
 /// The shared services a session talks to.
@@ -150,6 +168,13 @@ pub fn describe_metrics() {
         metrics::counter!("gatehouse_slow_client_disconnects_total", "limit" => limit.as_str())
             .absolute(0);
     }
+    metrics::describe_counter!(
+        "gatehouse_stanzas_delayed_total",
+        "Messages and presence stanzas a session read later because its client sent them faster than c2s.messages_per_second / c2s.presences_per_second past the burst, by kind (message, presence)"
+    );
+    for kind in ["message", "presence"] {
+        metrics::counter!("gatehouse_stanzas_delayed_total", "kind" => kind).absolute(0);
+    }
     sm::describe_metrics();
     csi::describe_metrics();
 }
@@ -167,7 +192,12 @@ pub(crate) fn start(
 ) -> SessionLink {
     let shutdown = services.shutdown.clone();
     let services_tracker = services.connections.token();
+    let now = std::time::Instant::now();
     let session = Session {
+        sent: SentRates {
+            messages: TokenBucket::full(settings.stanza_rates.messages, now),
+            presence: TokenBucket::full(settings.stanza_rates.presence, now),
+        },
         id: SessionId::random(),
         peer,
         settings: settings.clone(),
@@ -313,6 +343,8 @@ pub struct Session {
     /// Router's answer, so that no roster push reaches the client before
     /// the roster it changes (RFC 6121 §2.1.6). `None` when not holding.
     held: Option<Vec<Bytes>>,
+    /// What the client may still send of each kind with a rate.
+    sent: SentRates,
     /// Whether the client said it is inactive (XEP-0352), with what is
     /// held for it meanwhile.
     client_state: csi::ClientState,
@@ -842,13 +874,43 @@ impl Session {
             Phase::AwaitBind { .. } if el.is("iq", ns::CLIENT) => self.bind(&el, ctx),
             Phase::Bound { .. } if el.ns() == ns::CSI => ready(self.client_state_changed(&el)),
             Phase::Bound { .. } if self.is_account_iq(&el) => self.account(el),
-            Phase::Bound { .. } => self.paced_stanza(el, ctx),
+            Phase::Bound { .. } => self.rate_limited(el, ctx),
             Phase::Connected
             | Phase::Upgraded { .. }
             | Phase::Authenticated { .. }
             | Phase::AwaitBind { .. }
             | Phase::Unbound => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
         }
+    }
+
+    /// A bound client's message or presence once its kind's rate allows
+    /// (`c2s.messages_per_second`, `presences_per_second`, past their
+    /// bursts): the client's next input is read only then.
+    fn rate_limited(
+        &mut self,
+        el: Element,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Next> {
+        let rates = self.settings.stanza_rates;
+        let (bucket, rate, kind) = match el.name() {
+            "message" => (&mut self.sent.messages, rates.messages, "message"),
+            "presence" => (&mut self.sent.presence, rates.presence, "presence"),
+            _ => return self.paced_stanza(el, ctx),
+        };
+        let now = std::time::Instant::now();
+        bucket.take(rate, 1.0, now);
+        let Some(wait) = bucket.debt(rate, now) else {
+            return self.paced_stanza(el, ctx);
+        };
+        metrics::counter!("gatehouse_stanzas_delayed_total", "kind" => kind).increment(1);
+        Box::pin(actix::fut::wrap_future(tokio::time::sleep(wait)).then(
+            move |(), session: &mut Session, ctx| {
+                if session.closing {
+                    return ready(Next::Close);
+                }
+                session.paced_stanza(el, ctx)
+            },
+        ))
     }
 
     /// A bound client's stanza, once the archive set aside room for its
