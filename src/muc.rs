@@ -10,6 +10,7 @@ use crate::reload::ReloadError;
 use gatehouse_actors::archive::Archive;
 use gatehouse_actors::muc::gate::{GateConfig, GatedRooms};
 use gatehouse_actors::muc::{MucHandle, MucRules, MucSettings, Reconfigure};
+use gatehouse_actors::token_bucket::Rate;
 
 /// The MUC actors' settings from `[muc]`.
 pub fn settings(muc: &MucConfig, archive: Option<Archive>) -> MucSettings {
@@ -27,6 +28,10 @@ fn rules(muc: &MucConfig) -> MucRules {
         max_occupants: muc.max_occupants,
         max_rooms: muc.max_rooms,
         history: muc.history,
+        occupant_messages: Rate {
+            per_second: f64::from(muc.messages_per_second_per_occupant),
+            burst: f64::from(muc.message_burst_per_occupant),
+        },
         gate: muc.http_auth.as_ref().map(|gate| GateConfig {
             url: gate.parsed_url(),
             rooms: match (&gate.enabled_for, &gate.disabled_for) {

@@ -508,3 +508,41 @@ async fn groupchat_fans_out_to_100_occupants() {
         assert_eq!(m.get_child("body", CLIENT).unwrap().text(), "to all");
     }
 }
+
+/// An occupant past `muc.message_burst_per_occupant` (and the rate) gets
+/// `<resource-constraint/>` (wait) for each message the room refuses;
+/// the others are broadcast, and the room serves on.
+#[actix_rt::test]
+async fn an_occupant_over_its_message_rate_is_refused() {
+    let server = TestServer::start(&muc_config(
+        "messages_per_second_per_occupant = 1\nmessage_burst_per_occupant = 3",
+    ));
+    let before = server.metrics().await;
+    let mut alice = login(&server, "alice", "wonderland").await;
+    join(&mut alice, "chatty", "Alice").await.unwrap();
+    let five: String = (0..5)
+        .map(|i| {
+            format!(
+                "<message to='chatty@{MUC}' type='groupchat' id='m{i}'><body>{i}</body></message>"
+            )
+        })
+        .collect();
+    alice.send(&five).await;
+    let (mut echoed, mut refused) = (0, 0);
+    for _ in 0..5 {
+        let message = alice.element().await;
+        match message.attr("type") {
+            Some("groupchat") => echoed += 1,
+            Some("error") => {
+                let error = message.get_child("error", CLIENT).unwrap();
+                assert_eq!(error.attr("type"), Some("wait"));
+                assert!(error.has_child("resource-constraint", STANZA_ERRORS));
+                refused += 1;
+            }
+            other => panic!("{other:?}: {message:?}"),
+        }
+    }
+    assert_eq!((echoed, refused), (3, 2));
+    let reason = "gatehouse_refused_total{reason=\"muc_messages\"}";
+    server.grown(&before, reason, 2.0).await;
+}

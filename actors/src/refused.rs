@@ -23,16 +23,20 @@ pub enum Refused {
     /// A trusted proxy's connection began with no valid PROXY protocol v2
     /// header (in time).
     ProxyHeader,
+    /// An occupant sent a room groupchat messages faster than
+    /// `muc.messages_per_second_per_occupant` past the burst.
+    MucMessages,
 }
 
 impl Refused {
-    const ALL: [Refused; 6] = [
+    const ALL: [Refused; 7] = [
         Refused::Connections,
         Refused::ConnectionsPerAddress,
         Refused::ConnectionRate,
         Refused::Resources,
         Refused::LoginThrottled,
         Refused::ProxyHeader,
+        Refused::MucMessages,
     ];
 
     /// The `reason` label.
@@ -44,6 +48,7 @@ impl Refused {
             Refused::Resources => "resources",
             Refused::LoginThrottled => "login_throttled",
             Refused::ProxyHeader => "proxy_header",
+            Refused::MucMessages => "muc_messages",
         }
     }
 
@@ -64,7 +69,8 @@ pub fn describe_metrics() {
          c2s.max_resources; the bind got resource-constraint), login_throttled (too many \
          failed logins from one client, for the account or for all: \
          temporary-auth-failure before the backend is asked), proxy_header (a connection \
-         from limits.trusted_proxies without a valid PROXY v2 header)"
+         from limits.trusted_proxies without a valid PROXY v2 header), muc_messages (an \
+         occupant over muc.messages_per_second_per_occupant; resource-constraint)"
     );
     for reason in Refused::ALL {
         metrics::counter!("gatehouse_refused_total", "reason" => reason.as_str()).absolute(0);

@@ -46,6 +46,13 @@ pub struct MucConfig {
     /// Groupchat messages a room keeps and sends to each joiner.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Groupchat messages one occupant may send to a room per second on
+    /// average; past the burst one more gets `<resource-constraint/>`.
+    #[serde(default = "default_occupant_rate")]
+    pub messages_per_second_per_occupant: u32,
+    /// …and at once after a quiet spell.
+    #[serde(default = "default_occupant_burst")]
+    pub message_burst_per_occupant: u32,
     /// The HTTP join gate; absent means joins are not gated.
     #[serde(default)]
     pub http_auth: Option<MucHttpAuthConfig>,
@@ -102,6 +109,14 @@ impl fmt::Debug for MucHttpAuthConfig {
     }
 }
 
+fn default_occupant_rate() -> u32 {
+    5
+}
+
+fn default_occupant_burst() -> u32 {
+    20
+}
+
 fn default_max_occupants() -> usize {
     1000
 }
@@ -150,6 +165,16 @@ impl MucConfig {
         problems.range("muc.max_occupants", self.max_occupants, MAX_OCCUPANTS);
         problems.range("muc.max_rooms", self.max_rooms, MAX_ROOMS);
         problems.range("muc.history", self.history, HISTORY);
+        problems.range(
+            "muc.messages_per_second_per_occupant",
+            self.messages_per_second_per_occupant,
+            1..=100_000,
+        );
+        problems.range(
+            "muc.message_burst_per_occupant",
+            self.message_burst_per_occupant,
+            1..=100_000,
+        );
         if let Some(gate) = &self.http_auth {
             gate.validate(problems);
         }

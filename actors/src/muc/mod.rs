@@ -15,6 +15,7 @@ use crate::archive::{Archive, Reservation};
 use crate::directory::ToSession;
 use crate::panic_guard;
 use crate::session::SessionId;
+use crate::token_bucket::Rate;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, StanzaError};
 use actix::prelude::*;
@@ -58,6 +59,9 @@ pub struct MucRules {
     pub max_rooms: usize,
     /// Groupchat messages a room keeps and sends to joiners.
     pub history: usize,
+    /// Groupchat messages one occupant may send to a room (a rate with a
+    /// burst); one more gets `<resource-constraint/>`.
+    pub occupant_messages: Rate,
     /// The join gate, when `[muc.http_auth]` is configured.
     pub gate: Option<GateConfig>,
 }
@@ -231,6 +235,8 @@ struct RoomSettings {
     max_rooms: usize,
     /// Groupchat messages a room keeps for joiners.
     history: usize,
+    /// Groupchat messages one occupant may send.
+    occupant_messages: Rate,
     /// The gate, when configured.
     gate: Option<RunningGate>,
     /// Rooms' archives, when archiving is on.
@@ -251,6 +257,7 @@ impl RoomSettings {
             max_occupants: rules.max_occupants,
             max_rooms: rules.max_rooms,
             history: rules.history,
+            occupant_messages: rules.occupant_messages,
             gate,
             archive,
         }
@@ -624,6 +631,11 @@ mod tests {
         start_service(max_rooms, None)
     }
 
+    const OCCUPANT_MESSAGES: Rate = Rate {
+        per_second: 100.0,
+        burst: 100.0,
+    };
+
     fn start_service(max_rooms: usize, gate: Option<GateConfig>) -> Addr<MucService> {
         MucService::start(MucSettings {
             domain: "rooms.example".into(),
@@ -632,6 +644,7 @@ mod tests {
                 max_occupants: 10,
                 max_rooms,
                 history: 5,
+                occupant_messages: OCCUPANT_MESSAGES,
                 gate,
             },
             archive: None,
@@ -876,6 +889,7 @@ mod tests {
             max_occupants: 2,
             max_rooms: 10,
             history: 1,
+            occupant_messages: OCCUPANT_MESSAGES,
             gate: None,
         };
         muc.do_send(MucHandle::prepare(rules).unwrap());

@@ -13,7 +13,9 @@ use super::{
 use crate::archive::{self, Archive};
 use crate::directory::ToSession;
 use crate::panic_guard::{self, Guarded};
+use crate::refused::Refused;
 use crate::session::SessionId;
+use crate::token_bucket::TokenBucket;
 use crate::xmpp::ns;
 use crate::xmpp::stanza::{self, DefinedCondition, ErrorType, StanzaError};
 use actix::prelude::*;
@@ -21,7 +23,7 @@ use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use xmpp_parsers::muc::user::{Affiliation, Item, MucUser, Role, Status};
 
 /// The `actor` label of panics caught in a Room's handlers, and in the
@@ -84,6 +86,8 @@ struct Occupant {
     affiliation: Affiliation,
     /// Moderator for the creator (sees real JIDs), participant otherwise.
     role: Role,
+    /// Groupchat messages it may still send (`occupant_messages`).
+    sent: TokenBucket,
 }
 
 impl Occupant {
@@ -449,6 +453,7 @@ impl Room {
             presence: presence_payload(&join.presence),
             affiliation,
             role,
+            sent: TokenBucket::full(self.settings.occupant_messages, Instant::now()),
         };
         self.occupants.insert(join.nick.clone(), occupant);
         self.nicks.insert(join.from, join.nick.clone());
@@ -580,6 +585,17 @@ impl Room {
     }
 
     fn groupchat(&mut self, msg: Incoming, sender: &str) {
+        let rate = self.settings.occupant_messages;
+        let allowed = self
+            .occupants
+            .get_mut(sender)
+            .is_some_and(|occupant| occupant.sent.try_take(rate, 1.0, Instant::now()));
+        if !allowed {
+            // A room cannot slow one sender down: it refuses, as
+            // ejabberd's min_message_interval does.
+            Refused::MucMessages.count();
+            return msg.reply_error(StanzaError::RESOURCE_CONSTRAINT);
+        }
         let mut message = msg.stanza;
         let occupant_jid = self.occupant_jid(sender);
         stanza::set_attr(&mut message, "from", occupant_jid.clone());
