@@ -253,10 +253,11 @@ impl Server {
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let directory: DirectoryHandle = Arc::new(LocalDirectory::new(router));
+        let throttle = LoginThrottle::new(config.limits.throttle());
         let services = Services {
             directory: directory.clone(),
             auth: auth.clone(),
-            throttle: LoginThrottle::new(config.limits.throttle()),
+            throttle: throttle.clone(),
             roster,
             muc,
             offline: offline.clone(),
@@ -309,7 +310,7 @@ impl Server {
             c2s::Entry::Plain,
             arbiters.clone(),
             settings.clone(),
-            limits,
+            limits.clone(),
             services,
         ));
         let admin_token =
@@ -322,6 +323,8 @@ impl Server {
                 roster: live_roster,
                 muc: live_muc,
                 auth: live_auth,
+                limits,
+                throttle,
                 c2s: settings,
                 c2s_certificate,
                 web_certificate,

@@ -12,6 +12,7 @@
 use crate::config::LimitsConfig;
 use gatehouse_actors::client_address::ClientAddresses;
 use gatehouse_actors::refused::Refused;
+use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::token_bucket::{Rate, TokenBucket};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,9 +33,9 @@ pub struct ConnectionLimits {
 }
 
 struct Inner {
-    settings: LimitsConfig,
-    /// Which client an address is, and which are exempt.
-    addresses: ClientAddresses,
+    /// The limits, which a reload may replace: counts and buckets carry
+    /// over, each new connection meets the current ones.
+    current: Reloadable<Policy>,
     /// Connections admitted and not yet closed.
     open: AtomicUsize,
     /// Open connections by address (IPv6: by prefix), for the addresses
@@ -43,6 +44,22 @@ struct Inner {
     by_address: Mutex<HashMap<IpAddr, usize>>,
     /// Connections each recent address may still open now.
     buckets: moka::sync::Cache<IpAddr, Arc<Mutex<TokenBucket>>>,
+}
+
+/// The limits and the client mapping they use.
+struct Policy {
+    settings: LimitsConfig,
+    /// Which client an address is, and which are exempt.
+    addresses: ClientAddresses,
+}
+
+impl Policy {
+    fn new(settings: LimitsConfig) -> Policy {
+        Policy {
+            addresses: settings.client_addresses(),
+            settings,
+        }
+    }
 }
 
 /// An admitted connection's place under the limits, given back when it
@@ -72,8 +89,7 @@ impl ConnectionLimits {
     pub fn new(settings: LimitsConfig) -> ConnectionLimits {
         ConnectionLimits {
             inner: Arc::new(Inner {
-                addresses: settings.client_addresses(),
-                settings,
+                current: Reloadable::new(Policy::new(settings)),
                 open: AtomicUsize::new(0),
                 by_address: Mutex::new(HashMap::new()),
                 buckets: moka::sync::Cache::new(BUCKETS),
@@ -86,16 +102,25 @@ impl ConnectionLimits {
     pub fn trusts(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
         self.inner
+            .current
+            .get()
             .settings
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&peer))
     }
 
+    /// New connections meet `settings` from now on; those open stay, and
+    /// their counts and each address's bucket carry over.
+    pub fn set(&self, settings: LimitsConfig) {
+        self.inner.current.set(Policy::new(settings));
+    }
+
     /// Admits a connection from `peer`, or says which limit refuses it.
     pub fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
         let inner = &self.inner;
-        let settings = &inner.settings;
+        let policy = inner.current.get();
+        let settings = &policy.settings;
         if inner.open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
             inner.open.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Connections);
@@ -105,10 +130,10 @@ impl ConnectionLimits {
             inner: inner.clone(),
             address: None,
         };
-        let Some(address) = inner.addresses.client(peer) else {
+        let Some(address) = policy.addresses.client(peer) else {
             return Ok(admitted);
         };
-        if !self.take_token(address) {
+        if !self.take_token(settings, address) {
             return Err(Refused::ConnectionRate);
         }
         let mut by_address = inner.lock();
@@ -122,8 +147,7 @@ impl ConnectionLimits {
     }
 
     /// Takes one connection from `address`'s bucket, if it has one.
-    fn take_token(&self, address: IpAddr) -> bool {
-        let settings = &self.inner.settings;
+    fn take_token(&self, settings: &LimitsConfig, address: IpAddr) -> bool {
         let rate = Rate {
             per_second: f64::from(settings.connections_per_second_per_address),
             burst: f64::from(settings.connection_burst_per_address),

@@ -21,10 +21,12 @@ use crate::auth::LiveAuth;
 use crate::c2s;
 use crate::config::{Config, ConfigError};
 use crate::http::LiveToken;
+use crate::limits::ConnectionLimits;
 use crate::logging;
 use crate::muc::{LiveMuc, MucChange};
 use crate::roster::{LiveRoster, RosterChange};
 use crate::tls::{Certificate, CertificatePair};
+use gatehouse_actors::auth::LoginThrottle;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::C2sSettings;
 use gatehouse_actors::xmpp::PartialStanzaBudget;
@@ -73,6 +75,10 @@ pub struct Live {
     pub muc: Option<LiveMuc>,
     /// The whole `[auth]` section.
     pub auth: Arc<LiveAuth>,
+    /// `[limits]`: connection admission…
+    pub limits: ConnectionLimits,
+    /// …and the login throttle.
+    pub throttle: LoginThrottle,
     /// What new client streams (TCP, Direct TLS, WebSocket, BOSH) start
     /// with.
     pub c2s: Reloadable<C2sSettings>,
@@ -115,7 +121,9 @@ impl Live {
                     && config.c2s.tls_key.is_some()
             }
             "web.tls_cert" | "web.tls_key" => self.web_certificate.is_some() && web_tls,
-            key if is_stream_key(key) || key.starts_with("auth.") => true,
+            key if is_stream_key(key) || key.starts_with("auth.") || key.starts_with("limits.") => {
+                true
+            }
             _ => {
                 self.roster.as_ref().is_some_and(|r| r.applies(config, key))
                     || self.muc.as_ref().is_some_and(|m| m.applies(config, key))
@@ -249,6 +257,10 @@ impl Prepared<'_> {
                 let admin = config.roster_admin.as_ref();
                 roster.set(admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone()));
             }
+        }
+        if keys.iter().any(|key| key.starts_with("limits.")) {
+            live.limits.set(config.limits.clone());
+            live.throttle.set(config.limits.throttle());
         }
         if let Some(change) = self.roster {
             change.commit();

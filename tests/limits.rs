@@ -287,3 +287,40 @@ async fn a_session_flooding_messages_is_slowed_not_refused() {
     let after = server.metrics().await;
     assert!(sample(&after, delayed) - sample(&before, delayed) >= 39.0);
 }
+
+/// `[limits]` is live: a reload that lowers an address's share refuses
+/// its next connection, spares those it has open, and leaves other
+/// addresses alone.
+#[tokio::test]
+async fn a_reload_changes_the_limits_for_the_next_connection() {
+    use common::server_process::{free_port, post_reload, ServerProcess};
+    let http = free_port();
+    let toml = |per_address: usize| {
+        limited(&format!("max_connections_per_address = {per_address}")).replace(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"t0ken\""),
+        )
+    };
+    let server = ServerProcess::from_toml(&toml(3));
+    let (c2s, http) = server.listeners();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.10", c2s).await;
+        assert!(!closed_at_once(&mut stream).await);
+        held.push(stream);
+    }
+    std::fs::write(server.config_path(), toml(1)).unwrap();
+    let (status, answer) = post_reload(http, Some("t0ken")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("applied limits.max_connections_per_address"),
+        "{answer}"
+    );
+    let mut third = connect_from("127.0.0.10", c2s).await;
+    assert!(closed_at_once(&mut third).await, "over the new share");
+    let mut elsewhere = connect_from("127.0.0.11", c2s).await;
+    assert!(!closed_at_once(&mut elsewhere).await);
+    for stream in &mut held {
+        assert!(!closed_at_once(stream).await, "open ones stay");
+    }
+}

@@ -13,6 +13,7 @@
 //! the session asks before and reports after.
 
 use crate::client_address::ClientAddresses;
+use crate::reloadable::Reloadable;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -63,7 +64,9 @@ pub struct LoginThrottle {
 }
 
 struct Inner {
-    settings: ThrottleSettings,
+    /// What a reload may replace; the counts carry over (they are kept
+    /// for the `max_backoff` the throttle started with).
+    settings: Reloadable<ThrottleSettings>,
     by_account: Counts<(String, IpAddr)>,
     by_client: Counts<IpAddr>,
 }
@@ -80,14 +83,19 @@ impl LoginThrottle {
             inner: Arc::new(Inner {
                 by_account: counts(&settings),
                 by_client: counts(&settings),
-                settings,
+                settings: Reloadable::new(settings),
             }),
         }
     }
 
+    /// Budgets and waits from now on.
+    pub fn set(&self, settings: ThrottleSettings) {
+        self.inner.settings.set(settings);
+    }
+
     /// Whether `account` (`user@host`) may try a password from `peer` now.
     pub fn check(&self, account: &str, peer: IpAddr) -> Result<(), Throttled> {
-        let Some(client) = self.inner.settings.addresses.client(peer) else {
+        let Some(client) = self.inner.settings.get().addresses.client(peer) else {
             return Ok(());
         };
         let now = Instant::now();
@@ -109,10 +117,10 @@ impl LoginThrottle {
 
     /// `account` gave a wrong password from `peer`.
     pub fn failed(&self, account: &str, peer: IpAddr) {
-        let Some(client) = self.inner.settings.addresses.client(peer) else {
+        let settings = self.inner.settings.get();
+        let Some(client) = settings.addresses.client(peer) else {
             return;
         };
-        let settings = &self.inner.settings;
         let by_account = self
             .inner
             .by_account
@@ -124,7 +132,7 @@ impl LoginThrottle {
 
     /// `account` logged in from `peer`: its count from there starts over.
     pub fn succeeded(&self, account: &str, peer: IpAddr) {
-        if let Some(client) = self.inner.settings.addresses.client(peer) {
+        if let Some(client) = self.inner.settings.get().addresses.client(peer) {
             self.inner
                 .by_account
                 .invalidate(&(account.to_owned(), client));
