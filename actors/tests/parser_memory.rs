@@ -68,9 +68,9 @@ const PEAK_AT_THE_ELEMENT_CAP: usize = 130 * 1000 * 1000;
 /// tag at the attribute limit (64 attributes at ~150 bytes).
 const CONSTANT: usize = 32 * 1024;
 
-/// Heap bytes the parser holds after reading `HEADER` and then `body`
-/// (which never completes the stanza), fed in reads of 4 KiB.
-fn held_for(body: &str, limits: StanzaLimits) -> usize {
+/// A parser that has read `HEADER` and is waiting for input; waiting, it
+/// gives its scratch back, so what it holds now is an idle stream's.
+fn opened(limits: StanzaLimits) -> (StreamParser, BytesMut) {
     let mut parser = StreamParser::new(limits, None);
     let mut buf = BytesMut::with_capacity(8192);
     buf.extend_from_slice(HEADER.as_bytes());
@@ -78,9 +78,14 @@ fn held_for(body: &str, limits: StanzaLimits) -> usize {
         parser.next_event(&mut buf),
         Ok(Some(StreamEvent::Open(_)))
     ));
-    // Waiting for input, the parser gives its scratch back: the baseline
-    // is an idle stream.
     assert_eq!(parser.next_event(&mut buf), Ok(None));
+    (parser, buf)
+}
+
+/// Heap bytes the parser holds after reading `HEADER` and then `body`
+/// (which never completes the stanza), fed in reads of 4 KiB.
+fn held_for(body: &str, limits: StanzaLimits) -> usize {
+    let (mut parser, mut buf) = opened(limits);
     let before = HELD.with(Cell::get);
     for chunk in body.as_bytes().chunks(4096) {
         buf.extend_from_slice(chunk);
@@ -94,14 +99,7 @@ fn held_for(body: &str, limits: StanzaLimits) -> usize {
 /// The most heap bytes the parser held while reading `HEADER` and then
 /// `stanza` (which completes), the tree it handed out included.
 fn peak_for(stanza: &str, limits: StanzaLimits) -> usize {
-    let mut parser = StreamParser::new(limits, None);
-    let mut buf = BytesMut::with_capacity(8192);
-    buf.extend_from_slice(HEADER.as_bytes());
-    assert!(matches!(
-        parser.next_event(&mut buf),
-        Ok(Some(StreamEvent::Open(_)))
-    ));
-    assert_eq!(parser.next_event(&mut buf), Ok(None));
+    let (mut parser, mut buf) = opened(limits);
     let before = HELD.with(Cell::get);
     PEAK.with(|peak| peak.set(before));
     let mut tree = None;
