@@ -1043,28 +1043,23 @@ impl Session {
         metrics::histogram!("gatehouse_login_duration_seconds", "result" => label, "transport" => transport)
             .record(started.elapsed().as_secs_f64());
         let host = self.phase.host().unwrap_or_default().to_owned();
+        let account = format!("{user}@{host}");
         match result {
             Ok(true) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login");
-                self.services
-                    .throttle
-                    .succeeded(&format!("{user}@{host}"), self.peer.ip());
+                self.services.throttle.succeeded(&account, self.peer.ip());
                 self.phase = Phase::Authenticated { host, user };
                 self.send(&Success { data: Vec::new() }.into());
                 Next::Restart
             }
             Ok(false) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login refused: not authorized");
-                self.services
-                    .throttle
-                    .failed(&format!("{user}@{host}"), self.peer.ip());
+                self.services.throttle.failed(&account, self.peer.ip());
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(AuthError::InvalidRequest(why)) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, reason = why, "login refused: credentials cannot be sent to the backend");
-                self.services
-                    .throttle
-                    .failed(&format!("{user}@{host}"), self.peer.ip());
+                self.services.throttle.failed(&account, self.peer.ip());
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(error) => {
