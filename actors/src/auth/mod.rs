@@ -21,7 +21,7 @@ pub use cache::{AuthCache, CachedUser};
 pub use external::{ExternalConfig, Protocol};
 pub use http::{ca_certificates, HttpAuthSettings, HttpSetupError};
 pub use pool::{describe_metrics, PoolHandle};
-pub use throttle::{LoginThrottle, ThrottleSettings, Throttled};
+pub use throttle::{LoginAttempt, LoginThrottle, ThrottleSettings, Throttled};
 
 use std::fmt;
 

@@ -2,7 +2,9 @@
 //! per (account, client) and per client (an address, an IPv6 prefix);
 //! beyond a budget, the next attempts from there are refused with
 //! `<temporary-auth-failure/>` before the backend is asked, for a backoff
-//! that doubles with each further failure up to a cap. No count is kept
+//! that doubles with each further failure up to a cap; when a wait is
+//! over, one attempt at a time goes through (a guesser's parallel
+//! connections do not all slip in together). No count is kept
 //! per account alone, so someone else's failures never slow the owner
 //! logging in from another address; a success clears its (account,
 //! client) count, not its client's. Counts are forgotten after a quiet
@@ -37,11 +39,16 @@ pub struct ThrottleSettings {
     pub max_backoff: Duration,
 }
 
-/// Failures of one key, and until when it waits.
+/// Failures of one key, until when it waits, and the attempts from it
+/// that are being checked now.
 #[derive(Default)]
 struct Failures {
     count: u32,
     blocked_until: Option<Instant>,
+    /// Attempts admitted and not yet answered: past the budget only one
+    /// at a time, so that clients trying in parallel do not all slip
+    /// through the moment a wait ends.
+    in_flight: u32,
 }
 
 type Counts<K> = moka::sync::Cache<K, Arc<Mutex<Failures>>>;
@@ -77,6 +84,20 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
+/// A login the throttle let through, to be reported as
+/// [`failed`](LoginAttempt::failed) or
+/// [`succeeded`](LoginAttempt::succeeded) once the backend answered;
+/// dropped without either (the backend could not say), it only gives
+/// back its place.
+pub struct LoginAttempt {
+    throttle: Arc<Inner>,
+    /// The (account, client) key and the client key; `None` for an
+    /// exempt address, which nothing is counted for.
+    keys: Option<((String, IpAddr), IpAddr)>,
+    /// The counts whose `in_flight` this attempt holds.
+    holds: Vec<Arc<Mutex<Failures>>>,
+}
+
 impl LoginThrottle {
     pub fn new(settings: ThrottleSettings) -> LoginThrottle {
         LoginThrottle {
@@ -94,48 +115,100 @@ impl LoginThrottle {
     }
 
     /// Whether `account` (`user@host`) may try a password from `peer` now.
-    pub fn check(&self, account: &str, peer: IpAddr) -> Result<(), Throttled> {
-        let Some(client) = self.inner.settings.get().addresses.client(peer) else {
-            return Ok(());
+    pub fn check(&self, account: &str, peer: IpAddr) -> Result<LoginAttempt, Throttled> {
+        let settings = self.inner.settings.get();
+        let mut attempt = LoginAttempt {
+            throttle: self.inner.clone(),
+            keys: None,
+            holds: Vec::new(),
+        };
+        let Some(client) = settings.addresses.client(peer) else {
+            return Ok(attempt);
         };
         let now = Instant::now();
-        let waits = [
-            self.inner
-                .by_account
-                .get(&(account.to_owned(), client))
-                .and_then(|f| blocked(&f, now)),
-            self.inner
-                .by_client
-                .get(&client)
-                .and_then(|f| blocked(&f, now)),
+        let account = (account.to_owned(), client);
+        // An account's attempts in flight count as failures once it has
+        // failed (a guesser's parallel tries use up its budget); a
+        // client's do not (a NAT's honest logins arrive in parallel).
+        let counted = [
+            (
+                self.inner.by_account.get(&account),
+                settings.per_account,
+                true,
+            ),
+            (
+                self.inner.by_client.get(&client),
+                settings.per_client,
+                false,
+            ),
         ];
-        match waits.into_iter().flatten().max() {
-            Some(retry_after) => Err(Throttled { retry_after }),
-            None => Ok(()),
+        for (failures, budget, pending_count) in counted {
+            let Some(failures) = failures else { continue };
+            admit(&failures, budget, pending_count, settings.backoff, now)
+                .map_err(|retry_after| Throttled { retry_after })?;
+            attempt.holds.push(failures);
         }
+        attempt.keys = Some((account, client));
+        Ok(attempt)
     }
+}
 
-    /// `account` gave a wrong password from `peer`.
-    pub fn failed(&self, account: &str, peer: IpAddr) {
-        let settings = self.inner.settings.get();
-        let Some(client) = settings.addresses.client(peer) else {
+/// Admits one more attempt on a key that has failed before (it then
+/// holds a place in `in_flight`), or says how long it waits.
+fn admit(
+    failures: &Mutex<Failures>,
+    budget: u32,
+    pending_count: bool,
+    backoff: Duration,
+    now: Instant,
+) -> Result<(), Duration> {
+    let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(until) = failures.blocked_until.filter(|until| *until > now) {
+        return Err(until - now);
+    }
+    let admitted = if failures.count >= budget {
+        failures.in_flight == 0
+    } else {
+        !pending_count || failures.count + failures.in_flight < budget
+    };
+    if !admitted {
+        // Its wait begins when the attempt in flight fails.
+        return Err(backoff);
+    }
+    failures.in_flight += 1;
+    Ok(())
+}
+
+impl LoginAttempt {
+    /// The backend said the password is wrong.
+    pub fn failed(self) {
+        let Some((account, client)) = &self.keys else {
             return;
         };
+        let settings = self.throttle.settings.get();
         let by_account = self
-            .inner
+            .throttle
             .by_account
-            .get_with((account.to_owned(), client), Default::default);
+            .get_with(account.clone(), Default::default);
         settings.count(&by_account, settings.per_account);
-        let by_client = self.inner.by_client.get_with(client, Default::default);
+        let by_client = self.throttle.by_client.get_with(*client, Default::default);
         settings.count(&by_client, settings.per_client);
     }
 
-    /// `account` logged in from `peer`: its count from there starts over.
-    pub fn succeeded(&self, account: &str, peer: IpAddr) {
-        if let Some(client) = self.inner.settings.get().addresses.client(peer) {
-            self.inner
-                .by_account
-                .invalidate(&(account.to_owned(), client));
+    /// The account logged in: its count from this client starts over
+    /// (the client's own count stays).
+    pub fn succeeded(self) {
+        if let Some((account, _)) = &self.keys {
+            self.throttle.by_account.invalidate(account);
+        }
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        for failures in &self.holds {
+            let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
+            failures.in_flight = failures.in_flight.saturating_sub(1);
         }
     }
 }
@@ -158,19 +231,11 @@ impl ThrottleSettings {
     }
 }
 
-/// How long `failures` still waits at `now`, if it does.
-fn blocked(failures: &Mutex<Failures>, now: Instant) -> Option<Duration> {
-    let failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
-    failures
-        .blocked_until
-        .filter(|until| *until > now)
-        .map(|until| until - now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::{LoginThrottle, ThrottleSettings};
     use crate::client_address::ClientAddresses;
+    use std::net::IpAddr;
     use std::time::Duration;
 
     fn throttle() -> LoginThrottle {
@@ -186,6 +251,19 @@ mod tests {
         })
     }
 
+    /// How long a try of `account` from `peer` now must wait.
+    fn wait(throttle: &LoginThrottle, account: &str, peer: IpAddr) -> Duration {
+        match throttle.check(account, peer) {
+            Ok(_) => panic!("{account} from {peer} was let through"),
+            Err(throttled) => throttled.retry_after,
+        }
+    }
+
+    /// One attempt that the backend refused.
+    fn fail(throttle: &LoginThrottle, account: &str, peer: IpAddr) {
+        throttle.check(account, peer).unwrap().failed();
+    }
+
     #[test]
     fn an_account_waits_from_one_address_only_and_longer_each_time() {
         let throttle = throttle();
@@ -193,16 +271,17 @@ mod tests {
             "192.0.2.1".parse().unwrap(),
             "198.51.100.7".parse().unwrap(),
         );
-        throttle.failed("alice@x", attacker);
-        assert!(
-            throttle.check("alice@x", attacker).is_ok(),
-            "within the budget"
-        );
-        throttle.failed("alice@x", attacker);
-        let first = throttle.check("alice@x", attacker).unwrap_err().retry_after;
+        // Three tries at once, before any has failed.
+        let tries: Vec<_> = (0..3)
+            .map(|_| throttle.check("alice@x", attacker).unwrap())
+            .collect();
+        let mut tries = tries.into_iter();
+        tries.next().unwrap().failed();
+        tries.next().unwrap().failed();
+        let first = wait(&throttle, "alice@x", attacker);
         assert!(first <= Duration::from_secs(1) && first > Duration::ZERO);
-        throttle.failed("alice@x", attacker);
-        let second = throttle.check("alice@x", attacker).unwrap_err().retry_after;
+        tries.next().unwrap().failed();
+        let second = wait(&throttle, "alice@x", attacker);
         assert!(second > Duration::from_millis(1500), "{second:?}");
         assert!(
             throttle.check("alice@x", owner).is_ok(),
@@ -215,17 +294,47 @@ mod tests {
     }
 
     #[test]
+    fn parallel_tries_past_a_failure_are_counted_before_their_answers() {
+        let throttle = throttle();
+        let peer = "192.0.2.5".parse().unwrap();
+        fail(&throttle, "alice@x", peer);
+        // One failure and one try in flight make the budget of two.
+        let in_flight = throttle.check("alice@x", peer).unwrap();
+        assert!(throttle.check("alice@x", peer).is_err());
+        drop(in_flight);
+        assert!(
+            throttle.check("alice@x", peer).is_ok(),
+            "a try the backend could not answer gives its place back"
+        );
+    }
+
+    #[test]
+    fn past_the_budget_one_try_at_a_time_when_the_wait_is_over() {
+        let throttle = LoginThrottle::new(ThrottleSettings {
+            backoff: Duration::ZERO,
+            ..throttle().inner.settings.get().as_ref().clone()
+        });
+        let peer = "192.0.2.6".parse().unwrap();
+        fail(&throttle, "alice@x", peer);
+        fail(&throttle, "alice@x", peer);
+        let try_now = throttle.check("alice@x", peer).unwrap();
+        assert!(throttle.check("alice@x", peer).is_err(), "one at a time");
+        try_now.failed();
+        assert!(throttle.check("alice@x", peer).is_ok());
+    }
+
+    #[test]
     fn a_client_spraying_accounts_waits_and_exempt_networks_never() {
         let throttle = throttle();
         let sprayer = "2001:db8::1".parse().unwrap();
         for i in 0..5 {
-            throttle.failed(&format!("user{i}@x"), sprayer);
+            fail(&throttle, &format!("user{i}@x"), sprayer);
         }
         let same_64 = "2001:db8::2".parse().unwrap();
         assert!(throttle.check("someone@x", same_64).is_err());
         let inside = "10.1.1.1".parse().unwrap();
         for _ in 0..10 {
-            throttle.failed("alice@x", inside);
+            fail(&throttle, "alice@x", inside);
         }
         assert!(throttle.check("alice@x", inside).is_ok());
     }
@@ -234,9 +343,9 @@ mod tests {
     fn a_success_starts_the_account_over() {
         let throttle = throttle();
         let peer = "192.0.2.9".parse().unwrap();
-        throttle.failed("alice@x", peer);
-        throttle.succeeded("alice@x", peer);
-        throttle.failed("alice@x", peer);
+        fail(&throttle, "alice@x", peer);
+        throttle.check("alice@x", peer).unwrap().succeeded();
+        fail(&throttle, "alice@x", peer);
         assert!(throttle.check("alice@x", peer).is_ok());
     }
 }

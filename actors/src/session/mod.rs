@@ -15,7 +15,7 @@ mod sasl;
 mod sm;
 
 use crate::archive::{self, Archive, Reservation, Reserve};
-use crate::auth::{AuthError, Authenticator, LoginThrottle};
+use crate::auth::{AuthError, Authenticator, LoginAttempt, LoginThrottle};
 use crate::carbons::{self, Eligibility};
 use crate::directory::{self, BindRefused, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
@@ -1013,20 +1013,25 @@ impl Session {
         let user = credentials.user;
         let password = credentials.password;
         let account = format!("{user}@{host}");
-        if let Err(throttled) = self.services.throttle.check(&account, self.peer.ip()) {
-            Refused::LoginThrottled.count();
-            let retry = throttled.retry_after.as_secs() + 1;
-            tracing::info!(peer = %self.peer, user = %user, %host, retry, "login refused: throttled");
-            let text = format!("too many failed logins; try again in {retry} s");
-            return ready(self.sasl_failed_with(SaslCondition::TemporaryAuthFailure, Some(text)));
-        }
+        let attempt = match self.services.throttle.check(&account, self.peer.ip()) {
+            Ok(attempt) => attempt,
+            Err(throttled) => {
+                Refused::LoginThrottled.count();
+                let retry = throttled.retry_after.as_secs() + 1;
+                tracing::info!(peer = %self.peer, user = %user, %host, retry, "login refused: throttled");
+                let text = format!("too many failed logins; try again in {retry} s");
+                return ready(
+                    self.sasl_failed_with(SaslCondition::TemporaryAuthFailure, Some(text)),
+                );
+            }
+        };
         let auth = self.services.auth.clone();
         let started = Instant::now();
         let checked_user = user.clone();
         Box::pin(
             async move { auth.check_password(&checked_user, &host, password).await }
                 .into_actor(self)
-                .map(move |result, act, _| act.auth_done(user, result, started)),
+                .map(move |result, act, _| act.auth_done(user, result, started, attempt)),
         )
     }
 
@@ -1035,6 +1040,7 @@ impl Session {
         user: String,
         result: Result<bool, AuthError>,
         started: Instant,
+        attempt: LoginAttempt,
     ) -> Next {
         let label = login_result(&result);
         let transport = self.transport.as_str();
@@ -1043,23 +1049,22 @@ impl Session {
         metrics::histogram!("gatehouse_login_duration_seconds", "result" => label, "transport" => transport)
             .record(started.elapsed().as_secs_f64());
         let host = self.phase.host().unwrap_or_default().to_owned();
-        let account = format!("{user}@{host}");
         match result {
             Ok(true) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login");
-                self.services.throttle.succeeded(&account, self.peer.ip());
+                attempt.succeeded();
                 self.phase = Phase::Authenticated { host, user };
                 self.send(&Success { data: Vec::new() }.into());
                 Next::Restart
             }
             Ok(false) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, "login refused: not authorized");
-                self.services.throttle.failed(&account, self.peer.ip());
+                attempt.failed();
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(AuthError::InvalidRequest(why)) => {
                 tracing::info!(peer = %self.peer, user = %user, %host, reason = why, "login refused: credentials cannot be sent to the backend");
-                self.services.throttle.failed(&account, self.peer.ip());
+                attempt.failed();
                 self.sasl_failed(SaslCondition::NotAuthorized)
             }
             Err(error) => {
