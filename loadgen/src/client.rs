@@ -9,7 +9,7 @@
 use crate::transport::{bosh, starttls, tcp, tls, websocket, ClientStream, Transport};
 use base64::Engine;
 use memchr::memmem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How one login ended.
@@ -59,6 +59,10 @@ pub struct Target {
     pub(crate) opening: String,
     /// Per-login limit (connect to roster answer; holding is not limited).
     pub timeout: Duration,
+    /// The loopback address connections come from (`--source`), so one
+    /// machine can stand for several clients before the server's
+    /// per-address limits; `None`: the system's choice.
+    pub source: Option<IpAddr>,
 }
 
 impl Target {
@@ -73,7 +77,13 @@ impl Target {
                 Transport::Bosh => bosh::creation_attributes(domain),
             },
             timeout,
+            source: None,
         }
+    }
+
+    /// The same target, reached from `source`.
+    pub fn from_source(self, source: Option<IpAddr>) -> Self {
+        Target { source, ..self }
     }
 }
 

@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use client::{Credentials, Outcome, Target};
 use meter::{number, per_thousand, Meter, ServerMemory, Usage};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +51,11 @@ pub struct Args {
     /// Server address, HOST:PORT (it must resolve to loopback).
     #[arg(long, default_value = "127.0.0.1:5222")]
     pub target: String,
+    /// Loopback address to connect from (for example 127.0.0.2), so runs
+    /// from one machine count as different clients under the server's
+    /// per-address limits; default: the system's choice.
+    #[arg(long)]
+    pub source: Option<IpAddr>,
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
@@ -195,6 +200,9 @@ pub enum StormError {
     /// The target resolves to no address at all.
     #[error("{target}: no address")]
     NoAddress { target: String },
+    /// The source address is off loopback.
+    #[error("refusing --source {address}: only loopback sources are allowed")]
+    SourceNotLoopback { address: IpAddr },
     /// The target is off loopback; the generator only loads local servers.
     #[error("refusing {target} ({addr}): only loopback targets are allowed")]
     NotLoopback { target: String, addr: SocketAddr },
@@ -204,6 +212,20 @@ pub enum StormError {
         mode: &'static str,
         transport: &'static str,
     },
+}
+
+/// Where `args` connect to and from, both on loopback.
+pub(crate) fn target(args: &Args) -> Result<Target, StormError> {
+    if let Some(source) = args.source.filter(|source| !source.is_loopback()) {
+        return Err(StormError::SourceNotLoopback { address: source });
+    }
+    Ok(Target::new(
+        loopback(&args.target)?,
+        &args.domain,
+        args.transport,
+        Duration::from_secs_f64(args.timeout),
+    )
+    .from_source(args.source))
 }
 
 /// The one address `target` names, if it is on loopback.
@@ -240,12 +262,7 @@ pub async fn storm(args: &Args) -> Result<String, StormError> {
 
 /// The login storm of the other modes.
 async fn logins(args: &Args) -> Result<String, StormError> {
-    let target = Arc::new(Target::new(
-        loopback(&args.target)?,
-        &args.domain,
-        args.transport,
-        Duration::from_secs_f64(args.timeout),
-    ));
+    let target = Arc::new(target(args)?);
     let creds = credentials(args);
     let results = Arc::new(Mutex::new(Results::default()));
     let meter = Meter::start(args.server_pid);

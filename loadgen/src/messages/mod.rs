@@ -12,10 +12,10 @@
 mod report;
 mod side;
 
-use crate::client::{connected, Credentials, Stop, Target};
+use crate::client::{connected, Credentials, Stop};
 use crate::meter::Meter;
 use crate::transport::Transport;
-use crate::{loopback, Args, StormError};
+use crate::{target, Args, StormError};
 use report::{Tally, Total};
 use side::{Flow, Phases, Plan, Side};
 use std::sync::Arc;
@@ -32,12 +32,7 @@ pub(crate) async fn exchange(args: &Args) -> Result<String, StormError> {
             transport: Transport::Bosh.label(),
         });
     }
-    let target = Arc::new(Target::new(
-        loopback(&args.target)?,
-        &args.domain,
-        args.transport,
-        Duration::from_secs_f64(args.timeout),
-    ));
+    let target = Arc::new(target(args)?);
     let plan = Plan {
         sm: args.sm,
         sending: Duration::from_secs_f64(args.seconds),

@@ -76,7 +76,7 @@ pub(crate) fn creation_attributes(domain: &str) -> String {
 /// [`open`](ClientStream::open).
 pub(crate) async fn connect(target: &Target) -> Result<Bosh<'_>, Stop> {
     Ok(Bosh {
-        socket: tcp::socket(target.addr).await?,
+        socket: tcp::socket(target).await?,
         target,
         sid: None,
         rid: FIRST_RID,
@@ -213,7 +213,7 @@ impl ClientStream for Bosh<'_> {
             // The held request blocks this connection until answered: the
             // termination goes on a second one, which the server's
             // `requests` (hold + 1) allows.
-            self.socket = tcp::socket(self.target.addr).await?;
+            self.socket = tcp::socket(self.target).await?;
             self.outstanding = false;
         }
         self.post(" type='terminate'", &[]).await?;

@@ -4,19 +4,30 @@
 
 use super::{features, ClientStream};
 use crate::client::{Outcome, Stop, Target};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Connects to the server without TLS.
 pub(crate) async fn connect(target: &Target) -> Result<XmlStream<'_, TcpStream>, Stop> {
-    Ok(XmlStream::new(socket(target.addr).await?, &target.opening))
+    Ok(XmlStream::new(socket(target).await?, &target.opening))
 }
 
-/// A TCP connection to `addr` with Nagle off (every login step is a small
-/// write waiting for an answer).
-pub(crate) async fn socket(addr: SocketAddr) -> Result<TcpStream, Stop> {
-    let tcp = TcpStream::connect(addr).await?;
+/// A TCP connection to the target, from its source address if it has
+/// one, with Nagle off (every login step is a small write waiting for an
+/// answer).
+pub(crate) async fn socket(target: &Target) -> Result<TcpStream, Stop> {
+    let tcp = match target.source {
+        None => TcpStream::connect(target.addr).await?,
+        Some(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(target.addr).await?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }

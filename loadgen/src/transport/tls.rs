@@ -22,7 +22,7 @@ pub(crate) async fn connect(target: &Target) -> Result<XmlStream<'_, TlsStream<T
     /// Built on the first login, shared by every later one.
     static DIRECT_TLS: OnceLock<TlsConnector> = OnceLock::new();
     let connector = DIRECT_TLS.get_or_init(|| accepting_any_certificate(&[ALPN_XMPP_CLIENT]));
-    let tls = handshake(connector, target, tcp::socket(target.addr).await?).await?;
+    let tls = handshake(connector, target, tcp::socket(target).await?).await?;
     Ok(XmlStream::new(tls, &target.opening))
 }
 

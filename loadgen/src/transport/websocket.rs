@@ -52,7 +52,7 @@ pub(crate) async fn connect(target: &Target) -> Result<XmppWebSocket<'_>, Stop> 
     // asks; the handshake fails unless the answer names the subprotocol.
     let request = ClientRequestBuilder::new(uri).with_sub_protocol(SUBPROTOCOL);
     let config = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
-    let socket = tcp::socket(target.addr).await?;
+    let socket = tcp::socket(target).await?;
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(request, socket, Some(config)).await?;
     Ok(XmppWebSocket {
