@@ -130,13 +130,15 @@ async fn xmpp_websocket(
 }
 
 /// The client behind a request: its peer, or the address a trusted
-/// proxy's `X-Forwarded-For` names. `None` when the peer is unknown.
+/// proxy's `X-Forwarded-For` names (every line of it, in order; a value
+/// that is not text is no address). `None` when the peer is unknown.
 fn client(req: &HttpRequest, config: &WebConfig) -> Option<std::net::SocketAddr> {
-    let forwarded_for = req
+    let forwarded_for: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    Some(config.client(req.peer_addr()?, forwarded_for))
+        .get_all("x-forwarded-for")
+        .map(|v| v.to_str().unwrap_or_default())
+        .collect();
+    Some(config.client(req.peer_addr()?, &forwarded_for))
 }
 
 /// `POST /http-bind`: one BOSH body, answered when the session has
