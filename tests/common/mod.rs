@@ -224,6 +224,14 @@ pub async fn metrics_when(http: SocketAddr, what: &str, ready: impl Fn(&str) -> 
     }
 }
 
+/// A connection to `server` from the loopback address `from` (any of
+/// 127.0.0.0/8: a client address of the test's own).
+pub async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
 /// Connects, opens a stream and tries SASL PLAIN; the failure condition
 /// on refusal.
 pub async fn try_login(server: &TestServer, user: &str, password: &str) -> Result<(), String> {

@@ -14,6 +14,10 @@
 //! held requests, the retransmission cache, the timers), so no lock is
 //! held while a request waits.
 //!
+//! A session is created only if the web listener's connection limits
+//! admit it (the caller's `admit`, asked for creation requests only); the
+//! session holds the place they give until it ends.
+//!
 //! Each child of a body is one [`Inbound`] event, parsed with the
 //! session's own primed parser (every `[c2s]` limit, the unauthenticated
 //! budget) in rid order. What the session says is taken from its channel
@@ -26,6 +30,7 @@ use super::{
     prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
     Turn,
 };
+use crate::refused::Refused;
 use crate::reloadable::Reloadable;
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ns, ParseError, StanzaLimits, StreamEvent, StreamHeader, StreamParser};
@@ -164,6 +169,32 @@ impl Refusal {
     }
 }
 
+/// The terminal condition of a session creation request the connection
+/// limits refuse: the client's address (or everyone) has too many
+/// connections, or opens them too fast — the server's connection policy.
+/// The session never existed; the client may create one again later.
+const ADMISSION_REFUSED: &str = "policy-violation";
+
+/// What answers one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The `<body/>` to send back.
+    pub body: Bytes,
+    /// The connection limits refused to create a session (they counted
+    /// it): the client may try again later, which the HTTP answer can
+    /// say.
+    pub refused: bool,
+}
+
+impl From<Bytes> for Answer {
+    fn from(body: Bytes) -> Answer {
+        Answer {
+            body,
+            refused: false,
+        }
+    }
+}
+
 /// An empty `<body/>` ending the session with a terminal `condition`.
 fn terminated(condition: &str) -> Bytes {
     Bytes::from(format!(
@@ -233,14 +264,22 @@ impl Bosh {
     }
 
     /// Answers one POSTed body: the `<body/>` to send back, once there is
-    /// something to say or the request's `wait` is over. Must be called
-    /// on an actix arbiter (a new session starts on it).
-    pub async fn request(&self, body: &[u8], peer: SocketAddr) -> Bytes {
+    /// something to say or the request's `wait` is over. A session
+    /// creation request is first put to `admit` (the connection limits,
+    /// which count their own refusals); what it gives is held until the
+    /// session ends. Must be called on an actix arbiter (a new session
+    /// starts on it).
+    pub async fn request<A: Send + 'static>(
+        &self,
+        body: &[u8],
+        peer: SocketAddr,
+        admit: impl FnOnce() -> Result<A, Refused>,
+    ) -> Answer {
         let body = match RequestBody::parse(body, self.0.c2s.get().stanza_limits) {
             Ok(body) => body,
             Err(error) => {
                 tracing::debug!(%peer, %error, "bad BOSH body");
-                return Refusal::BadRequest.answer();
+                return Refusal::BadRequest.answer().into();
             }
         };
         let (answer, answered) = oneshot::channel();
@@ -251,17 +290,27 @@ impl Bosh {
         };
         match request.body.sid.clone() {
             None => {
-                if let Err(refusal) = self.create(request, peer) {
-                    return refusal.answer();
+                let admitted = match admit() {
+                    Ok(admitted) => admitted,
+                    Err(refused) => {
+                        tracing::debug!(%peer, reason = refused.as_str(), "BOSH session refused");
+                        return Answer {
+                            body: terminated(ADMISSION_REFUSED),
+                            refused: true,
+                        };
+                    }
+                };
+                if let Err(refusal) = self.create(request, peer, Box::new(admitted)) {
+                    return refusal.answer().into();
                 }
             }
             Some(sid) => {
                 let inbox = self.0.lock().get(&sid).cloned();
                 let Some(inbox) = inbox else {
-                    return Refusal::UnknownSid.answer();
+                    return Refusal::UnknownSid.answer().into();
                 };
                 if inbox.send(request).await.is_err() {
-                    return Refusal::UnknownSid.answer();
+                    return Refusal::UnknownSid.answer().into();
                 }
             }
         }
@@ -270,11 +319,18 @@ impl Bosh {
         answered
             .await
             .unwrap_or_else(|_| terminated(Refusal::UnknownSid.condition()))
+            .into()
     }
 
     /// Starts a session for a creation request (one without `sid`), its
-    /// task holding the request until the stream features are ready.
-    fn create(&self, request: Request, peer: SocketAddr) -> Result<(), Refusal> {
+    /// task holding the request until the stream features are ready, and
+    /// `admitted` until it ends.
+    fn create(
+        &self,
+        request: Request,
+        peer: SocketAddr,
+        admitted: Box<dyn Send>,
+    ) -> Result<(), Refusal> {
         let registry = &self.0;
         let settings = &registry.settings;
         let sid = format!("{:032x}", rand::random::<u128>());
@@ -305,6 +361,7 @@ impl Bosh {
         );
         let mut state = BoshSession {
             sid,
+            _admitted: admitted,
             registry: registry.clone(),
             queued: link.queued.clone(),
             host: body.to.clone(),
@@ -364,6 +421,9 @@ struct BoshSession {
     /// Its key in the registry (128 random bits): it alone proves a
     /// request belongs to this session.
     sid: String,
+    /// Its place under the web listener's connection limits, given back
+    /// when the session ends, however it ends.
+    _admitted: Box<dyn Send>,
     /// To leave the registry when the session ends.
     registry: Arc<Registry>,
     /// The session's outbound bytes: lowered as a response carries them.
