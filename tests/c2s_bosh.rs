@@ -5,7 +5,7 @@
 //! a body over the limit, a polling session too fast; inactivity; the
 //! outbound bound; shutdown; the clamped `hold` and `wait`; CORS;
 //! host-meta in XML and JSON. Session creation under the connection
-//! limits.
+//! limits, and bodies held to the read rate.
 
 mod common;
 
@@ -619,4 +619,41 @@ async fn session_creation_is_held_to_the_addresss_share() {
     created_eventually(&from("127.0.0.21"), &server).await;
     // Two again; once the inactive ones end (4 s), a third is admitted.
     created_eventually(&from("127.0.0.21"), &server).await;
+}
+
+/// A client sending BOSH bodies faster than its read rate is held to it:
+/// each body is taken only once the debt of those before is waited off
+/// (seen in when the last one is answered), the session goes on, and the
+/// waits are counted like other transports' reads.
+#[actix_rt::test]
+async fn bodies_are_held_to_the_read_rate() {
+    const RATE: usize = 8192;
+    const BURST: usize = 4096;
+    let server = TestServer::start(&server_config(
+        &format!("read_rate = {RATE}\nread_burst = {BURST}"),
+        "2s",
+    ));
+    let before = server.metrics().await;
+    let (mut alice, _) = Bosh::create(&server, "wait='5' hold='1'").await;
+    alice.login("alice", "wonderland", "flood").await;
+    let padding = " ".repeat(4000);
+    let started = std::time::Instant::now();
+    let (mut bytes, mut last) = (0, 0);
+    for i in 0..8 {
+        let (_, body) = alice.next(
+            "",
+            &format!("<iq xmlns='jabber:client' type='get' id='p{i}'>{padding}<ping xmlns='urn:xmpp:ping'/></iq>"),
+        );
+        (bytes, last) = (bytes + body.len(), body.len());
+        let (status, answer) = post(&alice.http, &alice.url, body).await;
+        assert_eq!(status, 200);
+        assert!(answer.has_child("iq", CLIENT), "{answer:?}");
+    }
+    // The burst is free, and the last body's debt is not waited off.
+    assert_held_to_the_rate(bytes, BURST + last, RATE, started.elapsed());
+    let series = "gatehouse_shaped_reads_total{phase=\"authenticated\"}";
+    let start = sample(&before, series);
+    server
+        .metrics_when(series, |m| sample(m, series) >= start + 6.0)
+        .await;
 }

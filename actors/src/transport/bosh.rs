@@ -16,7 +16,11 @@
 //!
 //! A session is created only if the web listener's connection limits
 //! admit it (the caller's `admit`, asked for creation requests only); the
-//! session holds the place they give until it ends.
+//! session holds the place they give until it ends. Its request bodies
+//! are held to the read rates of every client stream: a session whose
+//! read shaper is in debt takes its next request from its inbox only
+//! once the debt is waited off (the request waits unanswered meanwhile;
+//! nothing is refused).
 //!
 //! Each child of a body is one [`Inbound`] event, parsed with the
 //! session's own primed parser (every `[c2s]` limit, the unauthenticated
@@ -27,8 +31,8 @@
 //! stanza.
 
 use super::{
-    prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
-    Turn,
+    prime, shaper, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink,
+    TransportKind, Turn,
 };
 use crate::refused::Refused;
 use crate::reloadable::Reloadable;
@@ -233,6 +237,8 @@ impl Registry {
 struct Request {
     /// What the body said.
     body: RequestBody,
+    /// The body's size in bytes: what the read shaper counts.
+    size: usize,
     /// When it arrived, for the inactivity of a request held back by a
     /// missing `rid`.
     arrived: Instant,
@@ -275,6 +281,7 @@ impl Bosh {
         peer: SocketAddr,
         admit: impl FnOnce() -> Result<A, Refused>,
     ) -> Answer {
+        let size = body.len();
         let body = match RequestBody::parse(body, self.0.c2s.get().stanza_limits) {
             Ok(body) => body,
             Err(error) => {
@@ -285,6 +292,7 @@ impl Bosh {
         let (answer, answered) = oneshot::channel();
         let request = Request {
             body,
+            size,
             arrived: Instant::now(),
             answer,
         };
@@ -352,13 +360,14 @@ impl Bosh {
             .map_or(settings.max_wait, Duration::from_secs)
             .min(settings.max_wait)
             .max(MIN_WAIT);
-        let link = session::start(
+        let mut link = session::start(
             peer,
             TransportKind::Bosh,
             registry.secure,
             registry.c2s.get(),
             registry.services.clone(),
         );
+        link.shaper.consume(request.size);
         let mut state = BoshSession {
             sid,
             _admitted: admitted,
@@ -489,13 +498,21 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
                 link.tell(inbound);
             }
         }
-        let deadline = state.next_deadline();
         // At shutdown the session's last words are taken at once, so the
         // task can end without waiting for a request.
         let take_output = !state.held.is_empty() || shutdown.is_cancelled();
         // A client whose bodies the session has not read yet waits: the
         // bodies in hand stay bounded by the requests it may make.
         let room = state.pending.len() < PENDING_PER_REQUEST * state.requests;
+        // A client that sent faster than its read rate waits too: its next
+        // request stays in the inbox until the debt is waited off.
+        let wait = if room { link.shaper.wait() } else { None };
+        let mut deadline = state.next_deadline();
+        if let (Some(wait), true) = (&wait, state.held.is_empty()) {
+            // A request held back is a request made: no inactivity before
+            // it is taken.
+            deadline = deadline.max(wait.deadline());
+        }
         tokio::select! {
             turn = link.turn_taking(std::future::pending::<Infallible>(), take_output) => match turn {
                 Turn::Killed => break End::Killed,
@@ -511,13 +528,14 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
                 | Turn::Answer(Ok(Next::Close | Next::StartTls) | Err(_)) => break End::StreamEnded,
                 Turn::Answer(Ok(Next::Continue)) => {}
                 Turn::Answer(Ok(Next::Restart)) => {
-                    link.parser.reset_authenticated();
+                    link.authenticated();
                     prime(&mut link.parser);
                 }
                 Turn::Read(never) => match never {},
             },
-            request = requests.recv(), if room => {
+            request = shaper::after(wait, requests.recv()), if room => {
                 let Some(request) = request else { break End::StreamEnded };
+                link.shaper.consume(request.size);
                 if let Err(refusal) = state.receive(request) {
                     break End::Refused(refusal);
                 }
@@ -714,6 +732,7 @@ impl BoshSession {
             body,
             answer,
             arrived,
+            ..
         } = request;
         if !body.children.iter().all(u8::is_ascii_whitespace) {
             self.pending.push_back(Pending::Children(body.children));
