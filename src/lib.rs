@@ -266,8 +266,8 @@ impl Server {
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
-        // One admission for both XMPP listeners: a client's connections
-        // count together whichever it uses.
+        // One admission for every listener (plain c2s, Direct TLS, web):
+        // a client's connections count together whichever it uses.
         let limits = limits::ConnectionLimits::new(config.limits.clone());
         let c2s_certificate = tls.as_ref().map(|tls| tls.certificate.clone());
         let settings = Reloadable::new(c2s::settings(
@@ -287,8 +287,15 @@ impl Server {
                     }
                     _ => None,
                 };
-                let server = web::start(listener, tls, web, settings.clone(), services.clone())
-                    .map_err(RunError::Http)?;
+                let server = web::start(
+                    listener,
+                    tls,
+                    web,
+                    settings.clone(),
+                    services.clone(),
+                    limits.clone(),
+                )
+                .map_err(RunError::Http)?;
                 let handle = server.handle();
                 actix_rt::spawn(server);
                 Some(handle)

@@ -1,13 +1,15 @@
-//! Connection admission on the XMPP listeners (plain c2s and Direct TLS):
-//! a cap on open connections in all, and per client address a cap on open
+//! Connection admission on every client listener (plain c2s, Direct TLS,
+//! and on the web listener each WebSocket and each BOSH session): a cap
+//! on open connections in all, and per client address a cap on open
 //! connections and a connection rate (a token bucket), so one address
 //! cannot take the sockets and file descriptors everyone else needs. A
 //! refused connection is closed at once (the accept loop goes on
-//! accepting) and counted in `gatehouse_refused_total{reason}`.
+//! accepting; the web listener answers the request) and counted in
+//! `gatehouse_refused_total{reason}`.
 //!
 //! Owns the counts and buckets. Must not touch the connection itself: the
-//! listener closes a refused socket, the transport holds an [`Admitted`]
-//! for an admitted one until it ends.
+//! listener closes or answers a refused one, the transport holds an
+//! [`Admitted`] for an admitted one until it ends.
 
 use crate::config::LimitsConfig;
 use gatehouse_actors::client_address::ClientAddresses;
@@ -26,7 +28,7 @@ use std::time::Instant;
 /// uses.
 const BUCKETS: u64 = 100_000;
 
-/// The admission of the XMPP listeners; cheap to clone.
+/// The admission of the client listeners; cheap to clone.
 #[derive(Clone)]
 pub struct ConnectionLimits {
     inner: Arc<Inner>,

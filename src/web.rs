@@ -5,20 +5,24 @@
 //!
 //! It owns HTTP only — paths, methods, the WebSocket upgrade and its
 //! `xmpp` subprotocol, the page's origin and CORS, the size of a BOSH
-//! body — and hands each accepted WebSocket to its transport
-//! (`gatehouse_actors::transport::websocket`) on the web worker that
-//! accepted it, and each BOSH body to the BOSH registry
+//! body, who the client is behind a trusted proxy and how a refusal by
+//! the connection limits (`crate::limits`, shared with the XMPP
+//! listeners) is answered — and hands each accepted WebSocket to its
+//! transport (`gatehouse_actors::transport::websocket`) on the web worker
+//! that accepted it, and each BOSH body to the BOSH registry
 //! (`gatehouse_actors::transport::bosh`). It must not speak XMPP.
 
 use crate::config::WebConfig;
+use crate::limits::{Admitted, ConnectionLimits};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer};
+use gatehouse_actors::refused::Refused;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::session::{C2sSettings, Services};
 use gatehouse_actors::transport::bosh::{Bosh, BoshSettings, Refusal};
 use gatehouse_actors::transport::websocket;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use tokio_rustls::rustls::ServerConfig;
 
 /// Where XMPP over WebSocket is served.
@@ -27,6 +31,10 @@ const WEBSOCKET_PATH: &str = "xmpp-websocket";
 const BOSH_PATH: &str = "http-bind";
 /// How long a browser may cache a CORS preflight answer.
 const CORS_MAX_AGE: &str = "86400";
+/// The `Retry-After` of a refusal by the connection limits, in seconds:
+/// long enough that a client obeying it is no burden, short enough that
+/// a NAT's reconnecting users are soon let in.
+const RETRY_AFTER: &str = "5";
 
 /// What every web worker shares.
 #[derive(Clone)]
@@ -41,6 +49,9 @@ struct WebState {
     /// The BOSH sessions, shared by every worker: a session's requests
     /// may arrive on any of them.
     bosh: Bosh,
+    /// The admission the XMPP listeners use too: a client's WebSockets
+    /// and BOSH sessions count with its TCP connections.
+    limits: ConnectionLimits,
 }
 
 /// A browser page from an origin `[web] allowed_origins` does not list.
@@ -90,8 +101,9 @@ fn foreign_origin() -> HttpResponse {
 }
 
 /// `GET /xmpp-websocket`: the upgrade, refused unless the client asks for
-/// the `xmpp` subprotocol (RFC 7395 §3.1) and, from a browser page, comes
-/// from an allowed origin.
+/// the `xmpp` subprotocol (RFC 7395 §3.1), from a browser page comes from
+/// an allowed origin, and is admitted by the connection limits (the
+/// WebSocket holds its place until it closes).
 async fn xmpp_websocket(
     req: HttpRequest,
     body: web::Payload,
@@ -113,6 +125,10 @@ async fn xmpp_websocket(
     let Some(client) = client(&req, &state.config) else {
         return HttpResponse::BadRequest().finish();
     };
+    let admitted = match admit(&state.limits, client) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused_upgrade(refused),
+    };
     match actix_ws::handle_with_protocols(&req, body, &[websocket::SUBPROTOCOL]) {
         Ok((response, session, messages)) => {
             websocket::start(
@@ -122,6 +138,7 @@ async fn xmpp_websocket(
                 state.config.secure(),
                 state.settings.get(),
                 state.services.clone(),
+                admitted,
             );
             response
         }
@@ -129,20 +146,50 @@ async fn xmpp_websocket(
     }
 }
 
+/// Admits a new stream from `client` (a WebSocket, a BOSH session), or
+/// counts the refusal.
+fn admit(limits: &ConnectionLimits, client: SocketAddr) -> Result<Admitted, Refused> {
+    limits
+        .admit(client.ip())
+        .inspect_err(|refused| refused.count())
+}
+
+/// The answer to an upgrade the connection limits refuse: the client's
+/// address opens connections too fast (429), or has, or everyone has,
+/// too many open (503); either way it may try again after `Retry-After`.
+fn refused_upgrade(refused: Refused) -> HttpResponse {
+    let mut response = match refused {
+        Refused::ConnectionRate => HttpResponse::TooManyRequests(),
+        _ => HttpResponse::ServiceUnavailable(),
+    };
+    response
+        .insert_header((header::RETRY_AFTER, RETRY_AFTER))
+        .body(format!(
+            "refused by the connection limits ({})\n",
+            refused.as_str()
+        ))
+}
+
 /// The client behind a request: its peer, or the address a trusted
-/// proxy's `X-Forwarded-For` names. `None` when the peer is unknown.
-fn client(req: &HttpRequest, config: &WebConfig) -> Option<std::net::SocketAddr> {
-    let forwarded_for = req
+/// proxy's `X-Forwarded-For` names (every line of it, in order; a value
+/// that is not text is no address). `None` when the peer is unknown.
+fn client(req: &HttpRequest, config: &WebConfig) -> Option<SocketAddr> {
+    let forwarded_for: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    Some(config.client(req.peer_addr()?, forwarded_for))
+        .get_all("x-forwarded-for")
+        .map(|v| v.to_str().unwrap_or_default())
+        .collect();
+    Some(config.client(req.peer_addr()?, &forwarded_for))
 }
 
 /// `POST /http-bind`: one BOSH body, answered when the session has
 /// something to say or the request's `wait` is over. A body larger than
 /// one stanza and its wrapper is refused (HTTP 413) before it is
-/// buffered.
+/// buffered. A session creation request is admitted by the connection
+/// limits (the session holds its place until it ends); a refused one is
+/// answered `<body type='terminate' condition='policy-violation'/>` with
+/// HTTP 200, as XEP-0124 §17.2 answers terminal conditions, and a
+/// `Retry-After`.
 async fn http_bind(
     req: HttpRequest,
     body: web::Payload,
@@ -162,10 +209,17 @@ async fn http_bind(
             return response.body(Refusal::BodyTooLarge.answer());
         }
     };
-    let answer = state.bosh.request(&body, client).await;
-    cors(HttpResponse::Ok(), origin, "POST, OPTIONS")
+    let answer = state
+        .bosh
+        .request(&body, client, || admit(&state.limits, client))
+        .await;
+    let mut response = cors(HttpResponse::Ok(), origin, "POST, OPTIONS");
+    if answer.refused {
+        response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+    }
+    response
         .content_type("text/xml; charset=utf-8")
-        .body(answer)
+        .body(answer.body)
 }
 
 /// `OPTIONS /http-bind`: the CORS preflight of a page's POST.
@@ -251,6 +305,7 @@ pub fn start(
     config: WebConfig,
     settings: Reloadable<C2sSettings>,
     services: Services,
+    limits: ConnectionLimits,
 ) -> std::io::Result<actix_web::dev::Server> {
     let bosh = Bosh::new(
         BoshSettings {
@@ -269,6 +324,7 @@ pub fn start(
         settings,
         services,
         bosh,
+        limits,
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server = HttpServer::new(move || {

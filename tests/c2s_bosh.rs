@@ -4,7 +4,8 @@
 //! rid outside the window, an unknown sid, too many simultaneous requests,
 //! a body over the limit, a polling session too fast; inactivity; the
 //! outbound bound; shutdown; the clamped `hold` and `wait`; CORS;
-//! host-meta in XML and JSON.
+//! host-meta in XML and JSON. Session creation under the connection
+//! limits, and bodies held to the read rate.
 
 mod common;
 
@@ -19,13 +20,18 @@ const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 /// A server with a web listener: plain TCP allowed, a small stanza limit,
 /// one allowed origin, BOSH limits small enough to test.
 fn server() -> TestServer {
-    let toml = config(&fixture_auth("")).replace(
+    TestServer::start(&server_config("", "2s"))
+}
+
+/// The config of [`server`], with `c2s` keys added and `inactivity`.
+fn server_config(c2s: &str, inactivity: &str) -> String {
+    config(&fixture_auth("")).replace(
         "require_tls = false",
-        "require_tls = false\nmax_stanza_bytes = 8192",
+        &format!("require_tls = false\nmax_stanza_bytes = 8192\n{c2s}"),
+    ) + &format!(
+        "[web]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://chat.example.com\"]\n\
+         bosh_max_wait = \"5s\"\nbosh_inactivity = \"{inactivity}\"\n"
     )
-        + "[web]\nlisten = \"127.0.0.1:0\"\nallowed_origins = [\"https://chat.example.com\"]\n\
-         bosh_max_wait = \"5s\"\nbosh_inactivity = \"2s\"\n";
-    TestServer::start(&toml)
 }
 
 /// One BOSH session, as a client sees it.
@@ -51,6 +57,20 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Element)
     (status, element)
 }
 
+fn bosh_url(server: &TestServer) -> String {
+    format!("http://{}/http-bind", server.web.expect("a web listener"))
+}
+
+/// A session creation request numbered `rid`, with `attributes` added.
+fn creation(rid: u64, attributes: &str) -> String {
+    wrapper(
+        &format!(
+            "rid='{rid}' to='localhost' xml:lang='en' ver='1.6' xmpp:version='1.0' {attributes}"
+        ),
+        "",
+    )
+}
+
 fn wrapper(attributes: &str, children: &str) -> String {
     format!("<body xmlns='{HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh' {attributes}>{children}</body>")
 }
@@ -65,18 +85,18 @@ impl Bosh {
     /// Creates a session with `attributes` added to the creation request;
     /// returns it and the creation response.
     async fn create(server: &TestServer, attributes: &str) -> (Bosh, Element) {
-        let url = format!("http://{}/http-bind", server.web.expect("a web listener"));
-        let http = reqwest::Client::new();
+        Bosh::create_with(reqwest::Client::new(), server, attributes).await
+    }
+
+    /// [`Bosh::create`] with `http` (say, from another address).
+    async fn create_with(
+        http: reqwest::Client,
+        server: &TestServer,
+        attributes: &str,
+    ) -> (Bosh, Element) {
+        let url = bosh_url(server);
         let rid = 1000;
-        let (status, body) = post(
-            &http,
-            &url,
-            wrapper(
-                &format!("rid='{rid}' to='localhost' xml:lang='en' ver='1.6' xmpp:version='1.0' {attributes}"),
-                "",
-            ),
-        )
-        .await;
+        let (status, body) = post(&http, &url, creation(rid, attributes)).await;
         assert_eq!(status, 200);
         let sid = body.attr("sid").expect("a sid").to_owned();
         let bosh = Bosh {
@@ -536,4 +556,104 @@ async fn a_held_request_hears_of_the_shutdown() {
         error.has_child("system-shutdown", "urn:ietf:params:xml:ns:xmpp-streams"),
         "{answer:?}"
     );
+}
+
+/// An HTTP client whose requests come from the loopback address `from`.
+fn from(from: &str) -> reqwest::Client {
+    let from: std::net::IpAddr = from.parse().unwrap();
+    reqwest::Client::builder()
+        .local_address(from)
+        .build()
+        .unwrap()
+}
+
+/// Creates a session with `http` until one is admitted (a session that
+/// ended gives its place back once its task has ended).
+async fn created_eventually(http: &reqwest::Client, server: &TestServer) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = post(http, &bosh_url(server), creation(1, "")).await;
+        if body.attr("sid").is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A BOSH session counts against its address's share of connections:
+/// beyond it a creation request is answered with the terminal
+/// `policy-violation` (HTTP 200, `Retry-After`), counted; another address
+/// is not affected; a session that ends — terminated by the client, or
+/// inactive — gives its place back.
+#[actix_rt::test]
+async fn session_creation_is_held_to_the_addresss_share() {
+    let toml = server_config("", "4s") + "[limits]\nexempt = []\nmax_connections_per_address = 2\n";
+    let server = TestServer::start(&toml);
+    let before = server.metrics().await;
+    let (mut first, _) = Bosh::create_with(from("127.0.0.21"), &server, "").await;
+    let (_second, _) = Bosh::create_with(from("127.0.0.21"), &server, "").await;
+    let response = from("127.0.0.21")
+        .post(bosh_url(&server))
+        .body(creation(1, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let retry_after = response.headers().get("Retry-After").cloned();
+    assert_eq!(retry_after.unwrap().to_str().unwrap(), "5");
+    let refused: Element = response.text().await.unwrap().parse().unwrap();
+    assert_eq!(terminated(&refused).as_deref(), Some("policy-violation"));
+    assert!(refused.attr("sid").is_none(), "no session");
+    Bosh::create_with(from("127.0.0.22"), &server, "").await;
+    let reason = "gatehouse_refused_total{reason=\"connections_per_address\"}";
+    server.grown(&before, reason, 1.0).await;
+    // Its requests are not admitted again: the session goes on.
+    first.login("alice", "wonderland", "web").await;
+    // The client ends a session: its place comes back.
+    let bye = first.send("type='terminate'", "").await;
+    assert_eq!(terminated(&bye).as_deref(), Some(""), "{bye:?}");
+    created_eventually(&from("127.0.0.21"), &server).await;
+    // Two again; once the inactive ones end (4 s), a third is admitted.
+    created_eventually(&from("127.0.0.21"), &server).await;
+}
+
+/// A client sending BOSH bodies faster than its read rate is held to it:
+/// each body is taken only once the debt of those before is waited off
+/// (seen in when the last one is answered), the session goes on, and the
+/// waits are counted like other transports' reads.
+#[actix_rt::test]
+async fn bodies_are_held_to_the_read_rate() {
+    const RATE: usize = 8192;
+    const BURST: usize = 4096;
+    let server = TestServer::start(&server_config(
+        &format!("read_rate = {RATE}\nread_burst = {BURST}"),
+        "2s",
+    ));
+    let before = server.metrics().await;
+    let (mut alice, _) = Bosh::create(&server, "wait='5' hold='1'").await;
+    alice.login("alice", "wonderland", "flood").await;
+    let padding = " ".repeat(4000);
+    let started = std::time::Instant::now();
+    let (mut bytes, mut last) = (0, 0);
+    for i in 0..8 {
+        let (_, body) = alice.next(
+            "",
+            &format!("<iq xmlns='jabber:client' type='get' id='p{i}'>{padding}<ping xmlns='urn:xmpp:ping'/></iq>"),
+        );
+        (bytes, last) = (bytes + body.len(), body.len());
+        let (status, answer) = post(&alice.http, &alice.url, body).await;
+        assert_eq!(status, 200);
+        assert!(answer.has_child("iq", CLIENT), "{answer:?}");
+    }
+    // The burst is free, and the last body's debt is not waited off.
+    assert_held_to_the_rate(bytes, BURST + last, RATE, started.elapsed());
+    let series = "gatehouse_shaped_reads_total{phase=\"authenticated\"}";
+    let start = sample(&before, series);
+    server
+        .metrics_when(series, |m| sample(m, series) >= start + 6.0)
+        .await;
 }

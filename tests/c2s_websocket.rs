@@ -3,14 +3,17 @@
 //! client, and every refusal the RFC and the web listener's settings ask
 //! for — no `xmpp` subprotocol, a foreign origin, an unknown host, a
 //! message with two elements or half of one, an oversized message, a
-//! binary message.
+//! binary message; and the connection limits on the upgrade: an
+//! address's share and rate, the client a trusted proxy's
+//! `X-Forwarded-For` names.
 
 mod common;
 
-use common::websocket::{connect, OPEN};
+use common::websocket::{connect, upgrade_from, Ws, OPEN};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -205,4 +208,128 @@ async fn wss_on_the_web_listener_itself() {
     assert!(texts[0].starts_with("<open"), "{texts:?}");
     assert!(texts[1].contains("PLAIN"), "{texts:?}");
     assert!(!texts[1].contains("starttls"), "{texts:?}");
+}
+
+/// A server with a web listener whose connection limits apply to
+/// loopback, with `limits` and `web` keys added.
+fn limited(limits: &str, web: &str) -> TestServer {
+    TestServer::start(&format!(
+        "{}[limits]\nexempt = []\n{limits}\n[web]\nlisten = \"127.0.0.1:0\"\n{web}\n",
+        config(&fixture_auth(""))
+    ))
+}
+
+/// A WebSocket upgrade from the loopback address `from` with
+/// `X-Forwarded-For` lines `forwarded_for`.
+async fn upgrade(
+    server: &TestServer,
+    from: &str,
+    forwarded_for: &[&str],
+) -> Result<Ws, (u16, Option<String>)> {
+    upgrade_from(web(server), from, forwarded_for).await
+}
+
+/// Upgrades from `from` until one is admitted (an ended WebSocket gives
+/// its place back once the server has seen it close).
+async fn upgraded_eventually(server: &TestServer, from: &str) -> Ws {
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        match upgrade(server, from, &[]).await {
+            Ok(ws) => return ws,
+            Err(refused) => assert!(
+                std::time::Instant::now() < deadline,
+                "still refused: {refused:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket counts against its address's share: beyond it the upgrade
+/// is refused (503, `Retry-After`), counted, and another address is not
+/// affected; a closed WebSocket gives its place back.
+#[actix_rt::test]
+async fn a_websocket_is_held_to_its_addresss_share() {
+    let server = limited("max_connections_per_address = 2", "");
+    let before = server.metrics().await;
+    let mut first = upgrade(&server, "127.0.0.12", &[]).await.unwrap();
+    let _second = upgrade(&server, "127.0.0.12", &[]).await.unwrap();
+    let refused = upgrade(&server, "127.0.0.12", &[]).await.err();
+    assert_eq!(refused, Some((503, Some("5".to_owned()))));
+    assert!(upgrade(&server, "127.0.0.13", &[]).await.is_ok());
+    // Counted (other tests here count refusals of this kind too).
+    let reason = "gatehouse_refused_total{reason=\"connections_per_address\"}";
+    let start = sample(&before, reason);
+    server
+        .metrics_when(reason, |m| sample(m, reason) > start)
+        .await;
+    // An admitted WebSocket works, and closing it gives its place back.
+    first.send(OPEN).await;
+    assert!(first.text().await.starts_with("<open"));
+    first.0.close(None).await.unwrap();
+    drop(first);
+    upgraded_eventually(&server, "127.0.0.12").await;
+}
+
+/// Upgrades faster than the address's connection rate are refused with
+/// 429 and `Retry-After`, and counted.
+#[actix_rt::test]
+async fn websocket_upgrades_are_held_to_the_connection_rate() {
+    let server = limited(
+        "connections_per_second_per_address = 1\nconnection_burst_per_address = 3",
+        "",
+    );
+    let before = server.metrics().await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        match upgrade(&server, "127.0.0.14", &[]).await {
+            Ok(ws) => held.push(ws),
+            Err(refusal) => {
+                assert_eq!(refusal, (429, Some("5".to_owned())));
+                refused += 1;
+            }
+        }
+    }
+    // Three at once; at most two more earned if six upgrades took over
+    // two seconds.
+    assert!((1..=3).contains(&refused), "{refused} refused");
+    let after = server.metrics().await;
+    let reason = "gatehouse_refused_total{reason=\"connection_rate\"}";
+    assert_eq!(
+        sample(&after, reason) - sample(&before, reason),
+        refused as f64
+    );
+}
+
+/// Behind a trusted proxy the limits count the client its
+/// `X-Forwarded-For` names — the right-most hop, whatever a client put in
+/// front of it — so two clients behind one proxy are held to their shares
+/// apart; from anyone else the header is ignored and the peer counts.
+#[actix_rt::test]
+async fn a_trusted_proxys_forwarded_client_is_the_one_limited() {
+    let server = limited(
+        "max_connections_per_address = 1",
+        "trusted_proxies = [\"127.0.0.15\"]",
+    );
+    let proxy = "127.0.0.15";
+    let _one = upgrade(&server, proxy, &["198.51.100.1"]).await.unwrap();
+    let _two = upgrade(&server, proxy, &["198.51.100.2"]).await.unwrap();
+    for forged in [
+        &["198.51.100.1"][..],
+        // A hop the client put in front, in the same line or its own.
+        &["198.51.100.9, 198.51.100.1"],
+        &["198.51.100.9", "198.51.100.1"],
+    ] {
+        let refused = upgrade(&server, proxy, forged).await.err();
+        assert_eq!(refused.map(|r| r.0), Some(503), "{forged:?}");
+    }
+    // An untrusted peer is itself, whatever its header says.
+    let _own = upgrade(&server, "127.0.0.16", &["198.51.100.3"])
+        .await
+        .unwrap();
+    let refused = upgrade(&server, "127.0.0.16", &["198.51.100.4"])
+        .await
+        .err();
+    assert_eq!(refused.map(|r| r.0), Some(503));
 }

@@ -1,21 +1,18 @@
 //! Connection limits over real sockets: one address is held to its share
 //! of open connections and to its connection rate, refused connections
 //! are closed at once and counted, and another address is unaffected.
+//! One total counts every listener, the web listener's WebSockets and
+//! BOSH sessions with the XMPP listeners' connections (the web
+//! listener's own limits are tested in `c2s_websocket` and `c2s_bosh`).
 
 mod common;
 
-use common::{config, fixture_auth, sample, Client, TestServer};
+use common::websocket::{upgrade_from, Ws};
+use common::{config, connect_from, fixture_auth, sample, Client, TestServer};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A connection to `server` from the loopback address `from`.
-async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    socket.connect(server).await.unwrap()
-}
+use tokio::net::TcpStream;
 
 /// Whether the server closed `stream` without a word (a refusal) rather
 /// than waiting for the client's stream header.
@@ -322,5 +319,63 @@ async fn a_reload_changes_the_limits_for_the_next_connection() {
     assert!(!closed_at_once(&mut elsewhere).await);
     for stream in &mut held {
         assert!(!closed_at_once(stream).await, "open ones stay");
+    }
+}
+
+/// `limited` with a web listener.
+fn limited_web(limits: &str) -> String {
+    limited(limits) + "[web]\nlisten = \"127.0.0.1:0\"\n"
+}
+
+/// A WebSocket upgrade from the loopback address `from`.
+async fn upgrade(server: &TestServer, from: &str) -> Result<Ws, (u16, Option<String>)> {
+    upgrade_from(server.web.expect("a web listener"), from, &[]).await
+}
+
+/// One total for every listener: TCP connections, WebSockets and BOSH
+/// sessions count together, and each listener refuses beyond it.
+#[tokio::test]
+async fn the_total_counts_every_listener() {
+    let server = TestServer::start(&limited_web(
+        "max_connections = 3\nmax_connections_per_address = 3",
+    ));
+    let before = server.metrics().await;
+    let mut tcp = connect_from("127.0.0.17", server.c2s).await;
+    assert!(!closed_at_once(&mut tcp).await);
+    let _ws = upgrade(&server, "127.0.0.18").await.unwrap();
+    let url = format!("http://{}/http-bind", server.web.unwrap());
+    let creation = "<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='localhost' \
+                    wait='5' hold='1'/>";
+    let http = reqwest::Client::new();
+    let create = || async {
+        let response = http.post(&url).body(creation).send().await.unwrap();
+        let body: minidom::Element = response.text().await.unwrap().parse().unwrap();
+        body
+    };
+    let session = create().await;
+    assert!(session.attr("sid").is_some(), "{session:?}");
+    // All three places are taken, from three addresses.
+    let mut fourth = connect_from("127.0.0.19", server.c2s).await;
+    assert!(closed_at_once(&mut fourth).await);
+    assert_eq!(
+        upgrade(&server, "127.0.0.19").await.err().map(|r| r.0),
+        Some(503)
+    );
+    let refused = create().await;
+    assert_eq!(refused.attr("type"), Some("terminate"));
+    assert_eq!(refused.attr("condition"), Some("policy-violation"));
+    server
+        .grown(
+            &before,
+            "gatehouse_refused_total{reason=\"connections\"}",
+            3.0,
+        )
+        .await;
+    // The TCP connection's place goes to a WebSocket.
+    drop(tcp);
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while let Err(refused) = upgrade(&server, "127.0.0.19").await {
+        assert!(std::time::Instant::now() < deadline, "still {refused:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -7,7 +7,9 @@
 mod common;
 
 use common::websocket::connect;
-use common::{config, fixture_auth, metrics_when, sample, Client, TestServer};
+use common::{
+    assert_held_to_the_rate, config, fixture_auth, metrics_when, sample, Client, TestServer,
+};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -39,21 +41,6 @@ async fn read_until(reader: &mut OwnedReadHalf, needle: &str) {
         assert!(n > 0, "the client was not disconnected");
         got.extend_from_slice(&chunk[..n]);
     }
-}
-
-/// That `bytes` written at once took `took` to be consumed: at least what
-/// they take at `RATE` after the burst and one read's debt, and not
-/// far more.
-fn assert_held_to_the_rate(bytes: usize, took: Duration) {
-    let least = Duration::from_secs_f64((bytes - BURST - ONE_READ) as f64 / RATE as f64);
-    assert!(
-        took >= least,
-        "{bytes} bytes consumed in {took:?}, faster than the rate ({least:?})"
-    );
-    assert!(
-        took < least * 3,
-        "{bytes} bytes consumed in {took:?}, far slower than the rate ({least:?})"
-    );
 }
 
 /// Waits until reads that had to wait were counted under `phase` since
@@ -98,7 +85,7 @@ async fn a_flooding_client_is_held_to_its_rate_while_others_are_not_slowed() {
     }
     let (took, mut reader) = answered.await.unwrap();
     let mut writer = write.await.unwrap();
-    assert_held_to_the_rate(bytes, took);
+    assert_held_to_the_rate(bytes, BURST + ONE_READ, RATE, took);
     assert!(pings >= 5, "{pings} pings");
     assert!(
         worst < Duration::from_millis(500),
@@ -135,7 +122,7 @@ async fn an_unauthenticated_client_is_held_to_the_stricter_rate() {
     read_until(&mut reader, "features").await;
     let took = started.elapsed();
     let _writer = write.await.unwrap();
-    assert_held_to_the_rate(bytes, took);
+    assert_held_to_the_rate(bytes, BURST + ONE_READ, RATE, took);
     counted(&server, &before, "unauthenticated").await;
 }
 
@@ -162,6 +149,6 @@ async fn a_websocket_client_is_held_to_its_rate() {
         ws.send(ping).await;
     }
     ws.until("p6").await;
-    assert_held_to_the_rate(bytes, started.elapsed());
+    assert_held_to_the_rate(bytes, BURST + ONE_READ, RATE, started.elapsed());
     counted(&server, &before, "authenticated").await;
 }

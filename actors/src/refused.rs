@@ -63,7 +63,8 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_refused_total",
         "Refusals by the limit that refused: connections (limits.max_connections open; the \
-         socket closed at once), connections_per_address (limits.max_connections_per_address \
+         socket closed at once, a web request answered 503 or policy-violation), \
+         connections_per_address (limits.max_connections_per_address \
          open from one address), connection_rate (an address over \
          limits.connections_per_second_per_address), resources (an account at \
          c2s.max_resources; the bind got resource-constraint), login_throttled (too many \

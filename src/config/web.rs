@@ -207,20 +207,35 @@ impl WebConfig {
         self.tls_cert.is_some() || self.consider_secure
     }
 
-    /// The client behind a connection from `peer`: the last address of
-    /// `forwarded_for` (an `X-Forwarded-For` value) that is not itself a
-    /// trusted proxy, when `peer` is one; otherwise `peer`. The port of a
-    /// forwarded client is unknown and given as 0.
-    pub fn client(&self, peer: SocketAddr, forwarded_for: Option<&str>) -> SocketAddr {
-        if !self.trusted_proxies.contains(&peer.ip()) {
+    /// The client behind a connection from `peer`: when `peer` is a
+    /// trusted proxy, the right-most address of its `X-Forwarded-For`
+    /// (`forwarded_for`: each header line's value, in the order received;
+    /// together one list) that is not itself a trusted proxy; otherwise
+    /// `peer`. Only that address counts: every proxy appends the address
+    /// it got the request from, so what stands left of it is whatever
+    /// the client sent. When that hop is no address (`unknown`, a
+    /// forged or garbled value), the client is `peer`. A hop may carry a
+    /// port (`192.0.2.1:4000`, `[2001:db8::1]:4000`); the port of a
+    /// forwarded client is not used and given as 0.
+    pub fn client(&self, peer: SocketAddr, forwarded_for: &[&str]) -> SocketAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.contains(&ip.to_canonical());
+        if !trusted(peer.ip()) {
             return peer;
         }
-        forwarded_for
-            .into_iter()
+        let mut hops = forwarded_for
+            .iter()
+            .rev()
             .flat_map(|value| value.rsplit(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .find(|hop| !self.trusted_proxies.contains(hop))
-            .map_or(peer, |client| SocketAddr::new(client, 0))
+            .map(|hop| {
+                let hop = hop.trim();
+                hop.parse::<IpAddr>()
+                    .or_else(|_| hop.parse::<SocketAddr>().map(|addr| addr.ip()))
+                    .map(|ip| ip.to_canonical())
+            });
+        match hops.find(|hop| !hop.as_ref().is_ok_and(|ip| trusted(*ip))) {
+            Some(Ok(client)) => SocketAddr::new(client, 0),
+            Some(Err(_)) | None => peer,
+        }
     }
 
     /// Whether a browser page from `origin` may open a stream here.
@@ -257,6 +272,24 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// A `[web]` section allowing one origin, behind `trusted_proxies`.
+    fn web(trusted_proxies: &[&str]) -> WebConfig {
+        WebConfig {
+            listen: "127.0.0.1:5281".parse().unwrap(),
+            allowed_origins: vec!["https://chat.example.com".into()],
+            consider_secure: false,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: trusted_proxies.iter().map(|p| p.parse().unwrap()).collect(),
+            public_url: None,
+            bosh_max_wait: default_bosh_max_wait(),
+            bosh_max_hold: default_bosh_max_hold(),
+            bosh_inactivity: default_bosh_inactivity(),
+            bosh_polling: default_bosh_polling(),
+            bosh_max_sessions: default_bosh_max_sessions(),
+        }
+    }
+
     #[test]
     fn origins() {
         assert_eq!(origin_problem("https://chat.example.com"), None);
@@ -265,33 +298,57 @@ mod tests {
         assert!(origin_problem("https://chat.example.com/app").is_some());
         assert!(origin_problem("ftp://chat.example.com").is_some());
         assert!(origin_problem("chat.example.com").is_some());
-        let web = WebConfig {
-            listen: "127.0.0.1:5281".parse().unwrap(),
-            allowed_origins: vec!["https://chat.example.com".into()],
-            consider_secure: false,
-            tls_cert: None,
-            tls_key: None,
-            trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
-            public_url: None,
-            bosh_max_wait: default_bosh_max_wait(),
-            bosh_max_hold: default_bosh_max_hold(),
-            bosh_inactivity: default_bosh_inactivity(),
-            bosh_polling: default_bosh_polling(),
-            bosh_max_sessions: default_bosh_max_sessions(),
-        };
+        let web = web(&["10.0.0.1"]);
         assert!(web.allows_origin("https://CHAT.example.com"));
         assert!(!web.allows_origin("https://evil.example"));
         let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let stranger: SocketAddr = "192.0.2.7:4000".parse().unwrap();
         // Only a trusted proxy's header counts; the proxy itself is
         // skipped, a client's forged first hop is not reached.
-        assert_eq!(web.client(stranger, Some("198.51.100.1")), stranger);
+        assert_eq!(web.client(stranger, &["198.51.100.1"]), stranger);
         assert_eq!(
-            web.client(proxy, Some("203.0.113.9, 198.51.100.1, 10.0.0.1")),
+            web.client(proxy, &["203.0.113.9, 198.51.100.1, 10.0.0.1"]),
             "198.51.100.1:0".parse().unwrap()
         );
-        assert_eq!(web.client(proxy, None), proxy);
-        assert_eq!(web.client(proxy, Some("garbage")), proxy);
+        assert_eq!(web.client(proxy, &[]), proxy);
+        assert_eq!(web.client(proxy, &["garbage"]), proxy);
+    }
+
+    /// Whatever a client puts in front of the hop its proxy appended —
+    /// more hops, a header line of its own, garbage — the right-most
+    /// untrusted hop is the client; garbage there leaves the proxy.
+    #[test]
+    fn only_the_right_most_untrusted_hop_counts() {
+        let web = web(&["10.0.0.1", "10.0.0.2"]);
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let client: SocketAddr = "198.51.100.1:0".parse().unwrap();
+        for forwarded_for in [
+            &["6.6.6.6, 198.51.100.1"][..],
+            // HAProxy adds a header line of its own after the client's.
+            &["6.6.6.6", "198.51.100.1"],
+            &["garbage, 198.51.100.1, 10.0.0.2"],
+            &["198.51.100.1:4711"],
+        ] {
+            assert_eq!(
+                web.client(proxy, forwarded_for),
+                client,
+                "{forwarded_for:?}"
+            );
+        }
+        let v6 = web.client(proxy, &["[2001:db8::1]:443"]);
+        assert_eq!(v6, "[2001:db8::1]:0".parse().unwrap());
+        // Past the trusted hops, a hop that is no address stops the walk:
+        // what is left of it is the client's to forge.
+        for forwarded_for in [
+            &["198.51.100.1, unknown"][..],
+            &["198.51.100.1, "],
+            &["198.51.100.1", "unknown, 10.0.0.2"],
+        ] {
+            assert_eq!(web.client(proxy, forwarded_for), proxy, "{forwarded_for:?}");
+        }
+        // An IPv4-mapped peer is the trusted proxy it maps.
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
+        assert_eq!(web.client(mapped, &["198.51.100.1"]), client);
     }
 
     #[test]

@@ -224,6 +224,30 @@ pub async fn metrics_when(http: SocketAddr, what: &str, ready: impl Fn(&str) -> 
     }
 }
 
+/// That `bytes` sent at once took `took` to be consumed by a server that
+/// reads at `rate` bytes per second: at least what they take at the rate
+/// beyond the `free` ones (the burst, and the debt of the last read, not
+/// waited off), and not far more.
+pub fn assert_held_to_the_rate(bytes: usize, free: usize, rate: usize, took: Duration) {
+    let least = Duration::from_secs_f64((bytes - free) as f64 / rate as f64);
+    assert!(
+        took >= least,
+        "{bytes} bytes consumed in {took:?}, faster than the rate ({least:?})"
+    );
+    assert!(
+        took < least * 3,
+        "{bytes} bytes consumed in {took:?}, far slower than the rate ({least:?})"
+    );
+}
+
+/// A connection to `server` from the loopback address `from` (any of
+/// 127.0.0.0/8: a client address of the test's own).
+pub async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
 /// Connects, opens a stream and tries SASL PLAIN; the failure condition
 /// on refusal.
 pub async fn try_login(server: &TestServer, user: &str, password: &str) -> Result<(), String> {

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderName;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -25,20 +26,32 @@ pub async fn connect(
     protocol: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Ws, WsError> {
+    let headers: Vec<_> = [("Sec-WebSocket-Protocol", protocol), ("Origin", origin)]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
+    open(TcpStream::connect(web).await.unwrap(), web, &headers).await
+}
+
+/// Opens a WebSocket to `web` over `stream` (a connection the test made,
+/// from the address it chose) with `headers` on the upgrade request, each
+/// a line of its own.
+pub async fn open(
+    stream: TcpStream,
+    web: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<Ws, WsError> {
     let mut request = format!("ws://{web}/xmpp-websocket")
         .into_client_request()
         .unwrap();
-    if let Some(protocol) = protocol {
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
     }
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-    }
-    let (stream, response) = tokio_tungstenite::connect_async(request).await?;
+    let (stream, response) =
+        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
     assert_eq!(
         response
             .headers()
@@ -48,6 +61,29 @@ pub async fn connect(
         "the server names the subprotocol"
     );
     Ok(Ws(stream))
+}
+
+/// A WebSocket upgrade to `web` from the loopback address `from`, with
+/// `X-Forwarded-For` lines `forwarded_for`: the WebSocket, or the
+/// refusal's HTTP status and `Retry-After`.
+pub async fn upgrade_from(
+    web: SocketAddr,
+    from: &str,
+    forwarded_for: &[&str],
+) -> Result<Ws, (u16, Option<String>)> {
+    let mut headers = vec![("Sec-WebSocket-Protocol", "xmpp")];
+    headers.extend(forwarded_for.iter().map(|hop| ("X-Forwarded-For", *hop)));
+    match open(super::connect_from(from, web).await, web, &headers).await {
+        Ok(ws) => Ok(ws),
+        Err(WsError::Http(response)) => {
+            let retry_after = response.headers().get("Retry-After");
+            Err((
+                response.status().as_u16(),
+                retry_after.map(|v| v.to_str().unwrap().to_owned()),
+            ))
+        }
+        Err(error) => panic!("the upgrade failed otherwise: {error}"),
+    }
 }
 
 impl Ws {

@@ -103,7 +103,7 @@ pub struct C2sSettings {
     pub carbons: carbons::Offer,
     /// XEP-0352 client state indication, when offered.
     pub csi: Option<CsiSettings>,
-    /// Read rates of TCP and WebSocket streams, before and after
+    /// Read rates of client streams (BOSH: request bodies), before and after
     /// authentication.
     pub read_shaper: ShaperSettings,
     /// How many messages and presence stanzas a bound session may send.

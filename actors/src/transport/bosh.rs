@@ -14,6 +14,14 @@
 //! held requests, the retransmission cache, the timers), so no lock is
 //! held while a request waits.
 //!
+//! A session is created only if the web listener's connection limits
+//! admit it (the caller's `admit`, asked for creation requests only); the
+//! session holds the place they give until it ends. Its request bodies
+//! are held to the read rates of every client stream: a session whose
+//! read shaper is in debt takes its next request from its inbox only
+//! once the debt is waited off (the request waits unanswered meanwhile;
+//! nothing is refused).
+//!
 //! Each child of a body is one [`Inbound`] event, parsed with the
 //! session's own primed parser (every `[c2s]` limit, the unauthenticated
 //! budget) in rid order. What the session says is taken from its channel
@@ -23,9 +31,10 @@
 //! stanza.
 
 use super::{
-    prime, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink, TransportKind,
-    Turn,
+    prime, shaper, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink,
+    TransportKind, Turn,
 };
+use crate::refused::Refused;
 use crate::reloadable::Reloadable;
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ns, ParseError, StanzaLimits, StreamEvent, StreamHeader, StreamParser};
@@ -164,6 +173,32 @@ impl Refusal {
     }
 }
 
+/// The terminal condition of a session creation request the connection
+/// limits refuse: the client's address (or everyone) has too many
+/// connections, or opens them too fast — the server's connection policy.
+/// The session never existed; the client may create one again later.
+const ADMISSION_REFUSED: &str = "policy-violation";
+
+/// What answers one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The `<body/>` to send back.
+    pub body: Bytes,
+    /// The connection limits refused to create a session (they counted
+    /// it): the client may try again later, which the HTTP answer can
+    /// say.
+    pub refused: bool,
+}
+
+impl From<Bytes> for Answer {
+    fn from(body: Bytes) -> Answer {
+        Answer {
+            body,
+            refused: false,
+        }
+    }
+}
+
 /// An empty `<body/>` ending the session with a terminal `condition`.
 fn terminated(condition: &str) -> Bytes {
     Bytes::from(format!(
@@ -202,6 +237,8 @@ impl Registry {
 struct Request {
     /// What the body said.
     body: RequestBody,
+    /// The body's size in bytes: what the read shaper counts.
+    size: usize,
     /// When it arrived, for the inactivity of a request held back by a
     /// missing `rid`.
     arrived: Instant,
@@ -233,35 +270,55 @@ impl Bosh {
     }
 
     /// Answers one POSTed body: the `<body/>` to send back, once there is
-    /// something to say or the request's `wait` is over. Must be called
-    /// on an actix arbiter (a new session starts on it).
-    pub async fn request(&self, body: &[u8], peer: SocketAddr) -> Bytes {
+    /// something to say or the request's `wait` is over. A session
+    /// creation request is first put to `admit` (the connection limits,
+    /// which count their own refusals); what it gives is held until the
+    /// session ends. Must be called on an actix arbiter (a new session
+    /// starts on it).
+    pub async fn request<A: Send + 'static>(
+        &self,
+        body: &[u8],
+        peer: SocketAddr,
+        admit: impl FnOnce() -> Result<A, Refused>,
+    ) -> Answer {
+        let size = body.len();
         let body = match RequestBody::parse(body, self.0.c2s.get().stanza_limits) {
             Ok(body) => body,
             Err(error) => {
                 tracing::debug!(%peer, %error, "bad BOSH body");
-                return Refusal::BadRequest.answer();
+                return Refusal::BadRequest.answer().into();
             }
         };
         let (answer, answered) = oneshot::channel();
         let request = Request {
             body,
+            size,
             arrived: Instant::now(),
             answer,
         };
         match request.body.sid.clone() {
             None => {
-                if let Err(refusal) = self.create(request, peer) {
-                    return refusal.answer();
+                let admitted = match admit() {
+                    Ok(admitted) => admitted,
+                    Err(refused) => {
+                        tracing::debug!(%peer, reason = refused.as_str(), "BOSH session refused");
+                        return Answer {
+                            body: terminated(ADMISSION_REFUSED),
+                            refused: true,
+                        };
+                    }
+                };
+                if let Err(refusal) = self.create(request, peer, Box::new(admitted)) {
+                    return refusal.answer().into();
                 }
             }
             Some(sid) => {
                 let inbox = self.0.lock().get(&sid).cloned();
                 let Some(inbox) = inbox else {
-                    return Refusal::UnknownSid.answer();
+                    return Refusal::UnknownSid.answer().into();
                 };
                 if inbox.send(request).await.is_err() {
-                    return Refusal::UnknownSid.answer();
+                    return Refusal::UnknownSid.answer().into();
                 }
             }
         }
@@ -270,11 +327,18 @@ impl Bosh {
         answered
             .await
             .unwrap_or_else(|_| terminated(Refusal::UnknownSid.condition()))
+            .into()
     }
 
     /// Starts a session for a creation request (one without `sid`), its
-    /// task holding the request until the stream features are ready.
-    fn create(&self, request: Request, peer: SocketAddr) -> Result<(), Refusal> {
+    /// task holding the request until the stream features are ready, and
+    /// `admitted` until it ends.
+    fn create(
+        &self,
+        request: Request,
+        peer: SocketAddr,
+        admitted: Box<dyn Send>,
+    ) -> Result<(), Refusal> {
         let registry = &self.0;
         let settings = &registry.settings;
         let sid = format!("{:032x}", rand::random::<u128>());
@@ -296,15 +360,17 @@ impl Bosh {
             .map_or(settings.max_wait, Duration::from_secs)
             .min(settings.max_wait)
             .max(MIN_WAIT);
-        let link = session::start(
+        let mut link = session::start(
             peer,
             TransportKind::Bosh,
             registry.secure,
             registry.c2s.get(),
             registry.services.clone(),
         );
+        link.shaper.consume(request.size);
         let mut state = BoshSession {
             sid,
+            _admitted: admitted,
             registry: registry.clone(),
             queued: link.queued.clone(),
             host: body.to.clone(),
@@ -364,6 +430,9 @@ struct BoshSession {
     /// Its key in the registry (128 random bits): it alone proves a
     /// request belongs to this session.
     sid: String,
+    /// Its place under the web listener's connection limits, given back
+    /// when the session ends, however it ends.
+    _admitted: Box<dyn Send>,
     /// To leave the registry when the session ends.
     registry: Arc<Registry>,
     /// The session's outbound bytes: lowered as a response carries them.
@@ -429,13 +498,21 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
                 link.tell(inbound);
             }
         }
-        let deadline = state.next_deadline();
         // At shutdown the session's last words are taken at once, so the
         // task can end without waiting for a request.
         let take_output = !state.held.is_empty() || shutdown.is_cancelled();
         // A client whose bodies the session has not read yet waits: the
         // bodies in hand stay bounded by the requests it may make.
         let room = state.pending.len() < PENDING_PER_REQUEST * state.requests;
+        // A client that sent faster than its read rate waits too: its next
+        // request stays in the inbox until the debt is waited off.
+        let wait = if room { link.shaper.wait() } else { None };
+        let mut deadline = state.next_deadline();
+        if let (Some(wait), true) = (&wait, state.held.is_empty()) {
+            // A request held back is a request made: no inactivity before
+            // it is taken.
+            deadline = deadline.max(wait.deadline());
+        }
         tokio::select! {
             turn = link.turn_taking(std::future::pending::<Infallible>(), take_output) => match turn {
                 Turn::Killed => break End::Killed,
@@ -451,13 +528,14 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
                 | Turn::Answer(Ok(Next::Close | Next::StartTls) | Err(_)) => break End::StreamEnded,
                 Turn::Answer(Ok(Next::Continue)) => {}
                 Turn::Answer(Ok(Next::Restart)) => {
-                    link.parser.reset_authenticated();
+                    link.authenticated();
                     prime(&mut link.parser);
                 }
                 Turn::Read(never) => match never {},
             },
-            request = requests.recv(), if room => {
+            request = shaper::after(wait, requests.recv()), if room => {
                 let Some(request) = request else { break End::StreamEnded };
+                link.shaper.consume(request.size);
                 if let Err(refusal) = state.receive(request) {
                     break End::Refused(refusal);
                 }
@@ -654,6 +732,7 @@ impl BoshSession {
             body,
             answer,
             arrived,
+            ..
         } = request;
         if !body.children.iter().all(u8::is_ascii_whitespace) {
             self.pending.push_back(Pending::Children(body.children));

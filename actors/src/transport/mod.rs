@@ -293,7 +293,7 @@ pub(crate) struct SessionLink {
     /// Turns the client's bytes into stream events, within the stanza
     /// limits and (until SASL succeeds) the unauthenticated budget.
     pub parser: StreamParser,
-    /// Holds the client to its read rate (stream transports only).
+    /// Holds the client to its read rate (a BOSH session: its bodies).
     pub shaper: shaper::ReadShaper,
     /// Cancelled by the session to drop the connection at once (a client
     /// too slow to read what it is sent).

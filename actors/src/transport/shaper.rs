@@ -1,8 +1,9 @@
-//! The read shaper: a token bucket per connection that holds a client to a
-//! rate of bytes per second, with bursts. When the bucket is empty the
-//! I/O task simply waits before its next read (the client's bytes stay in
-//! the kernel and TCP pushes back); nothing is disconnected and nothing
-//! more is buffered. Two rates: a strict one until SASL succeeds and a
+//! The read shaper: a token bucket per connection (per BOSH session) that
+//! holds a client to a rate of bytes per second, with bursts. When the
+//! bucket is empty the I/O task simply waits before its next read (the
+//! client's bytes stay in the kernel and TCP pushes back; a BOSH request
+//! stays unanswered in its session's inbox); nothing is disconnected and
+//! nothing more is buffered. Two rates: a strict one until SASL succeeds and a
 //! generous one after, switched when the session answers
 //! [`Next::Restart`](crate::session::Next::Restart) — the transport never
 //! looks inside a stanza to learn it.
@@ -20,9 +21,10 @@ pub const PHASES: [&str; 2] = ["unauthenticated", "authenticated"];
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "gatehouse_shaped_reads_total",
-        "Reads from TCP and WebSocket clients that waited first because the client \
-         sent faster than its read rate (c2s.read_rate_unauthenticated / c2s.read_rate), \
-         by phase (unauthenticated, authenticated)"
+        "Reads from TCP and WebSocket clients, and BOSH request bodies, that waited \
+         first because the client sent faster than its read rate \
+         (c2s.read_rate_unauthenticated / c2s.read_rate), by phase (unauthenticated, \
+         authenticated)"
     );
 }
 

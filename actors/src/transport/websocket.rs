@@ -38,7 +38,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts a session for an accepted WebSocket (the upgrade answered with
 /// the `xmpp` subprotocol) and its I/O task, on the current arbiter.
 /// `secure` when the web listener is TLS or its TLS is terminated by a
-/// trusted proxy in front.
+/// trusted proxy in front. `held` (the WebSocket's place under the
+/// listener's limits) is dropped when the connection ends.
 pub fn start(
     ws: actix_ws::Session,
     messages: actix_ws::MessageStream,
@@ -46,6 +47,7 @@ pub fn start(
     secure: bool,
     settings: Arc<C2sSettings>,
     services: Services,
+    held: impl Send + 'static,
 ) {
     // A message may carry one stanza, which may be as large as a stanza on
     // a TCP stream, plus a little slack for the frame itself.
@@ -56,7 +58,10 @@ pub fn start(
         .max_continuation_size(max_message);
     let tracker = services.connections.clone();
     let link = session::start(peer, TransportKind::WebSocket, secure, settings, services);
-    spawn_io(&tracker, run(ws, messages, link));
+    spawn_io(&tracker, async move {
+        run(ws, messages, link).await;
+        drop(held);
+    });
 }
 
 /// Why the loop ended; only for the debug log.
