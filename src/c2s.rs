@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::limits::{Admitted, ConnectionLimits};
 use crate::proxy_protocol;
-use crate::tls::{Certificate, Listener};
+use crate::tls::{Certificate, Listener, Resumption};
 use crate::RunError;
 use actix::Arbiter;
 use gatehouse_actors::refused::Refused;
@@ -55,12 +55,17 @@ pub struct TlsAcceptors {
     pub direct: TlsAcceptor,
 }
 
-/// Loads a PEM certificate chain and private key into the TLS acceptors.
-pub fn tls_acceptors(cert: &Path, key: &Path) -> Result<TlsAcceptors, RunError> {
+/// Loads a PEM certificate chain and private key into the TLS acceptors,
+/// resuming sessions as `resumption` says.
+pub fn tls_acceptors(
+    cert: &Path,
+    key: &Path,
+    resumption: &Resumption,
+) -> Result<TlsAcceptors, RunError> {
     let certificate = Certificate::load(Listener::C2s, cert, key)?;
     let acceptor = |alpn: &[&[u8]]| {
         certificate
-            .server_config(alpn)
+            .server_config(alpn, resumption)
             .map(|config| TlsAcceptor::from(Arc::new(config)))
     };
     Ok(TlsAcceptors {

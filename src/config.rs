@@ -240,6 +240,12 @@ pub struct C2sConfig {
     /// config file's directory.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Give TLS clients a session ticket (stateless, under keys this
+    /// process makes and rotates), so a client reconnecting after a blip
+    /// resumes without a full handshake. Off: every handshake is a full
+    /// one, and no ticket is sent.
+    #[serde(default = "default_true")]
+    pub tls_tickets: bool,
     /// Refuse authentication before STARTTLS, so passwords never cross the
     /// network in clear text (SASL PLAIN sends them verbatim).
     #[serde(default = "default_true")]

@@ -61,6 +61,9 @@ pub enum RunError {
     /// The c2s certificate or key could not be read or used.
     #[error("TLS: {path}: {reason}")]
     Tls { path: PathBuf, reason: String },
+    /// No session ticket keys could be made (`c2s.tls_tickets`).
+    #[error("TLS session tickets: {0}")]
+    TlsTickets(String),
     /// The operator HTTP listener could not start.
     #[error("HTTP listener: {0}")]
     Http(#[source] std::io::Error),
@@ -140,8 +143,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, RunError> {
         raise_open_files_limit();
         let metrics = telemetry::handle();
+        let resumption = tls::Resumption::new(config.c2s.tls_tickets)?;
         let tls = match (&config.c2s.tls_cert, &config.c2s.tls_key) {
-            (Some(cert), Some(key)) => Some(c2s::tls_acceptors(cert, key)?),
+            (Some(cert), Some(key)) => Some(c2s::tls_acceptors(cert, key, &resumption)?),
             _ => None,
         };
         let listener = c2s::bind(config.c2s.listen, config.c2s.backlog)?;
@@ -281,7 +285,7 @@ impl Server {
                 let tls = match (&web.tls_cert, &web.tls_key) {
                     (Some(cert), Some(key)) => {
                         let certificate = Certificate::load(tls::Listener::Web, cert, key)?;
-                        let config = certificate.server_config(&[])?;
+                        let config = certificate.server_config(&[], &resumption)?;
                         web_certificate = Some(certificate);
                         Some(config)
                     }

@@ -4,6 +4,10 @@
 //! established sessions (each new handshake asks [`Certificate`] for the
 //! current pair), and `gatehouse_tls_certificate_expiry_timestamp_seconds`.
 //!
+//! Also how sessions resume: stateless session tickets under keys this
+//! process makes and rotates (`c2s.tls_tickets`), never a server-side
+//! session cache.
+//!
 //! Owns: certificate files and rustls server configurations. Must not
 //! touch: handshakes and what a failed one means (that is
 //! `gatehouse_actors::transport::tls`).
@@ -12,9 +16,11 @@ use crate::RunError;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use tokio_rustls::rustls::crypto::ring::default_provider;
+use tokio_rustls::rustls::crypto::ring::{default_provider, Ticketer};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert,
+};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::ServerConfig;
 
@@ -135,8 +141,13 @@ impl Certificate {
     }
 
     /// A rustls configuration presenting this certificate, offering
-    /// `alpn` (none for STARTTLS and the web listener).
-    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<ServerConfig, RunError> {
+    /// `alpn` (none for STARTTLS and the web listener), resuming sessions
+    /// as `resumption` says.
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        resumption: &Resumption,
+    ) -> Result<ServerConfig, RunError> {
         let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| RunError::Tls {
@@ -146,7 +157,45 @@ impl Certificate {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No server-side cache of sessions (rustls keeps 256 by default):
+        // it serves few clients of a storm of thousands and holds memory
+        // for each; a ticket carries its session itself.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        match resumption {
+            Resumption::Tickets(ticketer) => {
+                config.ticketer = ticketer.clone();
+                // One per handshake: a client reconnects with one ticket
+                // and gets a fresh one each time.
+                config.send_tls13_tickets = 1;
+            }
+            Resumption::Off => config.send_tls13_tickets = 0,
+        }
         Ok(config)
+    }
+}
+
+/// How TLS sessions resume on every TLS listener.
+#[derive(Clone)]
+pub enum Resumption {
+    /// Stateless session tickets, encrypted under keys shared by every
+    /// listener of this process and rotated every 6 hours (tickets from
+    /// the previous key still resume). A ticket is only good on this
+    /// process: after a restart, or on another node, the client falls
+    /// back to a full handshake.
+    Tickets(Arc<dyn ProducesTickets>),
+    /// Every handshake is a full one.
+    Off,
+}
+
+impl Resumption {
+    /// Session tickets when `tickets` (`c2s.tls_tickets`) is on.
+    pub fn new(tickets: bool) -> Result<Resumption, RunError> {
+        if !tickets {
+            return Ok(Resumption::Off);
+        }
+        Ticketer::new()
+            .map(Resumption::Tickets)
+            .map_err(|e| RunError::TlsTickets(e.to_string()))
     }
 }
 

@@ -8,6 +8,8 @@ mod common;
 
 use common::server_process::ServerProcess;
 use common::*;
+use gatehouse_loadgen::client::{self as loadgen, Credentials, Outcome, Target};
+use gatehouse_loadgen::transport::Transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -268,4 +270,50 @@ async fn a_renewed_certificate_is_presented_after_a_reload() {
     established.write_all(HEADER.as_bytes()).await.unwrap();
     let features = read_until(&mut established, "</stream:features>").await;
     assert!(features.contains("PLAIN"), "{features}");
+}
+
+/// Logs `alice` in `times` times in a row over `transport` to `addr`, as
+/// one client that keeps its session tickets.
+async fn logins_resuming(addr: SocketAddr, transport: Transport, times: usize) {
+    let target = Target::new(addr, "localhost", transport, PATIENCE);
+    let alice = Credentials::new("alice", "wonderland").resuming(transport);
+    for _ in 0..times {
+        let (outcome, _) = loadgen::login(&target, &alice, None).await;
+        assert_eq!(outcome, Outcome::Success);
+    }
+}
+
+/// With `c2s.tls_tickets` (the default), a client reconnecting with the
+/// ticket its last session gave it resumes instead of a full handshake,
+/// over STARTTLS and Direct TLS; with it off, every handshake is full.
+#[actix_rt::test]
+async fn a_reconnecting_client_resumes_with_its_ticket_unless_tickets_are_off() {
+    let (toml, _) = tls_config(&fixture_auth(""));
+    let server = ServerProcess::from_toml(&with_direct_tls(&toml));
+    let (c2s, http) = server.listeners();
+    logins_resuming(c2s, Transport::Starttls, 3).await;
+    logins_resuming(server.direct_tls_listener(), Transport::Tls, 3).await;
+    let scrape = metric_reaches(
+        http,
+        "gatehouse_tls_handshakes_total{kind=\"resumed\"}",
+        4.0,
+    )
+    .await;
+    assert_eq!(
+        sample(&scrape, "gatehouse_tls_handshakes_total{kind=\"full\"}"),
+        2.0
+    );
+
+    let off = toml.replace(
+        "require_tls = true",
+        "require_tls = true\ntls_tickets = false",
+    );
+    let server = ServerProcess::from_toml(&off);
+    let (c2s, http) = server.listeners();
+    logins_resuming(c2s, Transport::Starttls, 3).await;
+    let scrape = metric_reaches(http, "gatehouse_tls_handshakes_total{kind=\"full\"}", 3.0).await;
+    assert_eq!(
+        sample(&scrape, "gatehouse_tls_handshakes_total{kind=\"resumed\"}"),
+        0.0
+    );
 }

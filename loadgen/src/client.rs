@@ -11,6 +11,7 @@ use base64::Engine;
 use memchr::memmem;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
 
 /// How one login ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,10 +89,14 @@ impl Target {
 }
 
 /// One account's SASL PLAIN request, rendered once and reused by every
-/// login of that account.
+/// login of that account — a virtual client — and with `--resume` its
+/// TLS connector, which keeps the tickets the server gave it.
 pub struct Credentials {
     /// The whole `<auth mechanism='PLAIN'>` element, ready to send.
     auth: String,
+    /// This client's own TLS connector, resuming its last session; `None`:
+    /// every handshake is a full one, through a connector all share.
+    tls: Option<TlsConnector>,
 }
 
 impl Credentials {
@@ -102,6 +107,21 @@ impl Credentials {
             auth: format!(
                 "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
             ),
+            tls: None,
+        }
+    }
+
+    /// The same client, resuming its TLS sessions over `transport` (a
+    /// transport without TLS has none to resume).
+    pub fn resuming(self, transport: Transport) -> Self {
+        let alpn: &[&[u8]] = match transport {
+            Transport::Starttls => &[],
+            Transport::Tls => &[tls::ALPN_XMPP_CLIENT],
+            Transport::Tcp | Transport::Websocket | Transport::Bosh => return self,
+        };
+        Credentials {
+            tls: Some(tls::accepting_any_certificate(alpn, true)),
+            ..self
         }
     }
 }
@@ -193,6 +213,10 @@ pub(crate) async fn by<T>(
 pub(crate) trait OnStream {
     type Output;
 
+    /// The client it runs for (whose TLS connector, if it has its own,
+    /// connects).
+    fn credentials(&self) -> &Credentials;
+
     async fn on(self, stream: impl ClientStream) -> Result<Self::Output, Stop>;
 }
 
@@ -203,13 +227,17 @@ pub(crate) async fn connected<T: OnStream>(
     deadline: tokio::time::Instant,
     then: T,
 ) -> Result<T::Output, Stop> {
+    let own_tls = then.credentials().tls.as_ref();
     match target.transport {
         Transport::Tcp => then.on(by(deadline, tcp::connect(target)).await?).await,
         Transport::Starttls => {
-            then.on(by(deadline, starttls::connect(target)).await?)
-                .await
+            let stream = by(deadline, starttls::connect(target, own_tls)).await?;
+            then.on(stream).await
         }
-        Transport::Tls => then.on(by(deadline, tls::connect(target)).await?).await,
+        Transport::Tls => {
+            let stream = by(deadline, tls::connect(target, own_tls)).await?;
+            then.on(stream).await
+        }
         Transport::Websocket => {
             then.on(by(deadline, websocket::connect(target)).await?)
                 .await
@@ -229,6 +257,10 @@ struct Login<'a> {
 
 impl OnStream for Login<'_> {
     type Output = ();
+
+    fn credentials(&self) -> &Credentials {
+        self.credentials
+    }
 
     /// Logs in, holds the session if asked, closes it. A login the server
     /// refused is closed as well (within the login's deadline, untimed): a

@@ -77,6 +77,13 @@ pub struct Args {
     /// verified.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
+    /// starttls and tls: each account is one client that keeps the TLS
+    /// session tickets the server gives it and resumes its next handshake
+    /// with one (TLS 1.3 resumption), as a phone reconnecting after a
+    /// blip does; the report counts the resumed handshakes. Without it,
+    /// every handshake is a full one.
+    #[arg(long)]
+    pub resume: bool,
     /// How logins are started: open (fixed rate), closed (fixed
     /// concurrency) or hold (log in and keep sessions open); or messages
     /// (pairs exchanging chat messages; any transport but bosh).
@@ -177,10 +184,15 @@ fn credentials(args: &Args) -> Arc<Vec<Credentials>> {
         (1..=accounts)
             .map(|n| {
                 let n = n.to_string();
-                Credentials::new(
+                let client = Credentials::new(
                     &args.user.replace("{i}", &n),
                     &args.password.replace("{i}", &n),
-                )
+                );
+                if args.resume {
+                    client.resuming(args.transport)
+                } else {
+                    client
+                }
             })
             .collect(),
     )
@@ -419,12 +431,14 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
             })
             .collect();
         let memory = ServerMemory::json(usage.memory);
+        let resumed = transport::tls::RESUMED.load(Ordering::Relaxed);
         return format!(
             "{{\"mode\":\"{:?}\",\"transport\":\"{}\",\"logins\":{total},\"seconds\":{wall:.3},\"logins_per_second\":{:.1},\
              \"outcomes\":{{{}}},\"latency_ms\":{{{}}},\
              \"server_cpu_seconds_per_1000\":{},\"server_cpu_seconds_per_1000_successes\":{},\
              \"loadgen_cpu_seconds_per_1000\":{},\
-             \"server_rss_bytes\":{memory},\"server_rss_bytes_per_held_session\":{}}}",
+             \"server_rss_bytes\":{memory},\"server_rss_bytes_per_held_session\":{},\
+             \"tls_resumed_handshakes\":{resumed}}}",
             args.mode,
             args.transport.label(),
             successes as f64 / wall,
@@ -466,6 +480,10 @@ fn render(args: &Args, results: &Results, wall: f64, measured: Measured) -> Stri
     }
     if let Some(per) = rss_per_session {
         out.push_str(&format!("  server RSS per held session {per:.0} bytes\n"));
+    }
+    if args.resume {
+        let resumed = transport::tls::RESUMED.load(Ordering::Relaxed);
+        out.push_str(&format!("  TLS handshakes resumed   {resumed:>8}\n"));
     }
     out
 }

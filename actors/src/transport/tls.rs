@@ -1,6 +1,7 @@
 //! The TLS handshake of a client connection (STARTTLS, or Direct TLS from
-//! the first byte), and what a failed one
-//! tells the operator: a reason, counted in
+//! the first byte): a completed one is counted as full or resumed (from a
+//! session ticket) in `gatehouse_tls_handshakes_total{kind}`, and a failed
+//! one tells the operator a reason, counted in
 //! `gatehouse_tls_handshake_failures_total{reason}` and logged at `info`
 //! with the peer address (a few lines a second at most, so a scan cannot
 //! flood the log).
@@ -118,6 +119,13 @@ pub(crate) fn describe_metrics() {
         metrics::counter!("gatehouse_tls_handshake_failures_total", "reason" => reason.as_str())
             .absolute(0);
     }
+    metrics::describe_counter!(
+        "gatehouse_tls_handshakes_total",
+        "TLS handshakes (STARTTLS and Direct TLS) completed, by kind: full, or resumed from a session ticket (c2s.tls_tickets)"
+    );
+    for kind in ["full", "resumed"] {
+        metrics::counter!("gatehouse_tls_handshakes_total", "kind" => kind).absolute(0);
+    }
 }
 
 /// Runs the server side of the handshake on a plain socket.
@@ -132,7 +140,14 @@ pub(crate) async fn upgrade(
         return None;
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(Either::Right(Box::new(tls))),
+        Ok(Ok(tls)) => {
+            let kind = match tls.get_ref().1.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => "resumed",
+                _ => "full",
+            };
+            metrics::counter!("gatehouse_tls_handshakes_total", "kind" => kind).increment(1);
+            Some(Either::Right(Box::new(tls)))
+        }
         Ok(Err(e)) => {
             HandshakeFailure::of(&e).report(peer, &e);
             None

@@ -94,6 +94,10 @@ pub(super) struct Side<'t> {
 impl OnStream for Side<'_> {
     type Output = ();
 
+    fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     async fn on(self, mut stream: impl ClientStream) -> Result<(), Stop> {
         let (plan, login_by) = (self.plan, self.login_by);
         let logged_in = by(login_by, log_in(&mut stream, &self.credentials, plan.sm)).await;
