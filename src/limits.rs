@@ -16,6 +16,7 @@ use gatehouse_actors::client_address::ClientAddresses;
 use gatehouse_actors::refused::Refused;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::token_bucket::{Rate, TokenBucket};
+use gatehouse_actors::transport::Admission;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +41,8 @@ struct Inner {
     current: Reloadable<Policy>,
     /// Connections admitted and not yet closed.
     open: AtomicUsize,
+    /// Of those, the ones whose stream has not logged in.
+    unauthenticated: AtomicUsize,
     /// Open connections by address (IPv6: by prefix), for the addresses
     /// the per-address limits apply to. Bounded by `max_connections`:
     /// every entry has at least one open connection.
@@ -68,12 +71,24 @@ impl Policy {
 /// is dropped (when the connection ends).
 pub struct Admitted {
     inner: Arc<Inner>,
+    /// Whether it holds a place among the unauthenticated connections
+    /// (until its stream logs in).
+    unauthenticated: bool,
     /// Its address, when the per-address limits apply to it.
     address: Option<IpAddr>,
 }
 
+impl Admission for Admitted {
+    fn authenticated(&mut self) {
+        if std::mem::take(&mut self.unauthenticated) {
+            self.inner.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.authenticated();
         self.inner.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(address) = self.address {
             let mut by_address = self.inner.lock();
@@ -93,6 +108,7 @@ impl ConnectionLimits {
             inner: Arc::new(Inner {
                 current: Reloadable::new(Policy::new(settings)),
                 open: AtomicUsize::new(0),
+                unauthenticated: AtomicUsize::new(0),
                 by_address: Mutex::new(HashMap::new()),
                 buckets: moka::sync::Cache::new(BUCKETS),
             }),
@@ -127,11 +143,19 @@ impl ConnectionLimits {
             inner.open.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Connections);
         }
-        // From here on, dropping it gives the place back.
+        // From here on, dropping it gives the places back.
         let mut admitted = Admitted {
             inner: inner.clone(),
+            unauthenticated: false,
             address: None,
         };
+        if inner.unauthenticated.fetch_add(1, Ordering::Relaxed)
+            >= settings.max_unauthenticated_connections
+        {
+            inner.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::UnauthenticatedConnections);
+        }
+        admitted.unauthenticated = true;
         let Some(address) = policy.addresses.client(peer) else {
             return Ok(admitted);
         };
@@ -177,6 +201,7 @@ mod tests {
     use super::ConnectionLimits;
     use crate::config::LimitsConfig;
     use gatehouse_actors::refused::Refused;
+    use gatehouse_actors::transport::Admission;
 
     fn limits(per_address: usize, burst: u32) -> ConnectionLimits {
         ConnectionLimits::new(LimitsConfig {
@@ -217,6 +242,27 @@ mod tests {
         );
         drop(held);
         assert!(limits.admit("10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn connections_not_logged_in_are_capped_until_they_log_in() {
+        let limits = ConnectionLimits::new(LimitsConfig {
+            max_unauthenticated_connections: 2,
+            ..LimitsConfig::default()
+        });
+        let a = "192.0.2.1".parse().unwrap();
+        let mut first = limits.admit(a).unwrap();
+        let second = limits.admit(a).unwrap();
+        assert_eq!(
+            limits.admit(a).err(),
+            Some(Refused::UnauthenticatedConnections)
+        );
+        first.authenticated();
+        first.authenticated();
+        let third = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_err());
+        drop((second, third));
+        assert!(limits.admit(a).is_ok());
     }
 
     #[test]

@@ -59,6 +59,37 @@ async fn an_address_is_held_to_its_open_connections() {
     }
 }
 
+/// Connections not logged in yet are capped in all, exempt addresses
+/// included (loopback is exempt by default); a login, or a close, gives
+/// the place back.
+#[tokio::test]
+async fn connections_not_logged_in_are_capped_in_all() {
+    let toml = format!(
+        "{}\n[limits]\nmax_unauthenticated_connections = 2\n",
+        config(&fixture_auth(""))
+    );
+    let server = TestServer::start(&toml);
+    let before = server.metrics().await;
+    let mut waiting = TcpStream::connect(server.c2s).await.unwrap();
+    assert!(!closed_at_once(&mut waiting).await);
+    let (_alice, _) = Client::authenticated(server.c2s, "alice", "wonderland").await;
+    let mut third = TcpStream::connect(server.c2s).await.unwrap();
+    assert!(!closed_at_once(&mut third).await, "alice logged in");
+    let mut fourth = TcpStream::connect(server.c2s).await.unwrap();
+    assert!(closed_at_once(&mut fourth).await, "two wait already");
+    let reason = "gatehouse_refused_total{reason=\"unauthenticated_connections\"}";
+    server.grown(&before, reason, 1.0).await;
+    drop(waiting);
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let mut again = TcpStream::connect(server.c2s).await.unwrap();
+        if !closed_at_once(&mut again).await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the place came back");
+    }
+}
+
 #[tokio::test]
 async fn an_address_is_held_to_its_connection_rate() {
     let server = TestServer::start(&limited(

@@ -10,6 +10,9 @@
 pub enum Refused {
     /// `limits.max_connections` were open.
     Connections,
+    /// `limits.max_unauthenticated_connections` were open and not yet
+    /// logged in.
+    UnauthenticatedConnections,
     /// `limits.max_connections_per_address` were open from the address.
     ConnectionsPerAddress,
     /// The address opened connections faster than
@@ -29,8 +32,9 @@ pub enum Refused {
 }
 
 impl Refused {
-    const ALL: [Refused; 7] = [
+    const ALL: [Refused; 8] = [
         Refused::Connections,
+        Refused::UnauthenticatedConnections,
         Refused::ConnectionsPerAddress,
         Refused::ConnectionRate,
         Refused::Resources,
@@ -43,6 +47,7 @@ impl Refused {
     pub fn as_str(self) -> &'static str {
         match self {
             Refused::Connections => "connections",
+            Refused::UnauthenticatedConnections => "unauthenticated_connections",
             Refused::ConnectionsPerAddress => "connections_per_address",
             Refused::ConnectionRate => "connection_rate",
             Refused::Resources => "resources",
@@ -64,7 +69,8 @@ pub fn describe_metrics() {
         "gatehouse_refused_total",
         "Refusals by the limit that refused: connections (limits.max_connections open; the \
          socket closed at once, a web request answered 503 or policy-violation), \
-         connections_per_address (limits.max_connections_per_address \
+         unauthenticated_connections (limits.max_unauthenticated_connections open and not \
+         logged in yet: a login storm beyond it, or many slow lorises), connections_per_address (limits.max_connections_per_address \
          open from one address), connection_rate (an address over \
          limits.connections_per_second_per_address), resources (an account at \
          c2s.max_resources; the bind got resource-constraint), login_throttled (too many \

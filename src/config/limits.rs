@@ -36,6 +36,12 @@ pub struct LimitsConfig {
     /// closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections not logged in yet, in all: what a login storm may
+    /// have in flight, and all a swarm of slow clients from many
+    /// addresses can take. One more is closed at once. (Above
+    /// `max_connections`, that is the cap.)
+    #[serde(default = "default_max_unauthenticated_connections")]
+    pub max_unauthenticated_connections: usize,
     /// Open connections from one address (an IPv6 client is its
     /// `address_prefix_v6`): what one host, or one NAT, may hold.
     #[serde(default = "default_max_connections_per_address")]
@@ -83,6 +89,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: default_max_connections(),
+            max_unauthenticated_connections: default_max_unauthenticated_connections(),
             max_connections_per_address: default_max_connections_per_address(),
             connections_per_second_per_address: default_connections_per_second(),
             connection_burst_per_address: default_connection_burst(),
@@ -115,6 +122,10 @@ fn default_login_backoff_max() -> Duration {
 
 fn default_max_connections() -> usize {
     100_000
+}
+
+fn default_max_unauthenticated_connections() -> usize {
+    10_000
 }
 
 fn default_max_connections_per_address() -> usize {
@@ -164,6 +175,11 @@ impl LimitsConfig {
         problems.range(
             "limits.max_connections",
             self.max_connections,
+            MAX_CONNECTIONS,
+        );
+        problems.range(
+            "limits.max_unauthenticated_connections",
+            self.max_unauthenticated_connections,
             MAX_CONNECTIONS,
         );
         problems.range(

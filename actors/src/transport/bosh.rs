@@ -31,8 +31,8 @@
 //! stanza.
 
 use super::{
-    prime, shaper, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink,
-    TransportKind, Turn,
+    prime, shaper, spawn_io, standalone_element, Admission, Outbound, Output, QueuedBytes,
+    SessionLink, TransportKind, Turn,
 };
 use crate::refused::Refused;
 use crate::reloadable::Reloadable;
@@ -275,7 +275,7 @@ impl Bosh {
     /// which count their own refusals); what it gives is held until the
     /// session ends. Must be called on an actix arbiter (a new session
     /// starts on it).
-    pub async fn request<A: Send + 'static>(
+    pub async fn request<A: Admission>(
         &self,
         body: &[u8],
         peer: SocketAddr,
@@ -308,7 +308,7 @@ impl Bosh {
                         };
                     }
                 };
-                if let Err(refusal) = self.create(request, peer, Box::new(admitted)) {
+                if let Err(refusal) = self.create(request, peer, admitted) {
                     return refusal.answer().into();
                 }
             }
@@ -337,7 +337,7 @@ impl Bosh {
         &self,
         request: Request,
         peer: SocketAddr,
-        admitted: Box<dyn Send>,
+        admitted: impl Admission,
     ) -> Result<(), Refusal> {
         let registry = &self.0;
         let settings = &registry.settings;
@@ -368,9 +368,9 @@ impl Bosh {
             registry.services.clone(),
         );
         link.shaper.consume(request.size);
+        link.hold(admitted);
         let mut state = BoshSession {
             sid,
-            _admitted: admitted,
             registry: registry.clone(),
             queued: link.queued.clone(),
             host: body.to.clone(),
@@ -430,9 +430,6 @@ struct BoshSession {
     /// Its key in the registry (128 random bits): it alone proves a
     /// request belongs to this session.
     sid: String,
-    /// Its place under the web listener's connection limits, given back
-    /// when the session ends, however it ends.
-    _admitted: Box<dyn Send>,
     /// To leave the registry when the session ends.
     registry: Arc<Registry>,
     /// The session's outbound bytes: lowered as a response carries them.

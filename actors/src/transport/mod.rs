@@ -304,6 +304,9 @@ pub(crate) struct SessionLink {
     pending: Option<Pin<Box<Request<Session, Inbound>>>>,
     /// Whether the session was told of the shutdown already.
     shutdown_told: bool,
+    /// The connection's place under the listener's limits: told when the
+    /// stream logs in, given back when the link is dropped.
+    admission: Box<dyn Admission>,
 }
 
 /// What happened next on a link, for the transport to act on.
@@ -317,6 +320,20 @@ pub(crate) enum Turn<R> {
     Answer(Result<Next, MailboxError>),
     /// The transport's own read finished.
     Read(R),
+}
+
+/// A connection's place under the listener's limits (the host's
+/// connection admission): told when its stream authenticates, given back
+/// when dropped — when the connection, or the BOSH session, ends however
+/// it ends.
+pub trait Admission: Send + 'static {
+    /// The stream logged in: it no longer counts as unauthenticated.
+    fn authenticated(&mut self);
+}
+
+/// No limits (a connection nobody admitted).
+impl Admission for () {
+    fn authenticated(&mut self) {}
 }
 
 impl SessionLink {
@@ -348,6 +365,7 @@ impl SessionLink {
             shutdown,
             pending: None,
             shutdown_told: false,
+            admission: Box::new(()),
         }
     }
 
@@ -357,6 +375,13 @@ impl SessionLink {
     pub(crate) fn authenticated(&mut self) {
         self.parser.reset_authenticated();
         self.shaper.authenticated();
+        self.admission.authenticated();
+    }
+
+    /// Holds the connection's place under the listener's limits for as
+    /// long as the link lives.
+    pub(crate) fn hold(&mut self, admission: impl Admission) {
+        self.admission = Box::new(admission);
     }
 
     /// Whether the session has an event in hand: read nothing meanwhile.

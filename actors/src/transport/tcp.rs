@@ -12,7 +12,9 @@
 //! interpret stanzas: that is the Session's job.
 
 use super::tls::{self, HandshakeFailure};
-use super::{shaper, spawn_io, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn};
+use super::{
+    shaper, spawn_io, Admission, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
+};
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::ns;
 use bytes::BytesMut;
@@ -52,7 +54,7 @@ pub fn start(
     peer: SocketAddr,
     settings: Arc<C2sSettings>,
     services: Services,
-    held: impl Send + 'static,
+    held: impl Admission,
 ) {
     start_on(Either::Left(socket), peer, settings, services, held);
 }
@@ -67,7 +69,7 @@ pub fn start_direct_tls(
     peer: SocketAddr,
     settings: Arc<C2sSettings>,
     services: Services,
-    held: impl Send + 'static,
+    held: impl Admission,
 ) {
     let tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
@@ -88,7 +90,7 @@ fn start_on(
     peer: SocketAddr,
     settings: Arc<C2sSettings>,
     services: Services,
-    held: impl Send + 'static,
+    held: impl Admission,
 ) {
     let (kind, secure) = match socket {
         Either::Left(_) => (TransportKind::Tcp, false),
@@ -96,10 +98,10 @@ fn start_on(
     };
     let tls = settings.tls.clone();
     let tracker = services.connections.clone();
-    let link = session::start(peer, kind, secure, settings, services);
+    let mut link = session::start(peer, kind, secure, settings, services);
+    link.hold(held);
     spawn_io(&tracker, async move {
         run(socket, peer, tls, link).await;
-        drop(held);
     });
 }
 

@@ -12,8 +12,8 @@
 //! listener's; this file never looks inside a stanza.
 
 use super::{
-    prime, shaper, spawn_io, standalone_element, Outbound, Output, QueuedBytes, SessionLink,
-    TransportKind, Turn,
+    prime, shaper, spawn_io, standalone_element, Admission, Outbound, Output, QueuedBytes,
+    SessionLink, TransportKind, Turn,
 };
 use crate::session::{self, C2sSettings, Inbound, Next, Services};
 use crate::xmpp::{ParseError, StreamEvent, StreamHeader, StreamParser};
@@ -47,7 +47,7 @@ pub fn start(
     secure: bool,
     settings: Arc<C2sSettings>,
     services: Services,
-    held: impl Send + 'static,
+    held: impl Admission,
 ) {
     // A message may carry one stanza, which may be as large as a stanza on
     // a TCP stream, plus a little slack for the frame itself.
@@ -57,10 +57,10 @@ pub fn start(
         .aggregate_continuations()
         .max_continuation_size(max_message);
     let tracker = services.connections.clone();
-    let link = session::start(peer, TransportKind::WebSocket, secure, settings, services);
+    let mut link = session::start(peer, TransportKind::WebSocket, secure, settings, services);
+    link.hold(held);
     spawn_io(&tracker, async move {
         run(ws, messages, link).await;
-        drop(held);
     });
 }
 
