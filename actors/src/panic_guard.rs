@@ -16,6 +16,7 @@
 //! by the same rule.
 
 use actix::prelude::*;
+use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -34,7 +35,7 @@ pub fn describe_metrics() {
 
 /// What of a panic's payload may be logged: a literal from the source
 /// code, never a formatted message.
-fn printable(payload: &(dyn std::any::Any + Send)) -> &'static str {
+fn printable(payload: &(dyn Any + Send)) -> &'static str {
     payload
         .downcast_ref::<&'static str>()
         .copied()
@@ -70,12 +71,15 @@ pub struct Panicked;
 /// before panicking stays changed: the caller must not trust that state
 /// beyond what it needs to end or go on safely.
 pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Panicked> {
-    catch_unwind(AssertUnwindSafe(body)).map_err(|payload| {
-        let message = printable(payload.as_ref());
-        tracing::error!(actor, message, "panic caught in an actor's handler");
-        metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
-        Panicked
-    })
+    catch_unwind(AssertUnwindSafe(body)).map_err(|payload| caught(actor, payload))
+}
+
+/// Logs and counts a panic caught in `actor`.
+fn caught(actor: &'static str, payload: Box<dyn Any + Send>) -> Panicked {
+    let message = printable(payload.as_ref());
+    tracing::error!(actor, message, "panic caught in an actor's handler");
+    metrics::counter!("gatehouse_panics_total", "actor" => actor).increment(1);
+    Panicked
 }
 
 /// Runs `future` with every poll under [`catch`]: a panic in it ends the
@@ -83,17 +87,17 @@ pub fn catch<T>(actor: &'static str, body: impl FnOnce() -> T) -> Result<T, Pani
 /// through the task that polls it. The future is dropped after a panic,
 /// so what it held (a connection, a request's reply) is let go as on any
 /// other end. For a spawned task, and under [`guarded_response`].
-pub async fn catch_future<F: Future>(
+/// A combinator rather than an `async fn`, so the future is stored once:
+/// an `async fn` would keep its argument and the pinned copy it polls,
+/// doubling what every connection's task holds.
+pub fn catch_future<F: Future>(
     actor: &'static str,
     future: F,
-) -> Result<F::Output, Panicked> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|task| match catch(actor, || future.as_mut().poll(task)) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-        Err(Panicked) => Poll::Ready(Err(Panicked)),
-    })
-    .await
+) -> impl Future<Output = Result<F::Output, Panicked>> {
+    use futures_util::FutureExt;
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .map(move |result| result.map_err(|payload| caught(actor, payload)))
 }
 
 /// A handler's plain future (a `ResponseFuture`, which actix runs apart
@@ -259,6 +263,20 @@ mod tests {
         let probe = Probe.start();
         assert_eq!(probe.send(Later(true)).await.unwrap(), "recovered");
         assert_eq!(probe.send(Later(false)).await.unwrap(), "done");
+    }
+
+    /// Every connection's task is wrapped: the wrapper must not hold the
+    /// future twice (as an `async fn` taking it would).
+    #[test]
+    fn the_guard_stores_its_future_once() {
+        let held = async {
+            let chunk = [0u8; 4096];
+            tokio::task::yield_now().await;
+            chunk.len()
+        };
+        let alone = std::mem::size_of_val(&held);
+        let guarded = std::mem::size_of_val(&catch_future("test", held));
+        assert!(guarded < alone + 64, "{guarded} bytes for a {alone}-byte future");
     }
 
     #[actix_rt::test]

@@ -52,9 +52,9 @@ pub fn describe_metrics() {
 /// as at any other end (its [`SessionLink`] tells the session, which ends
 /// or waits for a resumption).
 pub(crate) fn spawn_io(tracker: &TaskTracker, task: impl Future<Output = ()> + 'static) {
-    actix_rt::spawn(tracker.track_future(async move {
-        let _ = panic_guard::catch_future(PANIC_LABEL, task).await;
-    }));
+    // No `async` wrapper: it would store `task` twice (its capture and
+    // the future it awaits), and this is what every connection holds.
+    actix_rt::spawn(tracker.track_future(panic_guard::catch_future(PANIC_LABEL, task)));
 }
 
 /// Which transport carries a session's stream: what the session may offer

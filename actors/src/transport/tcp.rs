@@ -100,9 +100,7 @@ fn start_on(
     let tracker = services.connections.clone();
     let mut link = session::start(peer, kind, secure, settings, services);
     link.hold(held);
-    spawn_io(&tracker, async move {
-        run(socket, peer, tls, link).await;
-    });
+    spawn_io(&tracker, run(socket, peer, tls, link));
 }
 
 /// Why the loop ended; only for the debug log.

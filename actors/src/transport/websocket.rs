@@ -59,9 +59,7 @@ pub fn start(
     let tracker = services.connections.clone();
     let mut link = session::start(peer, TransportKind::WebSocket, secure, settings, services);
     link.hold(held);
-    spawn_io(&tracker, async move {
-        run(ws, messages, link).await;
-    });
+    spawn_io(&tracker, run(ws, messages, link));
 }
 
 /// Why the loop ended; only for the debug log.
