@@ -33,15 +33,33 @@ async fn login(server: &TestServer, user: &str, resource: &str) -> Client {
 
 /// Sends `xml` and waits until the session has handed it on: the Router
 /// then has it before anything sent later by anyone.
-async fn send_synced(c: &mut Client, xml: &str) {
+/// Sends `xml` from `c`, whose full JID is `own`, and waits until the
+/// Router has handed it on: an IQ to `own` goes the same way after it,
+/// so once `c` receives that, `xml` is in its recipient's session's
+/// mailbox (a ping answered by `c`'s own session would only prove that
+/// session read it).
+async fn send_synced(c: &mut Client, own: &str, xml: &str) {
     c.send(xml).await;
-    c.answers_ping().await;
+    c.send(&format!(
+        "<iq to='{own}' type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    loop {
+        let el = c.element().await;
+        if el.name() == "iq" && el.attr("id") == Some("sync") && el.attr("type") == Some("get") {
+            break;
+        }
+    }
 }
+
+const BOB: &str = "bob@localhost/r";
+const HEIDI: &str = "heidi@localhost/r";
 
 /// The phone says it is inactive; the ping after it proves the session
 /// took it in (its answer goes at once, holding nothing yet).
 async fn inactive(phone: &mut Client) {
-    send_synced(phone, &format!("<inactive xmlns='{CSI}'/>")).await;
+    phone.send(&format!("<inactive xmlns='{CSI}'/>")).await;
+    phone.answers_ping().await;
 }
 
 /// Directed presence to the phone (the sender's session stamps `from`).
@@ -106,11 +124,11 @@ async fn presence_and_chat_states_wait_and_the_latest_goes_before_a_message() {
     let mut heidi = login(&server, "heidi", "r").await;
     inactive(&mut phone).await;
 
-    send_synced(&mut bob, &presence("away")).await;
-    send_synced(&mut bob, COMPOSING).await;
-    send_synced(&mut heidi, &presence("dnd")).await;
-    send_synced(&mut bob, &presence("xa")).await;
-    send_synced(&mut bob, PAUSED).await;
+    send_synced(&mut bob, BOB, &presence("away")).await;
+    send_synced(&mut bob, BOB, COMPOSING).await;
+    send_synced(&mut heidi, HEIDI, &presence("dnd")).await;
+    send_synced(&mut bob, BOB, &presence("xa")).await;
+    send_synced(&mut bob, BOB, PAUSED).await;
     assert!(phone.silent_for(SETTLE).await, "nothing goes yet");
 
     // A message with a body cannot wait: what is held goes first, in
@@ -129,7 +147,7 @@ async fn presence_and_chat_states_wait_and_the_latest_goes_before_a_message() {
     .await;
 
     // An IQ cannot wait either.
-    send_synced(&mut heidi, &presence("chat")).await;
+    send_synced(&mut heidi, HEIDI, &presence("chat")).await;
     bob.send(
         "<iq to='alice@localhost/phone' type='get' id='v'><query xmlns='jabber:iq:version'/></iq>",
     )
@@ -145,7 +163,7 @@ async fn presence_and_chat_states_wait_and_the_latest_goes_before_a_message() {
 
     // Nor the phone's own answers: a ping's result comes after what was
     // held.
-    send_synced(&mut bob, COMPOSING).await;
+    send_synced(&mut bob, BOB, COMPOSING).await;
     phone
         .send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -168,8 +186,8 @@ async fn active_flushes_what_is_held_and_stops_holding() {
     let mut phone = login(&server, "alice", "phone").await;
     let mut bob = login(&server, "bob", "r").await;
     inactive(&mut phone).await;
-    send_synced(&mut bob, &presence("away")).await;
-    send_synced(&mut bob, COMPOSING).await;
+    send_synced(&mut bob, BOB, &presence("away")).await;
+    send_synced(&mut bob, BOB, COMPOSING).await;
     assert!(phone.silent_for(SETTLE).await, "held while inactive");
 
     phone.send(&format!("<active xmlns='{CSI}'/>")).await;
@@ -198,10 +216,10 @@ async fn reaching_max_held_flushes() {
             "<message to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='{id}'/></message>"
         )
     };
-    send_synced(&mut bob, &receipt("1")).await;
-    send_synced(&mut bob, &receipt("2")).await;
+    send_synced(&mut bob, BOB, &receipt("1")).await;
+    send_synced(&mut bob, BOB, &receipt("2")).await;
     assert!(phone.silent_for(SETTLE).await, "two are held");
-    send_synced(&mut bob, &receipt("3")).await;
+    send_synced(&mut bob, BOB, &receipt("3")).await;
     for id in ["1", "2", "3"] {
         let el = phone.element().await;
         let received = el.get_child("received", "urn:xmpp:receipts").unwrap();
@@ -215,7 +233,7 @@ async fn what_is_held_goes_before_the_end_of_the_stream() {
     let mut phone = login(&server, "alice", "phone").await;
     let mut bob = login(&server, "bob", "r").await;
     inactive(&mut phone).await;
-    send_synced(&mut bob, &presence("away")).await;
+    send_synced(&mut bob, BOB, &presence("away")).await;
     phone.send("</stream:stream>").await;
     expect(&mut phone, &["presence bob@localhost/r away"]).await;
     assert_eq!(phone.next().await, Some(StreamEvent::Close));

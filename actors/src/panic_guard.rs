@@ -276,7 +276,10 @@ mod tests {
         };
         let alone = std::mem::size_of_val(&held);
         let guarded = std::mem::size_of_val(&catch_future("test", held));
-        assert!(guarded < alone + 64, "{guarded} bytes for a {alone}-byte future");
+        assert!(
+            guarded < alone + 64,
+            "{guarded} bytes for a {alone}-byte future"
+        );
     }
 
     #[actix_rt::test]
