@@ -131,8 +131,10 @@ pub async fn plain(socket: TcpStream, offer: Offer) {
     let mut client = Client::new(socket);
     let first = first_stream(&mut client, opened).await;
     match (first, acceptor) {
+        // Boxed: the TLS state is several KiB, which a plain session's
+        // task would otherwise hold too.
         (Ok(Asked::Starttls), Some(acceptor)) => {
-            let _ = starttls(client, &acceptor).await;
+            let _ = Box::pin(starttls(client, &acceptor)).await;
         }
         (Ok(Asked::Auth), _) if in_clear => {
             let _ = authenticated(client).await;
