@@ -70,7 +70,7 @@ start() {
         # capacity x acceptable wait: 200 logins/s x 0.25 s = 50. Outside
         # overload the fixture program answers at once and exactly once, so
         # its answers are trusted without reply_grace's window, which would
-        # cap the pool at about 1,300 logins/s and measure the window
+        # cap the pool at about 1,200 logins/s and measure the window
         # instead of the server (bench/transports.sh's throughput config).
         local queue=1024 grace='reply_grace = "0s"'
         [ "$delay" = 0 ] || { queue=50; grace=""; }
