@@ -100,12 +100,12 @@ fn serve(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("accept runtime: {e}"))?;
     accepting.block_on(async {
-        let plain = bind(args.listen)?;
-        println!("c2s {}", address(&plain, args.listen)?);
+        let (plain, bound) = bind(args.listen)?;
+        println!("c2s {bound}");
         let direct = match (args.direct_tls_listen, tls) {
             (Some(addr), Some(tls)) => {
-                let listener = bind(addr)?;
-                println!("direct-tls {}", address(&listener, addr)?);
+                let (listener, bound) = bind(addr)?;
+                println!("direct-tls {bound}");
                 Some((listener, tls.direct))
             }
             _ => None,
@@ -137,7 +137,9 @@ fn worker(i: usize) -> std::io::Result<Handle> {
     Ok(handle)
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+/// A listener on `addr` with [`BACKLOG`], and where it is bound (the real
+/// port when `addr` asks for 0).
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -147,15 +149,10 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .and_then(|socket| {
             socket.set_reuseaddr(true)?;
             socket.bind(addr)?;
-            socket.listen(BACKLOG)
+            let listener = socket.listen(BACKLOG)?;
+            let bound = listener.local_addr()?;
+            Ok((listener, bound))
         })
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
-}
-
-/// Where `listener`, asked for `addr`, is bound (the real port for 0).
-fn address(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, String> {
-    listener
-        .local_addr()
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
