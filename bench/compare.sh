@@ -7,9 +7,9 @@
 #   overload    auth answering in 20 ms with a pool of 4 (about 200
 #               logins/s), offered 1,000 logins/s for 10 s (not the floor:
 #               it has no auth to overload)
-# Gatehouse and the floor also run throughput and held over STARTTLS
-# (examples/localhost.*, offered but not required, on a fresh server);
-# Prosody and ejabberd are configured without certificates.
+# Gatehouse, Prosody and the floor also run throughput and held over
+# STARTTLS (examples/localhost.*, offered but not required, on a fresh
+# server); ejabberd is configured without a certificate.
 # Gatehouse and ejabberd authenticate through the same external program
 # (tests/fixtures/auth.py; ejabberd with its own protocol, pool of 4,
 # backlog 1024, auth cache off). Prosody uses its built-in internal_plain
@@ -104,7 +104,9 @@ TOML
             > "$dir/out" 2>&1 &
         pid=$! ;;
     prosody)
-        mkdir -p "$dir/data/localhost/accounts"
+        # Its own copy of the certificate, readable by its user.
+        mkdir -p "$dir/data/localhost/accounts" "$dir/certs"
+        cp examples/localhost.crt examples/localhost.key "$dir/certs/"
         python3 -c 'import sys
 for n in range(1, 10001):
     open(f"{sys.argv[1]}/user{n}.dat", "w").write("return {\n\t[\"password\"] = \"pass%d\";\n};\n" % n)' "$dir/data/localhost/accounts"
@@ -116,11 +118,13 @@ interfaces = { "127.0.0.1" }
 http_ports = { }
 https_ports = { }
 s2s_ports = { }
-modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "posix" }
+modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix" }
 authentication = "internal_plain"
 storage = "internal"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
+certificates = "$dir/certs"
+ssl = { certificate = "$dir/certs/localhost.crt"; key = "$dir/certs/localhost.key"; }
 log = { warn = "$dir/prosody.log" }
 VirtualHost "localhost"
 LUA
@@ -176,7 +180,7 @@ for s in "${servers[@]}"; do
     start "$s" 0
     storms "$s" ""
     stop
-    case $s in gatehouse | floor)
+    case $s in gatehouse | prosody | floor)
         start "$s" 0
         storms "$s" -starttls --transport starttls
         stop ;;
