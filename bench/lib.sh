@@ -1,8 +1,18 @@
 # Shared by the bench scripts (sourced, not run): a free loopback port,
-# waiting until a started Gatehouse answers on its operator listener, and
-# stopping it.
+# waiting until a started server accepts on a port or a started Gatehouse
+# answers on its operator listener, and stopping it.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_port PORT: returns once something accepts on the loopback PORT;
+# after 20 s, fails.
+wait_port() {
+    for _ in $(seq 200); do
+        python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start on port $1" >&2; return 1
+}
 
 # wait_healthy HTTP_PORT LOG: returns once /health answers; after 5 s,
 # prints the server's LOG to stderr and fails.

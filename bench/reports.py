@@ -37,22 +37,63 @@ def overload(report):
             str(outcomes.get("timeout", 0))]
 
 
+def ratio(value, floor):
+    """`value` as a multiple of the floor's, if both were measured."""
+    return "n/a" if value is None or not floor else f"{value / floor:.2f}×"
+
+
 def servers(rows):
-    """bench/compare.sh's table: one row per server."""
+    """bench/compare.sh's tables: one row per server over plain TCP (the
+    floor has no overload run), one per server run over STARTTLS, then each
+    server's figures as ratios to the floor's from the same run."""
     print("| server | logins/s | p99 ms | server CPU s / 1000 logins | loadgen CPU s / 1000 logins "
           "| RSS / held session | overload: admitted/s | admitted p99 ms | refused | refusal p99 ms "
           "| timeouts | RSS growth in overload |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for server, r in rows.items():
-        t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload", {})
-        memory = o.get("server_rss_bytes") or {}
+        t, h, o = r.get("throughput", {}), r.get("held", {}), r.get("overload")
+        memory = (o or {}).get("server_rss_bytes") or {}
         growth = memory.get("peak", 0) - memory.get("before", 0) if memory else None
+        cells = ["n/a"] * 5 if o is None else overload(o)
         print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
               f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
               f"| {f(t.get('loadgen_cpu_seconds_per_1000'), '.3f')} "
               f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B | "
-              + " | ".join(overload(o))
-              + f" | {f(None if growth is None else growth / 1048576, '.1f')} MiB |")
+              + " | ".join(cells)
+              + f" | {'n/a' if growth is None else format(growth / 1048576, '.1f') + ' MiB'} |")
+    starttls = {server: r for server, r in rows.items()
+                if "throughput-starttls" in r or "held-starttls" in r}
+    if starttls:
+        print()
+        print("| server, over STARTTLS | logins/s | p99 ms | server CPU s / 1000 logins "
+              "| loadgen CPU s / 1000 logins | RSS / held session |")
+        print("|---|---|---|---|---|---|")
+        for server, r in starttls.items():
+            t, h = r.get("throughput-starttls", {}), r.get("held-starttls", {})
+            print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
+                  f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
+                  f"| {f(t.get('loadgen_cpu_seconds_per_1000'), '.3f')} "
+                  f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B |")
+    floor = rows.get("floor")
+    if floor is None:
+        return
+    print()
+    print("| server ÷ floor | transport | logins/s | server CPU / login | RSS / held session |")
+    print("|---|---|---|---|---|")
+    for server, r in rows.items():
+        if server == "floor":
+            continue
+        for transport, suffix in (("tcp", ""), ("starttls", "-starttls")):
+            t, h = r.get("throughput" + suffix), r.get("held" + suffix)
+            if t is None and h is None:
+                continue
+            t, h = t or {}, h or {}
+            ft, fh = floor.get("throughput" + suffix, {}), floor.get("held" + suffix, {})
+            cells = [ratio(t.get(k), ft.get(k)) for k in
+                     ("logins_per_second", "server_cpu_seconds_per_1000")]
+            cells.append(ratio(h.get("server_rss_bytes_per_held_session"),
+                               fh.get("server_rss_bytes_per_held_session")))
+            print(f"| {server} | {transport} | " + " | ".join(cells) + " |")
 
 
 def transports(rows):
