@@ -53,15 +53,37 @@ struct Failures {
 
 type Counts<K> = moka::sync::Cache<K, Arc<Mutex<Failures>>>;
 
-/// Bounded counts, each forgotten once quiet for the longest wait.
-fn counts<K>(settings: &ThrottleSettings) -> Counts<K>
+/// Bounded counts, each forgotten once quiet for the longest wait the
+/// `settings` say at the time (a reload's new value counts from a key's
+/// next use).
+fn counts<K>(settings: &Reloadable<ThrottleSettings>) -> Counts<K>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static,
 {
     moka::sync::Cache::builder()
         .max_capacity(KEYS)
-        .time_to_idle(settings.max_backoff)
+        .expire_after(QuietFor(settings.clone()))
         .build()
+}
+
+/// Expires a key once unused for the current `max_backoff`.
+struct QuietFor(Reloadable<ThrottleSettings>);
+
+impl<K, V> moka::Expiry<K, V> for QuietFor {
+    fn expire_after_create(&self, _: &K, _: &V, _: Instant) -> Option<Duration> {
+        Some(self.0.get().max_backoff)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &K,
+        _: &V,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(self.0.get().max_backoff)
+    }
 }
 
 /// The throttle; cheap to clone.
@@ -71,8 +93,7 @@ pub struct LoginThrottle {
 }
 
 struct Inner {
-    /// What a reload may replace; the counts carry over (they are kept
-    /// for the `max_backoff` the throttle started with).
+    /// What a reload may replace; the counts carry over.
     settings: Reloadable<ThrottleSettings>,
     by_account: Counts<(String, IpAddr)>,
     by_client: Counts<IpAddr>,
@@ -100,11 +121,12 @@ pub struct LoginAttempt {
 
 impl LoginThrottle {
     pub fn new(settings: ThrottleSettings) -> LoginThrottle {
+        let settings = Reloadable::new(settings);
         LoginThrottle {
             inner: Arc::new(Inner {
                 by_account: counts(&settings),
                 by_client: counts(&settings),
-                settings: Reloadable::new(settings),
+                settings,
             }),
         }
     }
@@ -321,6 +343,32 @@ mod tests {
         assert!(throttle.check("alice@x", peer).is_err(), "one at a time");
         try_now.failed();
         assert!(throttle.check("alice@x", peer).is_ok());
+    }
+
+    /// A reload that lengthens the longest wait also lengthens how long a
+    /// key in use is remembered.
+    #[test]
+    fn a_longer_max_backoff_after_a_reload_keeps_counts_longer() {
+        let short = ThrottleSettings {
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(100),
+            ..throttle().inner.settings.get().as_ref().clone()
+        };
+        let throttle = LoginThrottle::new(short.clone());
+        let peer = "192.0.2.7".parse().unwrap();
+        fail(&throttle, "alice@x", peer);
+        fail(&throttle, "alice@x", peer);
+        throttle.set(ThrottleSettings {
+            max_backoff: Duration::from_secs(10),
+            ..short
+        });
+        let _ = throttle.check("alice@x", peer);
+        std::thread::sleep(Duration::from_millis(250));
+        fail(&throttle, "alice@x", peer);
+        assert!(
+            throttle.check("alice@x", peer).is_err(),
+            "the third failure is past the budget, not a first one"
+        );
     }
 
     #[test]
