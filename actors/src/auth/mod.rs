@@ -11,7 +11,7 @@
 
 mod authenticator;
 mod cache;
-mod external;
+pub(crate) mod external;
 mod http;
 mod pool;
 mod throttle;

@@ -660,7 +660,7 @@ async fn refresh(
 
 /// A refreshed username as logins see it (nodeprep'd, RFC 7622) and its
 /// JID on every served domain; `None` when it is not a valid username.
-fn user_jids(name: &str, hosts: &[String]) -> Option<(String, Vec<BareJid>)> {
+pub(crate) fn user_jids(name: &str, hosts: &[String]) -> Option<(String, Vec<BareJid>)> {
     let user = jid::NodePart::new(name).ok()?.as_str().to_owned();
     let jids = hosts
         .iter()
