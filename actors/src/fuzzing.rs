@@ -341,9 +341,10 @@ pub fn bosh_body(data: &[u8]) {
 
 /// XEP-0198 as a client drives it: the elements the fuzzer writes, read
 /// from a stream, are `<enable/>`, `<r/>`, `<a h=…/>`, `<resume/>` or
-/// stanzas, each sent straight back as the server's own. Acknowledging
-/// leaves exactly the stanzas past `h` unacknowledged, or is refused when
-/// `h` is beyond what was sent; a resumption token reads back as itself.
+/// stanzas, each sent straight back as the server's own. `<r/>` learns
+/// how many stanzas were received; acknowledging leaves exactly the
+/// stanzas sent after the `h`th unacknowledged, or is refused when `h` is
+/// beyond what was sent; a resumption token reads back as itself.
 pub fn stream_management(data: &[u8]) {
     let settings = SmSettings {
         resume_timeout: Duration::from_secs(300),
@@ -355,8 +356,9 @@ pub fn stream_management(data: &[u8]) {
     let mut parser = primed(LIMITS);
     let mut buf = BytesMut::from(data);
     let mut sm: Option<StreamManagement> = None;
-    // Stanzas sent since `<enable/>`: the server's count, which starts at 0.
-    let mut sent = 0u32;
+    // Stanzas received and sent since `<enable/>`: the server's counts,
+    // which start at 0.
+    let (mut received, mut sent) = (0u32, 0u32);
     while let Ok(Some(StreamEvent::Element(el))) = parser.next_event(&mut buf) {
         if !stanza::is_stanza(&el) {
             match (Nonza::try_from(el), &mut sm) {
@@ -374,16 +376,15 @@ pub fn stream_management(data: &[u8]) {
                         assert_eq!(ResumeToken::parse(&token.to_string()), Some(token));
                     }
                 }
-                (Ok(Nonza::Req(_)), Some(sm)) => {
-                    let _ = A::new(sm.received());
-                }
+                (Ok(Nonza::Req(_)), Some(sm)) => assert_eq!(sm.received(), received),
                 (Ok(Nonza::Ack(A { h })), Some(sm)) => {
+                    // Stanzas sent after the `h`th: those left unacknowledged.
+                    let after = sent.wrapping_sub(h);
                     let unacked = sm.unacked().count();
-                    let newly = h.wrapping_sub(sent.wrapping_sub(unacked as u32)) as usize;
                     match sm.acknowledged(h) {
-                        Ok(()) => assert_eq!(sm.unacked().count(), unacked - newly),
+                        Ok(()) => assert_eq!(sm.unacked().count(), after as usize),
                         Err(too_high) => {
-                            assert!(newly > unacked);
+                            assert!(after as usize > unacked, "h={h} refused");
                             assert_eq!((too_high.h, too_high.sent), (h, sent));
                             return;
                         }
@@ -397,6 +398,7 @@ pub fn stream_management(data: &[u8]) {
             continue;
         };
         sm.count_received();
+        received = received.wrapping_add(1);
         let Ok(bytes) = stanza::to_bytes(&el) else {
             continue;
         };
