@@ -237,12 +237,9 @@ impl Operator {
             Some((user, host)) => (user, vec![host.to_owned()]),
             None => (bare, self.hosts.clone()),
         };
-        let user =
-            jid::NodePart::new(user).map_err(|_| format!("{name:?} is not a user name or JID"))?;
-        Ok(hosts
-            .into_iter()
-            .map(|host| (user.as_str().to_owned(), host))
-            .collect())
+        let user = gatehouse_actors::auth::username(user)
+            .ok_or_else(|| format!("{name:?} is not a user name or JID"))?;
+        Ok(hosts.into_iter().map(|host| (user.clone(), host)).collect())
     }
 }
 

@@ -42,6 +42,26 @@ impl Password {
     }
 }
 
+/// A user name as the backend, the throttle, the caches and the JID all
+/// see it: nodeprepped (an RFC 7622 localpart) until it no longer changes.
+/// Once is not always enough: a compatibility character may become an
+/// uppercase letter (U+1D2D `ᴭ` becomes `Æ`) that only a second pass folds
+/// (`æ`), as the JID built from the name does — so the backend would be
+/// asked about `xÆ` for a session bound as `xæ`. `None` when `name` is no
+/// localpart.
+pub fn username(name: &str) -> Option<String> {
+    let mut user = jid::NodePart::new(name).ok()?.as_str().to_owned();
+    // A few passes settle any name; one that still changes is refused.
+    for _ in 0..3 {
+        let again = jid::NodePart::new(&user).ok()?.as_str().to_owned();
+        if again == user {
+            return Some(user);
+        }
+        user = again;
+    }
+    None
+}
+
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(***)")
