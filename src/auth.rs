@@ -255,7 +255,7 @@ pub async fn manage_user(
             "{host} is not one of the configured hosts"
         )));
     }
-    let Ok(user) = jid::NodePart::new(user).map(|n| n.as_str().to_owned()) else {
+    let Some(user) = gatehouse_actors::auth::username(user) else {
         return Ok(UserOutcome::Invalid(format!(
             "{user:?} is not a valid user name"
         )));

@@ -177,19 +177,19 @@ async fn refresh_many(
         }
         Ok(Ok(body)) => body,
     };
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing body: expected a JSON array of usernames",
-        );
-    }
-    match serde_json::from_slice::<Vec<String>>(&body) {
+    match refresh_users(&body) {
         Ok(users) => admin.refresh(users).await,
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            &format!("the body must be a JSON array of usernames (strings): {e}"),
-        ),
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
+}
+
+/// The usernames a refresh body names, or why it names none.
+pub(crate) fn refresh_users(body: &[u8]) -> Result<Vec<String>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("missing body: expected a JSON array of usernames".into());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the body must be a JSON array of usernames (strings): {e}"))
 }
 
 /// `GET /roster_admin/refresh/USER`: one user.
@@ -237,12 +237,9 @@ impl Operator {
             Some((user, host)) => (user, vec![host.to_owned()]),
             None => (bare, self.hosts.clone()),
         };
-        let user =
-            jid::NodePart::new(user).map_err(|_| format!("{name:?} is not a user name or JID"))?;
-        Ok(hosts
-            .into_iter()
-            .map(|host| (user.as_str().to_owned(), host))
-            .collect())
+        let user = gatehouse_actors::auth::username(user)
+            .ok_or_else(|| format!("{name:?} is not a user name or JID"))?;
+        Ok(hosts.into_iter().map(|host| (user.clone(), host)).collect())
     }
 }
 

@@ -9,6 +9,8 @@
 
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod logging;
 pub mod reload;
 pub mod signal;

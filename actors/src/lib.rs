@@ -28,6 +28,7 @@
 //! - [`outbound_http`]: the client that follows no redirect, the sensitive
 //!   `Authorization` header and the bounded body read shared by requests
 //!   to the application.
+//! - `fuzzing` (feature `fuzzing`): what the fuzz targets in `fuzz/` run.
 //! - [`panic_guard`]: panics caught, logged and counted at an actor's
 //!   boundary (its handlers, their continuations and futures) and at a
 //!   connection task's.
@@ -40,6 +41,8 @@ pub mod auth;
 pub mod carbons;
 pub mod client_address;
 pub mod directory;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod log_budget;
 pub mod muc;
 pub mod offline;

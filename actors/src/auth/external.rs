@@ -386,7 +386,7 @@ pub(crate) enum ReplyError {
 /// the `\n` and strips a `\r`) or u16 big-endian length prefixes
 /// (ejabberd). One value frames one direction: it encodes requests or
 /// decodes replies, with that direction's length limit.
-enum Wire {
+pub(crate) enum Wire {
     Lines(LinesCodec),
     Frames(LengthDelimitedCodec),
 }
@@ -406,13 +406,13 @@ impl Wire {
     }
 
     /// Writes requests, up to the protocol's request limit.
-    fn requests(protocol: Protocol) -> Self {
+    pub(crate) fn requests(protocol: Protocol) -> Self {
         Wire::new(protocol, protocol.max_request())
     }
 
     /// Reads replies: a short line, or a 2-byte frame; anything longer is
     /// refused by the codec without reading it all.
-    fn replies(protocol: Protocol) -> Self {
+    pub(crate) fn replies(protocol: Protocol) -> Self {
         let max_length = match protocol {
             Protocol::Generic => MAX_REPLY_LINE,
             Protocol::Ejabberd => 2,

@@ -11,7 +11,7 @@
 
 mod authenticator;
 mod cache;
-mod external;
+pub(crate) mod external;
 mod http;
 mod pool;
 mod throttle;
@@ -40,6 +40,26 @@ impl Password {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// A user name as the backend, the throttle, the caches and the JID all
+/// see it: nodeprepped (an RFC 7622 localpart) until it no longer changes.
+/// Once is not always enough: a compatibility character may become an
+/// uppercase letter (U+1D2D `ᴭ` becomes `Æ`) that only a second pass folds
+/// (`æ`), as the JID built from the name does — so the backend would be
+/// asked about `xÆ` for a session bound as `xæ`. `None` when `name` is no
+/// localpart.
+pub fn username(name: &str) -> Option<String> {
+    let mut user = jid::NodePart::new(name).ok()?.as_str().to_owned();
+    // A few passes settle any name; one that still changes is refused.
+    for _ in 0..3 {
+        let again = jid::NodePart::new(&user).ok()?.as_str().to_owned();
+        if again == user {
+            return Some(user);
+        }
+        user = again;
+    }
+    None
 }
 
 impl fmt::Debug for Password {

@@ -250,7 +250,7 @@ fn transport(error: reqwest::Error) -> GateError {
 }
 
 /// Reads the verdict out of a 2xx body.
-fn verdict(body: &[u8]) -> Result<Decision, GateError> {
+pub(crate) fn verdict(body: &[u8]) -> Result<Decision, GateError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(GateError::NotJson)?;
     match value.get("allowed").and_then(serde_json::Value::as_bool) {
         Some(true) => Ok(Decision::Allowed),

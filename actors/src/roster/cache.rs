@@ -660,8 +660,8 @@ async fn refresh(
 
 /// A refreshed username as logins see it (nodeprep'd, RFC 7622) and its
 /// JID on every served domain; `None` when it is not a valid username.
-fn user_jids(name: &str, hosts: &[String]) -> Option<(String, Vec<BareJid>)> {
-    let user = jid::NodePart::new(name).ok()?.as_str().to_owned();
+pub(crate) fn user_jids(name: &str, hosts: &[String]) -> Option<(String, Vec<BareJid>)> {
+    let user = crate::auth::username(name)?;
     let jids = hosts
         .iter()
         .map(|host| BareJid::new(&format!("{user}@{host}")).ok())
@@ -700,6 +700,10 @@ mod tests {
         let (user, jids) = user_jids("Alice", &hosts).unwrap();
         assert_eq!(user, "alice");
         assert_eq!(jids, [BareJid::new("alice@localhost").unwrap()]);
+        // Nodeprep once gives `xÆ`, which is not the JID's localpart.
+        let (user, jids) = user_jids("x\u{1d2d}", &hosts).unwrap();
+        assert_eq!(user, "x\u{e6}");
+        assert_eq!(jids[0].node().map(|n| n.as_str()), Some("x\u{e6}"));
         for bad in ["", "x@y", "a/b"] {
             assert_eq!(user_jids(bad, &hosts), None, "{bad:?}");
         }

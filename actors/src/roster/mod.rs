@@ -7,7 +7,7 @@
 //! fetch anything (the [`RosterCache`] actor in [`cache`] does) nor decide
 //! who receives pushes and presence (the Router does).
 
-mod cache;
+pub(crate) mod cache;
 
 pub use cache::{
     describe_metrics, GetRoster, Reconfigure, Refresh, RefreshReport, RosterCache, RosterError,

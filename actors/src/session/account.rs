@@ -69,9 +69,7 @@ impl Session {
             return ready(Next::Continue);
         }
         let (username, password) = (field(query, "username"), field(query, "password"));
-        let user = jid::NodePart::new(&username)
-            .ok()
-            .map(|n| n.as_str().to_owned());
+        let user = crate::auth::username(&username);
         let (Some(user), false) = (
             user,
             password.is_empty() || query.has_child("remove", ns::REGISTER),
@@ -181,7 +179,7 @@ impl Session {
             self.reply_error(&iq, StanzaError::NOT_ALLOWED);
             return ready(Next::Continue);
         }
-        let same_user = jid::NodePart::new(&username).is_ok_and(|n| n.as_str() == user);
+        let same_user = crate::auth::username(&username).is_some_and(|n| n == user);
         if password.is_empty() || !same_user {
             self.reply_error(&iq, StanzaError::BAD_REQUEST);
             return ready(Next::Continue);

@@ -11,8 +11,8 @@ mod account;
 mod csi;
 mod id;
 mod phase;
-mod sasl;
-mod sm;
+pub(crate) mod sasl;
+pub(crate) mod sm;
 
 use crate::archive::{self, Archive, Reservation, Reserve};
 use crate::auth::{AuthError, Authenticator, LoginAttempt, LoginThrottle};

@@ -57,14 +57,15 @@ pub fn parse_plain(payload: &str, host: &str) -> Result<PlainCredentials, PlainE
     })
 }
 
-/// `user` or `user@host` (with this host) → the nodeprep'd localpart.
+/// `user` or `user@host` (with this host) → the user name
+/// ([`crate::auth::username`]).
 fn localpart(id: &str, host: &str) -> Option<String> {
     let node = match id.split_once('@') {
         Some((node, domain)) if domain.eq_ignore_ascii_case(host) => node,
         Some(_) => return None,
         None => id,
     };
-    jid::NodePart::new(node).ok().map(|n| n.as_str().to_owned())
+    crate::auth::username(node)
 }
 
 #[cfg(test)]
@@ -92,6 +93,17 @@ mod tests {
                 .user,
             "alice"
         );
+    }
+
+    /// Nodeprep once turns U+1D2D into an uppercase `Æ`; the user is the
+    /// settled `æ`, the localpart of the JID the session is bound to (found
+    /// by the `roster_refresh` fuzz target).
+    #[test]
+    fn plain_user_is_settled() {
+        let ok = parse_plain(&b64("\0x\u{1d2d}\0pw"), "localhost").unwrap();
+        assert_eq!(ok.user, "x\u{e6}");
+        let jid = jid::BareJid::new(&format!("{}@localhost", ok.user)).unwrap();
+        assert_eq!(jid.node().map(|n| n.as_str()), Some(ok.user.as_str()));
     }
 
     #[test]

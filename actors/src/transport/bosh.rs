@@ -606,17 +606,7 @@ impl BoshSession {
                 Pending::Children(buf) if buf.iter().all(u8::is_ascii_whitespace) => {
                     self.pending.pop_front();
                 }
-                Pending::Children(buf) => {
-                    return Some(match parser.next_event(buf) {
-                        Ok(Some(StreamEvent::Element(el))) => {
-                            Inbound::Event(StreamEvent::Element(el))
-                        }
-                        Ok(Some(_)) => not_well_formed("a stream end"),
-                        // The body ended inside an element.
-                        Ok(None) => not_well_formed("a partial element"),
-                        Err(error) => Inbound::Invalid(error),
-                    });
-                }
+                Pending::Children(buf) => return Some(next_child(parser, buf)),
             }
         }
     }
@@ -893,10 +883,22 @@ fn not_well_formed(what: &str) -> Inbound {
     Inbound::Invalid(ParseError::NotWellFormed(format!("{what} in a BOSH body")))
 }
 
+/// The next child of a body, read from the rest of its bytes `buf` (not
+/// all whitespace): an element, or why the body cannot go on.
+pub(crate) fn next_child(parser: &mut StreamParser, buf: &mut BytesMut) -> Inbound {
+    match parser.next_event(buf) {
+        Ok(Some(StreamEvent::Element(el))) => Inbound::Event(StreamEvent::Element(el)),
+        Ok(Some(_)) => not_well_formed("a stream end"),
+        // The body ended inside an element.
+        Ok(None) => not_well_formed("a partial element"),
+        Err(error) => Inbound::Invalid(error),
+    }
+}
+
 /// What a request's `<body/>` says: its attributes, and its children as
 /// bytes still to be parsed by the session's own parser.
 #[derive(Debug)]
-struct RequestBody {
+pub(crate) struct RequestBody {
     /// Absent on the session creation request.
     sid: Option<String>,
     /// The request's number: requests are processed in its order.
@@ -914,12 +916,12 @@ struct RequestBody {
     /// `type='terminate'`: the end of the session.
     terminate: bool,
     /// The bytes between `<body …>` and `</body>`.
-    children: BytesMut,
+    pub(crate) children: BytesMut,
 }
 
 /// Why a body is not one XEP-0124 allows: `bad-request`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum BodyError {
+pub(crate) enum BodyError {
     #[error("not a <body/> element: {0}")]
     NotBody(&'static str),
     #[error("the wrapper: {0}")]
@@ -939,7 +941,7 @@ impl RequestBody {
     /// stanza limits) as an element of its own, and the children's bytes;
     /// an XML declaration in front is allowed. The children are checked
     /// when the session's parser reads them.
-    fn parse(text: &[u8], limits: StanzaLimits) -> Result<RequestBody, BodyError> {
+    pub(crate) fn parse(text: &[u8], limits: StanzaLimits) -> Result<RequestBody, BodyError> {
         let mut text = text.trim_ascii();
         if let Some(declared) = text.strip_prefix(b"<?xml") {
             let end = declared

@@ -143,7 +143,7 @@ async fn run(
 /// message holding anything but exactly one complete element is
 /// `<not-well-formed/>` (RFC 7395 §3.3.3); whitespace alone is ignored
 /// (a keepalive some clients send anyway).
-fn inbound(parser: &mut StreamParser, message: &[u8]) -> Option<Inbound> {
+pub(crate) fn inbound(parser: &mut StreamParser, message: &[u8]) -> Option<Inbound> {
     if message.iter().all(u8::is_ascii_whitespace) {
         return None;
     }

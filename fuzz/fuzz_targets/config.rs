@@ -1,0 +1,5 @@
+//! Fuzz target: the config loader.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gatehouse::fuzzing::config(data));
