@@ -260,8 +260,10 @@ mod tests {
     use std::net::IpAddr;
     use std::time::Duration;
 
-    fn throttle() -> LoginThrottle {
-        LoginThrottle::new(ThrottleSettings {
+    /// Budgets of 2 per account and 5 per client, waits of 1 s to 4 s,
+    /// 10.0.0.0/8 exempt.
+    fn settings() -> ThrottleSettings {
+        ThrottleSettings {
             addresses: ClientAddresses {
                 prefix_v6: 64,
                 exempt: vec!["10.0.0.0/8".parse().unwrap()],
@@ -270,7 +272,11 @@ mod tests {
             per_client: 5,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(4),
-        })
+        }
+    }
+
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(settings())
     }
 
     /// How long a try of `account` from `peer` now must wait.
@@ -334,7 +340,7 @@ mod tests {
     fn past_the_budget_one_try_at_a_time_when_the_wait_is_over() {
         let throttle = LoginThrottle::new(ThrottleSettings {
             backoff: Duration::ZERO,
-            ..throttle().inner.settings.get().as_ref().clone()
+            ..settings()
         });
         let peer = "192.0.2.6".parse().unwrap();
         fail(&throttle, "alice@x", peer);
@@ -352,7 +358,7 @@ mod tests {
         let short = ThrottleSettings {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(100),
-            ..throttle().inner.settings.get().as_ref().clone()
+            ..settings()
         };
         let throttle = LoginThrottle::new(short.clone());
         let peer = "192.0.2.7".parse().unwrap();
