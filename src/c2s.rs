@@ -150,11 +150,8 @@ pub async fn accept_loop(
         } else {
             match limits.admit(peer.ip()) {
                 Ok(admitted) => Some(admitted),
-                Err(refused) => {
-                    // Closed at once: a refusal costs an accept and a close.
-                    refused.count();
-                    continue;
-                }
+                // Closed at once: a refusal costs an accept and a close.
+                Err(_) => continue,
             }
         };
         let _ = socket.set_nodelay(true);
@@ -220,11 +217,6 @@ async fn proxied(
             return None;
         }
     };
-    match limits.admit(client.ip()) {
-        Ok(admitted) => Some((client, admitted)),
-        Err(refused) => {
-            refused.count();
-            None
-        }
-    }
+    let admitted = limits.admit(client.ip()).ok()?;
+    Some((client, admitted))
 }

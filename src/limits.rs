@@ -134,8 +134,14 @@ impl ConnectionLimits {
         self.inner.current.set(Policy::new(settings));
     }
 
-    /// Admits a connection from `peer`, or says which limit refuses it.
+    /// Admits a connection from `peer`, or says which limit refuses it
+    /// (and counts the refusal).
     pub fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
+        self.decide(peer).inspect_err(|refused| refused.count())
+    }
+
+    /// [`ConnectionLimits::admit`]'s decision.
+    fn decide(&self, peer: IpAddr) -> Result<Admitted, Refused> {
         let inner = &self.inner;
         let policy = inner.current.get();
         let settings = &policy.settings;

@@ -13,7 +13,7 @@
 //! (`gatehouse_actors::transport::bosh`). It must not speak XMPP.
 
 use crate::config::WebConfig;
-use crate::limits::{Admitted, ConnectionLimits};
+use crate::limits::ConnectionLimits;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer};
@@ -125,7 +125,7 @@ async fn xmpp_websocket(
     let Some(client) = client(&req, &state.config) else {
         return HttpResponse::BadRequest().finish();
     };
-    let admitted = match admit(&state.limits, client) {
+    let admitted = match state.limits.admit(client.ip()) {
         Ok(admitted) => admitted,
         Err(refused) => return refused_upgrade(refused),
     };
@@ -144,14 +144,6 @@ async fn xmpp_websocket(
         }
         Err(error) => HttpResponse::from_error(error),
     }
-}
-
-/// Admits a new stream from `client` (a WebSocket, a BOSH session), or
-/// counts the refusal.
-fn admit(limits: &ConnectionLimits, client: SocketAddr) -> Result<Admitted, Refused> {
-    limits
-        .admit(client.ip())
-        .inspect_err(|refused| refused.count())
 }
 
 /// The answer to an upgrade the connection limits refuse: the client's
@@ -211,7 +203,7 @@ async fn http_bind(
     };
     let answer = state
         .bosh
-        .request(&body, client, || admit(&state.limits, client))
+        .request(&body, client, || state.limits.admit(client.ip()))
         .await;
     let mut response = cors(HttpResponse::Ok(), origin, "POST, OPTIONS");
     if answer.refused {
