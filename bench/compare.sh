@@ -82,13 +82,7 @@ require_tls = false
 tls_cert = "$PWD/examples/localhost.crt"
 tls_key = "$PWD/examples/localhost.key"
 backlog = 1024
-[http]
-listen = "127.0.0.1:$(free_port)"
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$auth", "--delay", "$delay"]
-processes = 4
+$(fixture_toml "$(free_port)" 4 --delay "$delay")
 queue = $queue
 $grace
 TOML

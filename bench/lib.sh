@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run): a free loopback port,
 # waiting until a started server accepts on a port or a started Gatehouse
-# answers on its operator listener, and stopping it.
+# answers on its operator listener, stopping it, and the tables every
+# script's Gatehouse config ends with.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -29,4 +30,20 @@ wait_healthy() {
 # for it.
 stop_server() {
     [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }
+}
+
+# fixture_toml HTTP_PORT PROCESSES [ARG...]: the end every bench script's
+# Gatehouse config shares: the operator listener ([http]) on the loopback
+# HTTP_PORT and external auth through tests/fixtures/auth.py (run with
+# ARGs, such as --delay 0.02) in PROCESSES processes. It ends inside
+# [auth.external], so a caller may append more of that table's keys
+# (queue, reply_grace, timeout) or later tables. Run from the repository's
+# root, as the scripts are.
+fixture_toml() {
+    local http=$1 processes=$2 command arg
+    shift 2
+    command="\"python3\", \"$PWD/tests/fixtures/auth.py\""
+    for arg in "$@"; do command+=", \"$arg\""; done
+    printf '[http]\nlisten = "127.0.0.1:%s"\n[auth]\nbackend = "external"\n[auth.external]\ncommand = [%s]\nprocesses = %s\n' \
+        "$http" "$command" "$processes"
 }

@@ -104,13 +104,7 @@ enabled = true
 [csi]
 enabled = true
 max_held = 256
-[http]
-listen = "127.0.0.1:$http"
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$PWD/tests/fixtures/auth.py"]
-processes = 4
+$(fixture_toml "$http" 4)
 reply_grace = "0s"
 TOML
         storage "$2" "$1"

@@ -27,13 +27,7 @@ hosts = ["localhost"]
 listen = "127.0.0.1:$c2s"
 require_tls = false
 backlog = 1024
-[http]
-listen = "127.0.0.1:$http"
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$PWD/tests/fixtures/auth.py"]
-processes = 4
+$(fixture_toml "$http" 4)
 reply_grace = "$grace"
 TOML
     RUST_LOG=warn target/release/gatehouse --config "$work/gatehouse.toml" 2> "$work/log" &

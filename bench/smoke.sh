@@ -29,15 +29,9 @@ require_tls = false
 direct_tls_listen = "127.0.0.1:$direct_tls"
 tls_cert = "$PWD/examples/localhost.crt"
 tls_key = "$PWD/examples/localhost.key"
-[http]
-listen = "127.0.0.1:$http"
 [web]
 listen = "127.0.0.1:$web"
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$PWD/tests/fixtures/auth.py"]
-processes = 2
+$(fixture_toml "$http" 2)
 TOML
 "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/server.log" &
 server=$!

@@ -39,15 +39,9 @@ log_level = "warn"
 listen = "127.0.0.1:$c2s"
 require_tls = false
 unauthenticated_timeout = "30s"
-[http]
-listen = "127.0.0.1:$http"
 [limits]
 exempt = ["127.0.0.1/32"]
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$PWD/tests/fixtures/auth.py"]
-processes = 8
+$(fixture_toml "$http" 8)
 timeout = "2s"
 TOML
 "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/server.log" &

@@ -49,13 +49,7 @@ require_tls = false
 backlog = 1024
 [web]
 listen = "127.0.0.1:$web"
-[http]
-listen = "127.0.0.1:$http"
-[auth]
-backend = "external"
-[auth.external]
-command = ["python3", "$PWD/tests/fixtures/auth.py", "--delay", "$delay"]
-processes = 4
+$(fixture_toml "$http" 4 --delay "$delay")
 $pool
 TOML
     RUST_LOG=warn "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/log" &
