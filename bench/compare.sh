@@ -9,7 +9,12 @@
 #               it has no auth to overload)
 # Gatehouse, Prosody and the floor also run throughput and held over
 # STARTTLS (examples/localhost.*, offered but not required, on a fresh
-# server); ejabberd is configured without a certificate.
+# server); ejabberd is configured without a certificate. Gatehouse and the
+# floor, on that same server, then run throughput over STARTTLS with
+# resumed handshakes (--resume: each of the 1,000 accounts keeps the
+# session tickets it is given and resumes with one, so all but its first
+# handshake are TLS 1.3 resumptions; both servers issue one stateless
+# ticket per handshake from a rotating ticketer, no session cache).
 # Gatehouse and ejabberd authenticate through the same external program
 # (tests/fixtures/auth.py; ejabberd with its own protocol, pool of 4,
 # backlog 1024, auth cache off). Prosody uses its built-in internal_plain
@@ -177,6 +182,10 @@ for s in "${servers[@]}"; do
     case $s in gatehouse | prosody | floor)
         start "$s" 0
         storms "$s" -starttls --transport starttls
+        case $s in gatehouse | floor)
+            run "$s" throughput-starttls-resumed --mode closed --concurrency 100 --count 20000 \
+                --users 1000 --max-seconds 120 --transport starttls --resume ;;
+        esac
         stop ;;
     esac
     [ "$s" != floor ] || continue

@@ -42,10 +42,23 @@ def ratio(value, floor):
     return "n/a" if value is None or not floor else f"{value / floor:.2f}×"
 
 
+def resumed(report):
+    """A resumed-handshake run's cells (n/a when not run): logins/s, p99
+    ms, server CPU s / 1000 logins, and the share of logins that resumed."""
+    if report is None:
+        return ["n/a"] * 4
+    logins = report.get("logins") or 0
+    share = report.get("tls_resumed_handshakes", 0) / logins * 100 if logins else None
+    return [f(report.get("logins_per_second"), ".0f"), f(p99(report, "success"), ".1f"),
+            f(report.get("server_cpu_seconds_per_1000"), ".3f"),
+            "n/a" if share is None else f"{share:.0f} %"]
+
+
 def servers(rows):
     """bench/compare.sh's tables: one row per server over plain TCP (the
-    floor has no overload run), one per server run over STARTTLS, then each
-    server's figures as ratios to the floor's from the same run."""
+    floor has no overload run), one per server run over STARTTLS (full
+    handshakes, then resumed ones where run), then each server's figures as
+    ratios to the floor's from the same run."""
     print("| server | logins/s | p99 ms | server CPU s / 1000 logins | loadgen CPU s / 1000 logins "
           "| RSS / held session | overload: admitted/s | admitted p99 ms | refused | refusal p99 ms "
           "| timeouts | RSS growth in overload |")
@@ -66,14 +79,16 @@ def servers(rows):
     if starttls:
         print()
         print("| server, over STARTTLS | logins/s | p99 ms | server CPU s / 1000 logins "
-              "| loadgen CPU s / 1000 logins | RSS / held session |")
-        print("|---|---|---|---|---|---|")
+              "| loadgen CPU s / 1000 logins | RSS / held session "
+              "| resumed: logins/s | p99 ms | server CPU s / 1000 logins | handshakes resumed |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for server, r in starttls.items():
             t, h = r.get("throughput-starttls", {}), r.get("held-starttls", {})
             print(f"| {server} | {f(t.get('logins_per_second'), '.0f')} | {f(p99(t, 'success'), '.1f')} "
                   f"| {f(t.get('server_cpu_seconds_per_1000'), '.3f')} "
                   f"| {f(t.get('loadgen_cpu_seconds_per_1000'), '.3f')} "
-                  f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B |")
+                  f"| {f(h.get('server_rss_bytes_per_held_session'), '.0f')} B | "
+                  + " | ".join(resumed(r.get("throughput-starttls-resumed"))) + " |")
     floor = rows.get("floor")
     if floor is None:
         return
@@ -83,7 +98,8 @@ def servers(rows):
     for server, r in rows.items():
         if server == "floor":
             continue
-        for transport, suffix in (("tcp", ""), ("starttls", "-starttls")):
+        for transport, suffix in (("tcp", ""), ("starttls", "-starttls"),
+                                  ("starttls, resumed", "-starttls-resumed")):
             t, h = r.get("throughput" + suffix), r.get("held" + suffix)
             if t is None and h is None:
                 continue
