@@ -107,7 +107,10 @@ pub struct Args {
     pub timeout: f64,
     /// Hold mode: how long every session stays open after the last one is
     /// up, before the server's RSS is taken (lets the login's garbage and
-    /// timers settle).
+    /// timers settle). The hold ends sooner on SIGINT or SIGTERM (the RSS
+    /// is taken then, the sessions closed and the report printed), or once
+    /// the server has closed every session (a shutdown; each counts as
+    /// connection-reset).
     #[arg(long, default_value_t = 2.0)]
     pub hold_seconds: f64,
     /// Server process to measure (CPU seconds, RSS before, peak and after).
@@ -332,6 +335,8 @@ async fn logins(args: &Args) -> Result<String, StormError> {
         }
         Mode::Hold => {
             let (release, hold) = tokio::sync::watch::channel(false);
+            // Every task holds a sender: once all have ended, `recv` says so.
+            let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
             let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
             let mut tasks = Vec::with_capacity(args.count);
             let mut ups = Vec::with_capacity(args.count);
@@ -341,7 +346,7 @@ async fn logins(args: &Args) -> Result<String, StormError> {
                 }
                 let permit = gate.clone().acquire_owned().await.expect("semaphore open");
                 let (target, results, release) = (target.clone(), results.clone(), hold.clone());
-                let creds = creds.clone();
+                let (creds, alive) = (creds.clone(), alive.clone());
                 let (up, is_up) = tokio::sync::oneshot::channel();
                 let (settled, on_settled) = tokio::sync::oneshot::channel::<()>();
                 ups.push(on_settled);
@@ -364,16 +369,23 @@ async fn logins(args: &Args) -> Result<String, StormError> {
                         None => login.await,
                     };
                     results.lock().unwrap().add(outcome, took);
+                    drop(alive);
                 }));
             }
+            drop(alive);
             // Every session is up or failed: let them settle, then measure
-            // while all are held.
+            // while all are held (unless the server closed them all first).
             for up in ups {
                 let _ = up.await;
             }
             logins_over = Some(started.elapsed());
-            tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
-            held_rss = meter.server_rss();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)) => {
+                    held_rss = meter.server_rss();
+                }
+                () = signalled() => held_rss = meter.server_rss(),
+                _ = all_ended.recv() => {}
+            }
             let _ = release.send(true);
             for task in tasks {
                 let _ = task.await;
@@ -388,6 +400,23 @@ async fn logins(args: &Args) -> Result<String, StormError> {
     let usage = meter.stop().await;
     let results = results.lock().unwrap();
     Ok(render(args, &results, wall, Measured { usage, held_rss }))
+}
+
+/// Returns on SIGINT or SIGTERM (never, if neither can be listened for).
+async fn signalled() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// What was measured around the run, besides the logins themselves.
