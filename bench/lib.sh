@@ -32,6 +32,17 @@ stop_server() {
     [ -z "${server:-}" ] || { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }
 }
 
+# listeners_toml C2S_PORT DIRECT_TLS_PORT WEB_PORT: the start of a config
+# with every client listener on loopback: c2s with STARTTLS offered (not
+# required) and Direct TLS, both with examples/localhost.*, and the web
+# listener (WebSocket, BOSH); it ends inside [web].
+listeners_toml() {
+    printf '%s\n' 'hosts = ["localhost"]' '[c2s]' "listen = \"127.0.0.1:$1\"" \
+        "direct_tls_listen = \"127.0.0.1:$2\"" "tls_cert = \"$PWD/examples/localhost.crt\"" \
+        "tls_key = \"$PWD/examples/localhost.key\"" 'require_tls = false' 'backlog = 1024' \
+        '[web]' "listen = \"127.0.0.1:$3\""
+}
+
 # fixture_toml HTTP_PORT PROCESSES [ARG...]: the end every bench script's
 # Gatehouse config shares: the operator listener ([http]) on the loopback
 # HTTP_PORT and external auth through tests/fixtures/auth.py (run with

@@ -22,15 +22,7 @@ http=$(free_port)
 direct_tls=$(free_port)
 web=$(free_port)
 cat > "$work/gatehouse.toml" <<TOML
-hosts = ["localhost"]
-[c2s]
-listen = "127.0.0.1:$c2s"
-require_tls = false
-direct_tls_listen = "127.0.0.1:$direct_tls"
-tls_cert = "$PWD/examples/localhost.crt"
-tls_key = "$PWD/examples/localhost.key"
-[web]
-listen = "127.0.0.1:$web"
+$(listeners_toml "$c2s" "$direct_tls" "$web")
 $(fixture_toml "$http" 2)
 TOML
 "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/server.log" &

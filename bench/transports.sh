@@ -39,16 +39,7 @@ start() {
         pool='queue = 50'
     fi
     cat > "$work/gatehouse.toml" <<TOML
-hosts = ["localhost"]
-[c2s]
-listen = "127.0.0.1:$c2s"
-direct_tls_listen = "127.0.0.1:$tls"
-tls_cert = "$PWD/examples/localhost.crt"
-tls_key = "$PWD/examples/localhost.key"
-require_tls = false
-backlog = 1024
-[web]
-listen = "127.0.0.1:$web"
+$(listeners_toml "$c2s" "$tls" "$web")
 $(fixture_toml "$http" 4 --delay "$delay")
 $pool
 TOML
