@@ -59,6 +59,11 @@ struct Args {
     /// Offer SASL only after STARTTLS, like Gatehouse's c2s.require_tls.
     #[arg(long, requires = "tls_cert")]
     require_tls: bool,
+    /// Send no TLS session tickets, so every handshake is a full one (as
+    /// Gatehouse's `c2s.tls_tickets = false`); by default one stateless
+    /// ticket per handshake, as Gatehouse's default.
+    #[arg(long, requires = "tls_cert")]
+    no_tls_tickets: bool,
     /// Worker threads running the connections (default: one per core, as
     /// Gatehouse's session arbiters).
     #[arg(long)]
@@ -80,7 +85,7 @@ fn serve(args: Args) -> Result<(), String> {
     // its own limit for.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::Acceptors::load(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::Acceptors::load(cert, key, !args.no_tls_tickets)?),
         _ => None,
     };
     let threads = args
