@@ -1,7 +1,8 @@
 """The bench scripts' tables, from gatehouse-loadgen's JSON reports.
 
-Shared by bench/compare.sh, bench/transports.sh and bench/messages.sh, so
-that their tables count refusals, timeouts and percentiles the same way.
+Shared by bench/compare.sh, bench/transports.sh, bench/messages.sh and
+bench/scale.sh, so that their tables count refusals, timeouts and
+percentiles the same way.
 """
 import json
 
@@ -175,9 +176,68 @@ def messages(rows):
               f"| {f(s.get('server_cpu_seconds_per_1000'), '.3f')} | {f(peak_mib(s), '.1f')} MiB | {failed} |")
 
 
+def size_of(value):
+    """Bytes, or n/a when not measured."""
+    return "n/a" if value is None else f"{value:.0f} B"
+
+
+def scale(rows):
+    """bench/scale.sh's tables: one row per size N (sessions held), then
+    each size's figures as ratios to the smallest size's. Growing
+    linearly, the totals (RSS growth, idle CPU, shutdown time) keep pace
+    with N and the per-login and per-contact figures stay near 1×."""
+    def figures(r):
+        h, s, o, d = (r.get(k) or {} for k in ("held", "storm", "fanout", "shutdown"))
+        held = h.get("sessions") or 0
+        growth = (h["rss_held_kib"] - h["rss_before_kib"]) * 1024 if h else None
+        idle = h.get("idle_cpu_seconds_per_second")
+        base, fan = s.get("server_cpu_seconds_per_1000"), o.get("server_cpu_seconds_per_1000")
+        contacts = h.get("contacts")
+        # CPU s per 1000 logins is ms per login; the difference, per contact, in µs.
+        fanout = (fan - base) * 1000 / contacts if None not in (base, fan) and contacts else None
+        return {"n": held, "target": h.get("target"), "growth": growth,
+                "rss": growth / held if growth is not None and held else None,
+                "idle": idle * 1000 if idle is not None else None,
+                "rate": s.get("logins_per_second"), "p99": p99(s, "success"),
+                "cpu": base, "fan_cpu": fan, "fanout": fanout, "shutdown": d.get("seconds"),
+                "closed": d.get("sessions_closed_by_server"),
+                "failed": sum(n for k, n in (s.get("outcomes") or {}).items() if k != "success")
+                + sum(n for k, n in (o.get("outcomes") or {}).items() if k != "success")}
+    sizes = {size: figures(r) for size, r in sorted(rows.items(), key=lambda kv: int(kv[0]))}
+    print("| N | sessions held | RSS / session | since the last size | idle CPU ms/s "
+          "| logins/s while held | p99 ms | server CPU ms / login | with contacts "
+          "| fan-out µs / contact | shutdown s | closed by server | failed storm logins |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    last = None
+    for size, x in sizes.items():
+        # The slope: what the sessions added since the last size cost each,
+        # free of what the first sessions of a process pay once.
+        marginal = None
+        if last is not None and None not in (x["growth"], last["growth"]) and x["n"] != last["n"]:
+            marginal = (x["growth"] - last["growth"]) / (x["n"] - last["n"])
+        last = x
+        print(f"| {size} | {x['n']} | {size_of(x['rss'])} | {size_of(marginal)} "
+              f"| {f(x['idle'], '.1f')} "
+              f"| {f(x['rate'], '.0f')} | {f(x['p99'], '.1f')} | {f(x['cpu'], '.3f')} "
+              f"| {f(x['fan_cpu'], '.3f')} | {f(x['fanout'], '.2f')} | {f(x['shutdown'], '.2f')} "
+              f"| {f(x['closed'], 'd')} | {x['failed']} |")
+    if len(sizes) < 2:
+        return
+    first = next(iter(sizes.values()))
+    print()
+    print(f"| N ÷ {next(iter(sizes))} | sessions | RSS growth | idle CPU | logins/s | p99 "
+          "| CPU / login | fan-out / contact | shutdown |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, x in sizes.items():
+        cells = [ratio(x[k], first[k]) for k in
+                 ("n", "growth", "idle", "rate", "p99", "cpu", "fanout", "shutdown")]
+        print(f"| {size} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    # Usage: reports.py servers|transports|messages RESULTS
+    # Usage: reports.py servers|transports|messages|scale RESULTS
     import sys
-    table = {"servers": servers, "transports": transports, "messages": messages}[sys.argv[1]]
+    table = {"servers": servers, "transports": transports, "messages": messages,
+             "scale": scale}[sys.argv[1]]
     print()
     table(load(sys.argv[2]))
