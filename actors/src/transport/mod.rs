@@ -17,6 +17,7 @@ pub mod bosh;
 pub mod shaper;
 pub mod tcp;
 pub mod tls;
+pub mod tls_stream;
 pub mod websocket;
 
 use crate::panic_guard;
