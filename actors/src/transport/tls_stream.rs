@@ -23,8 +23,11 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::server::ServerConnectionData;
 use tokio_rustls::rustls::server::UnbufferedServerConnection;
-use tokio_rustls::rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use tokio_rustls::rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic,
+};
 
 /// The largest TLS record on the wire: its 5-byte header, 16 KiB of
 /// plaintext and up to 2 KiB of expansion (TLS 1.2's bound; TLS 1.3's is
@@ -169,7 +172,7 @@ impl TlsSocket {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, MAX_RECORD, |out| encode.encode(out))
+                    encode_into(&mut self.outgoing, &mut encode)
                         .map_err(|e| rustls::Error::General(e.to_string()))?
                 }
                 // Written by `poll_send` before anything else is: for
@@ -203,7 +206,7 @@ impl TlsSocket {
             let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state else {
                 break;
             };
-            if append(&mut self.outgoing, MAX_RECORD, |out| encode.encode(out)).is_err() {
+            if encode_into(&mut self.outgoing, &mut encode).is_err() {
                 break;
             }
         }
@@ -242,7 +245,7 @@ impl TlsSocket {
         &mut self,
         guess: usize,
         mut write: impl FnMut(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut WriteTraffic<'_, ServerConnectionData>,
             &mut [u8],
         ) -> Result<usize, EncryptError>,
     ) -> io::Result<()> {
@@ -257,7 +260,7 @@ impl TlsSocket {
                     true
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, MAX_RECORD, |out| encode.encode(out))?;
+                    encode_into(&mut self.outgoing, &mut encode)?;
                     false
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
@@ -361,9 +364,7 @@ impl AsyncWrite for TlsSocket {
         if !this.write_closed {
             this.write_closed = true;
             // Both sides closed already: nothing more to say.
-            match this.write_traffic(RECORD_OVERHEAD, |traffic, out| {
-                traffic.queue_close_notify(out)
-            }) {
+            match this.write_traffic(0, |traffic, out| traffic.queue_close_notify(out)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -405,9 +406,18 @@ impl Shortfall for EncryptError {
     }
 }
 
+/// Appends to `outgoing` the record rustls has ready (a handshake
+/// message, a session ticket, an alert), in exactly the room it takes.
+fn encode_into(
+    outgoing: &mut Vec<u8>,
+    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+) -> io::Result<()> {
+    append(outgoing, 0, |out| encode.encode(out))
+}
+
 /// Appends to `out` what `write` puts in a buffer: first `guess` bytes of
-/// room, then what rustls asks for if that was short (`write` changes
-/// nothing when it fails).
+/// room (none: rustls says what it needs), then what rustls asks for if
+/// that was short (`write` changes nothing when it fails).
 fn append<E: Shortfall>(
     out: &mut Vec<u8>,
     guess: usize,
@@ -434,4 +444,188 @@ fn append<E: Shortfall>(
     }
     out.truncate(start);
     Err(io::Error::other("rustls asked for more room twice"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::client::TlsStream;
+
+    /// Trusts any certificate: these tests are about the record layer.
+    #[derive(Debug)]
+    struct AnyCertificate;
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// A server socket and the client at the other end, handshaken.
+    async fn pair() -> (Box<TlsSocket>, TlsStream<TcpStream>) {
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/localhost");
+        let chain = CertificateDer::pem_file_iter(format!("{examples}.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{examples}.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsSocket::accept(tcp, Arc::new(server)).await.unwrap()
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        (server, client)
+    }
+
+    /// Writes to a client that does not read stop (Pending) with at most
+    /// one write's ciphertext held; once the client reads, everything
+    /// arrives in order, and shutting down sends close_notify (a clean end
+    /// of stream for the client). After it, nothing is held.
+    #[tokio::test]
+    async fn writes_wait_for_a_slow_client_holding_one_write_at_most() {
+        let (mut server, mut client) = pair().await;
+        // Far more than the kernel's socket buffers take.
+        let data: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut written = 0;
+        while written < data.len() {
+            let write = server.write(&data[written..]);
+            match tokio::time::timeout(Duration::from_millis(200), write).await {
+                Ok(n) => written += n.unwrap(),
+                Err(_) => break,
+            }
+            assert!(server.outgoing.capacity() <= MAX_WRITE + 4 * RECORD_OVERHEAD);
+        }
+        assert!(written < data.len(), "the socket took 16 MiB unread");
+
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.map(|_| received)
+        });
+        server.write_all(&data[written..]).await.unwrap();
+        server.shutdown().await.unwrap();
+        let received = reader.await.unwrap().expect("a clean end: close_notify");
+        assert!(received == data, "what the client read is what was written");
+        assert_eq!(server.outgoing.capacity(), 0);
+        assert_eq!(server.incoming.capacity(), 0);
+        assert_eq!(server.plaintext.capacity(), 0);
+    }
+
+    /// Records larger than one read, and several records in one read,
+    /// arrive whole and in order; the client's close_notify is the end of
+    /// the stream; nothing is held after each read is taken.
+    #[tokio::test]
+    async fn reads_span_records_and_end_at_close_notify() {
+        let (mut server, mut client) = pair().await;
+        let data: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+        let writer = tokio::spawn(async move {
+            for piece in data.chunks(7_000) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            data
+        });
+        let mut received = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = server.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+        assert!(received == writer.await.unwrap());
+        assert_eq!(server.incoming.capacity(), 0);
+        assert_eq!(server.plaintext.capacity(), 0);
+    }
+
+    /// Garbage instead of a ClientHello fails the handshake with a
+    /// rustls error inside the io::Error; a client that hangs up is
+    /// `UnexpectedEof`.
+    #[tokio::test]
+    async fn failed_handshakes_say_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new())),
+        );
+
+        let mut garbage = TcpStream::connect(addr).await.unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let error = TlsSocket::accept(tcp, config.clone()).await.err().unwrap();
+        assert!(error
+            .get_ref()
+            .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()));
+
+        drop(TcpStream::connect(addr).await.unwrap());
+        let (tcp, _) = listener.accept().await.unwrap();
+        let error = TlsSocket::accept(tcp, config).await.err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
