@@ -6,8 +6,10 @@
 //! with the peer address (a few lines a second at most, so a scan cannot
 //! flood the log).
 //!
-//! It owns the handshake only; the connection loop decides when to start
-//! it and what to do with its result.
+//! It owns starting the handshake, bounding it in time and what its
+//! outcome means; the TLS protocol itself is [`super::tls_stream`]'s, and
+//! the connection loop decides when to start it and what to do with its
+//! result.
 
 use super::tcp::Socket;
 use super::tls_stream::TlsSocket;

@@ -1,15 +1,17 @@
 //! A client connection's TLS (after STARTTLS, or Direct TLS from the first
 //! byte) on rustls' unbuffered API, so that an idle session keeps no
 //! plaintext or ciphertext buffer: rustls' buffered connection keeps a
-//! read buffer of at least 4 KiB for good after its first read, and one
-//! per held session is most of what TLS adds to a session's memory.
+//! read buffer of at least 4 KiB for good after its first read, more than
+//! half of what TLS added to a held session.
 //!
 //! [`TlsSocket`] owns the TCP socket and rustls' state. Ciphertext is read
-//! into a stack buffer and processed where it lies; only a record not yet
-//! complete (or handshake bytes rustls still refers to) is copied to the
-//! heap, and only until the rest arrives. Decrypted data the reader has
-//! not taken yet, and ciphertext the socket has not taken yet, are kept
-//! until taken; each buffer is freed as soon as it is empty.
+//! into a stack buffer and decrypted where it lies (rustls then hands each
+//! record's plaintext over in a buffer of its own, copied out and freed at
+//! once); only a record not yet complete (or handshake bytes rustls still
+//! refers to) is copied to the heap, and only until the rest arrives.
+//! Decrypted data the reader has not taken yet, and ciphertext the socket
+//! has not taken yet, are kept until taken; each buffer is freed as soon
+//! as it is empty.
 //!
 //! It owns the TLS record layer: the server handshake, encryption,
 //! close_notify both ways. It must not touch what the bytes mean (the
@@ -150,6 +152,10 @@ impl TlsSocket {
                 }
             })
         };
+        if self.read_closed {
+            // Whatever follows close_notify is never read.
+            self.incoming = Vec::new();
+        }
         Poll::Ready(result.map_err(|e| self.fail(e)))
     }
 
@@ -449,55 +455,13 @@ fn append<E: Shortfall>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use gatehouse_loadgen::transport::tls::accepting_any_certificate;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio_rustls::client::TlsStream;
-
-    /// Trusts any certificate: these tests are about the record layer.
-    #[derive(Debug)]
-    struct AnyCertificate;
-
-    impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
 
     /// A server socket and the client at the other end, handshaken.
     async fn pair() -> (Box<TlsSocket>, TlsStream<TcpStream>) {
@@ -508,23 +472,17 @@ mod tests {
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(format!("{examples}.key")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-            .with_no_client_auth();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = async {
             let tcp = TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(client))
+            accepting_any_certificate(&[], false)
                 .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
                 .unwrap()
