@@ -32,8 +32,8 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// A client socket before or after STARTTLS. The TLS state is boxed: it is
-/// about a KiB, and most of a storm's connections are idle plain sockets
-/// whose size is what a held session costs.
+/// over a KiB, which every plain connection's socket would take too if it
+/// were not.
 pub(crate) type Socket = Either<TcpStream, Box<TlsSocket>>;
 
 /// How long one write to the client may block before it is dropped.
