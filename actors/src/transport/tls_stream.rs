@@ -556,6 +556,42 @@ mod tests {
         assert_eq!(server.plaintext.capacity(), 0);
     }
 
+    /// What a client may send after the handshake that is not TLS — a
+    /// record longer than any allowed, one that does not decrypt — is an
+    /// error of the read, with the rustls error inside; a record cut short
+    /// by the end of the connection is the end of the stream. Nothing is
+    /// held afterwards.
+    #[tokio::test]
+    async fn garbage_after_the_handshake_is_an_error() {
+        let too_long = [0x17, 0x03, 0x03, 0xff, 0xff];
+        let mut undecryptable = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        undecryptable.extend_from_slice(&[0x5a; 0x40]);
+        for garbage in [&too_long[..], &undecryptable] {
+            let (mut server, mut client) = pair().await;
+            client.get_mut().0.write_all(garbage).await.unwrap();
+            let error = server.read(&mut [0u8; 4096]).await.unwrap_err();
+            assert!(
+                error
+                    .get_ref()
+                    .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()),
+                "{error}"
+            );
+            assert_eq!(server.incoming.capacity(), 0);
+            assert_eq!(server.outgoing.capacity(), 0);
+        }
+
+        let (mut server, mut client) = pair().await;
+        client
+            .get_mut()
+            .0
+            .write_all(&undecryptable[..20])
+            .await
+            .unwrap();
+        client.get_mut().0.shutdown().await.unwrap();
+        assert_eq!(server.read(&mut [0u8; 4096]).await.unwrap(), 0);
+        assert_eq!(server.incoming.capacity(), 0);
+    }
+
     /// Garbage instead of a ClientHello fails the handshake with a
     /// rustls error inside the io::Error; a client that hangs up is
     /// `UnexpectedEof`.
