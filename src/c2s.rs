@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// Binds the listener with an explicit backlog, so a login storm's burst
 /// of SYNs waits in the kernel instead of being refused.
@@ -44,33 +44,29 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// The TLS acceptors of the client listeners, from one certificate.
-pub struct TlsAcceptors {
+/// The TLS configurations of the client listeners, from one certificate.
+pub struct TlsConfigs {
     /// What both present; a reload replaces the pair inside.
     pub certificate: Arc<Certificate>,
     /// For STARTTLS on the plain listener: no ALPN (the client asked for
     /// XMPP already).
-    pub starttls: TlsAcceptor,
+    pub starttls: Arc<ServerConfig>,
     /// For the Direct TLS listener: ALPN `xmpp-client` (XEP-0368).
-    pub direct: TlsAcceptor,
+    pub direct: Arc<ServerConfig>,
 }
 
-/// Loads a PEM certificate chain and private key into the TLS acceptors,
-/// resuming sessions as `resumption` says.
-pub fn tls_acceptors(
+/// Loads a PEM certificate chain and private key into the TLS
+/// configurations, resuming sessions as `resumption` says.
+pub fn tls_configs(
     cert: &Path,
     key: &Path,
     resumption: &Resumption,
-) -> Result<TlsAcceptors, RunError> {
+) -> Result<TlsConfigs, RunError> {
     let certificate = Certificate::load(Listener::C2s, cert, key)?;
-    let acceptor = |alpn: &[&[u8]]| {
-        certificate
-            .server_config(alpn, resumption)
-            .map(|config| TlsAcceptor::from(Arc::new(config)))
-    };
-    Ok(TlsAcceptors {
-        starttls: acceptor(&[])?,
-        direct: acceptor(&[tls::ALPN_XMPP_CLIENT])?,
+    let config = |alpn: &[&[u8]]| certificate.server_config(alpn, resumption).map(Arc::new);
+    Ok(TlsConfigs {
+        starttls: config(&[])?,
+        direct: config(&[tls::ALPN_XMPP_CLIENT])?,
         certificate,
     })
 }
@@ -80,7 +76,7 @@ pub fn tls_acceptors(
 /// `unauthenticated_budget` among unauthenticated streams.
 pub fn settings(
     config: &Config,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     unauthenticated_budget: Arc<PartialStanzaBudget>,
 ) -> C2sSettings {
     C2sSettings {
@@ -115,7 +111,7 @@ pub enum Entry {
     /// A plain stream, upgraded by STARTTLS where a certificate is set.
     Plain,
     /// TLS from the first byte (XEP-0368).
-    DirectTls(TlsAcceptor),
+    DirectTls(Arc<ServerConfig>),
 }
 
 /// Accepts until shutdown, spreading connections over `arbiters`.
@@ -183,8 +179,8 @@ pub async fn accept_loop(
             };
             match entry {
                 Entry::Plain => tcp::start(socket, peer, settings, services, admitted),
-                Entry::DirectTls(acceptor) => {
-                    tcp::start_direct_tls(socket, acceptor, peer, settings, services, admitted)
+                Entry::DirectTls(config) => {
+                    tcp::start_direct_tls(socket, config, peer, settings, services, admitted)
                 }
             }
         });

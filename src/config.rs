@@ -8,7 +8,7 @@
 //! Must not touch: sockets, child processes, TLS setup or anything else that
 //! runs the server. The only I/O here is reading the config file and checking
 //! that the files it names exist (and, for TLS, contain PEM items); turning
-//! them into listeners, pools and TLS acceptors is the caller's job.
+//! them into listeners, pools and TLS configurations is the caller's job.
 //!
 //! Secrets (`auth.http.credentials`, `roster.authorization_header`,
 //! `roster_admin.token`, `muc.http_auth.authorization_header`) are

@@ -147,7 +147,7 @@ impl Server {
         let metrics = telemetry::handle();
         let resumption = tls::Resumption::new(config.c2s.tls_tickets)?;
         let tls = match (&config.c2s.tls_cert, &config.c2s.tls_key) {
-            (Some(cert), Some(key)) => Some(c2s::tls_acceptors(cert, key, &resumption)?),
+            (Some(cert), Some(key)) => Some(c2s::tls_configs(cert, key, &resumption)?),
             _ => None,
         };
         let listener = c2s::bind(config.c2s.listen, config.c2s.backlog)?;
@@ -308,10 +308,10 @@ impl Server {
             }
             None => None,
         };
-        if let Some((listener, _, acceptor)) = direct_tls {
+        if let Some((listener, _, config)) = direct_tls {
             actix_rt::spawn(c2s::accept_loop(
                 listener,
-                c2s::Entry::DirectTls(acceptor),
+                c2s::Entry::DirectTls(config),
                 arbiters.clone(),
                 settings.clone(),
                 limits.clone(),

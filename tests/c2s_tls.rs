@@ -317,3 +317,85 @@ async fn a_reconnecting_client_resumes_with_its_ticket_unless_tickets_are_off() 
         0.0
     );
 }
+
+/// A client of `ca` speaking only TLS `version`, offering ALPN
+/// `xmpp-client`.
+fn speaking(ca: &str, version: &'static rustls::SupportedProtocolVersion) -> TlsConnector {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots(ca))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Over TLS 1.2 and 1.3 (both allowed by the server's configuration):
+/// a login and bind, a stanza of several records each way (the client's
+/// read and the server's write span record boundaries), a key update the
+/// client asks for (TLS 1.3), and the client's close_notify ending the
+/// stream.
+#[actix_rt::test]
+async fn tls_1_2_and_1_3_carry_large_stanzas_a_key_update_and_close_notify() {
+    let (toml, ca) = tls_config(&fixture_auth(""));
+    let server = ServerProcess::from_toml(&with_direct_tls(&toml));
+    let direct = server.direct_tls_listener();
+    for (version, name) in [
+        (&rustls::version::TLS12, "TLS 1.2"),
+        (&rustls::version::TLS13, "TLS 1.3"),
+    ] {
+        let tcp = TcpStream::connect(direct).await.unwrap();
+        let mut tls = speaking(&ca, version)
+            .connect(localhost(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{name} handshake: {e}"));
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(version.version),
+            "{name}"
+        );
+        tls.write_all(HEADER.as_bytes()).await.unwrap();
+        read_until(&mut tls, "</stream:features>").await;
+        let plain = "AGFsaWNlAHdvbmRlcmxhbmQ="; // \0alice\0wonderland
+        tls.write_all(
+            format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_until(&mut tls, "<success").await;
+        tls.write_all(HEADER.as_bytes()).await.unwrap();
+        read_until(&mut tls, "</stream:features>").await;
+        tls.write_all(
+            b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+              <resource>big</resource></bind></iq>",
+        )
+        .await
+        .unwrap();
+        read_until(&mut tls, "</iq>").await;
+
+        if version == &rustls::version::TLS13 {
+            // Sent with the next record; the server answers with its own.
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        let body = "x".repeat(40_000);
+        tls.write_all(
+            format!(
+                "<message to='alice@localhost/big' type='chat'><body>{body}END</body></message>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let echoed = read_until(&mut tls, "END</body>").await;
+        assert!(echoed.contains(&body), "{name}: the whole body came back");
+
+        // close_notify: the server reads it as the end of the stream.
+        tls.shutdown().await.unwrap();
+        closed(&mut tls).await;
+    }
+}

@@ -47,7 +47,7 @@ pub use sm::{Resumable, SmSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
@@ -75,8 +75,9 @@ pub struct C2sSettings {
     /// Domains served, lowercase. A stream to any other gets
     /// `<host-unknown/>`.
     pub hosts: Vec<String>,
-    /// Present when a certificate is configured: STARTTLS is offered.
-    pub tls: Option<TlsAcceptor>,
+    /// Present when a certificate is configured: STARTTLS is offered, and
+    /// its handshake runs under this configuration.
+    pub tls: Option<Arc<ServerConfig>>,
     /// When true, SASL is offered only after STARTTLS.
     pub require_tls: bool,
     /// Limits on one top-level element (bytes, elements, attributes per

@@ -5,7 +5,8 @@
 //! session says — [`Output`] items, never bytes of framing — in its own
 //! wire format. One file per transport: [`tcp`] (plain TCP with STARTTLS,
 //! and Direct TLS; the `<stream:stream>` document of RFC 6120), with the
-//! TLS handshake they share in [`tls`]; [`websocket`] (RFC 7395) and
+//! TLS handshake they share in [`tls`] and their TLS record layer in
+//! [`tls_stream`]; [`websocket`] (RFC 7395) and
 //! [`bosh`] (XEP-0124/0206) on the web listener.
 //!
 //! It owns sockets, framing and the handshake. It must not look inside a
@@ -17,6 +18,7 @@ pub mod bosh;
 pub mod shaper;
 pub mod tcp;
 pub mod tls;
+pub mod tls_stream;
 pub mod websocket;
 
 use crate::panic_guard;

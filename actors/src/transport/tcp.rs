@@ -12,6 +12,7 @@
 //! interpret stanzas: that is the Session's job.
 
 use super::tls::{self, HandshakeFailure};
+use super::tls_stream::TlsSocket;
 use super::{
     shaper, spawn_io, Admission, Outbound, Output, QueuedBytes, SessionLink, TransportKind, Turn,
 };
@@ -26,15 +27,14 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// A client socket before or after STARTTLS. The TLS state is boxed: it is
-/// several KiB, and most of a storm's connections are idle sockets whose
-/// size is what a held session costs.
-pub(crate) type Socket = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+/// over a KiB, which every plain connection's socket would take too if it
+/// were not.
+pub(crate) type Socket = Either<TcpStream, Box<TlsSocket>>;
 
 /// How long one write to the client may block before it is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,7 +65,7 @@ pub fn start(
 /// The handshake is tracked like a connection, so shutdown waits for it.
 pub fn start_direct_tls(
     socket: TcpStream,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     peer: SocketAddr,
     settings: Arc<C2sSettings>,
     services: Services,
@@ -74,7 +74,7 @@ pub fn start_direct_tls(
     let tracker = services.connections.clone();
     let shutdown = services.shutdown.clone();
     spawn_io(&tracker, async move {
-        let handshake = tls::upgrade(Either::Left(socket), &acceptor, peer);
+        let handshake = tls::upgrade(Either::Left(socket), &tls, peer);
         tokio::select! {
             _ = shutdown.cancelled() => {}
             secure = handshake => if let Some(secure) = secure {
@@ -116,7 +116,12 @@ enum End {
 
 /// The I/O task: reads, parses and hands events to the session; frames
 /// and writes what it says; upgrades the socket on STARTTLS.
-async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut link: SessionLink) {
+async fn run(
+    socket: Socket,
+    peer: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+    mut link: SessionLink,
+) {
     let (mut reader, mut writer) = tokio::io::split(socket);
     // Unparsed input: empty (and unallocated) between stanzas.
     let mut buf = BytesMut::new();
@@ -175,10 +180,10 @@ async fn run(socket: Socket, peer: SocketAddr, tls: Option<TlsAcceptor>, mut lin
                     break End::TlsFailed;
                 }
                 buf = BytesMut::new();
-                let Some(acceptor) = tls.as_ref() else {
+                let Some(config) = tls.as_ref() else {
                     break End::TlsFailed;
                 };
-                match Box::pin(tls::upgrade(reader.unsplit(writer), acceptor, peer)).await {
+                match Box::pin(tls::upgrade(reader.unsplit(writer), config, peer)).await {
                     Some(secure) => (reader, writer) = tokio::io::split(secure),
                     None => break End::TlsFailed,
                 }

@@ -6,15 +6,18 @@
 //! with the peer address (a few lines a second at most, so a scan cannot
 //! flood the log).
 //!
-//! It owns the handshake only; the connection loop decides when to start
-//! it and what to do with its result.
+//! It owns starting the handshake, bounding it in time and what its
+//! outcome means; the TLS protocol itself is [`super::tls_stream`]'s, and
+//! the connection loop decides when to start it and what to do with its
+//! result.
 
 use super::tcp::Socket;
+use super::tls_stream::TlsSocket;
 use crate::log_budget::LogBudget;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio_rustls::rustls;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_util::either::Either;
 
 /// The ALPN protocol of a Direct TLS client connection (XEP-0368).
@@ -131,7 +134,7 @@ pub(crate) fn describe_metrics() {
 /// Runs the server side of the handshake on a plain socket.
 pub(crate) async fn upgrade(
     socket: Socket,
-    acceptor: &TlsAcceptor,
+    config: &Arc<ServerConfig>,
     peer: SocketAddr,
 ) -> Option<Socket> {
     let Either::Left(tcp) = socket else {
@@ -139,14 +142,15 @@ pub(crate) async fn upgrade(
         HandshakeFailure::Other.report(peer, &"STARTTLS on a secure stream");
         return None;
     };
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let handshake = TlsSocket::accept(tcp, config.clone());
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => {
-            let kind = match tls.get_ref().1.handshake_kind() {
+            let kind = match tls.handshake_kind() {
                 Some(rustls::HandshakeKind::Resumed) => "resumed",
                 _ => "full",
             };
             metrics::counter!("gatehouse_tls_handshakes_total", "kind" => kind).increment(1);
-            Some(Either::Right(Box::new(tls)))
+            Some(Either::Right(tls))
         }
         Ok(Err(e)) => {
             HandshakeFailure::of(&e).report(peer, &e);

@@ -12,7 +12,7 @@
 pub(crate) mod bosh;
 pub(crate) mod starttls;
 pub(crate) mod tcp;
-pub(crate) mod tls;
+pub mod tls;
 pub(crate) mod websocket;
 
 use crate::client::{Outcome, Stop};

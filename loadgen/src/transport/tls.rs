@@ -63,7 +63,7 @@ pub(crate) async fn handshake(
 /// it keeps the session tickets servers give it and offers one in its
 /// next handshake (so it stands for one client: tickets are single-use
 /// and personal), otherwise every handshake is a full one.
-pub(crate) fn accepting_any_certificate(alpn: &[&[u8]], resume: bool) -> TlsConnector {
+pub fn accepting_any_certificate(alpn: &[&[u8]], resume: bool) -> TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
