@@ -102,6 +102,7 @@ pub fn settings(
         csi: config.csi.settings(config.c2s.max_outbound_queue),
         read_shaper: config.c2s.read_shaper(),
         stanza_rates: config.c2s.stanza_rates(),
+        features: Default::default(),
     }
 }
 

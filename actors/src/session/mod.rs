@@ -9,6 +9,7 @@
 
 mod account;
 mod csi;
+mod features;
 mod id;
 mod phase;
 pub(crate) mod sasl;
@@ -36,6 +37,8 @@ use crate::xmpp::{
 use actix::prelude::*;
 use bytes::Bytes;
 pub use csi::CsiSettings;
+pub use features::FeatureCache;
+use features::Offer;
 use futures_channel::mpsc;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
@@ -51,12 +54,11 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
-use xmpp_parsers::bind::{BindFeature, BindResponse};
+use xmpp_parsers::bind::BindResponse;
 use xmpp_parsers::sasl::{
     Challenge, DefinedCondition as SaslCondition, Failure as SaslFailure, Success,
 };
-use xmpp_parsers::starttls::{self, StartTls};
-use xmpp_parsers::stream_features::StreamFeatures;
+use xmpp_parsers::starttls;
 
 /// Failed SASL attempts allowed on one stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;
@@ -109,6 +111,8 @@ pub struct C2sSettings {
     pub read_shaper: ShaperSettings,
     /// How many messages and presence stanzas a bound session may send.
     pub stanza_rates: StanzaRates,
+    /// The stream features of each offer, serialised once.
+    pub features: FeatureCache,
 }
 
 /// A session's buckets for [`StanzaRates`].
@@ -804,11 +808,7 @@ impl Session {
                 challenged: false,
             },
         };
-        let features = self.features();
-        let features = features
-            .iter()
-            .filter_map(|f| stanza::to_bytes(f).ok())
-            .collect();
+        let features = self.settings.features.get(self.offer());
         self.emit(Output::Features(features));
         Next::Continue
     }
@@ -819,45 +819,21 @@ impl Session {
         !self.secure && self.transport == TransportKind::Tcp && self.settings.tls.is_some()
     }
 
-    /// The stream features for where the stream stands, each a child of
-    /// `<stream:features/>` (the transport frames the wrapper).
-    fn features(&self) -> Vec<Element> {
-        let mut features = StreamFeatures::default();
+    /// What the stream is offered where it stands.
+    fn offer(&self) -> Offer {
         if matches!(self.phase, Phase::AwaitBind { .. }) {
-            features.bind = Some(BindFeature { required: false });
-            // RFC 3921's session establishment, optional (RFC 6121 has
-            // none): old clients look for it.
-            let mut session = Element::bare("session", ns::SESSION);
-            session.append_child(Element::bare("optional", ns::SESSION));
-            features.others.push(session);
-            if self.services.roster.is_some() {
-                features.others.push(Element::bare("ver", ns::ROSTER_VER));
-            }
-            if self.settings.stream_management.is_some() {
-                features.others.push(Element::bare("sm", ns::SM));
-            }
-            if self.settings.csi.is_some() {
-                features.others.push(xmpp_parsers::csi::Feature.into());
+            Offer::Authenticated {
+                roster_ver: self.services.roster.is_some(),
+                sm: self.settings.stream_management.is_some(),
+                csi: self.settings.csi.is_some(),
             }
         } else {
-            if self.starttls_offered() {
-                features.starttls = Some(StartTls {
-                    required: self.settings.require_tls,
-                });
+            Offer::Negotiating {
+                starttls: self.starttls_offered().then_some(self.settings.require_tls),
+                plain: self.secure || !self.settings.require_tls,
+                register: self.registration_open(),
             }
-            if self.secure || !self.settings.require_tls {
-                features.sasl_mechanisms.insert("PLAIN".to_owned());
-            }
-            features.in_band_registration = self.registration_open();
         }
-        // xmpp-parsers writes `<mechanisms/>` even when the set is empty;
-        // an empty one would offer SASL with no mechanism (before TLS,
-        // none is offered at all).
-        Element::from(features)
-            .children()
-            .filter(|f| !(f.is("mechanisms", ns::SASL) && f.children().next().is_none()))
-            .cloned()
-            .collect()
     }
 
     fn element(&mut self, el: Element, ctx: &mut Context<Self>) -> ResponseActFuture<Self, Next> {

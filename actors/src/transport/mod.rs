@@ -103,8 +103,9 @@ pub enum Output {
         /// This stream's id, fresh for every header.
         id: String,
     },
-    /// The stream features: each child serialised, in order.
-    Features(Vec<Bytes>),
+    /// The stream features: each child serialised, in order (shared by
+    /// every stream offered the same set).
+    Features(Arc<[Bytes]>),
     /// A complete element — a stanza or a negotiation element such as
     /// `<proceed/>` or `<success/>` — serialised with its namespace
     /// declared, so it stands on its own in any framing.
@@ -137,7 +138,7 @@ pub fn standalone_element(item: &Output) -> Option<String> {
         Output::Open { .. } | Output::Close => None,
         Output::Features(children) => {
             let mut text = format!("<stream:features xmlns:stream='{}'>", ns::STREAMS);
-            for child in children {
+            for child in children.iter() {
                 text.push_str(&String::from_utf8_lossy(child));
             }
             text.push_str("</stream:features>");
@@ -179,9 +180,9 @@ pub(crate) fn whole_stream() -> [Output; 5] {
             from: "example.com".into(),
             id: "abc".into(),
         },
-        Output::Features(vec![Bytes::from_static(
+        Output::Features(Arc::new([Bytes::from_static(
             b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
-        )]),
+        )])),
         Output::Element(Bytes::from_static(b"<message xmlns='jabber:client'/>")),
         Output::Error(StreamErrorCondition::Conflict),
         Output::Close,

@@ -308,7 +308,7 @@ pub fn frame(item: &Output, out: &mut BytesMut) {
         }
         Output::Features(children) => {
             out.extend_from_slice(b"<stream:features>");
-            for child in children {
+            for child in children.iter() {
                 out.extend_from_slice(child);
             }
             out.extend_from_slice(b"</stream:features>");

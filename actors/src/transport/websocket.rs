@@ -301,9 +301,9 @@ mod tests {
                 from: "localhost".into(),
                 id: "abc".into(),
             },
-            Output::Features(vec![Bytes::from_static(
+            Output::Features(std::sync::Arc::new([Bytes::from_static(
                 b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
-            )]),
+            )])),
             Output::Error(StreamErrorCondition::HostUnknown),
             Output::Close,
         ]
