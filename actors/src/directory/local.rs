@@ -605,6 +605,9 @@ impl Handler<Bind> for Router {
                 }
                 self.end_directed(&msg.jid, old.directed, available);
             } else {
+                // Most users have one resource: a first push would make
+                // room for four, and every held session pays for it.
+                resources.reserve_exact(1);
                 resources.push(new);
                 Self::count_bound(msg.transport, 1.0);
             }

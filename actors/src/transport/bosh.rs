@@ -510,8 +510,9 @@ async fn run(mut state: BoshSession, mut link: SessionLink, mut requests: mpsc::
             // it is taken.
             deadline = deadline.max(wait.deadline());
         }
+        let never = std::pin::pin!(std::future::pending::<Infallible>());
         tokio::select! {
-            turn = link.turn_taking(std::future::pending::<Infallible>(), take_output) => match turn {
+            turn = link.turn_taking(never, take_output) => match turn {
                 Turn::Killed => break End::Killed,
                 Turn::Said(Some(Outbound::Item(item))) => {
                     state.said.push(item);

@@ -401,8 +401,13 @@ impl SessionLink {
     /// something, answering the event in hand, or else `read` finishing
     /// (polled only while the session has no event in hand). Tells the
     /// session once when the server shuts down, and waits on.
-    pub(crate) async fn turn<R>(&mut self, read: impl Future<Output = R>) -> Turn<R> {
-        self.turn_taking(read, true).await
+    /// `read` is pinned by the caller: a connection's task holds it once,
+    /// instead of once in each future that passes it on.
+    pub(crate) fn turn<'a, F: Future>(
+        &'a mut self,
+        read: Pin<&'a mut F>,
+    ) -> impl Future<Output = Turn<F::Output>> + 'a {
+        self.turn_taking(read, true)
     }
 
     /// Like [`SessionLink::turn`], but what the session says is taken only
@@ -410,12 +415,11 @@ impl SessionLink {
     /// towards the session's outbound bounds, for a transport that can
     /// write only when the client asks (BOSH without a held request).
     /// Cancel-safe when `read` is.
-    pub(crate) async fn turn_taking<R>(
+    pub(crate) async fn turn_taking<F: Future>(
         &mut self,
-        read: impl Future<Output = R>,
+        mut read: Pin<&mut F>,
         take_output: bool,
-    ) -> Turn<R> {
-        tokio::pin!(read);
+    ) -> Turn<F::Output> {
         loop {
             tokio::select! {
                 biased;
@@ -429,7 +433,7 @@ impl SessionLink {
                     self.pending = None;
                     return Turn::Answer(answer);
                 }
-                read = &mut read, if self.pending.is_none() => return Turn::Read(read),
+                read = read.as_mut(), if self.pending.is_none() => return Turn::Read(read),
             }
         }
     }

@@ -137,8 +137,11 @@ async fn run(
             }
         }
         let wait = link.shaper.wait();
-        let read = shaper::after(wait, read_chunk(&mut reader, &mut buf));
-        match link.turn(read).await {
+        let turn = {
+            let read = std::pin::pin!(shaper::after(wait, read_chunk(&mut reader, &mut buf)));
+            link.turn(read).await
+        };
+        match turn {
             Turn::Killed => break End::Killed,
             Turn::Said(Some(Outbound::Item(first))) => {
                 let write = write_batch(

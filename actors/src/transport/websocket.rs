@@ -82,7 +82,8 @@ async fn run(
     prime(&mut link.parser);
     let end = loop {
         let wait = link.shaper.wait();
-        match link.turn(shaper::after(wait, messages.recv())).await {
+        let read = std::pin::pin!(shaper::after(wait, messages.recv()));
+        match link.turn(read).await {
             Turn::Killed => break End::Killed,
             Turn::Said(Some(Outbound::Item(item))) => {
                 if let Err(end) = write(&mut ws, &item, &link.queued, &link.kill).await {
