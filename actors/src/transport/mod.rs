@@ -25,7 +25,7 @@ use crate::panic_guard;
 use crate::session::{C2sSettings, ConnectionLost, Inbound, Next, Session, SystemShutdown};
 use crate::xmpp::{ns, StreamErrorCondition, StreamEvent, StreamParser};
 use actix::dev::Request;
-use actix::{Addr, MailboxError};
+use actix::{Addr, Handler, MailboxError, Message};
 use bytes::{Bytes, BytesMut};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
@@ -253,9 +253,25 @@ impl SessionTarget {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The session events go to now.
-    pub(crate) fn get(&self) -> Addr<Session> {
-        self.lock().clone()
+    /// Sends `msg` to the session events go to now. The address is used
+    /// in place: a clone of it allocates, and this runs for every event.
+    pub(crate) fn send<M>(&self, msg: M) -> Request<Session, M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Session: Handler<M>,
+    {
+        self.lock().send(msg)
+    }
+
+    /// Like [`SessionTarget::send`], without waiting for an answer.
+    pub(crate) fn do_send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Session: Handler<M>,
+    {
+        self.lock().do_send(msg)
     }
 
     /// Events go to `session` from now on.
@@ -394,7 +410,7 @@ impl SessionLink {
 
     /// Hands the session one event; its answer comes as [`Turn::Answer`].
     pub(crate) fn tell(&mut self, inbound: Inbound) {
-        self.pending = Some(Box::pin(self.session.get().send(inbound)));
+        self.pending = Some(Box::pin(self.session.send(inbound)));
     }
 
     /// Waits for the next turn: the session killing the connection, saying
@@ -426,7 +442,7 @@ impl SessionLink {
                 _ = self.kill.cancelled() => return Turn::Killed,
                 _ = self.shutdown.cancelled(), if !self.shutdown_told => {
                     self.shutdown_told = true;
-                    self.session.get().do_send(SystemShutdown);
+                    self.session.do_send(SystemShutdown);
                 }
                 said = self.outbound.next(), if take_output => return Turn::Said(said),
                 answer = async { self.pending.as_mut().expect("guarded by the condition").await }, if self.pending.is_some() => {
@@ -443,9 +459,7 @@ impl Drop for SessionLink {
     /// The connection is gone: the session hears it (and ends, or waits for
     /// another connection), and it is no longer counted.
     fn drop(&mut self) {
-        self.session
-            .get()
-            .do_send(ConnectionLost(self.session.id()));
+        self.session.do_send(ConnectionLost(self.session.id()));
         metrics::gauge!("gatehouse_connections", "transport" => self.transport.as_str())
             .decrement(1.0);
     }
