@@ -234,9 +234,64 @@ def scale(rows):
         print(f"| {size} | " + " | ".join(cells) + " |")
 
 
+# What each group of perf samples is, tried in order on (object, symbol):
+# the first match names the sample's group.
+PROFILE_GROUPS = [
+    ("kernel: TCP, accept/close, epoll, wake-ups and context switches",
+     lambda dso, sym: dso == "[kernel.kallsyms]"),
+    ("allocator (glibc malloc/free)",
+     lambda dso, sym: dso.startswith("libc") and any(
+         w in sym for w in ("malloc", "free", "unlink_chunk", "consolidate", "_int_"))),
+    ("libc, other (memcpy, syscall stubs)", lambda dso, sym: dso.startswith("libc") or dso == "[vdso]"),
+    ("XML parsing (rxml, the stream parser)",
+     lambda dso, sym: "writer" not in sym and any(w in sym for w in (
+         "rxml::parser", "rxml::lexer", "NamespaceResolver", "StreamParser", "partial::",
+         "xml_map", "rxml_validation", "RawParser", "InnerParser"))),
+    ("XML writing (minidom, rxml's writer)",
+     lambda dso, sym: any(w in sym for w in ("minidom", "rxml::writer", "escape", "to_bytes", "xso"))),
+    ("TLS: rustls and ring's crypto",
+     lambda dso, sym: "ring_core" in sym or "ring::" in sym or "rustls" in sym
+     or sym.lstrip("_").startswith(("fe4_", "fe_", "x25519", "ecp_nistz", "p256", "aes_", "gcm_"))),
+    ("actix messages and contexts", lambda dso, sym: "actix" in sym),
+    ("tokio runtime, I/O and timers", lambda dso, sym: "tokio::" in sym or "mio::" in sym),
+    ("channels, tokens, futures", lambda dso, sym: any(
+        w in sym for w in ("futures", "cancellation", "tokio_util"))),
+    ("metrics", lambda dso, sym: "metrics" in sym),
+    ("maps and hashing", lambda dso, sym: any(
+        w in sym for w in ("hash", "Hash", "btree", "BTree", "moka"))),
+]
+
+
+def profile(lines):
+    """Groups `perf report --no-children -g none --sort dso,sym` lines."""
+    import re
+    groups, other = {}, {}
+    for line in lines:
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*)", line)
+        if not m:
+            continue
+        share, dso, sym = float(m.group(1)), m.group(2), m.group(3).strip()
+        name = next((n for n, test in PROFILE_GROUPS if test(dso, sym)), None)
+        if name is None:
+            name = "other (Gatehouse's own code, std)"
+            other[sym[:90]] = other.get(sym[:90], 0) + share
+        groups[name] = groups.get(name, 0) + share
+    print("| share of samples | what |")
+    print("|---|---|")
+    for name, share in sorted(groups.items(), key=lambda g: -g[1]):
+        print(f"| {share:.1f} % | {name} |")
+    print()
+    print("Largest in other:", ", ".join(
+        f"{sym} {share:.1f} %" for sym, share in sorted(other.items(), key=lambda o: -o[1])[:6]))
+
+
 if __name__ == "__main__":
-    # Usage: reports.py servers|transports|messages|scale RESULTS
+    # Usage: reports.py servers|transports|messages|scale RESULTS, or
+    # reports.py profile < PERF-REPORT
     import sys
+    if sys.argv[1] == "profile":
+        profile(sys.stdin)
+        sys.exit()
     table = {"servers": servers, "transports": transports, "messages": messages,
              "scale": scale}[sys.argv[1]]
     print()
