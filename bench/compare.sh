@@ -71,26 +71,7 @@ start() {
     port=$(free_port)
     case $server in
     gatehouse)
-        # The default queue, except in overload, where it is sized to
-        # capacity x acceptable wait: 200 logins/s x 0.25 s = 50. Outside
-        # overload the fixture program answers at once and exactly once, so
-        # its answers are trusted without reply_grace's window, which would
-        # cap the pool at about 1,200 logins/s and measure the window
-        # instead of the server (bench/transports.sh's throughput config).
-        local queue=1024 grace='reply_grace = "0s"'
-        [ "$delay" = 0 ] || { queue=50; grace=""; }
-        cat > "$dir/gatehouse.toml" <<TOML
-hosts = ["localhost"]
-[c2s]
-listen = "127.0.0.1:$port"
-require_tls = false
-tls_cert = "$PWD/examples/localhost.crt"
-tls_key = "$PWD/examples/localhost.key"
-backlog = 1024
-$(fixture_toml "$(free_port)" 4 --delay "$delay")
-queue = $queue
-$grace
-TOML
+        storm_toml "$port" "$(free_port)" "$delay" > "$dir/gatehouse.toml"
         # Warnings only, as the others are configured: a log line per login
         # is CPU the comparison should not charge to one server alone.
         RUST_LOG=warn "$bin/gatehouse" --config "$dir/gatehouse.toml" 2> "$dir/log" &

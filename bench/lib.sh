@@ -58,3 +58,24 @@ fixture_toml() {
     printf '[http]\nlisten = "127.0.0.1:%s"\n[auth]\nbackend = "external"\n[auth.external]\ncommand = [%s]\nprocesses = %s\n' \
         "$http" "$command" "$processes"
 }
+
+# storm_toml C2S_PORT HTTP_PORT DELAY: Gatehouse's config for the login
+# storms (compare.sh, profile.sh): STARTTLS offered, not required, with
+# examples/localhost.*; external auth through four fixture processes
+# answering in DELAY seconds. With DELAY 0 the queue is the default and
+# reply_grace "0s": the fixture answers at once and exactly once, so its
+# answers are trusted without the window, which would cap the pool at
+# about 1,200 logins/s and measure the window instead of the server.
+# Otherwise (overload) the queue is sized to capacity x acceptable wait:
+# 200 logins/s x 0.25 s = 50, and reply_grace is the default.
+storm_toml() {
+    printf '%s\n' 'hosts = ["localhost"]' '[c2s]' "listen = \"127.0.0.1:$1\"" 'require_tls = false' \
+        "tls_cert = \"$PWD/examples/localhost.crt\"" "tls_key = \"$PWD/examples/localhost.key\"" \
+        'backlog = 1024'
+    fixture_toml "$2" 4 --delay "$3"
+    if [ "$3" = 0 ]; then
+        printf '%s\n' 'queue = 1024' 'reply_grace = "0s"'
+    else
+        printf '%s\n' 'queue = 50'
+    fi
+}

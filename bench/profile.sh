@@ -26,13 +26,7 @@ start() {
     port=$(free_port)
     case $1 in
     gatehouse)
-        {
-            printf '%s\n' 'hosts = ["localhost"]' '[c2s]' "listen = \"127.0.0.1:$port\"" \
-                "tls_cert = \"$PWD/examples/localhost.crt\"" \
-                "tls_key = \"$PWD/examples/localhost.key\"" 'require_tls = false' 'backlog = 1024'
-            fixture_toml "$(free_port)" 4 --delay 0
-            printf '%s\n' 'queue = 1024' 'reply_grace = "0s"'
-        } > "$work/gatehouse.toml"
+        storm_toml "$port" "$(free_port)" 0 > "$work/gatehouse.toml"
         RUST_LOG=warn "$bin/gatehouse" --config "$work/gatehouse.toml" 2> "$work/gatehouse.log" &
         ;;
     floor)
