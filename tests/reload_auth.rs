@@ -356,9 +356,13 @@ async fn the_backend_switches_between_external_and_http_while_logins_are_in_flig
     let external = config(http_port, 2, 8, slow, "");
     let server = ServerProcess::from_toml(&external);
     let (c2s, http) = server.listeners();
-    let login = || async move {
-        Client::login(c2s, "alice", "wonderland", "r").await;
+    // Each login binds its own resource: logins in flight together must not
+    // replace one another (the newer bind of a resource ends the older
+    // stream with <conflict/>).
+    let login_as = |resource: String| async move {
+        Client::login(c2s, "alice", "wonderland", &resource).await;
     };
+    let login = || login_as("r".to_owned());
     let processes = wait_for_children(&server, 2).await;
     let (first, second) = (
         Backend::start(&[("alice", &["wonderland"])]),
@@ -373,7 +377,9 @@ async fn the_backend_switches_between_external_and_http_while_logins_are_in_flig
 
     // Four slow logins are with the external pool when the HTTP backend
     // takes over: each is answered; then the processes stop.
-    let in_flight: Vec<_> = (0..4).map(|_| tokio::spawn(login())).collect();
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(login_as(format!("r{i}"))))
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answer = reload(&server, http, &on_http(first.url())).await;
     assert!(answer.contains("auth.backend"), "{answer}");
