@@ -151,7 +151,7 @@ struct Resource {
     /// The last available presence the resource broadcast; `None` until
     /// initial presence and after unavailable presence. Only available
     /// resources receive messages sent to the bare JID.
-    presence: Option<Element>,
+    presence: Option<StoredPresence>,
     /// Online entities that got directed available presence from this
     /// resource and no unavailable since: they get its unavailable
     /// presence when it goes away (RFC 6121 §4.6.3).
@@ -161,17 +161,48 @@ struct Resource {
     carbons: carbons::State,
 }
 
+/// A resource's last available presence as the Router keeps it for as
+/// long as the resource is online: serialised, with its priority read
+/// once. As a minidom element it held about a kilobyte (attributes and
+/// prefixes in B-tree nodes) in every held session; serialised, a
+/// presence without status is under a hundred bytes. It is parsed again
+/// only for a resource or contact that comes online after it was
+/// broadcast.
+struct StoredPresence {
+    /// RFC 6121 §4.7.2.3: defaults to 0, range -128..=127.
+    priority: i8,
+    /// The stanza as broadcast; `None` when it could not be written as XML
+    /// (`stanza::to_bytes` logged and counted it): the resource is still
+    /// available, but that presence is not sent again.
+    xml: Option<Box<str>>,
+}
+
+impl StoredPresence {
+    fn new(presence: &Element) -> StoredPresence {
+        let priority = presence
+            .get_child("priority", crate::xmpp::ns::CLIENT)
+            .and_then(|p| p.text().trim().parse().ok())
+            .unwrap_or(0);
+        let xml = stanza::to_bytes(presence)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.into()).ok())
+            .map(String::into_boxed_str);
+        StoredPresence { priority, xml }
+    }
+
+    /// The presence to send again. It was written by `stanza::to_bytes`,
+    /// so it parses.
+    fn element(&self) -> Option<Element> {
+        self.xml.as_deref()?.parse().ok()
+    }
+}
+
 impl Resource {
     /// RFC 6121 §4.7.2.3: priority defaults to 0, range -128..=127;
     /// `None` when unavailable (or its session ended).
     fn priority(&self) -> Option<i8> {
         let presence = self.presence.as_ref().filter(|_| self.is_live())?;
-        Some(
-            presence
-                .get_child("priority", crate::xmpp::ns::CLIENT)
-                .and_then(|p| p.text().trim().parse().ok())
-                .unwrap_or(0),
-        )
+        Some(presence.priority)
     }
 
     /// Whether its session still runs. One that ended has its unbind on
@@ -334,7 +365,7 @@ impl Router {
                 Some(_) if leaving => FullJid::new(&format!("{user}/{}", r.resource))
                     .ok()
                     .map(|jid| unavailable_from(&jid)),
-                presence => presence.clone(),
+                presence => presence.as_ref()?.element(),
             })
             .collect()
     }
@@ -671,7 +702,7 @@ impl Handler<Broadcast> for Router {
                 return;
             };
             let was_available = me.presence.is_some();
-            me.presence = available.then(|| msg.presence.clone());
+            me.presence = available.then(|| StoredPresence::new(&msg.presence));
             let mailbox = me.mailbox.clone();
             let directed = if available {
                 HashSet::new()
@@ -698,8 +729,8 @@ impl Handler<Broadcast> for Router {
                 }
                 for other in self.users.get(&bare).into_iter().flatten() {
                     if other.resource != resource {
-                        if let Some(p) = &other.presence {
-                            mailbox.do_send(ToSession::Stanza(p.clone()));
+                        if let Some(p) = other.presence.as_ref().and_then(StoredPresence::element) {
+                            mailbox.do_send(ToSession::Stanza(p));
                         }
                     }
                 }
