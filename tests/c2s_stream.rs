@@ -458,6 +458,70 @@ async fn binding_an_online_full_jid_replaces_the_older_session() {
         .await;
 }
 
+/// The bodies of the messages among `elements` (presence skipped).
+fn message_bodies(elements: impl IntoIterator<Item = minidom::Element>) -> Vec<String> {
+    elements
+        .into_iter()
+        .filter(|el| el.name() == "message")
+        .map(|el| {
+            el.get_child("body", CLIENT)
+                .map(|b| b.text())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A session whose stream ended stays listed by the Router until its
+/// actor stops: a message the Router hands it in that window is routed on
+/// for its user (here to the other resource, as for an absent one), never
+/// dropped with the stream.
+#[actix_rt::test]
+async fn messages_for_a_stream_that_is_ending_are_routed_on() {
+    const SENT: usize = 2000;
+    // Bob's messages are not slowed to his session's message rate: they
+    // must still be arriving when the stream ends.
+    let server = TestServer::start(&config(&fixture_auth("")).replace(
+        "require_tls = false",
+        "require_tls = false\nmessages_per_second = 1000000\nmessage_burst = 1000000",
+    ));
+    let (mut ending, ending_jid) = Client::login(server.c2s, "alice", "wonderland", "ending").await;
+    let (mut staying, _) = Client::login(server.c2s, "alice", "wonderland", "staying").await;
+    let (mut bob, _) = Client::login(server.c2s, "bob", "builder", "b").await;
+    ending.send("<presence/>").await;
+    staying.send("<presence/>").await;
+    assert_eq!(ending.element().await.name(), "presence");
+    assert_eq!(staying.element().await.name(), "presence");
+
+    // Bob's messages to the ending resource are still arriving when it
+    // closes its stream after the first.
+    let all: String = (0..SENT)
+        .map(|i| format!("<message to='{ending_jid}' type='chat'><body>{i}</body></message>"))
+        .collect();
+    bob.send(&all).await;
+    let first = ending.element().await;
+    ending.send("</stream:stream>").await;
+    let mut got = message_bodies([first]);
+    let mut before_the_end = Vec::new();
+    while let Some(StreamEvent::Element(el)) = ending.next().await {
+        before_the_end.push(el);
+    }
+    got.extend(message_bodies(before_the_end));
+
+    // Every other one reaches the staying resource, exactly once.
+    while got.len() < SENT {
+        let el = staying.element().await;
+        got.extend(message_bodies([el]));
+    }
+    got.sort_by_key(|body| body.parse::<usize>().expect("a number"));
+    let expected: Vec<String> = (0..SENT).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected);
+    assert!(
+        staying
+            .silent_for(std::time::Duration::from_millis(200))
+            .await
+    );
+}
+
 /// Bodies of the messages `client` receives up to and including one with
 /// body `marker`, skipping presence.
 async fn bodies_until(client: &mut Client, marker: &str) -> Vec<String> {

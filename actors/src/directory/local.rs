@@ -81,8 +81,11 @@ impl Directory for LocalDirectory {
         Box::pin(async move { answer.await.unwrap_or(Err(BindRefused::Unavailable)) })
     }
 
-    fn unbind(&self, unbind: Unbind) {
+    fn unbind(&self, unbind: Unbind) -> BoxFuture<'static, ()> {
+        // Queued at once, behind what the session sent before and ahead of
+        // what it routes on after; the Router answers in mailbox order.
         self.router.do_send(unbind);
+        self.settled()
     }
 
     fn route(&self, route: Route) {

@@ -25,14 +25,17 @@ use std::sync::Arc;
 pub use local::{LocalDirectory, Router};
 
 /// Where sessions find each other. Every method returns at once (the work
-/// is queued); only [`Directory::bind`] and [`Directory::use_roster`] have
-/// an answer to wait for.
+/// is queued, in the order called); [`Directory::bind`],
+/// [`Directory::unbind`] and [`Directory::use_roster`] have an answer to
+/// wait for.
 pub trait Directory: Send + Sync + 'static {
     /// A session asks to bind a resource: delivered to from now on, unless
     /// refused.
     fn bind(&self, bind: Bind) -> BoxFuture<'static, Result<(), BindRefused>>;
-    /// A session's resource is gone.
-    fn unbind(&self, unbind: Unbind);
+    /// A session's resource is gone. Resolves once the directory has
+    /// forgotten it (or cannot be asked): whatever the directory sent that
+    /// session before is in its mailbox by then.
+    fn unbind(&self, unbind: Unbind) -> BoxFuture<'static, ()>;
     /// A stanza addressed to a local JID.
     fn route(&self, route: Route);
     /// A resource's own presence, to its peers.

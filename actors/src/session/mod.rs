@@ -18,7 +18,7 @@ pub(crate) mod sm;
 use crate::archive::{self, Archive, Reservation, Reserve};
 use crate::auth::{AuthError, Authenticator, LoginAttempt, LoginThrottle};
 use crate::carbons::{self, Eligibility};
-use crate::directory::{self, BindRefused, DirectoryHandle, ToSession};
+use crate::directory::{self, BindRefused, Delivery, DirectoryHandle, ToSession};
 use crate::muc::{self, MucHandle};
 use crate::offline::OfflineMessages;
 use crate::panic_guard::{self, Guarded, Panicked};
@@ -40,6 +40,7 @@ pub use csi::CsiSettings;
 pub use features::FeatureCache;
 use features::Offer;
 use futures_channel::mpsc;
+use futures_util::future::BoxFuture;
 pub use id::SessionId;
 use jid::{FullJid, Jid};
 use minidom::Element;
@@ -217,6 +218,7 @@ pub(crate) fn start(
         held: None,
         client_state: csi::ClientState::Active,
         closing: false,
+        leaving: Leaving::Listed,
         sm: None,
         detached: None,
         _tracked: services_tracker,
@@ -360,8 +362,25 @@ pub struct Session {
     /// While the connection is gone and the session waits for a
     /// resumption: what ends the wait.
     detached: Option<sm::Detached>,
+    /// Whether the directory still lists this session: it stops only
+    /// once the directory has forgotten it.
+    leaving: Leaving,
     /// Held until the session is gone: shutdown waits for it.
     _tracked: TaskTrackerToken,
+}
+
+/// How far a session is in leaving the directory. A session that ends is
+/// listed until the directory handles its unbind, and whatever the
+/// directory sends it until then must not die in its mailbox: it runs on,
+/// routing that on, until the directory has answered.
+enum Leaving {
+    /// Listed (or never bound).
+    Listed,
+    /// Told to forget this session, not answered yet; `stop`: the session
+    /// stops once it is.
+    Unlisting { stop: bool },
+    /// Forgotten (or the JID went to a newer session): nothing more comes.
+    Unlisted,
 }
 
 impl Actor for Session {
@@ -381,6 +400,19 @@ impl Actor for Session {
         });
     }
 
+    /// A session stops only once the directory forgot it (see [`Leaving`]).
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        self.closing = true;
+        self.unlist(ctx);
+        match &mut self.leaving {
+            Leaving::Unlisting { stop } => {
+                *stop = true;
+                Running::Continue
+            }
+            Leaving::Listed | Leaving::Unlisted => Running::Stop,
+        }
+    }
+
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(connection) = self.connection.take() {
             connection.kill.cancel();
@@ -388,32 +420,9 @@ impl Actor for Session {
         if self.detached.take().is_some() {
             sm::count_detached(-1.0);
         }
-        let unacked = self.sm.take().map(|mut sm| {
-            if let Some(resumption) = sm.resumption {
-                match self.phase.jid() {
-                    Some(jid) => {
-                        let user = jid.to_bare();
-                        self.services
-                            .resumable
-                            .ended(resumption.token, user, sm.received());
-                    }
-                    // Replaced by a newer session: its count was kept then.
-                    None => self.services.resumable.forget(resumption.token),
-                }
-            }
-            sm.take_unacked()
-        });
-        if let Some(jid) = self.phase.unbind() {
-            self.leave_rooms(jid.clone());
-            self.services.directory.unbind(directory::Unbind {
-                jid: jid.clone(),
-                session_id: self.id,
-            });
-            // After the unbind, so that none comes back here.
-            if let Some(unacked) = unacked {
-                self.reroute_unacked(&jid, unacked);
-            }
-        }
+        // Already done while stopping, unless the actor was torn down
+        // without (its arbiter stopped).
+        let _ = self.give_up_jid(Successor::None);
     }
 }
 
@@ -437,7 +446,7 @@ impl Handler<ToSession> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
-        let _ = self.guarded(ctx, |act, _| act.routed(msg));
+        let _ = self.guarded(ctx, |act, ctx| act.routed(msg, ctx));
         // A detached session that must end (too much unacknowledged) has
         // no connection whose loss would stop it.
         if self.closing && self.connection.is_none() {
@@ -488,34 +497,125 @@ impl Session {
     }
 
     /// A stanza or notice from the Router, unguarded.
-    fn routed(&mut self, msg: ToSession) {
+    fn routed(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         if self.closing {
+            // The stream is over, but the Router sent this before it
+            // heard so: it goes where a stanza for an absent resource
+            // goes, behind the unbind (so it cannot come back here).
+            if let ToSession::Stanza(el) = msg {
+                self.unlist(ctx);
+                if let Some(jid) = self.phase.unbound() {
+                    self.route_on(jid, el);
+                }
+            }
             return;
         }
         match msg {
             ToSession::Stanza(el) => self.deliver(&el),
             ToSession::Replaced => {
-                // The newer session owns the JID now: do not unbind it,
-                // but leave the rooms (they tell the sessions apart), and
-                // hand on what this client never acknowledged.
-                if let Some(jid) = self.phase.unbind() {
-                    if let Some(sm) = &mut self.sm {
-                        if let Some(resumption) = sm.resumption {
-                            let user = jid.to_bare();
-                            self.services
-                                .resumable
-                                .ended(resumption.token, user, sm.received());
-                        }
-                        let unacked = sm.take_unacked();
-                        self.reroute_unacked(&jid, unacked);
-                    }
-                    self.leave_rooms(jid);
-                }
+                let _ = self.give_up_jid(Successor::Bound);
                 self.stream_error(StreamErrorCondition::Conflict);
                 self.close();
             }
         }
     }
+
+    /// Leaves the directory, once: gives up the JID and notes when the
+    /// directory has forgotten this session (stopping it then, if it was
+    /// stopping).
+    fn unlist(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.leaving, Leaving::Listed) {
+            return;
+        }
+        let Some(forgotten) = self.give_up_jid(Successor::None) else {
+            self.leaving = Leaving::Unlisted;
+            return;
+        };
+        self.leaving = Leaving::Unlisting { stop: false };
+        ctx.spawn(forgotten.into_actor(self).map(|(), act, ctx| {
+            let stop = matches!(act.leaving, Leaving::Unlisting { stop: true });
+            act.leaving = Leaving::Unlisted;
+            if stop {
+                ctx.stop();
+            }
+        }));
+    }
+
+    /// Gives up the bound JID for good, if it is still bound: a later
+    /// resumption attempt learns what the session handled, what its client
+    /// never acknowledged is routed on for the user, and the rooms are
+    /// left. The directory is told first, unless a `successor` owns the
+    /// JID now — either way nothing routed on comes back here. Returns,
+    /// when the directory was told, what resolves once it has forgotten
+    /// the session.
+    fn give_up_jid(&mut self, successor: Successor) -> Option<BoxFuture<'static, ()>> {
+        let jid = self.phase.unbind()?;
+        let forgotten = match successor {
+            Successor::None => Some(self.services.directory.unbind(directory::Unbind {
+                jid: jid.clone(),
+                session_id: self.id,
+            })),
+            Successor::Bound => None,
+        };
+        if let Some(sm) = &mut self.sm {
+            if let Some(resumption) = sm.resumption.take() {
+                let user = jid.to_bare();
+                self.services
+                    .resumable
+                    .ended(resumption.token, user, sm.received());
+            }
+            let unacked = sm.take_unacked();
+            self.reroute_unacked(&jid, unacked);
+        }
+        self.leave_rooms(jid);
+        forgotten
+    }
+
+    /// A stanza sent to this resource that its client will not get (it was
+    /// never acknowledged, or arrived as the stream ended), routed on now
+    /// that the resource `me` is unbound: a message to the user's bare
+    /// JID, where it reaches another resource or offline storage (or
+    /// bounces, without it); an IQ request answered with an error for its
+    /// sender; presence and groupchat dropped (they are stale, or in the
+    /// room's history). True when a message was routed on.
+    fn route_on(&self, me: &FullJid, el: Element) -> bool {
+        let Some(from) = el.attr("from").and_then(|f| FullJid::new(f).ok()) else {
+            return false;
+        };
+        if el.name() == "message" && el.attr("type") != Some("groupchat") {
+            self.services.directory.route(directory::Route {
+                from,
+                session_id: self.id,
+                to: Jid::from(me.to_bare()),
+                stanza: el,
+                delivery: Delivery::Again,
+                archive: None,
+            });
+            return true;
+        }
+        if let Some(reply) = stanza::is_iq_request(&el)
+            .then(|| stanza::error_reply(&el, StanzaError::SERVICE_UNAVAILABLE))
+            .flatten()
+        {
+            self.services.directory.route(directory::Route {
+                from: me.clone(),
+                session_id: self.id,
+                to: Jid::from(from),
+                stanza: reply,
+                delivery: Delivery::First,
+                archive: None,
+            });
+        }
+        false
+    }
+}
+
+/// Whether a session giving up its JID hands it to a newer one.
+enum Successor {
+    /// A newer session bound the same JID (the directory lists it).
+    Bound,
+    /// Nobody: the directory must forget the JID.
+    None,
 }
 
 impl Handler<SystemShutdown> for Session {
@@ -856,7 +956,9 @@ impl Session {
             | Phase::Upgraded { .. }
             | Phase::Authenticated { .. }
             | Phase::AwaitBind { .. }
-            | Phase::Unbound => ready(self.stream_error(StreamErrorCondition::NotAuthorized)),
+            | Phase::Unbound { .. } => {
+                ready(self.stream_error(StreamErrorCondition::NotAuthorized))
+            }
         }
     }
 

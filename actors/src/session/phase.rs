@@ -27,15 +27,19 @@ pub(super) enum Phase {
     /// A resource is bound; stanzas flow.
     Bound { user: String, jid: FullJid },
     /// The session gave up its JID: a newer session took it, or the
-    /// session ended. Nothing more is routed for it.
-    Unbound,
+    /// session is ending. Nothing more is routed for it; what was already
+    /// on its way is routed on for the user.
+    Unbound {
+        /// The JID it had bound.
+        jid: FullJid,
+    },
 }
 
 impl Phase {
     /// The domain the client addressed, once a header named it.
     pub(super) fn host(&self) -> Option<&str> {
         match self {
-            Phase::Connected | Phase::Unbound => None,
+            Phase::Connected | Phase::Unbound { .. } => None,
             Phase::Upgraded { host }
             | Phase::Negotiating { host, .. }
             | Phase::Authenticated { host, .. }
@@ -62,15 +66,22 @@ impl Phase {
         }
     }
 
+    /// The JID the session had bound, once it gave it up.
+    pub(super) fn unbound(&self) -> Option<&FullJid> {
+        match self {
+            Phase::Unbound { jid } => Some(jid),
+            _ => None,
+        }
+    }
+
     /// Gives up the bound JID, if any: afterwards the phase is
     /// [`Phase::Unbound`].
     pub(super) fn unbind(&mut self) -> Option<FullJid> {
-        match std::mem::replace(self, Phase::Unbound) {
-            Phase::Bound { jid, .. } => Some(jid),
-            other => {
-                *self = other;
-                None
-            }
-        }
+        let Phase::Bound { jid, .. } = self else {
+            return None;
+        };
+        let jid = jid.clone();
+        *self = Phase::Unbound { jid: jid.clone() };
+        Some(jid)
     }
 }

@@ -12,14 +12,13 @@
 //! transports do) nor decide where stanzas go (the directory does).
 
 use super::{ready, Attachment, Next, Phase, Session};
-use crate::directory::{self, Delivery};
+use crate::directory;
 use crate::panic_guard::Panicked;
 use crate::transport::{Output, TransportKind};
-use crate::xmpp::stanza::{self, StanzaError};
 use crate::xmpp::StreamErrorCondition;
 use actix::prelude::*;
 use bytes::Bytes;
-use jid::{BareJid, FullJid, Jid};
+use jid::{BareJid, FullJid};
 use minidom::Element;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -141,11 +140,6 @@ impl Resumable {
     pub(crate) fn ended(&self, token: ResumeToken, user: BareJid, handled: u32) {
         self.lock().remove(&token);
         self.ended.insert(token, Ended { user, handled });
-    }
-
-    /// The session ended and what is left of it is already kept.
-    pub(crate) fn forget(&self, token: ResumeToken) {
-        self.lock().remove(&token);
     }
 
     pub(crate) fn find(&self, token: ResumeToken) -> Option<Addr<Session>> {
@@ -580,37 +574,13 @@ impl Session {
     /// get an error for their sender; presence and groupchat are dropped
     /// (they are stale, or in the room's history).
     pub(super) fn reroute_unacked(&self, me: &FullJid, unacked: impl IntoIterator<Item = Bytes>) {
-        let owner = Jid::from(me.to_bare());
         for bytes in unacked {
             let Ok(el) = std::str::from_utf8(&bytes).map(str::parse::<Element>) else {
                 continue;
             };
             let Ok(el) = el else { continue };
-            let Some(from) = el.attr("from").and_then(|f| FullJid::new(f).ok()) else {
-                continue;
-            };
-            let route = |stanza: Element, to: Jid| directory::Route {
-                from: from.clone(),
-                session_id: self.id,
-                to,
-                stanza,
-                delivery: Delivery::Again,
-                archive: None,
-            };
-            if el.name() == "message" && el.attr("type") != Some("groupchat") {
+            if self.route_on(me, el) {
                 metrics::counter!("gatehouse_sm_unacked_rerouted_total").increment(1);
-                self.services.directory.route(route(el, owner.clone()));
-            } else if stanza::is_iq_request(&el) {
-                if let Some(reply) = stanza::error_reply(&el, StanzaError::SERVICE_UNAVAILABLE) {
-                    self.services.directory.route(directory::Route {
-                        from: me.clone(),
-                        session_id: self.id,
-                        to: Jid::from(from.clone()),
-                        stanza: reply,
-                        delivery: Delivery::First,
-                        archive: None,
-                    });
-                }
             }
         }
     }
