@@ -79,7 +79,8 @@ fn page_origin(
 }
 
 /// A response that a page from `origin` may read (CORS), to a request
-/// made with one of `methods`.
+/// made with one of `methods`. Its `Retry-After` (a refusal's) is exposed
+/// to the page's script, which a browser otherwise hides.
 fn cors(
     mut response: HttpResponseBuilder,
     origin: Option<HeaderValue>,
@@ -91,7 +92,8 @@ fn cors(
             .insert_header((header::VARY, "Origin"))
             .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, methods))
             .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"))
-            .insert_header((header::ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE));
+            .insert_header((header::ACCESS_CONTROL_MAX_AGE, CORS_MAX_AGE))
+            .insert_header((header::ACCESS_CONTROL_EXPOSE_HEADERS, "Retry-After"));
     }
     response
 }

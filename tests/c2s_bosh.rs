@@ -469,6 +469,11 @@ async fn cors_for_allowed_origins() {
         header(&allowed, "access-control-allow-origin").as_deref(),
         Some(page)
     );
+    // A refusal's Retry-After is readable by the page's script.
+    assert_eq!(
+        header(&allowed, "access-control-expose-headers").as_deref(),
+        Some("Retry-After")
+    );
 
     for body in [None, create()] {
         let foreign = from_page(&url, "https://evil.example", body).await;
