@@ -22,6 +22,7 @@ mod carbons;
 mod csi;
 mod limits;
 mod muc;
+mod network;
 mod storage;
 mod stream_management;
 mod web;

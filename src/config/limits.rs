@@ -5,7 +5,7 @@
 //! rest of the file's format or start anything: the listeners hand each
 //! accepted connection to the admission `Server::bind` builds from it.
 
-use super::Problems;
+use super::{network, Problems};
 use gatehouse_actors::auth::ThrottleSettings;
 use gatehouse_actors::client_address::ClientAddresses;
 use ipnet::IpNet;
@@ -60,13 +60,13 @@ pub struct LimitsConfig {
     /// Networks the per-address limits do not apply to (the global cap
     /// still does): the operator's own hosts, a load balancer that does
     /// not pass the client's address on. Loopback by default.
-    #[serde(default = "default_exempt")]
+    #[serde(default = "default_exempt", deserialize_with = "network::networks")]
     pub exempt: Vec<IpNet>,
     /// Load balancers that put a PROXY protocol v2 header before each
     /// client's bytes (HAProxy's `send-proxy-v2`): on their connections
     /// the header is read first, and the client it names is the one the
     /// limits count. None by default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "network::networks")]
     pub trusted_proxies: Vec<IpNet>,
     /// Wrong passwords for one account from one client before that
     /// client waits to try that account again (others are not slowed).

@@ -7,7 +7,8 @@
 //! rest of the file's format or start anything: `Server::bind` starts the
 //! listener (`crate::web`).
 
-use super::{check_tls_pair, listeners_conflict, Problems};
+use super::{check_tls_pair, listeners_conflict, network, Problems};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -56,11 +57,12 @@ pub struct WebConfig {
     /// PEM private key for `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// Reverse proxies (IP addresses) whose `X-Forwarded-For` is believed:
-    /// behind one, the client is the address it names, not the proxy's
-    /// (for logs and per-client limits). Anyone else's header is ignored.
-    #[serde(default)]
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Reverse proxies (networks, or addresses) whose `X-Forwarded-For` is
+    /// believed: behind one, the client is the address it names, not the
+    /// proxy's (for logs and per-client limits). Anyone else's header is
+    /// ignored.
+    #[serde(default, deserialize_with = "network::networks")]
+    pub trusted_proxies: Vec<IpNet>,
     /// The URL clients reach this listener at (`https://chat.example.com`,
     /// behind the proxy), for the connection URLs XEP-0156 host-meta
     /// names; absent: derived from each request's `Host`.
@@ -218,7 +220,10 @@ impl WebConfig {
     /// port (`192.0.2.1:4000`, `[2001:db8::1]:4000`); the port of a
     /// forwarded client is not used and given as 0.
     pub fn client(&self, peer: SocketAddr, forwarded_for: &[&str]) -> SocketAddr {
-        let trusted = |ip: IpAddr| self.trusted_proxies.contains(&ip.to_canonical());
+        let trusted = |ip: IpAddr| {
+            let ip = ip.to_canonical();
+            self.trusted_proxies.iter().any(|proxy| proxy.contains(&ip))
+        };
         if !trusted(peer.ip()) {
             return peer;
         }
@@ -280,7 +285,10 @@ mod tests {
             consider_secure: false,
             tls_cert: None,
             tls_key: None,
-            trusted_proxies: trusted_proxies.iter().map(|p| p.parse().unwrap()).collect(),
+            trusted_proxies: trusted_proxies
+                .iter()
+                .map(|p| network::parse(p).unwrap())
+                .collect(),
             public_url: None,
             bosh_max_wait: default_bosh_max_wait(),
             bosh_max_hold: default_bosh_max_hold(),
@@ -349,6 +357,12 @@ mod tests {
         // An IPv4-mapped peer is the trusted proxy it maps.
         let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
         assert_eq!(web.client(mapped, &["198.51.100.1"]), client);
+        // A network trusts every proxy in it, as in `[limits]`.
+        let web = self::web(&["10.0.0.0/24"]);
+        let another: SocketAddr = "10.0.0.77:4000".parse().unwrap();
+        assert_eq!(web.client(another, &["198.51.100.1, 10.0.0.1"]), client);
+        let outside: SocketAddr = "10.0.1.1:4000".parse().unwrap();
+        assert_eq!(web.client(outside, &["198.51.100.1"]), outside);
     }
 
     #[test]
