@@ -39,12 +39,11 @@ const OUTBOUND_QUEUE: RangeInclusive<usize> = 1..=1_000_000;
 /// Below 4 KiB a client would be dropped for reading at a normal pace;
 /// above 1 GiB one slow client could hold most of a machine.
 const OUTBOUND_BYTES: RangeInclusive<usize> = 4096..=1 << 30;
-/// Below 512 B/s a login would take seconds; above 1 GiB/s there is no
-/// limit in practice.
 /// Stanzas per second, and bursts: at least one, at most what no person
 /// or client needs.
 const STANZA_RATE: RangeInclusive<u32> = 1..=1_000_000;
-
+/// Below 512 B/s a login would take seconds; above 1 GiB/s there is no
+/// limit in practice.
 const READ_RATE: RangeInclusive<u32> = 512..=1 << 30;
 /// At least one read's worth (4 KiB), else every read waits.
 const READ_BURST: RangeInclusive<u32> = 4096..=1 << 30;
