@@ -43,7 +43,7 @@ async fn a_panic_in_a_handler_ends_only_that_session_logged_and_counted() {
         .lines()
         .find(|l| l.contains("ERROR") && l.contains(" panic ") && l.contains("place="))
         .unwrap_or_else(|| panic!("no line from the panic hook:\n{log}"));
-    assert!(hook.contains("actors/src/session/mod.rs:"), "{hook}");
+    assert!(hook.contains("actors/src/session/bound.rs:"), "{hook}");
     assert!(
         !log.contains("panicked at"),
         "Rust's default hook printed:\n{log}"
