@@ -523,12 +523,20 @@ impl Session {
     fn routed(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         if self.closing {
             // The stream is over, but the Router sent this before it
-            // heard so: it goes where a stanza for an absent resource
-            // goes, behind the unbind (so it cannot come back here).
+            // heard so: a stanza addressed to this resource goes where one
+            // for an absent resource goes, behind the unbind (so it cannot
+            // come back here). One addressed to the bare JID is not: the
+            // user's other resources of the same priority got their own
+            // copy, and would get it twice.
             if let ToSession::Stanza(el) = msg {
                 self.unlist(ctx);
                 if let Some(jid) = self.phase.unbound() {
-                    self.route_on(jid, el);
+                    let to_me = el
+                        .attr("to")
+                        .is_some_and(|to| FullJid::new(to).is_ok_and(|to| to == *jid));
+                    if to_me {
+                        self.route_on(jid, el);
+                    }
                 }
             }
             return;
