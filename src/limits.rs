@@ -12,7 +12,7 @@
 //! [`Admitted`] for an admitted one until it ends.
 
 use crate::config::LimitsConfig;
-use gatehouse_actors::client_address::ClientAddresses;
+use gatehouse_actors::client_address::{in_networks, ClientAddresses};
 use gatehouse_actors::refused::Refused;
 use gatehouse_actors::reloadable::Reloadable;
 use gatehouse_actors::token_bucket::{Rate, TokenBucket};
@@ -118,14 +118,7 @@ impl ConnectionLimits {
     /// Whether connections from `peer` come through a trusted proxy (and
     /// begin with a PROXY header naming the client).
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.inner
-            .current
-            .get()
-            .settings
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer))
+        in_networks(&self.inner.current.get().settings.trusted_proxies, peer)
     }
 
     /// New connections meet `settings` from now on; those open stay, and

@@ -9,6 +9,15 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+/// Whether `ip` lies in one of `networks`, an IPv4-mapped IPv6 address
+/// (`::ffff:192.0.2.1`, as a dual-stack socket reports IPv4 peers) taken
+/// as the IPv4 address it maps: every list of hosts in the config is
+/// matched this way.
+pub fn in_networks(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    networks.iter().any(|net| net.contains(&ip))
+}
+
 /// How addresses map to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddresses {
@@ -22,7 +31,7 @@ impl ClientAddresses {
     /// The client `peer` stands for, or `None` when it is exempt.
     pub fn client(&self, peer: IpAddr) -> Option<IpAddr> {
         let peer = peer.to_canonical();
-        if self.exempt.iter().any(|net| net.contains(&peer)) {
+        if in_networks(&self.exempt, peer) {
             return None;
         }
         Some(match peer {

@@ -8,6 +8,7 @@
 //! listener (`crate::web`).
 
 use super::{check_tls_pair, listeners_conflict, network, Problems};
+use gatehouse_actors::client_address::in_networks;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -220,10 +221,7 @@ impl WebConfig {
     /// port (`192.0.2.1:4000`, `[2001:db8::1]:4000`); the port of a
     /// forwarded client is not used and given as 0.
     pub fn client(&self, peer: SocketAddr, forwarded_for: &[&str]) -> SocketAddr {
-        let trusted = |ip: IpAddr| {
-            let ip = ip.to_canonical();
-            self.trusted_proxies.iter().any(|proxy| proxy.contains(&ip))
-        };
+        let trusted = |ip: IpAddr| in_networks(&self.trusted_proxies, ip);
         if !trusted(peer.ip()) {
             return peer;
         }
